@@ -1,0 +1,129 @@
+// Package monitor holds what operators watch: Prometheus metrics, health
+// and readiness probes, and the asynqmon dashboard, served as one handler
+// tree.
+package monitor
+
+import (
+	"context"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the worker's own series, labelled by task name.
+type Metrics struct {
+	TaskRuns       *prometheus.CounterVec
+	TaskStarts     *prometheus.CounterVec
+	TaskDuration   *prometheus.HistogramVec
+	TaskInFlight   *prometheus.GaugeVec
+	SchedulerFires *prometheus.CounterVec
+	SchedulerLate  *prometheus.HistogramVec
+}
+
+// NewMetrics creates the series and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		TaskRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargazer_task_runs_total",
+			Help: "Finished task runs by task and status (ok, error, skipped, panic, invalid).",
+		}, []string{"task", "status"}),
+		TaskStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargazer_task_starts_total",
+			Help: "Task runs started, by task.",
+		}, []string{"task"}),
+		TaskDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "stargazer_task_duration_seconds",
+			Help:    "Wall time of task runs, by task.",
+			Buckets: []float64{.005, .025, .1, .5, 1, 5, 15, 60, 300, 900, 3600},
+		}, []string{"task"}),
+		TaskInFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "stargazer_task_in_flight",
+			Help: "Task runs in progress in this process, by task.",
+		}, []string{"task"}),
+		SchedulerFires: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargazer_scheduler_fires_total",
+			Help: "Periodic occurrences seen by this scheduler, by task and outcome (enqueued, duplicate, overlap, error).",
+		}, []string{"task", "outcome"}),
+		SchedulerLate: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "stargazer_scheduler_lateness_seconds",
+			Help:    "Delay between an occurrence's due time and its enqueue, by task.",
+			Buckets: []float64{.01, .1, .5, 1, 2, 5, 15, 60, 300, 3600},
+		}, []string{"task"}),
+	}
+	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.SchedulerFires, m.SchedulerLate)
+	return m
+}
+
+// QueueCollector exports asynq's queue sizes and latency. It asks Redis on
+// every scrape, so register it in one process per deployment or accept the
+// (small) per-scrape cost.
+type QueueCollector struct {
+	insp    *asynq.Inspector
+	size    *prometheus.Desc
+	latency *prometheus.Desc
+	paused  *prometheus.Desc
+	up      *prometheus.Desc
+}
+
+// NewQueueCollector reads queue state through insp.
+func NewQueueCollector(insp *asynq.Inspector) *QueueCollector {
+	return &QueueCollector{
+		insp:    insp,
+		size:    prometheus.NewDesc("stargazer_queue_tasks", "Tasks in each asynq queue by state.", []string{"queue", "state"}, nil),
+		latency: prometheus.NewDesc("stargazer_queue_latency_seconds", "Age of the oldest pending task.", []string{"queue"}, nil),
+		paused:  prometheus.NewDesc("stargazer_queue_paused", "1 if the queue is paused.", []string{"queue"}, nil),
+		up:      prometheus.NewDesc("stargazer_queue_scrape_ok", "1 if queue state could be read from Redis.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.size
+	ch <- c.latency
+	ch <- c.paused
+	ch <- c.up
+}
+
+// Collect implements prometheus.Collector.
+func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
+	queues, err := c.insp.Queues()
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+		return
+	}
+	ok := 1.0
+	for _, q := range queues {
+		info, err := c.insp.GetQueueInfo(q)
+		if err != nil {
+			ok = 0
+			continue
+		}
+		for state, n := range map[string]int{
+			"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled,
+			"retry": info.Retry, "archived": info.Archived, "completed": info.Completed,
+		} {
+			ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(n), q, state)
+		}
+		ch <- prometheus.MustNewConstMetric(c.latency, prometheus.GaugeValue, info.Latency.Seconds(), q)
+		paused := 0.0
+		if info.Paused {
+			paused = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, paused, q)
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, ok)
+}
+
+// Pinger is what readiness needs from Redis.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// PingFunc adapts a function to Pinger.
+type PingFunc func(ctx context.Context) error
+
+// Ping calls f.
+func (f PingFunc) Ping(ctx context.Context) error { return f(ctx) }
+
+const readyTimeout = 2 * time.Second

@@ -1,0 +1,19 @@
+-- KEYS[1] schedule state hash
+-- ARGV[1] now (unix ms), ARGV[2] initial delay (ms), ARGV[3] interval (ms)
+-- A schedule seen for the first time starts after its initial delay. Returns
+-- {due (0/1), next_ms}.
+local now = tonumber(ARGV[1])
+local nextAt = tonumber(redis.call('HGET', KEYS[1], 'next_ms') or '')
+if not nextAt then
+  nextAt = now + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'next_ms', string.format('%d', nextAt), 'interval_ms', ARGV[3],
+    'created_ms', ARGV[1])
+end
+if redis.call('HGET', KEYS[1], 'interval_ms') ~= ARGV[3] then
+  -- An operator changed the interval: keep the due time, record the new one.
+  redis.call('HSET', KEYS[1], 'interval_ms', ARGV[3])
+end
+if nextAt <= now then
+  return {1, string.format('%d', nextAt)}
+end
+return {0, string.format('%d', nextAt)}
