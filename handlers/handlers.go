@@ -1,0 +1,138 @@
+// Package handlers does the work of each task. Register wires into an asynq
+// mux the handlers whose dependencies this deployment has.
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/prompts"
+)
+
+// Deps are the handlers' dependencies.
+type Deps struct {
+	Redis  redis.UniversalClient
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Result is what a run reports: counts and facts, stored as the task's
+// result (visible in the dashboard) and logged.
+type Result map[string]any
+
+type handlerFunc func(ctx context.Context, d Deps, p jobs.Payload) (Result, error)
+
+// builders lists the tasks this build can run.
+func builders() map[string]handlerFunc {
+	return map[string]handlerFunc{
+		jobs.ScheduledPromptTick:    promptTick,
+		jobs.ScheduledPromptCleanup: promptCleanup,
+	}
+}
+
+// Implemented is the set of tasks this build has handlers for.
+func Implemented() map[string]bool {
+	out := map[string]bool{}
+	for name := range builders() {
+		out[name] = true
+	}
+	return out
+}
+
+// Registration says, per task, whether a handler was registered and if not
+// why.
+type Registration struct {
+	Task       string
+	Registered bool
+	Reason     string
+}
+
+// Register adds to mux a handler for every catalog task that is implemented
+// and whose dependencies are in available. Tasks switched off by flags are
+// still registered so an operator can run them by hand; only a handler that
+// cannot work is left out.
+func Register(mux *asynq.ServeMux, d Deps, available jobs.Requirement) []Registration {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	available |= jobs.Config
+	if available.Has(jobs.Redis) {
+		available |= jobs.BotRuntime
+	}
+	var regs []Registration
+	fns := builders()
+	for _, spec := range jobs.Catalog() {
+		fn, ok := fns[spec.Name]
+		switch missing := spec.All() &^ jobs.ChatLLM &^ available; {
+		case !ok:
+			regs = append(regs, Registration{Task: spec.Name, Reason: "no handler for this task in this build yet"})
+		case missing != 0:
+			regs = append(regs, Registration{Task: spec.Name, Reason: "missing dependency: " + missing.String()})
+		default:
+			mux.Handle(spec.Name, typed(spec, d, fn))
+			regs = append(regs, Registration{Task: spec.Name, Registered: true})
+		}
+	}
+	return regs
+}
+
+// typed decodes and validates the payload before calling fn. A payload that
+// does not validate can never succeed, so it is archived at once with the
+// reason (asynq.SkipRetry) instead of being retried.
+func typed(spec jobs.Spec, d Deps, fn handlerFunc) asynq.Handler {
+	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		p, err := jobs.DecodePayload(spec, t.Payload())
+		if err != nil {
+			return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+		}
+		res, err := fn(ctx, d, p)
+		if err != nil {
+			return err
+		}
+		if res != nil {
+			if b, err := json.Marshal(res); err == nil {
+				// The result is informational; failing to store it (for
+				// example on a lost lease) must not fail a run that did its
+				// work.
+				_, _ = t.ResultWriter().Write(b)
+			}
+		}
+		return nil
+	})
+}
+
+func promptTick(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
+	limit := p.(*jobs.PromptTick).Limit
+	fired, err := prompts.NewStore(d.Redis).Tick(ctx, d.Now(), limit)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fired {
+		d.Logger.InfoContext(ctx, "scheduled prompt fired", "prompt_id", f.PromptID,
+			"occurrence", f.Occurrence, "scheduled_for", f.ScheduledFor, "stream_id", f.StreamID)
+	}
+	return Result{"fired": len(fired), "more_due": len(fired) == limit}, nil
+}
+
+func promptCleanup(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
+	days := p.(*jobs.PromptCleanup).DaysToKeep
+	n, err := prompts.NewStore(d.Redis).Cleanup(ctx, d.Now(), time.Duration(days)*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		d.Logger.InfoContext(ctx, "scheduled prompts cleaned up", "deleted", n, "days_to_keep", days)
+	}
+	return Result{"deleted": n, "days_to_keep": days}, nil
+}
