@@ -1,0 +1,196 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/monitor"
+	"github.com/stargazer/stargazer-jobs/worker"
+)
+
+type harness struct {
+	srv     *redistest.Server
+	opts    worker.Options
+	mux     *asynq.ServeMux
+	client  *asynq.Client
+	insp    *asynq.Inspector
+	metrics *monitor.Metrics
+}
+
+func newHarness(t *testing.T, shutdown time.Duration) *harness {
+	srv := redistest.Start(t)
+	conn := asynq.RedisClientOpt{Addr: srv.Addr}
+	metrics := monitor.NewMetrics(prometheus.NewRegistry())
+	opts := worker.Options{
+		Redis: conn, Concurrency: 4, ShutdownTimeout: shutdown,
+		Logger:  slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Metrics: metrics, Events: events.NewPublisher(srv.Client(t), "test:debug"),
+	}
+	h := &harness{srv: srv, opts: opts, mux: worker.Mux(opts), client: asynq.NewClient(conn), insp: asynq.NewInspector(conn), metrics: metrics}
+	t.Cleanup(func() { h.client.Close(); h.insp.Close() })
+	handlers.Register(h.mux, handlers.Deps{Redis: srv.Client(t), Logger: opts.Logger}, jobs.Redis)
+	return h
+}
+
+func (h *harness) start(t *testing.T) *asynq.Server {
+	s := worker.NewServer(h.opts)
+	if err := s.Start(h.mux); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestBadTasksAreArchivedOnceWithAReason(t *testing.T) {
+	h := newHarness(t, 5*time.Second)
+	h.mux.HandleFunc("test:panic", func(context.Context, *asynq.Task) error { panic("boom") })
+	s := h.start(t)
+	defer s.Shutdown()
+
+	tests := []struct {
+		name, taskType, payload, reason, status string
+	}{
+		{"malformed payload", jobs.ScheduledPromptCleanup, `{"days_to_keep":"soon"}`, "invalid payload", worker.StatusInvalid},
+		{"out of range payload", jobs.ScheduledPromptTick, `{"limit":0}`, "limit must be", worker.StatusInvalid},
+		{"invalid utf-8", jobs.ScheduledPromptTick, "{\"limit\":\"\xff\"}", "UTF-8", worker.StatusInvalid},
+		{"unknown task type", "no_such_task", `{}`, "handler not found", worker.StatusNotFound},
+		{"handler panic", "test:panic", `{}`, "boom", worker.StatusPanic},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			info, err := h.client.Enqueue(asynq.NewTask(tt.taskType, []byte(tt.payload)), asynq.MaxRetry(10))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got *asynq.TaskInfo
+			waitFor(t, "archive", func() bool {
+				got, err = h.insp.GetTaskInfo("default", info.ID)
+				return err == nil && got.State == asynq.TaskStateArchived
+			})
+			if got.Retried != 0 {
+				t.Errorf("retried %d times, want 0 (archived at once)", got.Retried)
+			}
+			if !strings.Contains(got.LastErr, tt.reason) {
+				t.Errorf("last error %q does not contain %q", got.LastErr, tt.reason)
+			}
+		})
+	}
+	if n := testutil.ToFloat64(h.metrics.TaskRuns.WithLabelValues("unknown", worker.StatusNotFound)); n != 1 {
+		t.Errorf("not-found runs counted %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(h.metrics.TaskRuns.WithLabelValues(jobs.ScheduledPromptTick, worker.StatusInvalid)); n != 2 {
+		t.Errorf("invalid runs counted %v, want 2", n)
+	}
+}
+
+func TestEveryRunPublishesASchedulerTaskRunEvent(t *testing.T) {
+	h := newHarness(t, 5*time.Second)
+	sub := h.srv.Client(t).Subscribe(context.Background(), "test:debug")
+	defer sub.Close()
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s := h.start(t)
+	defer s.Shutdown()
+	if _, err := h.client.Enqueue(asynq.NewTask(jobs.ScheduledPromptCleanup, nil), asynq.Queue(jobs.QueueMaintenance)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case msg := <-sub.Channel():
+		var e events.Event
+		if err := json.Unmarshal([]byte(msg.Payload), &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Topic != "scheduler_task_run" || e.Status != "ok" || e.Payload["task"] != jobs.ScheduledPromptCleanup || e.DurationMS <= 0 {
+			t.Errorf("event %+v", e)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no debug event")
+	}
+}
+
+func TestGracefulShutdownFinishesInFlightTasks(t *testing.T) {
+	h := newHarness(t, 10*time.Second)
+	started := make(chan struct{})
+	h.mux.HandleFunc("test:slow", func(ctx context.Context, _ *asynq.Task) error {
+		close(started)
+		select {
+		case <-time.After(1500 * time.Millisecond):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	s := h.start(t)
+	info, err := h.client.Enqueue(asynq.NewTask("test:slow", nil), asynq.Retention(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	s.Stop()
+	s.Shutdown()
+	got, err := h.insp.GetTaskInfo("default", info.ID)
+	if err != nil || got.State != asynq.TaskStateCompleted {
+		t.Fatalf("after shutdown: %+v, %v; want completed", got, err)
+	}
+}
+
+func TestShutdownTimeoutPutsUnfinishedTasksBackOnTheQueue(t *testing.T) {
+	h := newHarness(t, 500*time.Millisecond)
+	started := make(chan struct{})
+	h.mux.HandleFunc("test:stuck", func(ctx context.Context, _ *asynq.Task) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	s := h.start(t)
+	info, err := h.client.Enqueue(asynq.NewTask("test:stuck", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	s.Stop()
+	s.Shutdown()
+	got, err := h.insp.GetTaskInfo("default", info.ID)
+	if err != nil || got.State != asynq.TaskStatePending || got.Retried != 0 {
+		t.Fatalf("after shutdown: %+v, %v; want pending, not retried", got, err)
+	}
+}
+
+func TestRetryDelayIsBoundedAndShortAfterALostLease(t *testing.T) {
+	if d := worker.RetryDelay(0, asynq.ErrLeaseExpired, nil); d != time.Second {
+		t.Errorf("lease expired: %v", d)
+	}
+	prev := time.Duration(0)
+	for n := 0; n < 30; n++ {
+		d := worker.RetryDelay(n, io.EOF, nil)
+		if d < prev || d > 5*time.Minute {
+			t.Errorf("retry %d: %v", n, d)
+		}
+		prev = d
+	}
+}
