@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/stargazer/stargazer-jobs/config"
+	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/prompts"
+)
+
+// syncBuffer collects a worker's log output safely across goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type running struct {
+	addr string
+	logs *syncBuffer
+	stop func() error
+}
+
+// startWorker runs the worker in-process as main would, until stop.
+func startWorker(t *testing.T, env map[string]string) *running {
+	t.Helper()
+	addr := freeAddr(t)
+	env["HTTP_ADDR"] = addr
+	if env["SHUTDOWN_TIMEOUT"] == "" {
+		env["SHUTDOWN_TIMEOUT"] = "5s"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return errors.New("worker did not stop")
+		}
+	}
+	t.Cleanup(func() { stop() })
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 && strings.Contains(logs.String(), "worker started") {
+				return &running{addr: addr, logs: logs, stop: stop}
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("worker exited: %v\n%s", err, logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("worker not ready\n%s", logs.String())
+	return nil
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestEmbeddedModeServesDashboardAndMetricsWithNoRedisConfigured(t *testing.T) {
+	w := startWorker(t, map[string]string{})
+	first, _, _ := strings.Cut(w.logs.String(), "\n")
+	if !strings.Contains(first, "embedded in-process Redis") {
+		t.Errorf("first log line does not announce the embedded Redis: %s", first)
+	}
+	for path, want := range map[string]string{
+		"/healthz":              "ok",
+		"/readyz":               "ready",
+		"/metrics":              "stargazer_queue_scrape_ok 1",
+		"/dashboard/":           "<html",
+		"/dashboard/api/queues": `"queues"`,
+	} {
+		code, body := get(t, "http://"+w.addr+path)
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("GET %s = %d, body lacks %q", path, code, want)
+		}
+	}
+	for _, want := range []string{`"task scheduled","task":"scheduled_prompt_tick"`, `"task skipped","task":"kg_decay_task","reason":"missing dependency: knowledge graph (FALKORDB_URL)"`} {
+		if !strings.Contains(w.logs.String(), want) {
+			t.Errorf("startup log lacks %s", want)
+		}
+	}
+	if err := w.stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInvalidConfigurationStopsStartupNamingTheSetting(t *testing.T) {
+	err := run(context.Background(), nil, func(k string) string {
+		return map[string]string{"KA_ORG_INTERVAL_SECONDS": "often"}[k]
+	}, io.Discard, io.Discard)
+	var ce *config.Error
+	if !errors.As(err, &ce) || ce.Setting != "KA_ORG_INTERVAL_SECONDS" {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestScheduledPromptFiresExactlyOnceWithTwoWorkersTicking(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	store := prompts.NewStore(rdb)
+	now := time.Now()
+	const n = 40
+	for i := 0; i < n; i++ {
+		if _, err := store.Add(ctx, prompts.New{
+			Platform: "matrix", ChannelID: "!room:example.org", UserID: "@u:example.org",
+			Text: fmt.Sprintf("prompt %d", i), FireAt: now.Add(-time.Minute),
+		}, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := func() map[string]string { return map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false"} }
+	startWorker(t, env())
+	startWorker(t, env())
+
+	// Many ticks at once, spread over both workers.
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer client.Close()
+	for i := 0; i < 20; i++ {
+		if _, err := client.Enqueue(asynq.NewTask(jobs.ScheduledPromptTick, []byte(`{"limit":3}`)), asynq.Queue(jobs.QueueCritical)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if l, _ := rdb.XLen(ctx, prompts.StreamKey).Result(); l >= n {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	msgs, err := rdb.XRange(ctx, prompts.StreamKey, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, m := range msgs {
+		seen[m.Values["prompt_id"].(string)]++
+	}
+	if len(msgs) != n || len(seen) != n {
+		t.Fatalf("stream has %d entries for %d prompts, want %d each once", len(msgs), len(seen), n)
+	}
+}
+
+func TestSchedulerRunsThePromptTickOnItsOwn(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	// Pretend the tick's initial delay has passed: the schedule says it is due.
+	if err := rdb.HSet(ctx, "sgjobs:schedule:"+jobs.ScheduledPromptTick, "next_ms", time.Now().UnixMilli()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := prompts.NewStore(rdb).Add(ctx, prompts.New{Platform: "discord", ChannelID: "42", Text: "hi", FireAt: time.Now()}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, map[string]string{"REDIS_URL": srv.URL()})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		got, _ := prompts.NewStore(rdb).Get(ctx, p.ID)
+		if got.Status == prompts.Executed {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("prompt never fired\n%s", w.logs.String())
+}
