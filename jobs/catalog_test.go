@@ -1,113 +1,61 @@
 package jobs
 
 import (
-	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/original"
 )
 
-type originalTask struct {
-	name         string
-	interval     time.Duration
-	initialDelay time.Duration
-	requires     Requirement
-	optIn        string
-}
-
-var (
-	decoratorRe = regexp.MustCompile(`@background_task\(([^()]*)\)\s*async def (\w+)\(`)
-	argRe       = regexp.MustCompile(`(\w+)=("[^"]*"|[\w.]+)`)
-)
-
-// parseOriginal reads the @background_task decorators out of the original
-// module, so the parity test checks the catalog against the source rather
-// than against a second hand-written table.
-func parseOriginal(t *testing.T) []originalTask {
-	t.Helper()
-	src, err := os.ReadFile("testdata/background_tasks_original.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	flags := map[string]Requirement{
-		"requires_redis": Redis, "requires_kg": KG, "requires_openrouter": LLM,
-		"requires_bot_runner": BotRuntime, "requires_chat_llm": ChatLLM, "requires_config": Config,
-	}
-	var out []originalTask
-	for _, m := range decoratorRe.FindAllStringSubmatch(string(src), -1) {
-		ot := originalTask{name: m[2]}
-		for _, a := range argRe.FindAllStringSubmatch(m[1], -1) {
-			key, val := a[1], strings.Trim(a[2], `"`)
-			switch key {
-			case "interval", "initial_delay":
-				f, err := strconv.ParseFloat(strings.ReplaceAll(val, "_", ""), 64)
-				if err != nil {
-					t.Fatalf("%s: %s=%q: %v", m[2], key, val, err)
-				}
-				d := time.Duration(f * float64(time.Second))
-				if key == "interval" {
-					ot.interval = d
-				} else {
-					ot.initialDelay = d
-				}
-			case "name":
-				ot.name = val
-			case "opt_in_config_flag":
-				ot.optIn = val
-			default:
-				r, ok := flags[key]
-				if !ok {
-					t.Fatalf("%s: unknown decorator argument %s", m[2], key)
-				}
-				if val == "True" {
-					ot.requires |= r
-				}
-			}
-		}
-		out = append(out, ot)
-	}
-	return out
+// fromOriginal maps the original's requires_* names onto Requirement.
+var fromOriginal = map[string]Requirement{
+	"redis": Redis, "kg": KG, "openrouter": LLM, "bot_runner": BotRuntime, "chat_llm": ChatLLM, "config": Config,
 }
 
 func TestCatalogMatchesOriginalDecorators(t *testing.T) {
-	orig := parseOriginal(t)
+	orig, err := original.Tasks()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(orig) != 16 {
 		t.Fatalf("parsed %d decorated tasks from the original, want 16", len(orig))
 	}
 	for _, o := range orig {
-		t.Run(o.name, func(t *testing.T) {
-			s, ok := Lookup(o.name)
+		t.Run(o.Name, func(t *testing.T) {
+			s, ok := Lookup(o.Name)
 			if !ok {
-				t.Fatalf("catalog has no task %q", o.name)
+				t.Fatalf("catalog has no task %q", o.Name)
+			}
+			var req Requirement
+			for _, r := range o.Requires {
+				req |= fromOriginal[r]
 			}
 			if s.Kind != Periodic {
 				t.Errorf("kind = %s, want periodic", s.Kind)
 			}
-			if s.Interval != o.interval {
-				t.Errorf("interval = %v, want %v", s.Interval, o.interval)
+			if s.Interval != o.Interval {
+				t.Errorf("interval = %v, want %v", s.Interval, o.Interval)
 			}
-			if s.InitialDelay != o.initialDelay {
-				t.Errorf("initial delay = %v, want %v", s.InitialDelay, o.initialDelay)
+			if s.InitialDelay != o.InitialDelay {
+				t.Errorf("initial delay = %v, want %v", s.InitialDelay, o.InitialDelay)
 			}
-			if s.Requires != o.requires {
-				t.Errorf("requires = %v, want %v", s.Requires, o.requires)
+			if s.Requires != req {
+				t.Errorf("requires = %v, want %v", s.Requires, req)
 			}
-			if s.OptInFlag != o.optIn {
-				t.Errorf("opt-in flag = %q, want %q", s.OptInFlag, o.optIn)
+			if s.OptInFlag != o.OptIn {
+				t.Errorf("opt-in flag = %q, want %q", s.OptInFlag, o.OptIn)
 			}
 		})
 	}
 }
 
 func TestCatalogHasSupervisorLoopsAndBackfill(t *testing.T) {
-	src, err := os.ReadFile("testdata/background_tasks_original.txt")
+	src, err := original.Source()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{LimbicDedup, LimbicOrg, StartupChannelBackfill} {
-		if !strings.Contains(string(src), "async def "+name+"(") {
+		if !strings.Contains(src, "async def "+name+"(") {
 			t.Errorf("original has no function %s", name)
 		}
 		s, ok := Lookup(name)

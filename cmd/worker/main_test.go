@@ -27,8 +27,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func freeAddr(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -154,7 +158,9 @@ func TestScheduledPromptFiresExactlyOnceWithTwoWorkersTicking(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	env := func() map[string]string { return map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false"} }
+	env := func() map[string]string {
+		return map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false"}
+	}
 	startWorker(t, env())
 	startWorker(t, env())
 

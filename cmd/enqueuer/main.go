@@ -1,0 +1,235 @@
+// Command enqueuer lets operators see the gated catalog and enqueue any task
+// by hand.
+//
+// Exit codes: 0 success, 1 a runtime failure (Redis unreachable, enqueue
+// refused), 2 a usage error (unknown command or task, invalid payload or
+// configuration).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/config"
+	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+const usage = `usage: enqueuer <command> [flags]
+
+Commands:
+  list [--json]                 the task catalog, gated by this configuration
+  run NAME [--payload JSON]     enqueue one run of task NAME now and print its ID
+
+Configuration comes from the same environment variables as the worker
+(REDIS_URL, LLM_BASE_URL, KA_ENABLED, ...; see the README).
+
+Exit codes: 0 ok, 1 runtime failure (e.g. Redis unreachable), 2 usage error.
+`
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// quietRedis drops go-redis's internal pool logging: the enqueuer reports
+// connection problems itself, once, without a trace.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
+func main() {
+	redis.SetLogger(quietRedis{})
+	os.Exit(run(context.Background(), os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	cfg, err := config.Load(getenv, nil, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		return exitUsage
+	}
+	switch args[0] {
+	case "list":
+		return list(cfg, args[1:], stdout, stderr)
+	case "run":
+		return enqueue(ctx, cfg, args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "enqueuer: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+}
+
+type catalogEntry struct {
+	Name                string   `json:"name"`
+	Kind                string   `json:"kind"`
+	IntervalSeconds     float64  `json:"interval_seconds"`
+	InitialDelaySeconds float64  `json:"initial_delay_seconds"`
+	Requires            []string `json:"requires"`
+	Needs               []string `json:"needs"`
+	OptInFlag           *string  `json:"opt_in_flag"`
+	EnabledBy           *string  `json:"enabled_by"`
+	Singleton           bool     `json:"singleton"`
+	Queue               string   `json:"queue"`
+	MaxRetry            int      `json:"max_retry"`
+	TimeoutSeconds      float64  `json:"timeout_seconds"`
+	Scheduled           bool     `json:"scheduled"`
+	SkipReason          string   `json:"skip_reason"`
+	Summary             string   `json:"summary"`
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func list(cfg config.Config, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("list", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print a JSON array")
+	fs.Usage = func() { fmt.Fprintln(stderr, "usage: enqueuer list [--json]") }
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	var entries []catalogEntry
+	for _, d := range jobs.Gate(jobs.Catalog(), cfg.GatingEnv(handlers.Implemented())) {
+		s := d.Spec
+		entries = append(entries, catalogEntry{
+			Name: s.Name, Kind: string(s.Kind),
+			IntervalSeconds: d.Interval.Seconds(), InitialDelaySeconds: s.InitialDelay.Seconds(),
+			Requires: s.Requires.Names(), Needs: s.Needs.Names(),
+			OptInFlag: optional(s.OptInFlag), EnabledBy: optional(s.EnabledBy),
+			Singleton: s.Singleton, Queue: s.Queue, MaxRetry: s.MaxRetry, TimeoutSeconds: s.Timeout.Seconds(),
+			Scheduled: d.Scheduled, SkipReason: d.SkipReason, Summary: s.Summary,
+		})
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(entries); err != nil {
+			fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+			return exitFailure
+		}
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tEVERY\tFIRST AFTER\tREQUIRES\tQUEUE\tSCHEDULED")
+	for _, e := range entries {
+		every := "once at startup"
+		if e.IntervalSeconds > 0 {
+			every = (time.Duration(e.IntervalSeconds) * time.Second).String()
+		}
+		sched := "yes"
+		if !e.Scheduled {
+			sched = "no: " + e.SkipReason
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, every,
+			(time.Duration(e.InitialDelaySeconds) * time.Second).String(),
+			strings.Join(append(e.Requires, e.Needs...), ","), e.Queue, sched)
+	}
+	tw.Flush()
+	return exitOK
+}
+
+func flagExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	return exitUsage
+}
+
+func enqueue(ctx context.Context, cfg config.Config, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	payload := fs.String("payload", "", "task payload as a JSON object (default: the task's defaults)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: enqueuer run NAME [--payload JSON]")
+		fs.PrintDefaults()
+	}
+	// Accept the task name before or after the flags.
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if name == "" && fs.NArg() > 0 {
+		name = fs.Arg(0)
+	}
+	if name == "" {
+		fs.Usage()
+		return exitUsage
+	}
+	spec, ok := jobs.Lookup(name)
+	if !ok {
+		fmt.Fprintf(stderr, "enqueuer: unknown task %q; `enqueuer list` shows the catalog\n", name)
+		return exitUsage
+	}
+	p, err := jobs.DecodePayload(spec, []byte(*payload))
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		return exitUsage
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		return exitFailure
+	}
+	if cfg.Embedded() {
+		fmt.Fprintln(stderr, "enqueuer: REDIS_URL is not set; the worker's embedded Redis lives inside its process, so set REDIS_URL to a shared Redis")
+		return exitUsage
+	}
+	ropt, err := cfg.RedisOptions()
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := ping(ctx, ropt); err != nil {
+		fmt.Fprintf(stderr, "enqueuer: Redis at %s is unreachable: %v\n", ropt.Addr, err)
+		return exitFailure
+	}
+	client := asynq.NewClient(config.AsynqRedis(ropt))
+	defer client.Close()
+	info, err := client.EnqueueContext(ctx, asynq.NewTask(spec.Name, data),
+		asynq.Queue(spec.Queue), asynq.MaxRetry(spec.MaxRetry), asynq.Timeout(spec.Timeout), asynq.Retention(24*time.Hour))
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueuer: could not enqueue %s on Redis at %s: %v\n", spec.Name, ropt.Addr, err)
+		return exitFailure
+	}
+	fmt.Fprintln(stdout, info.ID)
+	return exitOK
+}
+
+func ping(ctx context.Context, opt *redis.Options) error {
+	o := *opt
+	o.MaxRetries = 1
+	o.DialTimeout = 3 * time.Second
+	rdb := redis.NewClient(&o)
+	defer rdb.Close()
+	return rdb.Ping(ctx).Err()
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/stargazer/stargazer-jobs/internal/original"
+	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+func runCLI(env map[string]string, args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, func(k string) string { return env[k] }, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestListJSONMatchesTheOriginalModule(t *testing.T) {
+	code, out, stderr := runCLI(nil, "list", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var entries []catalogEntry
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]catalogEntry{}
+	for _, e := range entries {
+		byName[e.Name] = e
+	}
+	orig, err := original.Tasks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rename := map[string]string{"openrouter": "llm", "bot_runner": "bot_runtime"}
+	for _, o := range orig {
+		e, ok := byName[o.Name]
+		if !ok {
+			t.Errorf("list lacks %s", o.Name)
+			continue
+		}
+		if e.IntervalSeconds != o.Interval.Seconds() || e.InitialDelaySeconds != o.InitialDelay.Seconds() {
+			t.Errorf("%s: interval %v / delay %v, original %v / %v", o.Name, e.IntervalSeconds, e.InitialDelaySeconds, o.Interval.Seconds(), o.InitialDelay.Seconds())
+		}
+		want := map[string]bool{}
+		for _, r := range o.Requires {
+			if n, ok := rename[r]; ok {
+				r = n
+			}
+			want[r] = true
+		}
+		if len(want) != len(e.Requires) {
+			t.Errorf("%s: requires %v, original %v", o.Name, e.Requires, o.Requires)
+		}
+		for _, r := range e.Requires {
+			if !want[r] {
+				t.Errorf("%s: requires %v, original %v", o.Name, e.Requires, o.Requires)
+			}
+		}
+		if (e.OptInFlag == nil) != (o.OptIn == "") || (e.OptInFlag != nil && *e.OptInFlag != o.OptIn) {
+			t.Errorf("%s: opt-in %v, original %q", o.Name, e.OptInFlag, o.OptIn)
+		}
+		if !e.Scheduled && e.SkipReason == "" {
+			t.Errorf("%s: skipped without a reason", o.Name)
+		}
+	}
+	if len(entries) != 19 {
+		t.Errorf("%d entries, want 19", len(entries))
+	}
+	for _, name := range []string{jobs.LimbicDedup, jobs.LimbicOrg, jobs.StartupChannelBackfill} {
+		if _, ok := byName[name]; !ok {
+			t.Errorf("list lacks %s", name)
+		}
+	}
+}
+
+func TestListReflectsConfiguration(t *testing.T) {
+	_, out, _ := runCLI(map[string]string{"BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED": "false"}, "list")
+	if !strings.Contains(out, "scheduled_prompt_cleanup") || !strings.Contains(out, "CHAT_LLM_ENABLED=false") {
+		t.Errorf("table output:\n%s", out)
+	}
+}
+
+func TestRunEnqueuesAValidatedTask(t *testing.T) {
+	srv := redistest.Start(t)
+	env := map[string]string{"REDIS_URL": srv.URL()}
+	code, out, stderr := runCLI(env, "run", jobs.ScheduledPromptCleanup, "--payload", `{"days_to_keep": 3}`)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	info, err := insp.GetTaskInfo(jobs.QueueMaintenance, strings.TrimSpace(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Type != jobs.ScheduledPromptCleanup || string(info.Payload) != `{"days_to_keep":3}` || info.State != asynq.TaskStatePending {
+		t.Errorf("enqueued %+v", info)
+	}
+}
+
+func TestRunRefusesBadInputWithAClearMessage(t *testing.T) {
+	srv := redistest.Start(t)
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		msg  string
+	}{
+		{"unknown task", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", "nope"}, exitUsage, `unknown task "nope"`},
+		{"bad payload", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.ScheduledPromptTick, "--payload", `{"limit":"x"}`}, exitUsage, "invalid payload"},
+		{"unknown field", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.KGDecay, "--payload", `{"force":true}`}, exitUsage, "unknown field"},
+		{"no task name", map[string]string{"REDIS_URL": srv.URL()}, []string{"run"}, exitUsage, "usage"},
+		{"unreachable redis", map[string]string{"REDIS_URL": "redis://127.0.0.1:1"}, []string{"run", jobs.KGDecay}, exitFailure, "unreachable"},
+		{"no redis configured", nil, []string{"run", jobs.KGDecay}, exitUsage, "REDIS_URL is not set"},
+		{"bad config", map[string]string{"KA_ENABLED": "sometimes"}, []string{"list"}, exitUsage, "KA_ENABLED"},
+		{"unknown command", nil, []string{"frobnicate"}, exitUsage, "unknown command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCLI(tt.env, tt.args...)
+			if code != tt.code || !strings.Contains(stderr, tt.msg) {
+				t.Errorf("exit %d, stderr %q; want exit %d mentioning %q", code, stderr, tt.code, tt.msg)
+			}
+			if strings.Contains(stderr, "goroutine ") {
+				t.Errorf("stack trace in output: %s", stderr)
+			}
+		})
+	}
+}

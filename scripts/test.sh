@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. On a fresh machine it first installs what the
+# tests need (a real redis-server) from the distribution's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_install=()
+command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
+if ((${#need_install[@]})); then
+  echo "installing: ${need_install[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_install[@]}" >/dev/null
+fi
+
+echo "== gofmt"
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+  echo "gofmt needed on:"; echo "$unformatted"; exit 1
+fi
+echo "== go vet"
+go vet ./...
+echo "== go test -race"
+go test -race -count=1 ./...
