@@ -1,0 +1,51 @@
+package handlers_test
+
+import (
+	"testing"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
+	tests := []struct {
+		name      string
+		available jobs.Requirement
+		task      string
+		want      bool
+		reason    string
+	}{
+		{"prompt tick with redis", jobs.Redis, jobs.ScheduledPromptTick, true, ""},
+		{"prompt tick without redis", 0, jobs.ScheduledPromptTick, false, "missing dependency: redis"},
+		{"unported task", jobs.Redis | jobs.KG | jobs.LLM, jobs.KGDecay, false, "no handler"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mux := asynq.NewServeMux()
+			for _, r := range handlers.Register(mux, handlers.Deps{}, tt.available) {
+				if r.Task != tt.task {
+					continue
+				}
+				if r.Registered != tt.want || (tt.reason != "" && r.Reason[:len(tt.reason)] != tt.reason) {
+					t.Fatalf("registration %+v, want registered=%v reason %q", r, tt.want, tt.reason)
+				}
+				_, pattern := mux.Handler(asynq.NewTask(tt.task, nil))
+				if (pattern != "") != tt.want {
+					t.Errorf("mux pattern %q, want registered=%v", pattern, tt.want)
+				}
+				return
+			}
+			t.Fatalf("no registration for %s", tt.task)
+		})
+	}
+}
+
+func TestImplementedTasksAreInTheCatalog(t *testing.T) {
+	for name := range handlers.Implemented() {
+		if _, ok := jobs.Lookup(name); !ok {
+			t.Errorf("handler for unknown task %s", name)
+		}
+	}
+}
