@@ -59,6 +59,9 @@ type Config struct {
 	LogLevel           slog.Level
 	SchedulerEnabled   bool
 	DebugEventsChannel string
+	// TaskIntervals overrides periodic tasks' intervals by task name; a zero
+	// duration disables the task.
+	TaskIntervals map[string]time.Duration
 }
 
 // Error is a configuration error. It names the setting so the operator
@@ -256,6 +259,33 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Env: "SCHEDULER_ENABLED", Default: "true", Help: "Run the periodic scheduler in this process. Safe on every replica: each due run is enqueued once.", set: boolean(func(c *Config) *bool { return &c.SchedulerEnabled })},
+		{Env: "TASK_INTERVALS", Help: "Per-task schedule overrides: comma-separated NAME=DURATION (\"kg_decay_task=12h\") or NAME=off to disable a task. Wins over STARWIKI_LINT_INTERVAL_MINUTES and KA_ORG_INTERVAL_SECONDS.",
+			set: func(c *Config, v string) error {
+				c.TaskIntervals = map[string]time.Duration{}
+				for _, item := range strings.Split(v, ",") {
+					if item = strings.TrimSpace(item); item == "" {
+						continue
+					}
+					name, val, ok := strings.Cut(item, "=")
+					name, val = strings.TrimSpace(name), strings.TrimSpace(val)
+					if !ok || name == "" {
+						return fmt.Errorf("%q is not NAME=DURATION or NAME=off", item)
+					}
+					if strings.EqualFold(val, "off") {
+						c.TaskIntervals[name] = 0
+						continue
+					}
+					d, err := parseDuration(val)
+					if err != nil {
+						return fmt.Errorf("%s: %v", name, err)
+					}
+					if d < time.Second {
+						return fmt.Errorf("%s: interval must be at least 1s", name)
+					}
+					c.TaskIntervals[name] = d
+				}
+				return nil
+			}},
 		{Env: "DEBUG_EVENTS_CHANNEL", Default: "stargazer:debug_events", Help: "Redis pub/sub channel of the scheduler_task_run debug events.", set: str(func(c *Config) *string { return &c.DebugEventsChannel })},
 	}
 }
@@ -348,9 +378,20 @@ func (c Config) Available() jobs.Requirement {
 	return r
 }
 
-// GatingEnv is the input of jobs.Gate for this configuration. implemented
-// is the set of tasks the running build has handlers for (nil: all).
-func (c Config) GatingEnv(implemented map[string]bool) jobs.Env {
+// GatingEnv is the input of jobs.Gate for this configuration and catalog.
+// implemented is the set of tasks the running build has handlers for (nil:
+// all). A TASK_INTERVALS entry naming a task that is not in the catalog is a
+// configuration error.
+func (c Config) GatingEnv(catalog []jobs.Spec, implemented map[string]bool) (jobs.Env, error) {
+	known := map[string]bool{}
+	for _, s := range catalog {
+		known[s.Name] = true
+	}
+	for name := range c.TaskIntervals {
+		if !known[name] {
+			return jobs.Env{}, &Error{Setting: "TASK_INTERVALS", Reason: fmt.Sprintf("unknown task %q", name)}
+		}
+	}
 	return jobs.Env{
 		Available:      c.Available(),
 		ChatLLMEnabled: c.ChatLLMEnabled,
@@ -366,5 +407,6 @@ func (c Config) GatingEnv(implemented map[string]bool) jobs.Env {
 		KAOrgIntervalSeconds:        c.KAOrgIntervalSeconds,
 		KADedupIntervalSeconds:      c.KADedupIntervalSeconds,
 		Implemented:                 implemented,
-	}
+		Intervals:                   c.TaskIntervals,
+	}, nil
 }

@@ -96,7 +96,10 @@ func TestGatingEnvReflectsConfiguration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := c.GatingEnv(nil)
+	e, err := c.GatingEnv(jobs.Catalog(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !e.Available.Has(jobs.Redis|jobs.KG|jobs.LLM) || e.Available.Has(jobs.Platform) {
 		t.Errorf("available = %v", e.Available)
 	}

@@ -59,7 +59,7 @@ type Registration struct {
 // and whose dependencies are in available. Tasks switched off by flags are
 // still registered so an operator can run them by hand; only a handler that
 // cannot work is left out.
-func Register(mux *asynq.ServeMux, d Deps, available jobs.Requirement) []Registration {
+func Register(mux *asynq.ServeMux, d Deps, catalog []jobs.Spec, available jobs.Requirement) []Registration {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
@@ -72,7 +72,7 @@ func Register(mux *asynq.ServeMux, d Deps, available jobs.Requirement) []Registr
 	}
 	var regs []Registration
 	fns := builders()
-	for _, spec := range jobs.Catalog() {
+	for _, spec := range catalog {
 		fn, ok := fns[spec.Name]
 		switch missing := spec.All() &^ jobs.ChatLLM &^ available; {
 		case !ok:

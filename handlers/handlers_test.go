@@ -24,7 +24,7 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			mux := asynq.NewServeMux()
-			for _, r := range handlers.Register(mux, handlers.Deps{}, tt.available) {
+			for _, r := range handlers.Register(mux, handlers.Deps{}, jobs.Catalog(), tt.available) {
 				if r.Task != tt.task {
 					continue
 				}

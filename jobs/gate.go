@@ -29,6 +29,9 @@ type Env struct {
 	// it lacks is skipped with that reason. Nil means "all of them", which is
 	// how the original's build_scheduler saw the world.
 	Implemented map[string]bool
+	// Intervals overrides the interval of tasks by name (TASK_INTERVALS);
+	// zero disables the task.
+	Intervals map[string]time.Duration
 }
 
 // Decision is the gating verdict for one task.
@@ -75,6 +78,9 @@ func skipReason(s Spec, env Env, avail Requirement) string {
 	if s.EnabledBy != "" && !env.Flags[s.EnabledBy] {
 		return fmt.Sprintf("switched off by %s=false", strings.ToUpper(s.EnabledBy))
 	}
+	if d, ok := env.Intervals[s.Name]; ok && d == 0 {
+		return "disabled by TASK_INTERVALS"
+	}
 	if env.Implemented != nil && !env.Implemented[s.Name] {
 		return "no handler for this task in this build yet"
 	}
@@ -102,6 +108,9 @@ func describeMissing(missing Requirement) string {
 }
 
 func effectiveInterval(s Spec, env Env) time.Duration {
+	if d, ok := env.Intervals[s.Name]; ok && d > 0 {
+		return d
+	}
 	switch s.Name {
 	case StarwikiLint:
 		minutes := env.StarwikiLintIntervalMinutes

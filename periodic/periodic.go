@@ -29,6 +29,8 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // StateKeyPrefix prefixes the per-task schedule state hash.
@@ -50,8 +52,11 @@ type Entry struct {
 	Queue        string
 	Payload      []byte
 	// Options are extra asynq options (MaxRetry, Timeout...). The scheduler
-	// adds Queue, TaskID and Retention itself.
+	// adds Queue, TaskID, Retention and Unique itself.
 	Options []asynq.Option
+	// Unique, if positive, enqueues with asynq's Unique option: a singleton
+	// occurrence is refused while another instance is queued or running.
+	Unique time.Duration
 }
 
 // Enqueuer is the part of asynq.Client the scheduler uses.
@@ -218,15 +223,42 @@ func (s *Scheduler) enqueue(ctx context.Context, e Entry, key string, occ time.T
 	opts := append([]asynq.Option{
 		asynq.Queue(e.Queue), asynq.TaskID(id), asynq.Retention(retention(e.Interval)),
 	}, e.Options...)
+	if e.Unique > 0 {
+		opts = append(opts, asynq.Unique(e.Unique))
+	}
 	_, err = s.cfg.Enqueuer.EnqueueContext(ctx, asynq.NewTask(e.Name, e.Payload), opts...)
 	switch {
 	case err == nil:
 		s.cfg.Logger.Debug("scheduler: enqueued", "task", e.Name, "task_id", id)
 		return OutcomeEnqueued, id, nil
+	case errors.Is(err, asynq.ErrDuplicateTask):
+		// Another instance of this singleton (a peer's copy of this very
+		// occurrence, or a manual run) is queued or running.
+		return OutcomeDuplicate, id, nil
 	case errors.Is(err, asynq.ErrTaskIDConflict):
+		if e.Unique > 0 {
+			s.releaseLeakedLock(ctx, e, id)
+		}
 		return OutcomeDuplicate, id, nil
 	default:
 		return "", "", fmt.Errorf("enqueuing %s: %w", id, err)
+	}
+}
+
+// releaseLeakedLock works around asynq v0.26 leaking the Unique lock when an
+// enqueue's TaskID conflicts: the script takes the lock, finds the ID taken
+// and returns without releasing it. Here the lock's value is this
+// occurrence's own ID, so if that task is no longer queued or running the
+// lock is a leak and is released.
+func (s *Scheduler) releaseLeakedLock(ctx context.Context, e Entry, id string) {
+	if s.cfg.States != nil {
+		state, found, err := s.cfg.States.TaskState(ctx, e.Queue, id)
+		if err != nil || (found && running(state)) {
+			return
+		}
+	}
+	if released, err := singleton.ReleaseUnique(ctx, s.cfg.Redis, e.Queue, e.Name, e.Payload, id); err == nil && released {
+		s.cfg.Logger.Debug("scheduler: released a unique lock leaked by a conflicting enqueue", "task", e.Name, "task_id", id)
 	}
 }
 

@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/events"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
+	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // Options configure the server.
@@ -28,6 +30,20 @@ type Options struct {
 	Metrics         *monitor.Metrics
 	// Events receives one scheduler_task_run event per run; nil disables.
 	Events *events.Publisher
+	// Catalog is the task catalog; singleton leases and retry delays follow
+	// its specs.
+	Catalog []jobs.Spec
+	// RedisClient holds singleton leases.
+	RedisClient redis.UniversalClient
+}
+
+func (o Options) spec(name string) (jobs.Spec, bool) {
+	for _, s := range o.Catalog {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return jobs.Spec{}, false
 }
 
 // NewServer returns an asynq server configured for the catalog's queues.
@@ -37,7 +53,7 @@ func NewServer(o Options) *asynq.Server {
 		Concurrency:     o.Concurrency,
 		Queues:          jobs.Queues(),
 		ShutdownTimeout: o.ShutdownTimeout,
-		RetryDelayFunc:  RetryDelay,
+		RetryDelayFunc:  RetryDelay(o.Catalog),
 		Logger:          slogAdapter{log.With("component", "asynq")},
 		LogLevel:        asynq.WarnLevel,
 		HealthCheckFunc: func(err error) {
@@ -56,23 +72,41 @@ func NewServer(o Options) *asynq.Server {
 	})
 }
 
-// RetryDelay backs off exponentially from 5 s, capped at 5 minutes, so
-// retries of a short-cadence task stay within its period. A run whose lease
-// expired (its worker died) is retried after a second: it has already waited
-// out the lease.
-func RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	if errors.Is(err, asynq.ErrLeaseExpired) {
-		return time.Second
+// RetryDelay returns asynq's retry delay function for catalog.
+//
+// A run whose lease expired (its worker died) is retried after a second: it
+// has already waited out the lease. Supervised singletons (the original's
+// TaskSupervisor loops) back off like the supervisor did: 1 s doubling to
+// 60 s. Other tasks back off from 5 s, doubling, capped so that all of a
+// periodic task's retries fit in half its period and never pile into the
+// next run.
+func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
+	specs := map[string]jobs.Spec{}
+	for _, s := range catalog {
+		specs[s.Name] = s
 	}
-	d := 5 * time.Second << min(n, 6)
-	return min(d, 5*time.Minute)
+	return func(n int, err error, t *asynq.Task) time.Duration {
+		if errors.Is(err, asynq.ErrLeaseExpired) {
+			return time.Second
+		}
+		spec, ok := specs[t.Type()]
+		if ok && spec.Kind == jobs.Supervised {
+			return min(time.Second<<min(n, 6), time.Minute)
+		}
+		limit := 5 * time.Minute
+		if ok && spec.Interval > 0 {
+			limit = spec.Interval / time.Duration(2*max(spec.MaxRetry, 1))
+			limit = min(max(limit, time.Second), 5*time.Minute)
+		}
+		return min(5*time.Second<<min(n, 6), limit)
+	}
 }
 
 // Mux returns a ServeMux with the standard middleware installed. Handlers
 // are added by the caller.
 func Mux(o Options) *asynq.ServeMux {
 	mux := asynq.NewServeMux()
-	mux.Use(observe(o), recoverPanics(o.Logger))
+	mux.Use(observe(o), recoverPanics(o.Logger), singletons(o))
 	return mux
 }
 
@@ -83,6 +117,7 @@ const (
 	StatusPanic    = "panic"
 	StatusInvalid  = "invalid"
 	StatusNotFound = "not_found"
+	StatusSkipped  = "skipped"
 )
 
 // errPanic marks an error made from a recovered panic.
@@ -104,6 +139,51 @@ func recoverPanics(log *slog.Logger) asynq.MiddlewareFunc {
 	}
 }
 
+// singletons holds a cluster-wide lease around every run of a singleton
+// task, exposes it to the handler (singleton.Verify), and releases asynq's
+// enqueue lock when a run ends for good, so a failed or archived run never
+// blocks its task until the lock's TTL.
+func singletons(o Options) asynq.MiddlewareFunc {
+	locks := singleton.NewLocks(o.RedisClient, 0)
+	return func(next asynq.Handler) asynq.Handler {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+			spec, ok := o.spec(t.Type())
+			if !ok || !spec.Singleton || o.RedisClient == nil {
+				return next.ProcessTask(ctx, t)
+			}
+			id, _ := asynq.GetTaskID(ctx)
+			queue, _ := asynq.GetQueueName(ctx)
+			le, err := locks.Acquire(ctx, spec.Name, id)
+			if errors.Is(err, singleton.ErrHeld) {
+				o.Logger.Info("singleton already running elsewhere; standing down", "task", spec.Name, "task_id", id, "reason", err.Error())
+				return fmt.Errorf("%w: %w", err, asynq.RevokeTask)
+			}
+			if err != nil {
+				return err
+			}
+			err = next.ProcessTask(singleton.WithLease(ctx, le), t)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if rerr := le.Release(rctx); rerr != nil {
+				o.Logger.Warn("singleton lease not released; it lapses by itself", "task", spec.Name, "task_id", id, "error", rerr)
+			}
+			if err != nil && final(ctx, err) {
+				if _, rerr := singleton.ReleaseUnique(rctx, o.RedisClient, queue, t.Type(), t.Payload(), id); rerr != nil {
+					o.Logger.Warn("unique lock not released; it lapses at its TTL", "task", spec.Name, "task_id", id, "error", rerr)
+				}
+			}
+			return err
+		})
+	}
+}
+
+// final reports whether asynq will archive the task rather than retry it.
+func final(ctx context.Context, err error) bool {
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	return retried >= maxRetry || errors.Is(err, asynq.SkipRetry)
+}
+
 func classify(err error) string {
 	switch {
 	case err == nil:
@@ -114,6 +194,8 @@ func classify(err error) string {
 		return StatusInvalid
 	case errors.Is(err, asynq.ErrHandlerNotFound):
 		return StatusNotFound
+	case errors.Is(err, asynq.RevokeTask):
+		return StatusSkipped
 	}
 	return StatusError
 }
@@ -125,7 +207,7 @@ func observe(o Options) asynq.MiddlewareFunc {
 			queue, _ := asynq.GetQueueName(ctx)
 			retried, _ := asynq.GetRetryCount(ctx)
 			name := t.Type()
-			if _, known := jobs.Lookup(name); !known {
+			if _, known := o.spec(name); !known {
 				// Keep label cardinality bounded whatever arrives on the queue.
 				name = "unknown"
 			}

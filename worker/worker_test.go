@@ -38,10 +38,11 @@ func newHarness(t *testing.T, shutdown time.Duration) *harness {
 		Redis: conn, Concurrency: 4, ShutdownTimeout: shutdown,
 		Logger:  slog.New(slog.NewJSONHandler(io.Discard, nil)),
 		Metrics: metrics, Events: events.NewPublisher(srv.Client(t), "test:debug"),
+		Catalog: jobs.Catalog(), RedisClient: srv.Client(t),
 	}
 	h := &harness{srv: srv, opts: opts, mux: worker.Mux(opts), client: asynq.NewClient(conn), insp: asynq.NewInspector(conn), metrics: metrics}
 	t.Cleanup(func() { h.client.Close(); h.insp.Close() })
-	handlers.Register(h.mux, handlers.Deps{Redis: srv.Client(t), Logger: opts.Logger}, jobs.Redis)
+	handlers.Register(h.mux, handlers.Deps{Redis: srv.Client(t), Logger: opts.Logger}, jobs.Catalog(), jobs.Redis)
 	return h
 }
 
@@ -181,16 +182,28 @@ func TestShutdownTimeoutPutsUnfinishedTasksBackOnTheQueue(t *testing.T) {
 	}
 }
 
-func TestRetryDelayIsBoundedAndShortAfterALostLease(t *testing.T) {
-	if d := worker.RetryDelay(0, asynq.ErrLeaseExpired, nil); d != time.Second {
-		t.Errorf("lease expired: %v", d)
+func TestRetryDelay(t *testing.T) {
+	delay := worker.RetryDelay(jobs.Catalog())
+	if d := delay(0, asynq.ErrLeaseExpired, asynq.NewTask(jobs.KGDecay, nil)); d != time.Second {
+		t.Errorf("lease expired: %v, want 1s", d)
 	}
-	prev := time.Duration(0)
-	for n := 0; n < 30; n++ {
-		d := worker.RetryDelay(n, io.EOF, nil)
-		if d < prev || d > 5*time.Minute {
-			t.Errorf("retry %d: %v", n, d)
+	// The original supervisor's backoff for the supervised loops.
+	for n, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 32 * time.Second, time.Minute, time.Minute} {
+		if d := delay(n, io.EOF, asynq.NewTask(jobs.LimbicDedup, nil)); d != want {
+			t.Errorf("supervised retry %d: %v, want %v", n, d, want)
 		}
-		prev = d
+	}
+	// Every periodic task's retries fit in half its period.
+	for _, s := range jobs.Catalog() {
+		if s.Kind != jobs.Periodic || s.MaxRetry == 0 {
+			continue
+		}
+		var total time.Duration
+		for n := 0; n < s.MaxRetry; n++ {
+			total += delay(n, io.EOF, asynq.NewTask(s.Name, nil))
+		}
+		if total > s.Interval/2 {
+			t.Errorf("%s: %d retries take %v, more than half its %v period", s.Name, s.MaxRetry, total, s.Interval)
+		}
 	}
 }

@@ -113,8 +113,13 @@ func list(cfg config.Config, args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
 	}
+	env, err := cfg.GatingEnv(jobs.Catalog(), handlers.Implemented())
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		return exitUsage
+	}
 	var entries []catalogEntry
-	for _, d := range jobs.Gate(jobs.Catalog(), cfg.GatingEnv(handlers.Implemented())) {
+	for _, d := range jobs.Gate(jobs.Catalog(), env) {
 		s := d.Spec
 		entries = append(entries, catalogEntry{
 			Name: s.Name, Kind: string(s.Kind),

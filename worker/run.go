@@ -1,0 +1,242 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/config"
+	"github.com/stargazer/stargazer-jobs/embedded"
+	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/monitor"
+	"github.com/stargazer/stargazer-jobs/periodic"
+)
+
+// Params are what Run needs from its process.
+type Params struct {
+	Args   []string
+	Getenv func(string) string
+	Stdout io.Writer
+	Stderr io.Writer
+	// Catalog is the task catalog (default jobs.Catalog()). Tests extend it
+	// with tasks of their own, served by Extra.
+	Catalog []jobs.Spec
+	// Extra handlers, by task name, added to the ones of package handlers.
+	Extra map[string]asynq.Handler
+}
+
+// Run is the worker process: it loads the configuration, starts the
+// monitor, the asynq server and the scheduler, and blocks until ctx is
+// cancelled (SIGTERM/SIGINT), then shuts down gracefully.
+func Run(ctx context.Context, p Params) error {
+	cfg, err := config.Load(p.Getenv, p.Args, p.Stderr)
+	if err != nil {
+		return err
+	}
+	catalog := p.Catalog
+	if catalog == nil {
+		catalog = jobs.Catalog()
+	}
+	log := slog.New(slog.NewJSONHandler(p.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+
+	if cfg.Embedded() {
+		emb, err := embedded.Start()
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		cfg.RedisURL = emb.URL()
+		log.Warn("no REDIS_URL set: using an embedded in-process Redis; nothing persists and no other process can share it",
+			"embedded_redis", emb.Addr())
+	}
+	ropt, err := cfg.RedisOptions()
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(ropt)
+	defer rdb.Close()
+	connOpt := config.AsynqRedis(ropt)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := monitor.NewMetrics(reg)
+	insp := asynq.NewInspector(connOpt)
+	defer insp.Close()
+	reg.MustRegister(monitor.NewQueueCollector(insp))
+
+	mon := monitor.New(monitor.Options{
+		Gatherer:      reg,
+		Redis:         monitor.PingFunc(func(ctx context.Context) error { return rdb.Ping(ctx).Err() }),
+		RedisConnOpt:  connOpt,
+		DashboardPath: cfg.DashboardPath,
+	})
+	defer mon.Close()
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return &config.Error{Setting: "HTTP_ADDR", Reason: err.Error()}
+	}
+	httpSrv := &http.Server{Handler: mon, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "error", err)
+		}
+	}()
+	log.Info("monitor listening", "addr", ln.Addr().String(),
+		"dashboard", "http://"+ln.Addr().String()+cfg.DashboardPath+"/", "metrics", "/metrics")
+
+	implemented := handlers.Implemented()
+	for name := range p.Extra {
+		implemented[name] = true
+	}
+	env, err := cfg.GatingEnv(catalog, implemented)
+	if err != nil {
+		return err
+	}
+	decisions := jobs.Gate(catalog, env)
+	logCatalog(log, decisions)
+
+	wopt := Options{
+		Redis: connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout,
+		Logger: log, Metrics: metrics, Events: events.NewPublisher(rdb, cfg.DebugEventsChannel),
+		Catalog: catalog, RedisClient: rdb,
+	}
+	mux := Mux(wopt)
+	for _, r := range handlers.Register(mux, handlers.Deps{Redis: rdb, Logger: log}, catalog, cfg.Available()) {
+		if !r.Registered {
+			log.Debug("handler not registered", "task", r.Task, "reason", r.Reason)
+		}
+	}
+	for name, h := range p.Extra {
+		mux.Handle(name, h)
+	}
+
+	waitForRedis(ctx, log, rdb)
+	srv := NewServer(wopt)
+	if err := srv.Start(mux); err != nil {
+		return fmt.Errorf("starting asynq server: %w", err)
+	}
+	log.Info("worker started", "concurrency", cfg.Concurrency, "queues", jobs.Queues())
+
+	var wg sync.WaitGroup
+	schedCtx, stopSched := context.WithCancel(ctx)
+	defer stopSched()
+	if cfg.SchedulerEnabled {
+		client := asynq.NewClient(connOpt)
+		defer client.Close()
+		sched, err := periodic.New(periodic.Config{
+			Redis: rdb, Enqueuer: client, States: periodic.InspectorStates{Inspector: insp},
+			Observer: schedulerMetrics{metrics}, Logger: log.With("component", "scheduler"),
+		}, entries(decisions))
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); sched.Run(schedCtx) }()
+		log.Info("scheduler started")
+	} else {
+		log.Info("scheduler disabled (SCHEDULER_ENABLED=false): this process only runs tasks")
+	}
+
+	<-ctx.Done()
+	log.Info("shutting down", "shutdown_timeout", cfg.ShutdownTimeout.String())
+	stopSched()
+	wg.Wait()
+	// Stop fetching first, then give in-flight tasks until the timeout;
+	// asynq puts unfinished ones back on the queue.
+	srv.Stop()
+	srv.Shutdown()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = httpSrv.Shutdown(shutCtx)
+	log.Info("worker stopped")
+	return nil
+}
+
+// waitForRedis reports an unreachable Redis and keeps trying with backoff
+// instead of exiting: a crash loop would help nobody, and asynq recovers by
+// itself once Redis is back.
+func waitForRedis(ctx context.Context, log *slog.Logger, rdb *redis.Client) {
+	backoff := 500 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := rdb.Ping(pctx).Err()
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		log.Error("redis unreachable; retrying", "error", err, "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func logCatalog(log *slog.Logger, ds []jobs.Decision) {
+	n := 0
+	for _, d := range ds {
+		if d.Scheduled {
+			n++
+			log.Info("task scheduled", "task", d.Spec.Name, "kind", d.Spec.Kind,
+				"interval", d.Interval.String(), "initial_delay", d.Spec.InitialDelay.String(), "queue", d.Spec.Queue)
+		} else {
+			log.Info("task skipped", "task", d.Spec.Name, "reason", d.SkipReason)
+		}
+	}
+	log.Info("catalog gated", "scheduled", n, "skipped", len(ds)-n)
+}
+
+// entries turns the scheduled decisions into scheduler entries.
+func entries(ds []jobs.Decision) []periodic.Entry {
+	var out []periodic.Entry
+	for _, d := range ds {
+		if !d.Scheduled || d.Spec.Kind == jobs.Startup {
+			continue
+		}
+		payload, err := jobs.EncodePayload(d.Spec.NewPayload())
+		if err != nil {
+			panic(fmt.Sprintf("catalog default payload of %s is invalid: %v", d.Spec.Name, err))
+		}
+		e := periodic.Entry{
+			Name: d.Spec.Name, Interval: d.Interval, InitialDelay: d.Spec.InitialDelay,
+			Queue: d.Spec.Queue, Payload: payload,
+			Options: []asynq.Option{asynq.MaxRetry(d.Spec.MaxRetry), asynq.Timeout(d.Spec.Timeout)},
+		}
+		if d.Spec.Singleton {
+			e.Unique = UniqueTTL(d.Spec)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+type schedulerMetrics struct{ m *monitor.Metrics }
+
+func (s schedulerMetrics) Fire(task, outcome string, late time.Duration) {
+	s.m.SchedulerFires.WithLabelValues(task, outcome).Inc()
+	if outcome == periodic.OutcomeEnqueued {
+		s.m.SchedulerLate.WithLabelValues(task).Observe(late.Seconds())
+	}
+}
+
+// UniqueTTL is how long asynq's enqueue lock of a singleton lasts: long
+// enough to cover every attempt and a crash recovery. The worker releases it
+// early when a run ends for good, and asynq releases it on success.
+func UniqueTTL(s jobs.Spec) time.Duration {
+	return s.Timeout*time.Duration(s.MaxRetry+1) + 10*time.Minute
+}
