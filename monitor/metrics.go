@@ -17,8 +17,10 @@ type Metrics struct {
 	TaskStarts     *prometheus.CounterVec
 	TaskDuration   *prometheus.HistogramVec
 	TaskInFlight   *prometheus.GaugeVec
+	TaskCrashes    *prometheus.CounterVec
 	SchedulerFires *prometheus.CounterVec
 	SchedulerLate  *prometheus.HistogramVec
+	SchedulerMiss  *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -41,9 +43,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "stargazer_task_in_flight",
 			Help: "Task runs in progress in this process, by task.",
 		}, []string{"task"}),
+		TaskCrashes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargazer_task_crashes_total",
+			Help: "Failed task runs by task and error class (error, timeout, canceled, panic, invalid, not_found).",
+		}, []string{"task", "class"}),
+		SchedulerMiss: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargazer_scheduler_missed_total",
+			Help: "Occurrences missed while no scheduler ran, coalesced into the next run, by task.",
+		}, []string{"task"}),
 		SchedulerFires: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stargazer_scheduler_fires_total",
-			Help: "Periodic occurrences seen by this scheduler, by task and outcome (enqueued, duplicate, overlap, error).",
+			Help: "Due occurrences handled by this scheduler, by task and outcome: enqueued (on time), late (enqueued more than 5 s after due), duplicate (a peer or a running singleton had it), overlap (previous run still going), error.",
 		}, []string{"task", "outcome"}),
 		SchedulerLate: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "stargazer_scheduler_lateness_seconds",
@@ -51,7 +61,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.01, .1, .5, 1, 2, 5, 15, 60, 300, 3600},
 		}, []string{"task"}),
 	}
-	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.SchedulerFires, m.SchedulerLate)
+	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
+		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
 	return m
 }
 

@@ -69,9 +69,11 @@ type TaskStates interface {
 	TaskState(ctx context.Context, queue, id string) (state asynq.TaskState, found bool, err error)
 }
 
-// Observer receives one call per due occurrence handled.
+// Observer receives one call per due occurrence handled. missed counts the
+// occurrences that came due while no scheduler ran and were coalesced into
+// this one.
 type Observer interface {
-	Fire(task, outcome string, lateness time.Duration)
+	Fire(task, outcome string, lateness time.Duration, missed int)
 }
 
 // Config wires a Scheduler.
@@ -187,12 +189,16 @@ func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Ti
 	if !due {
 		return occ, nil
 	}
+	missed := 0
+	if late := now.Sub(occ); late >= e.Interval {
+		missed = int(late / e.Interval)
+	}
 	outcome, id, err := s.enqueue(ctx, e, key, occ)
 	if err != nil {
-		s.observe(e.Name, OutcomeError, now.Sub(occ))
+		s.observe(e.Name, OutcomeError, now.Sub(occ), 0)
 		return time.Time{}, err
 	}
-	s.observe(e.Name, outcome, now.Sub(occ))
+	s.observe(e.Name, outcome, now.Sub(occ), missed)
 	if _, err := advanceScript.Run(ctx, s.cfg.Redis, []string{key},
 		now.UnixMilli(), occ.UnixMilli(), e.Interval.Milliseconds(), id, outcome).Result(); err != nil {
 		return time.Time{}, fmt.Errorf("advancing schedule: %w", err)
@@ -270,9 +276,9 @@ func running(s asynq.TaskState) bool {
 	return false
 }
 
-func (s *Scheduler) observe(task, outcome string, late time.Duration) {
+func (s *Scheduler) observe(task, outcome string, late time.Duration, missed int) {
 	if s.cfg.Observer != nil {
-		s.cfg.Observer.Fire(task, outcome, late)
+		s.cfg.Observer.Fire(task, outcome, late, missed)
 	}
 }
 

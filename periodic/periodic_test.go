@@ -31,10 +31,11 @@ type counter struct {
 	n  map[string]int
 }
 
-func (c *counter) Fire(task, outcome string, _ time.Duration) {
+func (c *counter) Fire(task, outcome string, _ time.Duration, missed int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.n[outcome]++
+	c.n["missed"] += missed
 }
 
 type fixture struct {
@@ -169,6 +170,11 @@ func TestMissedRunsCoalesceIntoOne(t *testing.T) {
 	}
 	if n := f.tasks(); n != 2 {
 		t.Fatalf("%d runs after downtime, want 2 (one catch-up)", n)
+	}
+	// Ten occurrences (1h..10h) came due while no scheduler ran: one runs,
+	// nine are coalesced into it.
+	if f.obs.n["missed"] != 9 {
+		t.Errorf("missed = %d, want 9 coalesced occurrences", f.obs.n["missed"])
 	}
 	// The cadence resumes on the original grid.
 	f.clk.Add(30 * time.Minute)

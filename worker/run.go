@@ -227,10 +227,19 @@ func entries(ds []jobs.Decision) []periodic.Entry {
 
 type schedulerMetrics struct{ m *monitor.Metrics }
 
-func (s schedulerMetrics) Fire(task, outcome string, late time.Duration) {
-	s.m.SchedulerFires.WithLabelValues(task, outcome).Inc()
+// lateThreshold separates on-time fires from late ones in the metrics.
+const lateThreshold = 5 * time.Second
+
+func (s schedulerMetrics) Fire(task, outcome string, late time.Duration, missed int) {
 	if outcome == periodic.OutcomeEnqueued {
 		s.m.SchedulerLate.WithLabelValues(task).Observe(late.Seconds())
+		if late > lateThreshold {
+			outcome = "late"
+		}
+	}
+	s.m.SchedulerFires.WithLabelValues(task, outcome).Inc()
+	if missed > 0 {
+		s.m.SchedulerMiss.WithLabelValues(task).Add(float64(missed))
 	}
 }
 

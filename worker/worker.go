@@ -184,6 +184,18 @@ func final(ctx context.Context, err error) bool {
 	return retried >= maxRetry || errors.Is(err, asynq.SkipRetry)
 }
 
+func errorClass(ctx context.Context, err error, status string) string {
+	switch {
+	case status != StatusError:
+		return status
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		return "canceled"
+	}
+	return "error"
+}
+
 func classify(err error) string {
 	switch {
 	case err == nil:
@@ -230,6 +242,9 @@ func observe(o Options) asynq.MiddlewareFunc {
 			o.Metrics.TaskRuns.WithLabelValues(name, status).Inc()
 			o.Metrics.TaskDuration.WithLabelValues(name).Observe(elapsed.Seconds())
 			errMsg := ""
+			if err != nil && status != StatusSkipped {
+				o.Metrics.TaskCrashes.WithLabelValues(name, errorClass(ctx, err, status)).Inc()
+			}
 			if err != nil {
 				errMsg = err.Error()
 				log.Warn("task finished", "status", status, "duration_ms", elapsed.Milliseconds(), "error", errMsg)
