@@ -146,3 +146,10 @@ type Spec struct {
 
 // All returns every dependency the task needs, original and Go-side.
 func (s Spec) All() Requirement { return s.Requires | s.Needs }
+
+// UniqueTTL is how long asynq's enqueue lock of a singleton lasts: long
+// enough to cover every attempt and a crash recovery. The worker releases it
+// early when a run ends for good, and asynq releases it on success.
+func (s Spec) UniqueTTL() time.Duration {
+	return s.Timeout*time.Duration(s.MaxRetry+1) + 10*time.Minute
+}

@@ -296,3 +296,39 @@ func (i InspectorStates) TaskState(_ context.Context, queue, id string) (asynq.T
 	}
 	return info.State, true, nil
 }
+
+// State is a task's schedule as kept in Redis.
+type State struct {
+	Task        string
+	Next        time.Time
+	Interval    time.Duration
+	LastDue     time.Time
+	LastTaskID  string
+	LastOutcome string
+	LastRun     time.Time
+}
+
+// ReadState returns the schedule of task; found is false if no scheduler
+// has seen the task yet.
+func ReadState(ctx context.Context, rdb redis.UniversalClient, task string) (st State, found bool, err error) {
+	h, err := rdb.HGetAll(ctx, StateKeyPrefix+task).Result()
+	if err != nil {
+		return State{}, false, fmt.Errorf("reading schedule of %s: %w", task, err)
+	}
+	if len(h) == 0 {
+		return State{Task: task}, false, nil
+	}
+	msField := func(k string) time.Time {
+		n, err := strconv.ParseInt(h[k], 10, 64)
+		if err != nil || n == 0 {
+			return time.Time{}
+		}
+		return time.UnixMilli(n).UTC()
+	}
+	iv, _ := strconv.ParseInt(h["interval_ms"], 10, 64)
+	return State{
+		Task: task, Next: msField("next_ms"), Interval: time.Duration(iv) * time.Millisecond,
+		LastDue: msField("last_due_ms"), LastTaskID: h["last_task_id"], LastOutcome: h["last_outcome"],
+		LastRun: msField("last_enqueued_ms"),
+	}, true, nil
+}

@@ -218,7 +218,7 @@ func entries(ds []jobs.Decision) []periodic.Entry {
 			Options: []asynq.Option{asynq.MaxRetry(d.Spec.MaxRetry), asynq.Timeout(d.Spec.Timeout)},
 		}
 		if d.Spec.Singleton {
-			e.Unique = UniqueTTL(d.Spec)
+			e.Unique = d.Spec.UniqueTTL()
 		}
 		out = append(out, e)
 	}
@@ -241,11 +241,4 @@ func (s schedulerMetrics) Fire(task, outcome string, late time.Duration, missed 
 	if missed > 0 {
 		s.m.SchedulerMiss.WithLabelValues(task).Add(float64(missed))
 	}
-}
-
-// UniqueTTL is how long asynq's enqueue lock of a singleton lasts: long
-// enough to cover every attempt and a crash recovery. The worker releases it
-// early when a run ends for good, and asynq releases it on success.
-func UniqueTTL(s jobs.Spec) time.Duration {
-	return s.Timeout*time.Duration(s.MaxRetry+1) + 10*time.Minute
 }

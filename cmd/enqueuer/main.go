@@ -30,7 +30,11 @@ const usage = `usage: enqueuer <command> [flags]
 
 Commands:
   list [--json]                 the task catalog, gated by this configuration
-  run NAME [--payload JSON]     enqueue one run of task NAME now and print its ID
+  run NAME [--payload JSON]     enqueue one run of task NAME now and print its ID;
+                                a singleton already queued or running is refused
+  schedules [--json]            each periodic task's next run, last run and last status
+  locks                         who holds each singleton's locks, and for how long
+  unlock NAME                   force-release the locks of singleton NAME
 
 Configuration comes from the same environment variables as the worker
 (REDIS_URL, LLM_BASE_URL, KA_ENABLED, ...; see the README).
@@ -74,6 +78,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return list(cfg, args[1:], stdout, stderr)
 	case "run":
 		return enqueue(ctx, cfg, args[1:], stdout, stderr)
+	case "schedules":
+		return schedules(ctx, cfg, args[1:], stdout, stderr)
+	case "locks":
+		return locks(ctx, cfg, args[1:], stdout, stderr)
+	case "unlock":
+		return unlock(ctx, cfg, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "enqueuer: unknown command %q\n\n%s", args[0], usage)
 		return exitUsage
@@ -203,31 +213,50 @@ func enqueue(ctx context.Context, cfg config.Config, args []string, stdout, stde
 		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
 		return exitFailure
 	}
-	if cfg.Embedded() {
-		fmt.Fprintln(stderr, "enqueuer: REDIS_URL is not set; the worker's embedded Redis lives inside its process, so set REDIS_URL to a shared Redis")
-		return exitUsage
-	}
-	ropt, err := cfg.RedisOptions()
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-		return exitUsage
+	ropt, code := connect(ctx, cfg, stderr)
+	if code != exitOK {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := ping(ctx, ropt); err != nil {
-		fmt.Fprintf(stderr, "enqueuer: Redis at %s is unreachable: %v\n", ropt.Addr, err)
-		return exitFailure
-	}
 	client := asynq.NewClient(config.AsynqRedis(ropt))
 	defer client.Close()
-	info, err := client.EnqueueContext(ctx, asynq.NewTask(spec.Name, data),
-		asynq.Queue(spec.Queue), asynq.MaxRetry(spec.MaxRetry), asynq.Timeout(spec.Timeout), asynq.Retention(24*time.Hour))
+	opts := []asynq.Option{asynq.Queue(spec.Queue), asynq.MaxRetry(spec.MaxRetry), asynq.Timeout(spec.Timeout), asynq.Retention(24 * time.Hour)}
+	if spec.Singleton {
+		opts = append(opts, asynq.Unique(spec.UniqueTTL()))
+	}
+	info, err := client.EnqueueContext(ctx, asynq.NewTask(spec.Name, data), opts...)
+	if errors.Is(err, asynq.ErrDuplicateTask) {
+		fmt.Fprintf(stderr, "enqueuer: refused: %s is a singleton and an instance is already queued or running; `enqueuer locks` shows it\n", spec.Name)
+		return exitFailure
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueuer: could not enqueue %s on Redis at %s: %v\n", spec.Name, ropt.Addr, err)
 		return exitFailure
 	}
 	fmt.Fprintln(stdout, info.ID)
 	return exitOK
+}
+
+// connect resolves REDIS_URL and checks that Redis answers, reporting a
+// problem once, plainly.
+func connect(ctx context.Context, cfg config.Config, stderr io.Writer) (*redis.Options, int) {
+	if cfg.Embedded() {
+		fmt.Fprintln(stderr, "enqueuer: REDIS_URL is not set; the worker's embedded Redis lives inside its process, so set REDIS_URL to a shared Redis")
+		return nil, exitUsage
+	}
+	ropt, err := cfg.RedisOptions()
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		return nil, exitUsage
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := ping(pctx, ropt); err != nil {
+		fmt.Fprintf(stderr, "enqueuer: Redis at %s is unreachable: %v\n", ropt.Addr, err)
+		return nil, exitFailure
+	}
+	return ropt, exitOK
 }
 
 func ping(ctx context.Context, opt *redis.Options) error {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -132,5 +133,75 @@ func TestRunRefusesBadInputWithAClearMessage(t *testing.T) {
 				t.Errorf("stack trace in output: %s", stderr)
 			}
 		})
+	}
+}
+
+func TestTwoEnqueuersRacingASingletonOneIsRefused(t *testing.T) {
+	srv := redistest.Start(t)
+	env := map[string]string{"REDIS_URL": srv.URL()}
+	type result struct {
+		code   int
+		stderr string
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			code, _, stderr := runCLI(env, "run", jobs.KGDecay)
+			results <- result{code, stderr}
+		}()
+	}
+	a, b := <-results, <-results
+	if a.code == exitOK == (b.code == exitOK) {
+		t.Fatalf("exit codes %d and %d: want exactly one success (%q %q)", a.code, b.code, a.stderr, b.stderr)
+	}
+	refused := a
+	if a.code == exitOK {
+		refused = b
+	}
+	if refused.code != exitFailure || !strings.Contains(refused.stderr, "refused") || !strings.Contains(refused.stderr, "singleton") {
+		t.Errorf("refusal: exit %d %q", refused.code, refused.stderr)
+	}
+
+	// The operator sees the lock and can force-release it.
+	code, out, _ := runCLI(env, "locks")
+	if code != exitOK || !strings.Contains(out, jobs.KGDecay) || !strings.Contains(out, "enqueue lock") {
+		t.Fatalf("locks: exit %d\n%s", code, out)
+	}
+	if code, out, _ := runCLI(env, "unlock", jobs.KGDecay); code != exitOK || !strings.Contains(out, "released 1 lock") {
+		t.Fatalf("unlock: exit %d %s", code, out)
+	}
+	if code, _, stderr := runCLI(env, "run", jobs.KGDecay); code != exitOK {
+		t.Fatalf("run after unlock: exit %d %s", code, stderr)
+	}
+	if code, _, stderr := runCLI(env, "unlock", jobs.ScheduledPromptTick); code != exitUsage || !strings.Contains(stderr, "not a singleton") {
+		t.Errorf("unlock of a non-singleton: exit %d %s", code, stderr)
+	}
+}
+
+func TestSchedulesShowsNextAndLastRun(t *testing.T) {
+	srv := redistest.Start(t)
+	env := map[string]string{"REDIS_URL": srv.URL()}
+	if code, out, _ := runCLI(env, "schedules"); code != exitOK || !strings.Contains(out, "no schedules yet") {
+		t.Fatalf("empty schedules: %d %s", code, out)
+	}
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	rdb.HSet(ctx, "sgjobs:schedule:"+jobs.ScheduledPromptTick, map[string]any{
+		"next_ms": time.Now().Add(time.Minute).UnixMilli(), "interval_ms": 60000,
+		"last_enqueued_ms": time.Now().UnixMilli(), "last_task_id": "scheduled_prompt_tick@1", "last_outcome": "enqueued",
+	})
+	code, out, stderr := runCLI(env, "schedules", "--json")
+	if code != exitOK {
+		t.Fatalf("exit %d %s", code, stderr)
+	}
+	var got []scheduleEntry
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != 1 {
+		t.Fatalf("%v %s", err, out)
+	}
+	if got[0].Name != jobs.ScheduledPromptTick || got[0].Next == nil || got[0].LastRun == nil || got[0].Interval != 60 || got[0].LastStatus != "gone" {
+		t.Errorf("schedule %+v", got[0])
+	}
+	if code, out, _ := runCLI(env, "schedules"); code != exitOK || !strings.Contains(out, "scheduled_prompt_tick") {
+		t.Errorf("table: %s", out)
 	}
 }
