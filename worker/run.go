@@ -111,7 +111,7 @@ func Run(ctx context.Context, p Params) error {
 	wopt := Options{
 		Redis: connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: log, Metrics: metrics, Events: events.NewPublisher(rdb, cfg.DebugEventsChannel),
-		Catalog: catalog, RedisClient: rdb,
+		Catalog: catalog, RedisClient: rdb, SingletonLease: cfg.SingletonLease,
 	}
 	mux := Mux(wopt)
 	for _, r := range handlers.Register(mux, handlers.Deps{Redis: rdb, Logger: log}, catalog, cfg.Available()) {

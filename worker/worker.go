@@ -35,6 +35,8 @@ type Options struct {
 	Catalog []jobs.Spec
 	// RedisClient holds singleton leases.
 	RedisClient redis.UniversalClient
+	// SingletonLease is the lease of a running singleton (0: the default).
+	SingletonLease time.Duration
 }
 
 func (o Options) spec(name string) (jobs.Spec, bool) {
@@ -144,7 +146,7 @@ func recoverPanics(log *slog.Logger) asynq.MiddlewareFunc {
 // enqueue lock when a run ends for good, so a failed or archived run never
 // blocks its task until the lock's TTL.
 func singletons(o Options) asynq.MiddlewareFunc {
-	locks := singleton.NewLocks(o.RedisClient, 0)
+	locks := singleton.NewLocks(o.RedisClient, o.SingletonLease)
 	return func(next asynq.Handler) asynq.Handler {
 		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 			spec, ok := o.spec(t.Type())

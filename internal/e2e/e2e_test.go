@@ -1,0 +1,384 @@
+// Package e2e runs real worker processes (the testworker binary: the worker
+// plus two recording tasks) against a real redis-server and checks what the
+// scheduler and the singleton machinery did across processes.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/redistest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "e2e")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "testworker")
+	out, err := exec.Command("go", "build", "-o", binary, "./testworker").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building testworker: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type proc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	addr string
+	mu   sync.Mutex
+	logs strings.Builder
+	done chan struct{}
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.Write(b)
+}
+
+func (p *proc) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// start launches a worker process and waits until it serves tasks.
+func start(t *testing.T, redisURL string, env map[string]string) *proc {
+	t.Helper()
+	p := &proc{t: t, addr: freeAddr(t), done: make(chan struct{})}
+	p.cmd = exec.Command(binary)
+	p.cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "HTTP_ADDR="+p.addr, "SHUTDOWN_TIMEOUT=5s", "LOG_LEVEL=info")
+	for k, v := range env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.kill() })
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Contains(p.Logs(), `"msg":"worker started"`) {
+			return p
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("worker exited early:\n%s", p.Logs())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("worker not started:\n%s", p.Logs())
+	return nil
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	if p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// term stops the process gracefully and waits for it.
+func (p *proc) term() {
+	p.signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		p.t.Errorf("worker did not stop on SIGTERM:\n%s", p.Logs())
+		p.kill()
+	}
+}
+
+func (p *proc) kill() {
+	p.signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *proc) metric(name string) float64 {
+	resp, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name) {
+			f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			sum += f
+		}
+	}
+	return sum
+}
+
+type run struct {
+	task, id string
+	pid      int
+	start    time.Time
+	end      time.Time
+}
+
+func runs(t *testing.T, rdb *redis.Client, task string) []run {
+	t.Helper()
+	raw, err := rdb.LRange(context.Background(), "e2e:runs", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []run
+	for _, r := range raw {
+		f := strings.Split(r, "|")
+		if f[0] != task {
+			continue
+		}
+		pid, _ := strconv.Atoi(f[2])
+		s, _ := strconv.ParseInt(f[3], 10, 64)
+		e, _ := strconv.ParseInt(f[4], 10, 64)
+		out = append(out, run{task: f[0], id: f[1], pid: pid, start: time.UnixMilli(s), end: time.UnixMilli(e)})
+	}
+	return out
+}
+
+func overlaps(t *testing.T, rdb *redis.Client) []string {
+	o, err := rdb.LRange(context.Background(), "e2e:overlaps", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func within(rs []run, from, to time.Time) int {
+	n := 0
+	for _, r := range rs {
+		if !r.start.Before(from) && r.start.Before(to) {
+			n++
+		}
+	}
+	return n
+}
+
+func distinctIDs(t *testing.T, rs []run) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, r := range rs {
+		if seen[r.id] {
+			t.Errorf("task %s ran twice", r.id)
+		}
+		seen[r.id] = true
+	}
+}
+
+func TestThreeSchedulersRunEachPeriodOnceNeverTwiceAtOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	env := map[string]string{"TASK_INTERVALS": "e2e_plain=2s,e2e_single=2s", "E2E_SLEEP": "300ms"}
+	ps := []*proc{start(t, srv.URL(), env), start(t, srv.URL(), env), start(t, srv.URL(), env)}
+	const periods = 8
+	time.Sleep(periods*2*time.Second + 500*time.Millisecond)
+	for _, p := range ps {
+		p.term()
+	}
+	pids := map[int]bool{}
+	for _, task := range []string{"e2e_plain", "e2e_single"} {
+		rs := runs(t, rdb, task)
+		if len(rs) == 0 {
+			t.Fatalf("%s never ran", task)
+		}
+		first := rs[0].start
+		n := within(rs, first, first.Add(periods*2*time.Second))
+		if n < periods-1 || n > periods+1 {
+			t.Errorf("%s ran %d times in %d periods, want %d±1", task, n, periods, periods)
+		}
+		distinctIDs(t, rs)
+		for _, r := range rs {
+			pids[r.pid] = true
+		}
+	}
+	if o := overlaps(t, rdb); len(o) > 0 {
+		t.Errorf("runs overlapped: %v", o)
+	}
+	t.Logf("runs were spread over %d worker processes", len(pids))
+}
+
+func TestRestartStormKeepsTheCadence(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	env := map[string]string{"TASK_INTERVALS": "e2e_plain=3s,e2e_single=off", "E2E_SLEEP": "50ms"}
+	begin := time.Now()
+	ps := []*proc{start(t, srv.URL(), env), start(t, srv.URL(), env), start(t, srv.URL(), env)}
+	restarts := 0
+	for time.Since(begin) < 15*time.Second {
+		time.Sleep(time.Second)
+		for i := range ps {
+			ps[i].term()
+			ps[i] = start(t, srv.URL(), env)
+			restarts++
+		}
+	}
+	for _, p := range ps {
+		p.term()
+	}
+	rs := runs(t, rdb, "e2e_plain")
+	if len(rs) == 0 {
+		t.Fatal("never ran")
+	}
+	span := rs[len(rs)-1].start.Sub(rs[0].start)
+	want := int(span/(3*time.Second)) + 1
+	if len(rs) < want-1 || len(rs) > want+1 {
+		t.Errorf("%d runs over %v with a 3s interval and %d restarts, want %d±1", len(rs), span, restarts, want)
+	}
+	for i := 1; i < len(rs); i++ {
+		if gap := rs[i].start.Sub(rs[i-1].start); gap < 2*time.Second {
+			t.Errorf("runs %d and %d only %v apart", i-1, i, gap)
+		}
+	}
+	distinctIDs(t, rs)
+	t.Logf("%d restarts, %d runs over %v", restarts, len(rs), span)
+}
+
+func TestDowntimeGivesExactlyOneCatchUpRun(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	env := map[string]string{"TASK_INTERVALS": "e2e_plain=2s,e2e_single=off", "E2E_SLEEP": "50ms"}
+	p := start(t, srv.URL(), env)
+	time.Sleep(2500 * time.Millisecond)
+	p.term()
+	before := len(runs(t, rdb, "e2e_plain"))
+	if before == 0 {
+		t.Fatal("no run before the downtime")
+	}
+	time.Sleep(11 * time.Second) // five occurrences missed
+	back := time.Now()
+	p = start(t, srv.URL(), env)
+	time.Sleep(1500 * time.Millisecond)
+	rs := runs(t, rdb, "e2e_plain")
+	if n := within(rs, back, back.Add(1500*time.Millisecond)); n != 1 {
+		t.Errorf("%d runs in the first 1.5s after the scheduler returned, want exactly 1 catch-up", n)
+	}
+	time.Sleep(2 * time.Second)
+	if n := within(runs(t, rdb, "e2e_plain"), back, time.Now()); n > 2 {
+		t.Errorf("%d runs within 3.5s of returning: a burst", n)
+	}
+	if missed := p.metric("stargazer_scheduler_missed_total"); missed < 4 {
+		t.Errorf("stargazer_scheduler_missed_total = %v, want the ~5 coalesced occurrences counted", missed)
+	}
+	p.term()
+}
+
+func subscribe(t *testing.T, rdb *redis.Client) <-chan *redis.Message {
+	sub := rdb.Subscribe(context.Background(), "e2e:started")
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	return sub.Channel()
+}
+
+func waitStarted(t *testing.T, ch <-chan *redis.Message, timeout time.Duration) []string {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return strings.Split(m.Payload, "|")
+	case <-time.After(timeout):
+		t.Fatal("no run started")
+	}
+	return nil
+}
+
+func TestStalledWorkerFailsItsOwnershipCheck(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	started := subscribe(t, rdb)
+	p := start(t, srv.URL(), map[string]string{
+		"TASK_INTERVALS": "e2e_plain=off,e2e_single=1h", "E2E_SLEEP": "3s", "SINGLETON_LEASE": "1s",
+	})
+	waitStarted(t, started, 10*time.Second)
+	// Freeze the worker (a GC pause, a partition) for longer than its lease.
+	p.signal(syscall.SIGSTOP)
+	time.Sleep(2500 * time.Millisecond)
+	p.signal(syscall.SIGCONT)
+	deadline := time.Now().Add(10 * time.Second)
+	var refused []string
+	for time.Now().Before(deadline) {
+		refused, _ = rdb.LRange(context.Background(), "e2e:refused", 0, -1).Result()
+		if len(refused) > 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(refused) != 1 || !strings.Contains(refused[0], "lease lost") {
+		t.Fatalf("refused = %v, want the destructive step refused for a lost lease\n%s", refused, p.Logs())
+	}
+	if n, _ := rdb.LLen(context.Background(), "e2e:destructive").Result(); n != 0 {
+		t.Errorf("destructive step ran %d times after the lease was lost", n)
+	}
+	p.term()
+}
+
+func TestKilledWorkersTaskCompletesOnAnotherWorker(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	started := subscribe(t, rdb)
+	env := map[string]string{"TASK_INTERVALS": "e2e_plain=off,e2e_single=1h", "E2E_SLEEP": "3s"}
+	a := start(t, srv.URL(), env)
+	first := waitStarted(t, started, 10*time.Second)
+	b := start(t, srv.URL(), env)
+	killed := time.Now()
+	a.kill()
+
+	deadline := killed.Add(4 * time.Minute)
+	for time.Now().Before(deadline) {
+		rs := runs(t, rdb, "e2e_single")
+		if len(rs) > 0 {
+			r := rs[0]
+			if r.id != first[1] {
+				t.Fatalf("completed task %s, want the killed one %s", r.id, first[1])
+			}
+			if r.pid != b.cmd.Process.Pid {
+				t.Fatalf("completed by pid %d, want the surviving worker %d", r.pid, b.cmd.Process.Pid)
+			}
+			recovery := r.start.Sub(killed)
+			t.Logf("SIGKILL to restart on another worker: %.1fs (finished %.1fs after the kill)", recovery.Seconds(), r.end.Sub(killed).Seconds())
+			if n, _ := rdb.LLen(context.Background(), "e2e:destructive").Result(); n != 1 {
+				t.Errorf("destructive step ran %d times, want 1", n)
+			}
+			b.term()
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("task never completed after the kill\n%s", b.Logs())
+}
+

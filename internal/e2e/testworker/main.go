@@ -1,0 +1,97 @@
+// Command testworker is the real worker with two extra tasks whose runs are
+// recorded in Redis, so the multi-process tests can see exactly what ran,
+// where, when, and whether a destructive step was allowed.
+//
+//   - e2e_plain: a periodic task;
+//   - e2e_single: a singleton that, after its work, performs a "destructive
+//     step" only if singleton.Verify passes.
+//
+// E2E_SLEEP sets how long each run works.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/singleton"
+	"github.com/stargazer/stargazer-jobs/worker"
+)
+
+// Keys the tests read.
+const (
+	RunsKey        = "e2e:runs"        // list of "task|taskID|pid|start_ms|end_ms"
+	ActivePrefix   = "e2e:active:"     // counter of runs in progress, per task
+	OverlapsKey    = "e2e:overlaps"    // list of task names seen running twice at once
+	DestroyedKey   = "e2e:destructive" // list of task IDs whose destructive step ran
+	RefusedKey     = "e2e:refused"     // list of "taskID|reason" refused by Verify
+	StartedChannel = "e2e:started"     // pub/sub: "task|taskID|pid" when a run starts
+)
+
+func specs() []jobs.Spec {
+	empty := func() jobs.Payload { return &jobs.Empty{} }
+	return []jobs.Spec{
+		{Name: "e2e_plain", Kind: jobs.Periodic, Interval: time.Hour, Queue: jobs.QueueDefault,
+			MaxRetry: 3, Timeout: 10 * time.Minute, NewPayload: empty, Summary: "test task"},
+		{Name: "e2e_single", Kind: jobs.Supervised, Interval: time.Hour, Queue: jobs.QueueMaintenance, Singleton: true,
+			MaxRetry: 3, Timeout: 10 * time.Minute, NewPayload: empty, Summary: "test singleton"},
+	}
+}
+
+func handler(rdb *redis.Client, sleep time.Duration) asynq.HandlerFunc {
+	pid := os.Getpid()
+	return func(ctx context.Context, t *asynq.Task) error {
+		id, _ := asynq.GetTaskID(ctx)
+		bg := context.WithoutCancel(ctx)
+		start := time.Now()
+		if n, _ := rdb.Incr(bg, ActivePrefix+t.Type()).Result(); n > 1 {
+			rdb.RPush(bg, OverlapsKey, t.Type())
+		}
+		rdb.Publish(bg, StartedChannel, fmt.Sprintf("%s|%s|%d", t.Type(), id, pid))
+		defer rdb.Decr(bg, ActivePrefix+t.Type())
+		select {
+		case <-time.After(sleep):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if t.Type() == "e2e_single" {
+			if err := singleton.Verify(ctx); err != nil {
+				rdb.RPush(bg, RefusedKey, id+"|"+err.Error())
+				return fmt.Errorf("destructive step refused: %w: %w", err, asynq.SkipRetry)
+			}
+			rdb.RPush(bg, DestroyedKey, id)
+		}
+		rdb.RPush(bg, RunsKey, fmt.Sprintf("%s|%s|%d|%d|%d", t.Type(), id, pid, start.UnixMilli(), time.Now().UnixMilli()))
+		return nil
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	opt, err := redis.ParseURL(os.Getenv("REDIS_URL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testworker: REDIS_URL:", err)
+		os.Exit(2)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	sleep, _ := time.ParseDuration(os.Getenv("E2E_SLEEP"))
+	h := handler(rdb, sleep)
+	err = worker.Run(ctx, worker.Params{
+		Args: os.Args[1:], Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr,
+		Catalog: append(jobs.Catalog(), specs()...),
+		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testworker:", err)
+		os.Exit(1)
+	}
+}
