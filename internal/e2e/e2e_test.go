@@ -381,4 +381,3 @@ func TestKilledWorkersTaskCompletesOnAnotherWorker(t *testing.T) {
 	}
 	t.Fatalf("task never completed after the kill\n%s", b.Logs())
 }
-
