@@ -59,6 +59,7 @@ type Config struct {
 	LogLevel           slog.Level
 	SchedulerEnabled   bool
 	DebugEventsChannel string
+	JournalUnit        string
 	// SingletonLease is how long a singleton run's lease lasts unrenewed.
 	SingletonLease time.Duration
 	// TaskIntervals overrides periodic tasks' intervals by task name; a zero
@@ -288,6 +289,7 @@ func Settings() []Setting {
 				}
 				return nil
 			}},
+		{Env: "JOURNAL_UNIT", Default: "stargazer", Help: "systemd unit whose journal journal_stream tails on every node.", set: str(func(c *Config) *string { return &c.JournalUnit })},
 		{Env: "SINGLETON_LEASE", Default: "30s", Help: "Lease of a running singleton task, renewed every third of it. A worker that stops renewing (dead, frozen, cut off) loses it after this long, and its ownership checks fail from then on.", set: duration(func(c *Config) *time.Duration { return &c.SingletonLease })},
 		{Env: "DEBUG_EVENTS_CHANNEL", Default: "stargazer:debug_events", Help: "Redis pub/sub channel of the scheduler_task_run debug events.", set: str(func(c *Config) *string { return &c.DebugEventsChannel })},
 	}

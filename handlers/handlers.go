@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/journal"
 	"github.com/stargazer/stargazer-jobs/prompts"
 )
 
@@ -22,6 +23,10 @@ type Deps struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// JournalUnit is the systemd unit journal_stream tails.
+	JournalUnit string
+	// JournalCommand overrides the journalctl binary (tests).
+	JournalCommand string
 }
 
 // Result is what a run reports: counts and facts, stored as the task's
@@ -38,13 +43,32 @@ func builders() map[string]handlerFunc {
 	}
 }
 
-// Implemented is the set of tasks this build has handlers for.
+// Implemented is the set of tasks this build has handlers for, queued or
+// node-local.
 func Implemented() map[string]bool {
 	out := map[string]bool{}
 	for name := range builders() {
 		out[name] = true
 	}
+	for name := range NodeLocal(Deps{}) {
+		out[name] = true
+	}
 	return out
+}
+
+// NodeLocal returns the node-local loops, by task name: functions that run
+// until ctx ends or their work ends, which the worker restarts on every node.
+func NodeLocal(d Deps) map[string]func(ctx context.Context) error {
+	return map[string]func(ctx context.Context) error{
+		jobs.JournalStream: func(ctx context.Context) error {
+			s := &journal.Streamer{Redis: d.Redis, Unit: d.JournalUnit, Channel: journal.Channel, Command: d.JournalCommand}
+			n, err := s.Run(ctx)
+			if n > 0 && d.Logger != nil {
+				d.Logger.Info("journal stream ended", "task", jobs.JournalStream, "lines", n)
+			}
+			return err
+		},
+	}
 }
 
 // Registration says, per task, whether a handler was registered and if not
@@ -72,9 +96,12 @@ func Register(mux *asynq.ServeMux, d Deps, catalog []jobs.Spec, available jobs.R
 	}
 	var regs []Registration
 	fns := builders()
+	local := NodeLocal(d)
 	for _, spec := range catalog {
 		fn, ok := fns[spec.Name]
 		switch missing := spec.All() &^ jobs.ChatLLM &^ available; {
+		case local[spec.Name] != nil:
+			regs = append(regs, Registration{Task: spec.Name, Reason: "node-local: runs inside every worker process, not from the queue"})
 		case !ok:
 			regs = append(regs, Registration{Task: spec.Name, Reason: "no handler for this task in this build yet"})
 		case missing != 0:

@@ -87,12 +87,12 @@ func Catalog() []Spec {
 			Summary:    "Decay relationship weights and delete edges below the threshold.",
 		},
 		{
-			Name: JournalStream, Kind: Periodic,
+			Name: JournalStream, Kind: NodeLocal,
 			Interval: sec(10), InitialDelay: sec(5),
 			Requires: Redis,
 			Queue:    QueueDefault, MaxRetry: 0, Timeout: 24 * time.Hour,
 			NewPayload: empty,
-			Summary:    "Tail the systemd journal and publish each line on stargazer:journal.",
+			Summary:    "Tail this node's systemd journal and publish each line on stargazer:journal (every node; restarted 10 s after it ends).",
 		},
 		{
 			Name: LogRAGIngest, Kind: Periodic,

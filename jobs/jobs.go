@@ -94,6 +94,10 @@ const (
 	Supervised Kind = "supervised"
 	// Startup tasks run once when a deployment starts.
 	Startup Kind = "startup"
+	// NodeLocal tasks run inside every worker process, restarted Interval
+	// after they end, because they serve the machine they run on (the
+	// journal tail).
+	NodeLocal Kind = "node_local"
 )
 
 // Queue names. Weights are in Queues.

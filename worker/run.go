@@ -21,6 +21,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/events"
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/journal"
 	"github.com/stargazer/stargazer-jobs/monitor"
 	"github.com/stargazer/stargazer-jobs/periodic"
 )
@@ -114,7 +115,8 @@ func Run(ctx context.Context, p Params) error {
 		Catalog: catalog, RedisClient: rdb, SingletonLease: cfg.SingletonLease,
 	}
 	mux := Mux(wopt)
-	for _, r := range handlers.Register(mux, handlers.Deps{Redis: rdb, Logger: log}, catalog, cfg.Available()) {
+	hdeps := handlers.Deps{Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit}
+	for _, r := range handlers.Register(mux, hdeps, catalog, cfg.Available()) {
 		if !r.Registered {
 			log.Debug("handler not registered", "task", r.Task, "reason", r.Reason)
 		}
@@ -150,6 +152,17 @@ func Run(ctx context.Context, p Params) error {
 		log.Info("scheduler disabled (SCHEDULER_ENABLED=false): this process only runs tasks")
 	}
 
+	local := handlers.NodeLocal(hdeps)
+	for _, d := range decisions {
+		if fn := local[d.Spec.Name]; d.Scheduled && d.Spec.Kind == jobs.NodeLocal && fn != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				superviseLocal(schedCtx, log.With("task", d.Spec.Name), d.Spec.InitialDelay, d.Interval, fn)
+			}()
+		}
+	}
+
 	<-ctx.Done()
 	log.Info("shutting down", "shutdown_timeout", cfg.ShutdownTimeout.String())
 	stopSched()
@@ -163,6 +176,36 @@ func Run(ctx context.Context, p Params) error {
 	_ = httpSrv.Shutdown(shutCtx)
 	log.Info("worker stopped")
 	return nil
+}
+
+// superviseLocal runs a node-local loop after its initial delay and restarts
+// it restart after every end, as the original scheduler did, until ctx ends
+// (which also ends the loop's own work, killing any child process).
+func superviseLocal(ctx context.Context, log *slog.Logger, initial, restart time.Duration, fn func(context.Context) error) {
+	wait := initial
+	quiet := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = restart
+		err := fn(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, journal.ErrNoJournal):
+			if !quiet {
+				log.Info("journalctl is not installed on this node; journal_stream idles and checks again periodically", "retry_every", restart.String())
+				quiet = true
+			}
+		case err != nil:
+			log.Warn("node-local task ended with an error; restarting", "error", err, "restart_in", restart.String())
+		default:
+			log.Info("node-local task ended; restarting", "restart_in", restart.String())
+		}
+	}
 }
 
 // waitForRedis reports an unreachable Redis and keeps trying with backoff
@@ -205,7 +248,7 @@ func logCatalog(log *slog.Logger, ds []jobs.Decision) {
 func entries(ds []jobs.Decision) []periodic.Entry {
 	var out []periodic.Entry
 	for _, d := range ds {
-		if !d.Scheduled || d.Spec.Kind == jobs.Startup {
+		if !d.Scheduled || d.Spec.Kind == jobs.Startup || d.Spec.Kind == jobs.NodeLocal {
 			continue
 		}
 		payload, err := jobs.EncodePayload(d.Spec.NewPayload())

@@ -8,8 +8,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,4 +219,39 @@ func TestSchedulerRunsThePromptTickOnItsOwn(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("prompt never fired\n%s", w.logs.String())
+}
+
+func TestJournalStreamRunsOnEveryNodeAndLeavesNoOrphanOnShutdown(t *testing.T) {
+	dir := t.TempDir()
+	script := "#!/bin/sh\necho $$ > " + dir + "/pid\necho '{\"MESSAGE\":\"from the journal\"}'\nexec sleep 1000\n"
+	if err := os.WriteFile(filepath.Join(dir, "journalctl"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	srv := redistest.Start(t)
+	sub := srv.Client(t).Subscribe(context.Background(), "stargazer:journal")
+	defer sub.Close()
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, map[string]string{"REDIS_URL": srv.URL()})
+	select {
+	case m := <-sub.Channel():
+		if !strings.Contains(m.Payload, "from the journal") {
+			t.Errorf("published %q", m.Payload)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no journal line published\n%s", w.logs.String())
+	}
+	if err := w.stop(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if syscall.Kill(pid, 0) == nil {
+		t.Errorf("journalctl (pid %d) still running after the worker stopped", pid)
+	}
 }
