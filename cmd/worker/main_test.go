@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -38,15 +37,6 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 type running struct {
 	addr string
 	logs *syncBuffer
@@ -56,7 +46,7 @@ type running struct {
 // startWorker runs the worker in-process as main would, until stop.
 func startWorker(t *testing.T, env map[string]string) *running {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := redistest.FreeAddr(t)
 	env["HTTP_ADDR"] = addr
 	if env["SHUTDOWN_TIMEOUT"] == "" {
 		env["SHUTDOWN_TIMEOUT"] = "5s"

@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -63,19 +62,10 @@ func (p *proc) Logs() string {
 	return p.logs.String()
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // start launches a worker process and waits until it serves tasks.
 func start(t *testing.T, redisURL string, env map[string]string) *proc {
 	t.Helper()
-	p := &proc{t: t, addr: freeAddr(t), done: make(chan struct{})}
+	p := &proc{t: t, addr: redistest.FreeAddr(t), done: make(chan struct{})}
 	p.cmd = exec.Command(binary)
 	p.cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "HTTP_ADDR="+p.addr, "SHUTDOWN_TIMEOUT=5s", "LOG_LEVEL=info")
 	for k, v := range env {

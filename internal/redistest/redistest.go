@@ -107,3 +107,14 @@ func (s *Server) Stop() {
 		_ = s.cmd.Wait()
 	}
 }
+
+// FreeAddr returns a loopback host:port that was free a moment ago, for a
+// server the test is about to start.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	port, err := freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+}
