@@ -212,3 +212,23 @@ func TestNewRejectsBadEntries(t *testing.T) {
 		t.Error("duplicate entry accepted")
 	}
 }
+
+func TestAnArchivedRunDoesNotBlockTheSchedule(t *testing.T) {
+	f := newFixture(t)
+	f.entry.InitialDelay = 0
+	ctx := context.Background()
+	s := f.scheduler(true)
+	s.Tick(ctx)
+	pending, _ := f.insp.ListPendingTasks("default")
+	if len(pending) != 1 {
+		t.Fatalf("pending = %d", len(pending))
+	}
+	if err := f.insp.ArchiveTask("default", pending[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	f.clk.Add(time.Hour)
+	s.Tick(ctx)
+	if f.obs.n[periodic.OutcomeEnqueued] != 2 {
+		t.Fatalf("outcomes %v: the occurrence after an archived run must be enqueued", f.obs.n)
+	}
+}

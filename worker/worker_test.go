@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
+	"github.com/stargazer/stargazer-jobs/singleton"
 	"github.com/stargazer/stargazer-jobs/worker"
 )
 
@@ -205,5 +207,40 @@ func TestRetryDelay(t *testing.T) {
 		if total > s.Interval/2 {
 			t.Errorf("%s: %d retries take %v, more than half its %v period", s.Name, s.MaxRetry, total, s.Interval)
 		}
+	}
+}
+
+func TestSingletonLocksAreReleasedWhenARunFailsForGood(t *testing.T) {
+	h := newHarness(t, 5*time.Second)
+	spec := jobs.Spec{Name: "test_single", Kind: jobs.Supervised, Interval: time.Hour, Queue: jobs.QueueDefault,
+		Singleton: true, MaxRetry: 0, Timeout: time.Minute, NewPayload: func() jobs.Payload { return &jobs.Empty{} }}
+	h.opts.Catalog = append(jobs.Catalog(), spec)
+	h.mux = worker.Mux(h.opts)
+	h.mux.HandleFunc(spec.Name, func(ctx context.Context, _ *asynq.Task) error {
+		if err := singleton.Verify(ctx); err != nil {
+			t.Errorf("verify inside the run: %v", err)
+		}
+		return errors.New("graph unreachable")
+	})
+	s := h.start(t)
+	defer s.Shutdown()
+	info, err := h.client.Enqueue(asynq.NewTask(spec.Name, nil), asynq.Unique(spec.UniqueTTL()), asynq.MaxRetry(spec.MaxRetry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.Enqueue(asynq.NewTask(spec.Name, nil), asynq.Unique(spec.UniqueTTL()), asynq.MaxRetry(spec.MaxRetry)); !errors.Is(err, asynq.ErrDuplicateTask) {
+		t.Fatalf("second enqueue while queued: %v, want ErrDuplicateTask", err)
+	}
+	waitFor(t, "archive", func() bool {
+		got, err := h.insp.GetTaskInfo(jobs.QueueDefault, info.ID)
+		return err == nil && got.State == asynq.TaskStateArchived
+	})
+	rdb := h.srv.Client(t)
+	waitFor(t, "locks released", func() bool {
+		n, _ := rdb.Exists(context.Background(), singleton.UniqueKey(jobs.QueueDefault, spec.Name, nil), singleton.KeyPrefix+spec.Name).Result()
+		return n == 0
+	})
+	if _, err := h.client.Enqueue(asynq.NewTask(spec.Name, nil), asynq.Unique(spec.UniqueTTL()), asynq.MaxRetry(spec.MaxRetry)); err != nil {
+		t.Fatalf("enqueue after the archived run: %v", err)
 	}
 }
