@@ -56,6 +56,11 @@ type Config struct {
 	ShutdownTimeout    time.Duration
 	HTTPAddr           string
 	DashboardPath      string
+	DashboardReadOnly  bool
+	Role               string
+	MonitorToken       string
+	MonitorUser        string
+	MonitorPassword    string
 	LogLevel           slog.Level
 	SchedulerEnabled   bool
 	DebugEventsChannel string
@@ -254,6 +259,18 @@ func Settings() []Setting {
 				c.DashboardPath = strings.TrimSuffix(v, "/")
 				return nil
 			}},
+		{Env: "DASHBOARD_READ_ONLY", Default: "false", Help: "Hide the dashboard's delete, run, archive and pause actions (asynqmon refuses non-GET API calls).", set: boolean(func(c *Config) *bool { return &c.DashboardReadOnly })},
+		{Env: "ROLE", Default: "worker", Help: "worker: run tasks, the scheduler and the monitor; monitor: serve only the dashboard, the enqueue API and metrics.",
+			set: func(c *Config, v string) error {
+				if v != RoleWorker && v != RoleMonitor {
+					return errors.New("must be worker or monitor")
+				}
+				c.Role = v
+				return nil
+			}},
+		{Env: "MONITOR_TOKEN", Help: "Bearer token for the dashboard and POST /api/v1/tasks. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorToken })},
+		{Env: "MONITOR_USER", Help: "Basic-auth user for the dashboard and the API (with MONITOR_PASSWORD).", set: str(func(c *Config) *string { return &c.MonitorUser })},
+		{Env: "MONITOR_PASSWORD", Help: "Basic-auth password. Never logged. With no token and no user/password, the HTTP server binds to loopback only.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorPassword })},
 		{Env: "LOG_LEVEL", Default: "info", Help: "debug, info, warn or error.",
 			set: func(c *Config, v string) error {
 				if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
@@ -295,6 +312,12 @@ func Settings() []Setting {
 	}
 }
 
+// Roles of a process.
+const (
+	RoleWorker  = "worker"
+	RoleMonitor = "monitor"
+)
+
 // Load reads the settings from getenv and then from args (flags win). An
 // invalid value yields an *Error naming the variable.
 func Load(getenv func(string) string, args []string, usage io.Writer) (Config, error) {
@@ -332,6 +355,9 @@ func Load(getenv func(string) string, args []string, usage io.Writer) (Config, e
 			}
 			return c, &Error{Setting: name, Reason: reason}
 		}
+	}
+	if (c.MonitorUser == "") != (c.MonitorPassword == "") {
+		return c, &Error{Setting: "MONITOR_USER", Reason: "MONITOR_USER and MONITOR_PASSWORD must be set together"}
 	}
 	return c, nil
 }

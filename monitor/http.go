@@ -9,12 +9,17 @@ import (
 	"github.com/hibiken/asynqmon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/stargazer/stargazer-jobs/enqueue"
+	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
 // Options configure the handler tree.
 type Options struct {
-	// Gatherer is served on /metrics.
-	Gatherer prometheus.Gatherer
+	// Gatherer is served on /metrics; Registerer receives the monitor's own
+	// counters (unauthorized requests).
+	Gatherer   prometheus.Gatherer
+	Registerer prometheus.Registerer
 	// Redis is pinged by /readyz.
 	Redis Pinger
 	// RedisConnOpt lets asynqmon open its own connections.
@@ -23,6 +28,11 @@ type Options struct {
 	DashboardPath string
 	// ReadOnly hides the dashboard's delete/run/pause actions.
 	ReadOnly bool
+	// Auth protects the dashboard and the API.
+	Auth Auth
+	// Catalog and Enqueuer serve POST /api/v1/tasks.
+	Catalog  []jobs.Spec
+	Enqueuer enqueue.Enqueuer
 }
 
 // Server is the monitor's handler tree. Close releases the dashboard's
@@ -32,8 +42,17 @@ type Server struct {
 	mon *asynqmon.HTTPHandler
 }
 
-// New builds the handler tree: /healthz, /readyz, /metrics and the dashboard.
+// New builds the handler tree. /healthz, /readyz and /metrics are open (for
+// probes and scrapers); the dashboard and /api/v1/ require Auth when it is
+// enabled.
 func New(o Options) *Server {
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargazer_http_unauthorized_total",
+		Help: "HTTP requests refused for missing or wrong credentials, by area (dashboard, api).",
+	}, []string{"area"})
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(refused)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -48,12 +67,19 @@ func New(o Options) *Server {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	if o.Enqueuer != nil {
+		mux.Handle("POST /api/v1/tasks", o.Auth.protect("api", refused, enqueueAPI(o.Catalog, o.Enqueuer)))
+	}
 	mon := asynqmon.New(asynqmon.Options{
 		RootPath:     o.DashboardPath,
 		RedisConnOpt: o.RedisConnOpt,
 		ReadOnly:     o.ReadOnly,
 	})
-	mux.Handle(o.DashboardPath+"/", mon)
+	dash := o.Auth.protect("dashboard", refused, mon)
+	mux.Handle(o.DashboardPath+"/", dash)
+	// The browser fetches the web manifest without credentials; it holds
+	// nothing but the app's name.
+	mux.Handle("GET "+o.DashboardPath+"/manifest.json", mon)
 	mux.Handle(o.DashboardPath, http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
 	mux.Handle("GET /{$}", http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
 	return &Server{Handler: mux, mon: mon}

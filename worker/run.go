@@ -51,6 +51,14 @@ func Run(ctx context.Context, p Params) error {
 	if catalog == nil {
 		catalog = jobs.Catalog()
 	}
+	implemented := handlers.Implemented()
+	for name := range p.Extra {
+		implemented[name] = true
+	}
+	env, err := cfg.GatingEnv(catalog, implemented)
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewJSONHandler(p.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
 
 	if cfg.Embedded() {
@@ -78,14 +86,25 @@ func Run(ctx context.Context, p Params) error {
 	defer insp.Close()
 	reg.MustRegister(monitor.NewQueueCollector(insp))
 
+	decisions := jobs.Gate(catalog, env)
+
+	client := asynq.NewClient(connOpt)
+	defer client.Close()
+	auth := monitor.Auth{Token: cfg.MonitorToken, User: cfg.MonitorUser, Password: cfg.MonitorPassword}
 	mon := monitor.New(monitor.Options{
-		Gatherer:      reg,
-		Redis:         monitor.PingFunc(func(ctx context.Context) error { return rdb.Ping(ctx).Err() }),
-		RedisConnOpt:  connOpt,
-		DashboardPath: cfg.DashboardPath,
+		Gatherer: reg, Registerer: reg,
+		Redis:        monitor.PingFunc(func(ctx context.Context) error { return rdb.Ping(ctx).Err() }),
+		RedisConnOpt: connOpt, DashboardPath: cfg.DashboardPath, ReadOnly: cfg.DashboardReadOnly,
+		Auth: auth, Catalog: catalog, Enqueuer: client,
 	})
 	defer mon.Close()
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	addr := cfg.HTTPAddr
+	if !auth.Enabled() {
+		addr = loopback(addr)
+		log.Warn("no MONITOR_TOKEN or MONITOR_USER/MONITOR_PASSWORD configured: the dashboard and the enqueue API are unauthenticated, so the HTTP server binds to loopback only",
+			"addr", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return &config.Error{Setting: "HTTP_ADDR", Reason: err.Error()}
 	}
@@ -95,18 +114,20 @@ func Run(ctx context.Context, p Params) error {
 			log.Error("http server stopped", "error", err)
 		}
 	}()
-	log.Info("monitor listening", "addr", ln.Addr().String(),
-		"dashboard", "http://"+ln.Addr().String()+cfg.DashboardPath+"/", "metrics", "/metrics")
+	defer func() {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = httpSrv.Shutdown(shutCtx)
+	}()
+	log.Info("monitor listening", "addr", ln.Addr().String(), "auth", auth.Enabled(), "read_only", cfg.DashboardReadOnly,
+		"dashboard", "http://"+ln.Addr().String()+cfg.DashboardPath+"/", "metrics", "/metrics", "api", "/api/v1/tasks")
 
-	implemented := handlers.Implemented()
-	for name := range p.Extra {
-		implemented[name] = true
+	if cfg.Role == config.RoleMonitor {
+		log.Info("monitor role: serving the dashboard, the API and metrics; running no tasks and no scheduler")
+		<-ctx.Done()
+		log.Info("monitor stopped")
+		return nil
 	}
-	env, err := cfg.GatingEnv(catalog, implemented)
-	if err != nil {
-		return err
-	}
-	decisions := jobs.Gate(catalog, env)
 	logCatalog(log, decisions)
 
 	wopt := Options{
@@ -136,8 +157,6 @@ func Run(ctx context.Context, p Params) error {
 	schedCtx, stopSched := context.WithCancel(ctx)
 	defer stopSched()
 	if cfg.SchedulerEnabled {
-		client := asynq.NewClient(connOpt)
-		defer client.Close()
 		sched, err := periodic.New(periodic.Config{
 			Redis: rdb, Enqueuer: client, States: periodic.InspectorStates{Inspector: insp},
 			Observer: schedulerMetrics{metrics}, Logger: log.With("component", "scheduler"),
@@ -171,9 +190,6 @@ func Run(ctx context.Context, p Params) error {
 	// asynq puts unfinished ones back on the queue.
 	srv.Stop()
 	srv.Shutdown()
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = httpSrv.Shutdown(shutCtx)
 	log.Info("worker stopped")
 	return nil
 }
@@ -206,6 +222,18 @@ func superviseLocal(ctx context.Context, log *slog.Logger, initial, restart time
 			log.Info("node-local task ended; restarting", "restart_in", restart.String())
 		}
 	}
+}
+
+// loopback rewrites addr's host to the loopback address, keeping its port.
+func loopback(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
+		return addr
+	}
+	return net.JoinHostPort("127.0.0.1", port)
 }
 
 // waitForRedis reports an unreachable Redis and keeps trying with backoff

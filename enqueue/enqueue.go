@@ -1,0 +1,168 @@
+// Package enqueue is the one way to enqueue a catalog task by hand, shared by
+// the enqueuer CLI and the monitor's HTTP API so both validate alike.
+package enqueue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+// Errors, checked with errors.Is.
+var (
+	// ErrInvalid means the request cannot be enqueued as given.
+	ErrInvalid = errors.New("invalid request")
+	// ErrSingletonBusy means the task is a singleton and an instance is
+	// already queued or running.
+	ErrSingletonBusy = errors.New("singleton already queued or running")
+)
+
+// DefaultRetention keeps a hand-enqueued task's result and state readable
+// (enqueuer status, the dashboard) for a day after it finishes.
+const DefaultRetention = 24 * time.Hour
+
+// Duration is a time.Duration written as a Go duration string ("90s") in JSON.
+type Duration time.Duration
+
+// UnmarshalJSON accepts "90s"-style strings.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("a duration must be a string such as \"90s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Request asks for one run of a catalog task.
+type Request struct {
+	Task    string          `json:"task"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+	// Queue overrides the task's queue.
+	Queue string `json:"queue,omitempty"`
+	// In delays the run; At schedules it at a time. At most one of them.
+	In Duration   `json:"in,omitempty"`
+	At *time.Time `json:"at,omitempty"`
+	// Unique refuses the enqueue while another copy with the same payload
+	// is queued or running, for this long. Singletons always get it.
+	Unique   Duration `json:"unique,omitempty"`
+	MaxRetry *int     `json:"max_retry,omitempty"`
+	Timeout  Duration `json:"timeout,omitempty"`
+}
+
+// Prepared is a validated request, ready for asynq.
+type Prepared struct {
+	Spec    jobs.Spec
+	Task    *asynq.Task
+	Options []asynq.Option
+	Queue   string
+}
+
+// Prepare validates r against the catalog and now. Every error wraps
+// ErrInvalid and says which field is wrong.
+func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
+	var spec jobs.Spec
+	found := false
+	for _, s := range catalog {
+		if s.Name == r.Task {
+			spec, found = s, true
+			break
+		}
+	}
+	if !found {
+		return Prepared{}, fmt.Errorf("%w: unknown task %q", ErrInvalid, r.Task)
+	}
+	if spec.Kind == jobs.NodeLocal {
+		return Prepared{}, fmt.Errorf("%w: %s runs inside every worker process and cannot be enqueued", ErrInvalid, spec.Name)
+	}
+	raw := []byte(r.Payload)
+	if strings.TrimSpace(string(raw)) == "null" {
+		raw = nil
+	}
+	p, err := jobs.DecodePayload(spec, raw)
+	if err != nil {
+		return Prepared{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return Prepared{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	queue := spec.Queue
+	if r.Queue != "" {
+		if _, ok := jobs.Queues()[r.Queue]; !ok {
+			return Prepared{}, fmt.Errorf("%w: unknown queue %q (queues: critical, default, maintenance)", ErrInvalid, r.Queue)
+		}
+		queue = r.Queue
+	}
+	maxRetry := spec.MaxRetry
+	if r.MaxRetry != nil {
+		if *r.MaxRetry < 0 || *r.MaxRetry > 100 {
+			return Prepared{}, fmt.Errorf("%w: max_retry must be between 0 and 100", ErrInvalid)
+		}
+		maxRetry = *r.MaxRetry
+	}
+	timeout := spec.Timeout
+	if r.Timeout != 0 {
+		if time.Duration(r.Timeout) < time.Second {
+			return Prepared{}, fmt.Errorf("%w: timeout must be at least 1s", ErrInvalid)
+		}
+		timeout = time.Duration(r.Timeout)
+	}
+	opts := []asynq.Option{asynq.Queue(queue), asynq.MaxRetry(maxRetry), asynq.Timeout(timeout), asynq.Retention(DefaultRetention)}
+	switch {
+	case r.In != 0 && r.At != nil:
+		return Prepared{}, fmt.Errorf("%w: give at most one of in and at", ErrInvalid)
+	case r.In < 0:
+		return Prepared{}, fmt.Errorf("%w: in must not be negative", ErrInvalid)
+	case r.In > 0:
+		opts = append(opts, asynq.ProcessIn(time.Duration(r.In)))
+	case r.At != nil:
+		if r.At.Before(now.Add(-time.Minute)) {
+			return Prepared{}, fmt.Errorf("%w: at %s is in the past", ErrInvalid, r.At.Format(time.RFC3339))
+		}
+		opts = append(opts, asynq.ProcessAt(*r.At))
+	}
+	unique := time.Duration(r.Unique)
+	if r.Unique != 0 && unique < time.Second {
+		return Prepared{}, fmt.Errorf("%w: unique must be at least 1s", ErrInvalid)
+	}
+	if spec.Singleton && unique == 0 {
+		unique = spec.UniqueTTL()
+	}
+	if unique > 0 {
+		opts = append(opts, asynq.Unique(unique))
+	}
+	return Prepared{Spec: spec, Task: asynq.NewTask(spec.Name, data), Options: opts, Queue: queue}, nil
+}
+
+// Enqueuer is the part of asynq.Client Submit uses.
+type Enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// Submit enqueues a prepared request. A refused singleton wraps
+// ErrSingletonBusy.
+func Submit(ctx context.Context, c Enqueuer, p Prepared) (*asynq.TaskInfo, error) {
+	info, err := c.EnqueueContext(ctx, p.Task, p.Options...)
+	if errors.Is(err, asynq.ErrDuplicateTask) {
+		return nil, fmt.Errorf("%w: a copy of %s is already queued or running (`enqueuer locks` shows singleton holders): %w", ErrSingletonBusy, p.Spec.Name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("enqueuing %s: %w", p.Spec.Name, err)
+	}
+	return info, nil
+}
