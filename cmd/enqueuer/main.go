@@ -18,7 +18,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/config"
@@ -29,12 +28,17 @@ import (
 const usage = `usage: enqueuer <command> [flags]
 
 Commands:
-  list [--json]                 the task catalog, gated by this configuration
-  run NAME [--payload JSON]     enqueue one run of task NAME now and print its ID;
-                                a singleton already queued or running is refused
-  schedules [--json]            each periodic task's next run, last run and last status
-  locks                         who holds each singleton's locks, and for how long
-  unlock NAME                   force-release the locks of singleton NAME
+  list [--json]           the task catalog, gated by this configuration
+  run NAME [flags]        enqueue one run of task NAME and print its ID
+                          (--payload, --queue, --in, --at, --unique, --max-retry,
+                          --timeout, --wait); a busy singleton is refused
+  status ID               a task's state, retries, last error and result
+  schedules [--json]      each periodic task's next run, last run and last status
+  locks                   who holds each singleton's locks, and for how long
+  unlock NAME             force-release the locks of singleton NAME
+  prompts add|list|cancel manage scheduled prompts (see: enqueuer prompts help)
+
+Run "enqueuer COMMAND -h" for a command's flags.
 
 Configuration comes from the same environment variables as the worker
 (REDIS_URL, LLM_BASE_URL, KA_ENABLED, ...; see the README).
@@ -77,7 +81,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "list":
 		return list(cfg, args[1:], stdout, stderr)
 	case "run":
-		return enqueue(ctx, cfg, args[1:], stdout, stderr)
+		return runTask(ctx, cfg, args[1:], stdout, stderr)
+	case "status":
+		return status(ctx, cfg, args[1:], stdout, stderr)
+	case "prompts":
+		return promptsCmd(ctx, cfg, args[1:], stdout, stderr)
 	case "schedules":
 		return schedules(ctx, cfg, args[1:], stdout, stderr)
 	case "locks":
@@ -173,69 +181,6 @@ func flagExit(err error) int {
 		return exitOK
 	}
 	return exitUsage
-}
-
-func enqueue(ctx context.Context, cfg config.Config, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	payload := fs.String("payload", "", "task payload as a JSON object (default: the task's defaults)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: enqueuer run NAME [--payload JSON]")
-		fs.PrintDefaults()
-	}
-	// Accept the task name before or after the flags.
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
-	}
-	if name == "" && fs.NArg() > 0 {
-		name = fs.Arg(0)
-	}
-	if name == "" {
-		fs.Usage()
-		return exitUsage
-	}
-	spec, ok := jobs.Lookup(name)
-	if !ok {
-		fmt.Fprintf(stderr, "enqueuer: unknown task %q; `enqueuer list` shows the catalog\n", name)
-		return exitUsage
-	}
-	p, err := jobs.DecodePayload(spec, []byte(*payload))
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-		return exitUsage
-	}
-	data, err := json.Marshal(p)
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-		return exitFailure
-	}
-	ropt, code := connect(ctx, cfg, stderr)
-	if code != exitOK {
-		return code
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	client := asynq.NewClient(config.AsynqRedis(ropt))
-	defer client.Close()
-	opts := []asynq.Option{asynq.Queue(spec.Queue), asynq.MaxRetry(spec.MaxRetry), asynq.Timeout(spec.Timeout), asynq.Retention(24 * time.Hour)}
-	if spec.Singleton {
-		opts = append(opts, asynq.Unique(spec.UniqueTTL()))
-	}
-	info, err := client.EnqueueContext(ctx, asynq.NewTask(spec.Name, data), opts...)
-	if errors.Is(err, asynq.ErrDuplicateTask) {
-		fmt.Fprintf(stderr, "enqueuer: refused: %s is a singleton and an instance is already queued or running; `enqueuer locks` shows it\n", spec.Name)
-		return exitFailure
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: could not enqueue %s on Redis at %s: %v\n", spec.Name, ropt.Addr, err)
-		return exitFailure
-	}
-	fmt.Fprintln(stdout, info.ID)
-	return exitOK
 }
 
 // connect resolves REDIS_URL and checks that Redis answers, reporting a

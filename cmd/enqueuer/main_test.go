@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/original"
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/worker"
 )
 
 func runCLI(env map[string]string, args ...string) (int, string, string) {
@@ -203,5 +205,114 @@ func TestSchedulesShowsNextAndLastRun(t *testing.T) {
 	}
 	if code, out, _ := runCLI(env, "schedules"); code != exitOK || !strings.Contains(out, "scheduled_prompt_tick") {
 		t.Errorf("table: %s", out)
+	}
+}
+
+// startWorker runs a real worker (no scheduler) against srv until cleanup.
+func startWorker(t *testing.T, srv *redistest.Server) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	env := map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false", "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
+	go func() {
+		done <- worker.Run(ctx, worker.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func TestRunWaitReportsSuccessAndFailure(t *testing.T) {
+	srv := redistest.Start(t)
+	startWorker(t, srv)
+	env := map[string]string{"REDIS_URL": srv.URL()}
+
+	code, out, stderr := runCLI(env, "run", jobs.ScheduledPromptCleanup, "--payload", `{"days_to_keep":2}`, "--wait", "--wait-timeout", "30s")
+	if code != exitOK || !strings.Contains(out, "state:       completed") || !strings.Contains(out, `result:      {"days_to_keep":2,"deleted":0}`) {
+		t.Fatalf("wait on success: exit %d\n%s%s", code, out, stderr)
+	}
+	// kg_decay_task has no handler on a worker without FALKORDB_URL: it fails for good.
+	code, out, stderr = runCLI(env, "run", jobs.KGDecay, "--max-retry", "0", "--wait", "--wait-timeout", "30s")
+	if code != exitFailure || !strings.Contains(out, "state:       archived") || !strings.Contains(out, "handler not found") {
+		t.Fatalf("wait on failure: exit %d\n%s%s", code, out, stderr)
+	}
+	id := strings.Fields(out)[0]
+	code, out, _ = runCLI(env, "status", id)
+	if code != exitOK || !strings.Contains(out, "archived") || !strings.Contains(out, "retried:     0 of 0") {
+		t.Errorf("status: exit %d\n%s", code, out)
+	}
+	if code, _, stderr := runCLI(env, "status", "no-such-id"); code != exitFailure || !strings.Contains(stderr, "no task") {
+		t.Errorf("status of unknown id: exit %d %s", code, stderr)
+	}
+}
+
+func TestRunFlagsShapeTheTask(t *testing.T) {
+	srv := redistest.Start(t)
+	env := map[string]string{"REDIS_URL": srv.URL()}
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	code, out, stderr := runCLI(env, "run", jobs.ScheduledPromptTick, "--queue", "default", "--in", "1h", "--max-retry", "7", "--timeout", "30s", "--unique", "2h")
+	if code != exitOK {
+		t.Fatalf("exit %d %s", code, stderr)
+	}
+	ti, err := insp.GetTaskInfo("default", strings.TrimSpace(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ti.State != asynq.TaskStateScheduled || ti.MaxRetry != 7 || ti.Timeout != 30*time.Second || time.Until(ti.NextProcessAt) < 59*time.Minute {
+		t.Errorf("task %+v", ti)
+	}
+	if code, _, stderr := runCLI(env, "run", jobs.ScheduledPromptTick, "--queue", "default", "--in", "1h", "--unique", "2h"); code != exitFailure || !strings.Contains(stderr, "refused") {
+		t.Errorf("duplicate with --unique: exit %d %s", code, stderr)
+	}
+	at := time.Now().Add(2 * time.Hour).UTC().Format(time.RFC3339)
+	if code, _, stderr := runCLI(env, "run", jobs.ScheduledPromptCleanup, "--at", at); code != exitOK {
+		t.Errorf("--at: exit %d %s", code, stderr)
+	}
+	for _, bad := range [][]string{
+		{"run", jobs.KGDecay, "--in", "soon"},
+		{"run", jobs.KGDecay, "--at", "tomorrow"},
+		{"run", jobs.KGDecay, "--at", "2001-01-01T00:00:00Z"},
+		{"run", jobs.KGDecay, "--queue", "fast"},
+		{"run", jobs.KGDecay, "--max-retry", "-1"},
+		{"run", jobs.JournalStream},
+	} {
+		if code, _, stderr := runCLI(env, bad...); code != exitUsage {
+			t.Errorf("%v: exit %d %s, want %d", bad, code, stderr, exitUsage)
+		}
+	}
+}
+
+func TestPromptsAddListCancel(t *testing.T) {
+	srv := redistest.Start(t)
+	env := map[string]string{"REDIS_URL": srv.URL()}
+	code, out, stderr := runCLI(env, "prompts", "add", "--platform", "discord", "--channel", "42", "--user", "u1", "--text", "stand-up", "--in", "1h", "--every", "24h")
+	if code != exitOK {
+		t.Fatalf("add: exit %d %s", code, stderr)
+	}
+	id := strings.TrimSpace(out)
+	code, out, _ = runCLI(env, "prompts", "list", "--json")
+	var ps []promptJSON
+	if err := json.Unmarshal([]byte(out), &ps); err != nil || code != exitOK || len(ps) != 1 || ps[0].ID != id || ps[0].Interval != 86400 {
+		t.Fatalf("list: %d %v %s", code, err, out)
+	}
+	if code, out, _ := runCLI(env, "prompts", "list"); code != exitOK || !strings.Contains(out, "stand-up") {
+		t.Errorf("list table: %s", out)
+	}
+	if code, out, _ := runCLI(env, "prompts", "cancel", id); code != exitOK || !strings.Contains(out, "cancelled") {
+		t.Errorf("cancel: %d %s", code, out)
+	}
+	if code, _, stderr := runCLI(env, "prompts", "cancel", id); code != exitFailure || !strings.Contains(stderr, "no longer pending") {
+		t.Errorf("second cancel: %d %s", code, stderr)
+	}
+	if code, _, stderr := runCLI(env, "prompts", "add", "--platform", "discord", "--text", "x", "--in", "1m"); code != exitUsage || !strings.Contains(stderr, "channel_id is required") {
+		t.Errorf("invalid add: %d %s", code, stderr)
+	}
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"list", "-h"}, {"run", "-h"}, {"status", "-h"}, {"schedules", "-h"}, {"prompts", "help"}, {"prompts", "add", "-h"}} {
+		code, out, stderr := runCLI(nil, args...)
+		if code != exitOK || !strings.Contains(out+stderr, "usage") {
+			t.Errorf("%v: exit %d, no usage text: %q %q", args, code, out, stderr)
+		}
 	}
 }
