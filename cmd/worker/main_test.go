@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -243,5 +244,41 @@ func TestJournalStreamRunsOnEveryNodeAndLeavesNoOrphanOnShutdown(t *testing.T) {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	if syscall.Kill(pid, 0) == nil {
 		t.Errorf("journalctl (pid %d) still running after the worker stopped", pid)
+	}
+}
+
+func TestHealthcheckSubcommand(t *testing.T) {
+	w := startWorker(t, map[string]string{})
+	_, port, _ := net.SplitHostPort(w.addr)
+	if code := healthcheck("0.0.0.0:"+port, io.Discard); code != 0 {
+		t.Errorf("healthcheck of a live worker = %d", code)
+	}
+	if code := healthcheck(redistest.FreeAddr(t), io.Discard); code != 1 {
+		t.Errorf("healthcheck of nothing = %d", code)
+	}
+}
+
+func TestWithoutCredentialsTheMonitorBindsToLoopbackOnly(t *testing.T) {
+	srv := redistest.Start(t)
+	addr := redistest.FreeAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": "0.0.0.0:" + port, "ROLE": "monitor"}
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "monitor role") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "binds to loopback only") || !strings.Contains(logs.String(), `"addr":"127.0.0.1:`+port+`"`) {
+		t.Fatalf("no loopback notice:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "worker started") {
+		t.Error("the monitor role started a worker")
+	}
+	if code, _ := get(t, "http://127.0.0.1:"+port+"/dashboard/"); code != 200 {
+		t.Errorf("dashboard on loopback = %d", code)
 	}
 }
