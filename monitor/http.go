@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
@@ -71,9 +72,11 @@ func New(o Options) *Server {
 		mux.Handle("POST /api/v1/tasks", o.Auth.protect("api", refused, enqueueAPI(o.Catalog, o.Enqueuer)))
 	}
 	mon := asynqmon.New(asynqmon.Options{
-		RootPath:     o.DashboardPath,
-		RedisConnOpt: o.RedisConnOpt,
-		ReadOnly:     o.ReadOnly,
+		RootPath:         o.DashboardPath,
+		RedisConnOpt:     o.RedisConnOpt,
+		ReadOnly:         o.ReadOnly,
+		PayloadFormatter: asynqmon.PayloadFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
+		ResultFormatter:  asynqmon.ResultFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
 	})
 	dash := o.Auth.protect("dashboard", refused, mon)
 	mux.Handle(o.DashboardPath+"/", dash)
@@ -83,6 +86,18 @@ func New(o Options) *Server {
 	mux.Handle(o.DashboardPath, http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
 	mux.Handle("GET /{$}", http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
 	return &Server{Handler: mux, mon: mon}
+}
+
+// printable shows payloads and results as text: they are JSON by
+// construction, and an empty payload means "the task's defaults".
+func printable(b []byte) string {
+	switch {
+	case len(b) == 0:
+		return "(defaults)"
+	case utf8.Valid(b):
+		return string(b)
+	}
+	return fmt.Sprintf("(%d bytes, not UTF-8)", len(b))
 }
 
 // Close releases the dashboard's Redis connections.

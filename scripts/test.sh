@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh machine it first installs what the
-# tests need (a real redis-server) from the distribution's packages.
+# tests need (a real redis-server, Chromium for the dashboard test) from the
+# distribution's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_install=()
 command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need_install+=(chromium)
 if ((${#need_install[@]})); then
   echo "installing: ${need_install[*]}"
   SUDO=""

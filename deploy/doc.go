@@ -1,0 +1,2 @@
+// Package deploy holds the tests of the deployment files at the repository root (docker-compose.yml, prometheus.yml, Dockerfile).
+package deploy
