@@ -149,13 +149,7 @@ func list(cfg config.Config, args []string, stdout, stderr io.Writer) int {
 		})
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(entries); err != nil {
-			fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-			return exitFailure
-		}
-		return exitOK
+		return printJSON(stdout, stderr, entries)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tEVERY\tFIRST AFTER\tREQUIRES\tQUEUE\tSCHEDULED")
@@ -211,4 +205,15 @@ func ping(ctx context.Context, opt *redis.Options) error {
 	rdb := redis.NewClient(&o)
 	defer rdb.Close()
 	return rdb.Ping(ctx).Err()
+}
+
+// printJSON writes v as indented JSON, the --json output of every command.
+func printJSON(stdout, stderr io.Writer, v any) int {
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
 }

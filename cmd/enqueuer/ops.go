@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -77,10 +76,7 @@ func schedules(ctx context.Context, cfg config.Config, args []string, stdout, st
 		out = append(out, e)
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(out)
-		return exitOK
+		return printJSON(stdout, stderr, out)
 	}
 	if len(out) == 0 {
 		fmt.Fprintln(stdout, "no schedules yet: no scheduler has run against this Redis")

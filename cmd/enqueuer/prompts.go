@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -144,10 +143,7 @@ func promptsList(ctx context.Context, cfg config.Config, args []string, stdout, 
 		for _, p := range ps {
 			out = append(out, promptJSON{p.ID, p.Platform, p.ChannelID, p.UserID, p.Text, p.FireAt, p.Interval.Seconds(), string(p.Status), p.FireCount})
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(out)
-		return exitOK
+		return printJSON(stdout, stderr, out)
 	}
 	if len(ps) == 0 {
 		fmt.Fprintln(stdout, "no pending prompts")
