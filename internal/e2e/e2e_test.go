@@ -170,16 +170,6 @@ func overlaps(t *testing.T, rdb *redis.Client) []string {
 	return o
 }
 
-func within(rs []run, from, to time.Time) int {
-	n := 0
-	for _, r := range rs {
-		if !r.start.Before(from) && r.start.Before(to) {
-			n++
-		}
-	}
-	return n
-}
-
 func distinctIDs(t *testing.T, rs []run) {
 	t.Helper()
 	seen := map[string]bool{}
