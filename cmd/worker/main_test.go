@@ -282,3 +282,62 @@ func TestWithoutCredentialsTheMonitorBindsToLoopbackOnly(t *testing.T) {
 		t.Errorf("dashboard on loopback = %d", code)
 	}
 }
+
+func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
+	redisAddr := redistest.FreeAddr(t)
+	addr := redistest.FreeAddr(t)
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	env := map[string]string{"REDIS_URL": "redis://" + redisAddr + "/0", "HTTP_ADDR": addr, "SHUTDOWN_TIMEOUT": "2s"}
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
+	defer func() { cancel(); <-done }()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "redis unreachable; retrying") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "redis unreachable; retrying") {
+		t.Fatalf("no report of the unreachable Redis:\n%s", logs.String())
+	}
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != 200 {
+		t.Errorf("healthz while Redis is down = %d, want 200: the process is alive", code)
+	}
+	if code, _ := get(t, "http://"+addr+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("readyz while Redis is down = %d, want 503", code)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("worker exited while Redis was down: %v", err)
+	default:
+	}
+
+	srv := redistest.StartAt(t, redisAddr)
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), "worker started") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "worker started") {
+		t.Fatalf("worker did not start once Redis came back:\n%s", logs.String())
+	}
+	if code, _ := get(t, "http://"+addr+"/readyz"); code != 200 {
+		t.Errorf("readyz after Redis came back = %d", code)
+	}
+	// And it works: a prompt tick enqueued now is processed.
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer client.Close()
+	info, err := client.Enqueue(asynq.NewTask(jobs.ScheduledPromptTick, nil), asynq.Queue(jobs.QueueCritical), asynq.Retention(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	deadline = time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if ti, err := insp.GetTaskInfo(jobs.QueueCritical, info.ID); err == nil && ti.State == asynq.TaskStateCompleted {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("task not processed after Redis came back")
+}

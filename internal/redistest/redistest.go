@@ -65,11 +65,36 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// StartAt launches redis-server on addr (host:port from FreeAddr), for
+// tests that point a client at Redis before it exists.
+func StartAt(tb testing.TB, addr string, extra ...string) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		tb.Fatalf("redis-server not found on PATH: %v", err)
+	}
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	port, _ := strconv.Atoi(p)
+	s, err := startPort(bin, tb.TempDir(), port, extra)
+	if err != nil {
+		tb.Fatalf("starting redis-server on %s: %v", addr, err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
+
 func start(bin, dir string, extra []string) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
+	return startPort(bin, dir, port, extra)
+}
+
+func startPort(bin, dir string, port int, extra []string) (*Server, error) {
 	args := append([]string{
 		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
@@ -82,6 +107,7 @@ func start(bin, dir string, extra []string) (*Server, error) {
 	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Dir: dir, cmd: cmd}
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
 	defer c.Close()
+	var err error
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
