@@ -53,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"task"}),
 		SchedulerFires: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stargazer_scheduler_fires_total",
-			Help: "Due occurrences handled by this scheduler, by task and outcome: enqueued (on time), late (enqueued more than 5 s after due), duplicate (a peer or a running singleton had it), overlap (previous run still going), error.",
+			Help: "Due occurrences handled by this scheduler, by task and outcome: enqueued (on time), late (enqueued more than 5 s after due), duplicate (a peer or a running singleton had it), overlap (previous run still going), coalesced (previous run finished after this one was due), error.",
 		}, []string{"task", "outcome"}),
 		SchedulerLate: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "stargazer_scheduler_lateness_seconds",

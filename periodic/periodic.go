@@ -41,6 +41,7 @@ const (
 	OutcomeEnqueued  = "enqueued"
 	OutcomeDuplicate = "duplicate"
 	OutcomeOverlap   = "overlap"
+	OutcomeCoalesced = "coalesced"
 	OutcomeError     = "error"
 )
 
@@ -64,9 +65,16 @@ type Enqueuer interface {
 	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
 }
 
-// TaskStates reports the state of a task, or found=false if it is gone.
+// TaskStatus is what the scheduler needs to know about a previous run.
+type TaskStatus struct {
+	State asynq.TaskState
+	// CompletedAt is when a completed run finished.
+	CompletedAt time.Time
+}
+
+// TaskStates reports a task's status, or found=false if it is gone.
 type TaskStates interface {
-	TaskState(ctx context.Context, queue, id string) (state asynq.TaskState, found bool, err error)
+	TaskState(ctx context.Context, queue, id string) (st TaskStatus, found bool, err error)
 }
 
 // Observer receives one call per due occurrence handled. missed counts the
@@ -215,14 +223,22 @@ func (s *Scheduler) enqueue(ctx context.Context, e Entry, key string, occ time.T
 			return "", "", fmt.Errorf("reading last occurrence: %w", err)
 		}
 		if prev != "" && prev != id {
-			state, found, err := s.cfg.States.TaskState(ctx, e.Queue, prev)
+			st, found, err := s.cfg.States.TaskState(ctx, e.Queue, prev)
 			if err != nil {
 				return "", "", fmt.Errorf("checking last occurrence %s: %w", prev, err)
 			}
-			if found && running(state) {
+			if found && running(st.State) {
 				s.cfg.Logger.Info("scheduler: previous run still queued or running; skipping this occurrence",
-					"task", e.Name, "previous", prev, "state", state.String())
+					"task", e.Name, "previous", prev, "state", st.State.String())
 				return OutcomeOverlap, prev, nil
+			}
+			// A previous run that finished after this occurrence came due
+			// has already done its work (typically a run left queued over a
+			// downtime): running again now would make two catch-ups.
+			if found && st.State == asynq.TaskStateCompleted && !st.CompletedAt.Before(occ) {
+				s.cfg.Logger.Info("scheduler: previous run finished after this occurrence was due; coalescing",
+					"task", e.Name, "previous", prev, "completed_at", st.CompletedAt)
+				return OutcomeCoalesced, prev, nil
 			}
 		}
 	}
@@ -258,8 +274,8 @@ func (s *Scheduler) enqueue(ctx context.Context, e Entry, key string, occ time.T
 // lock is a leak and is released.
 func (s *Scheduler) releaseLeakedLock(ctx context.Context, e Entry, id string) {
 	if s.cfg.States != nil {
-		state, found, err := s.cfg.States.TaskState(ctx, e.Queue, id)
-		if err != nil || (found && running(state)) {
+		st, found, err := s.cfg.States.TaskState(ctx, e.Queue, id)
+		if err != nil || (found && running(st.State)) {
 			return
 		}
 	}
@@ -286,15 +302,15 @@ func (s *Scheduler) observe(task, outcome string, late time.Duration, missed int
 type InspectorStates struct{ Inspector *asynq.Inspector }
 
 // TaskState implements TaskStates.
-func (i InspectorStates) TaskState(_ context.Context, queue, id string) (asynq.TaskState, bool, error) {
+func (i InspectorStates) TaskState(_ context.Context, queue, id string) (TaskStatus, bool, error) {
 	info, err := i.Inspector.GetTaskInfo(queue, id)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-		return 0, false, nil
+		return TaskStatus{}, false, nil
 	}
 	if err != nil {
-		return 0, false, err
+		return TaskStatus{}, false, err
 	}
-	return info.State, true, nil
+	return TaskStatus{State: info.State, CompletedAt: info.CompletedAt}, true, nil
 }
 
 // State is a task's schedule as kept in Redis.

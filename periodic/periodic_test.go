@@ -232,3 +232,32 @@ func TestAnArchivedRunDoesNotBlockTheSchedule(t *testing.T) {
 		t.Fatalf("outcomes %v: the occurrence after an archived run must be enqueued", f.obs.n)
 	}
 }
+
+// lateStates reports every previous run as completed a second after now:
+// a run that was left queued over a downtime and finished late.
+type lateStates struct{ clk *clock }
+
+func (l lateStates) TaskState(context.Context, string, string) (periodic.TaskStatus, bool, error) {
+	return periodic.TaskStatus{State: asynq.TaskStateCompleted, CompletedAt: l.clk.Now().Add(time.Second)}, true, nil
+}
+
+func TestARunThatFinishedAfterTheDueTimeCoalescesTheOccurrence(t *testing.T) {
+	f := newFixture(t)
+	f.entry.InitialDelay = 0
+	ctx := context.Background()
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: f.srv.Addr})
+	defer client.Close()
+	s, err := periodic.New(periodic.Config{
+		Redis: f.srv.Client(t), Enqueuer: client, Observer: f.obs, Now: f.clk.Now,
+		States: lateStates{f.clk}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, []periodic.Entry{f.entry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Tick(ctx)
+	f.clk.Add(3 * time.Hour)
+	s.Tick(ctx)
+	if f.obs.n[periodic.OutcomeEnqueued] != 1 || f.obs.n[periodic.OutcomeCoalesced] != 1 {
+		t.Fatalf("outcomes %v: want the catch-up coalesced into the late run", f.obs.n)
+	}
+}

@@ -94,7 +94,7 @@ func schedules(ctx context.Context, cfg config.Config, args []string, stdout, st
 			last = fmt.Sprintf("%s (%s ago)", e.LastRun.Format(time.RFC3339), now.Sub(*e.LastRun).Round(time.Second))
 		}
 		status := e.LastStatus
-		if e.LastOutcome == periodic.OutcomeOverlap || e.LastOutcome == periodic.OutcomeDuplicate {
+		if e.LastOutcome != "" && e.LastOutcome != periodic.OutcomeEnqueued {
 			status += " (last occurrence: " + e.LastOutcome + ")"
 		}
 		if e.LastError != "" {
