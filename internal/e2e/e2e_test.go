@@ -208,8 +208,11 @@ func TestThreeSchedulersRunEachPeriodOnceNeverTwiceAtOnce(t *testing.T) {
 			t.Errorf("%s ran %d times in %d periods, want %d±1", task, n, periods, periods)
 		}
 		for i := 1; i < len(rs); i++ {
-			if gap := dueOf(t, rs[i]).Sub(dueOf(t, rs[i-1])); gap != 2*time.Second {
-				t.Errorf("%s: occurrences %d and %d are %v apart, want the 2s interval", task, i-1, i, gap)
+			// On the grid, never doubled; an occurrence may be skipped (a run
+			// that ended after the next came due coalesces it), which the
+			// count's ±1 allows.
+			if gap := dueOf(t, rs[i]).Sub(dueOf(t, rs[i-1])); gap <= 0 || gap%(2*time.Second) != 0 {
+				t.Errorf("%s: occurrences %d and %d are %v apart, want a multiple of the 2s interval", task, i-1, i, gap)
 			}
 		}
 		distinctIDs(t, rs)
