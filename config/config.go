@@ -57,6 +57,7 @@ type Config struct {
 	HTTPAddr           string
 	DashboardPath      string
 	DashboardReadOnly  bool
+	QueueMetrics       bool
 	Role               string
 	MonitorToken       string
 	MonitorUser        string
@@ -260,6 +261,7 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Env: "DASHBOARD_READ_ONLY", Default: "false", Help: "Hide the dashboard's delete, run, archive and pause actions (asynqmon refuses non-GET API calls).", set: boolean(func(c *Config) *bool { return &c.DashboardReadOnly })},
+		{Env: "QUEUE_METRICS", Default: "true", Help: "Export asynq queue sizes and latency on /metrics. Each scrape reads every queue from Redis, so in a fleet turn it off on the workers and leave it on the monitor.", set: boolean(func(c *Config) *bool { return &c.QueueMetrics })},
 		{Env: "ROLE", Default: "worker", Help: "worker: run tasks, the scheduler and the monitor; monitor: serve only the dashboard, the enqueue API and metrics.",
 			set: func(c *Config, v string) error {
 				if v != RoleWorker && v != RoleMonitor {

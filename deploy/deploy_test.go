@@ -165,6 +165,7 @@ func TestComposeEnvironment(t *testing.T) {
 		{"worker", "MONITOR_TOKEN", testMonitorToken},
 		{"worker", "ROLE", "worker"},
 		{"worker", "HTTP_ADDR", "0.0.0.0:8080"},
+		{"worker", "QUEUE_METRICS", "false"},
 		{"monitor", "ROLE", "monitor"},
 		{"monitor", "MONITOR_TOKEN", testMonitorToken},
 		{"monitor", "MONITOR_PASSWORD", testMonitorPassword},

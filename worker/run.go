@@ -84,7 +84,9 @@ func Run(ctx context.Context, p Params) error {
 	metrics := monitor.NewMetrics(reg)
 	insp := asynq.NewInspector(connOpt)
 	defer insp.Close()
-	reg.MustRegister(monitor.NewQueueCollector(insp))
+	if cfg.QueueMetrics {
+		reg.MustRegister(monitor.NewQueueCollector(insp))
+	}
 
 	decisions := jobs.Gate(catalog, env)
 
