@@ -12,8 +12,14 @@ if ((${#need_install[@]})); then
   echo "installing: ${need_install[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_install[@]}" >/dev/null
+  for attempt in 1 2 3; do  # the package mirror can blip; try again before failing
+    if $SUDO apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_install[@]}" >/dev/null; then
+      break
+    fi
+    [ "$attempt" -eq 3 ] && { echo "could not install ${need_install[*]}" >&2; exit 1; }
+    sleep 10
+  done
 fi
 
 echo "== gofmt"
