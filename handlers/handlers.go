@@ -90,16 +90,12 @@ func Register(mux *asynq.ServeMux, d Deps, catalog []jobs.Spec, available jobs.R
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
-	available |= jobs.Config
-	if available.Has(jobs.Redis) {
-		available |= jobs.BotRuntime
-	}
 	var regs []Registration
 	fns := builders()
 	local := NodeLocal(d)
 	for _, spec := range catalog {
 		fn, ok := fns[spec.Name]
-		switch missing := spec.All() &^ jobs.ChatLLM &^ available; {
+		switch missing := spec.Missing(available); {
 		case local[spec.Name] != nil:
 			regs = append(regs, Registration{Task: spec.Name, Reason: "node-local: runs inside every worker process, not from the queue"})
 		case !ok:

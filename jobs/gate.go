@@ -50,23 +50,29 @@ const minStarwikiLintInterval = 300 * time.Second
 // Gate applies the original build_scheduler rules, plus the in-task
 // ka_* switches, to every spec. It is pure: same inputs, same answer.
 func Gate(specs []Spec, env Env) []Decision {
-	avail := env.Available | Config
-	if avail.Has(Redis) {
-		avail |= BotRuntime
-	}
 	out := make([]Decision, 0, len(specs))
 	for _, s := range specs {
 		d := Decision{Spec: s, Interval: effectiveInterval(s, env)}
-		d.SkipReason = skipReason(s, env, avail)
+		d.SkipReason = skipReason(s, env)
 		d.Scheduled = d.SkipReason == ""
 		out = append(out, d)
 	}
 	return out
 }
 
-func skipReason(s Spec, env Env, avail Requirement) string {
-	deps := s.All() &^ ChatLLM
-	if missing := deps &^ avail; missing != 0 {
+// Missing returns the dependencies of s that available lacks. Config is
+// always available and BotRuntime whenever Redis is; ChatLLM is a gate, not
+// a dependency.
+func (s Spec) Missing(available Requirement) Requirement {
+	available |= Config
+	if available.Has(Redis) {
+		available |= BotRuntime
+	}
+	return s.All() &^ ChatLLM &^ available
+}
+
+func skipReason(s Spec, env Env) string {
+	if missing := s.Missing(env.Available); missing != 0 {
 		return "missing dependency: " + describeMissing(missing)
 	}
 	if s.Requires.Has(ChatLLM) && !env.ChatLLMEnabled {
