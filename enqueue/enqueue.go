@@ -19,6 +19,9 @@ import (
 var (
 	// ErrInvalid means the request cannot be enqueued as given.
 	ErrInvalid = errors.New("invalid request")
+	// ErrUnknownTask means the task is not in the catalog; it also wraps
+	// ErrInvalid.
+	ErrUnknownTask = errors.New("unknown task")
 	// ErrSingletonBusy means the task is a singleton and an instance is
 	// already queued or running.
 	ErrSingletonBusy = errors.New("singleton already queued or running")
@@ -84,7 +87,7 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 		}
 	}
 	if !found {
-		return Prepared{}, fmt.Errorf("%w: unknown task %q", ErrInvalid, r.Task)
+		return Prepared{}, fmt.Errorf("%w: %w %q", ErrInvalid, ErrUnknownTask, r.Task)
 	}
 	if spec.Kind == jobs.NodeLocal {
 		return Prepared{}, fmt.Errorf("%w: %s runs inside every worker process and cannot be enqueued", ErrInvalid, spec.Name)

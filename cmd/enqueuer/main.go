@@ -177,9 +177,9 @@ func flagExit(err error) int {
 	return exitUsage
 }
 
-// connect resolves REDIS_URL and checks that Redis answers, reporting a
-// problem once, plainly.
-func connect(ctx context.Context, cfg config.Config, stderr io.Writer) (*redis.Options, int) {
+// connect resolves REDIS_URL and returns a client whose Redis has answered
+// a PING, reporting a problem once, plainly. The caller closes it.
+func connect(ctx context.Context, cfg config.Config, stderr io.Writer) (*redis.Client, int) {
 	if cfg.Embedded() {
 		fmt.Fprintln(stderr, "enqueuer: REDIS_URL is not set; the worker's embedded Redis lives inside its process, so set REDIS_URL to a shared Redis")
 		return nil, exitUsage
@@ -189,22 +189,18 @@ func connect(ctx context.Context, cfg config.Config, stderr io.Writer) (*redis.O
 		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
 		return nil, exitUsage
 	}
+	// Fail fast: a CLI should not sit through go-redis's default retries.
+	ropt.MaxRetries = 1
+	ropt.DialTimeout = 3 * time.Second
+	rdb := redis.NewClient(ropt)
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := ping(pctx, ropt); err != nil {
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
 		fmt.Fprintf(stderr, "enqueuer: Redis at %s is unreachable: %v\n", ropt.Addr, err)
 		return nil, exitFailure
 	}
-	return ropt, exitOK
-}
-
-func ping(ctx context.Context, opt *redis.Options) error {
-	o := *opt
-	o.MaxRetries = 1
-	o.DialTimeout = 3 * time.Second
-	rdb := redis.NewClient(&o)
-	defer rdb.Close()
-	return rdb.Ping(ctx).Err()
+	return rdb, exitOK
 }
 
 // printJSON writes v as indented JSON, the --json output of every command.

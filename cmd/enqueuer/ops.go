@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/config"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -44,13 +43,12 @@ func schedules(ctx context.Context, cfg config.Config, args []string, stdout, st
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
 	}
-	ropt, code := connect(ctx, cfg, stderr)
+	rdb, code := connect(ctx, cfg, stderr)
 	if code != exitOK {
 		return code
 	}
-	rdb := redis.NewClient(ropt)
 	defer rdb.Close()
-	insp := asynq.NewInspector(config.AsynqRedis(ropt))
+	insp := asynq.NewInspector(config.AsynqRedis(rdb.Options()))
 	defer insp.Close()
 	var out []scheduleEntry
 	for _, spec := range jobs.Catalog() {
@@ -121,11 +119,10 @@ func locks(ctx context.Context, cfg config.Config, args []string, stdout, stderr
 		fmt.Fprintln(stderr, "usage: enqueuer locks")
 		return exitUsage
 	}
-	ropt, code := connect(ctx, cfg, stderr)
+	rdb, code := connect(ctx, cfg, stderr)
 	if code != exitOK {
 		return code
 	}
-	rdb := redis.NewClient(ropt)
 	defer rdb.Close()
 	hs, err := singleton.List(ctx, rdb, singletonQueues())
 	if err != nil {
@@ -160,11 +157,10 @@ func unlock(ctx context.Context, cfg config.Config, args []string, stdout, stder
 		fmt.Fprintf(stderr, "enqueuer: %q is not a singleton task; `enqueuer list` shows the catalog\n", args[0])
 		return exitUsage
 	}
-	ropt, code := connect(ctx, cfg, stderr)
+	rdb, code := connect(ctx, cfg, stderr)
 	if code != exitOK {
 		return code
 	}
-	rdb := redis.NewClient(ropt)
 	defer rdb.Close()
 	n, err := singleton.ForceRelease(ctx, rdb, args[0], queue)
 	if err != nil {

@@ -8,8 +8,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/stargazer/stargazer-jobs/config"
 	"github.com/stargazer/stargazer-jobs/prompts"
 )
@@ -48,11 +46,10 @@ func promptsCmd(ctx context.Context, cfg config.Config, args []string, stdout, s
 }
 
 func promptStore(ctx context.Context, cfg config.Config, stderr io.Writer) (*prompts.Store, func(), int) {
-	ropt, code := connect(ctx, cfg, stderr)
+	rdb, code := connect(ctx, cfg, stderr)
 	if code != exitOK {
 		return nil, nil, code
 	}
-	rdb := redis.NewClient(ropt)
 	return prompts.NewStore(rdb), func() { rdb.Close() }, exitOK
 }
 

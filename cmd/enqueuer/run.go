@@ -113,20 +113,20 @@ func runTask(ctx context.Context, cfg config.Config, args []string, stdout, stde
 	}
 	req.Task, req.Payload = name, json.RawMessage(payload)
 	req.In, req.Unique, req.Timeout = enqueue.Duration(in), enqueue.Duration(unique), enqueue.Duration(timeout)
-	if _, ok := jobs.Lookup(name); !ok {
-		fmt.Fprintf(stderr, "enqueuer: unknown task %q; `enqueuer list` shows the catalog\n", name)
-		return exitUsage
-	}
 	prep, err := enqueue.Prepare(jobs.Catalog(), req, time.Now())
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+		if errors.Is(err, enqueue.ErrUnknownTask) {
+			fmt.Fprintln(stderr, "`enqueuer list` shows the catalog")
+		}
 		return exitUsage
 	}
-	ropt, code := connect(ctx, cfg, stderr)
+	rdb, code := connect(ctx, cfg, stderr)
 	if code != exitOK {
 		return code
 	}
-	conn := config.AsynqRedis(ropt)
+	defer rdb.Close()
+	conn := config.AsynqRedis(rdb.Options())
 	client := asynq.NewClient(conn)
 	defer client.Close()
 	ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -137,7 +137,7 @@ func runTask(ctx context.Context, cfg config.Config, args []string, stdout, stde
 		return exitFailure
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: could not enqueue %s on Redis at %s: %v\n", name, ropt.Addr, err)
+		fmt.Fprintf(stderr, "enqueuer: could not enqueue %s on Redis at %s: %v\n", name, rdb.Options().Addr, err)
 		return exitFailure
 	}
 	fmt.Fprintln(stdout, info.ID)
@@ -206,11 +206,12 @@ func status(ctx context.Context, cfg config.Config, args []string, stdout, stder
 		}
 		return exitUsage
 	}
-	ropt, code := connect(ctx, cfg, stderr)
+	rdb, code := connect(ctx, cfg, stderr)
 	if code != exitOK {
 		return code
 	}
-	insp := asynq.NewInspector(config.AsynqRedis(ropt))
+	defer rdb.Close()
+	insp := asynq.NewInspector(config.AsynqRedis(rdb.Options()))
 	defer insp.Close()
 	queues, err := insp.Queues()
 	if err != nil {
