@@ -39,13 +39,14 @@ type Options struct {
 	SingletonLease time.Duration
 }
 
-func (o Options) spec(name string) (jobs.Spec, bool) {
-	for _, s := range o.Catalog {
-		if s.Name == name {
-			return s, true
-		}
+// index maps task names to specs, built once so the per-task middleware
+// and retry policy do not scan the catalog for every run.
+func index(catalog []jobs.Spec) map[string]jobs.Spec {
+	specs := make(map[string]jobs.Spec, len(catalog))
+	for _, s := range catalog {
+		specs[s.Name] = s
 	}
-	return jobs.Spec{}, false
+	return specs
 }
 
 // NewServer returns an asynq server configured for the catalog's queues.
@@ -63,14 +64,6 @@ func NewServer(o Options) *asynq.Server {
 				log.Error("redis health check failed; asynq keeps retrying", "error", err)
 			}
 		},
-		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
-			retried, _ := asynq.GetRetryCount(ctx)
-			maxRetry, _ := asynq.GetMaxRetry(ctx)
-			id, _ := asynq.GetTaskID(ctx)
-			final := retried >= maxRetry || errors.Is(err, asynq.SkipRetry)
-			log.Warn("task failed", "task", t.Type(), "task_id", id, "retried", retried,
-				"max_retry", maxRetry, "archived", final, "error", err)
-		}),
 	})
 }
 
@@ -83,10 +76,7 @@ func NewServer(o Options) *asynq.Server {
 // periodic task's retries fit in half its period and never pile into the
 // next run.
 func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
-	specs := map[string]jobs.Spec{}
-	for _, s := range catalog {
-		specs[s.Name] = s
-	}
+	specs := index(catalog)
 	return func(n int, err error, t *asynq.Task) time.Duration {
 		if errors.Is(err, asynq.ErrLeaseExpired) {
 			return time.Second
@@ -107,8 +97,9 @@ func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
 // Mux returns a ServeMux with the standard middleware installed. Handlers
 // are added by the caller.
 func Mux(o Options) *asynq.ServeMux {
+	specs := index(o.Catalog)
 	mux := asynq.NewServeMux()
-	mux.Use(observe(o), recoverPanics(o.Logger), singletons(o))
+	mux.Use(observe(o, specs), recoverPanics(o.Logger), singletons(o, specs))
 	return mux
 }
 
@@ -145,11 +136,11 @@ func recoverPanics(log *slog.Logger) asynq.MiddlewareFunc {
 // task, exposes it to the handler (singleton.Verify), and releases asynq's
 // enqueue lock when a run ends for good, so a failed or archived run never
 // blocks its task until the lock's TTL.
-func singletons(o Options) asynq.MiddlewareFunc {
+func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 	locks := singleton.NewLocks(o.RedisClient, o.SingletonLease)
 	return func(next asynq.Handler) asynq.Handler {
 		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
-			spec, ok := o.spec(t.Type())
+			spec, ok := specs[t.Type()]
 			if !ok || !spec.Singleton || o.RedisClient == nil {
 				return next.ProcessTask(ctx, t)
 			}
@@ -214,14 +205,14 @@ func classify(err error) string {
 	return StatusError
 }
 
-func observe(o Options) asynq.MiddlewareFunc {
+func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 	return func(next asynq.Handler) asynq.Handler {
 		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 			id, _ := asynq.GetTaskID(ctx)
 			queue, _ := asynq.GetQueueName(ctx)
 			retried, _ := asynq.GetRetryCount(ctx)
 			name := t.Type()
-			if _, known := o.spec(name); !known {
+			if _, known := specs[name]; !known {
 				// Keep label cardinality bounded whatever arrives on the queue.
 				name = "unknown"
 			}
@@ -249,7 +240,9 @@ func observe(o Options) asynq.MiddlewareFunc {
 			}
 			if err != nil {
 				errMsg = err.Error()
-				log.Warn("task finished", "status", status, "duration_ms", elapsed.Milliseconds(), "error", errMsg)
+				maxRetry, _ := asynq.GetMaxRetry(ctx)
+				log.Warn("task finished", "status", status, "duration_ms", elapsed.Milliseconds(), "error", errMsg,
+					"retried", retried, "max_retry", maxRetry, "archived", status != StatusSkipped && final(ctx, err))
 			} else {
 				log.Info("task finished", "status", status, "duration_ms", elapsed.Milliseconds())
 			}
