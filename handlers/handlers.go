@@ -5,6 +5,7 @@ package handlers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -56,6 +57,11 @@ func Implemented() map[string]bool {
 	return out
 }
 
+// ErrNotOnThisNode is returned by a node-local loop whose tool is missing on
+// this machine (journalctl, for journal_stream); the worker then checks
+// again at the loop's restart interval without logging every attempt.
+var ErrNotOnThisNode = errors.New("not available on this node")
+
 // NodeLocal returns the node-local loops, by task name: functions that run
 // until ctx ends or their work ends, which the worker restarts on every node.
 func NodeLocal(d Deps) map[string]func(ctx context.Context) error {
@@ -65,6 +71,9 @@ func NodeLocal(d Deps) map[string]func(ctx context.Context) error {
 			n, err := s.Run(ctx)
 			if n > 0 && d.Logger != nil {
 				d.Logger.Info("journal stream ended", "task", jobs.JournalStream, "lines", n)
+			}
+			if errors.Is(err, journal.ErrNoJournal) {
+				return fmt.Errorf("%w: %w", ErrNotOnThisNode, err)
 			}
 			return err
 		},

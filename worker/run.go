@@ -21,7 +21,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/events"
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/journal"
 	"github.com/stargazer/stargazer-jobs/monitor"
 	"github.com/stargazer/stargazer-jobs/periodic"
 )
@@ -213,9 +212,9 @@ func superviseLocal(ctx context.Context, log *slog.Logger, initial, restart time
 		switch {
 		case ctx.Err() != nil:
 			return
-		case errors.Is(err, journal.ErrNoJournal):
+		case errors.Is(err, handlers.ErrNotOnThisNode):
 			if !quiet {
-				log.Info("journalctl is not installed on this node; journal_stream idles and checks again periodically", "retry_every", restart.String())
+				log.Info("node-local task cannot run on this node; it idles and checks again periodically", "reason", err.Error(), "retry_every", restart.String())
 				quiet = true
 			}
 		case err != nil:
