@@ -197,20 +197,23 @@ func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Ti
 	if !due {
 		return occ, nil
 	}
-	missed := 0
-	if late := now.Sub(occ); late >= e.Interval {
-		missed = int(late / e.Interval)
-	}
 	outcome, id, err := s.enqueue(ctx, e, key, occ)
 	if err != nil {
 		s.observe(e.Name, OutcomeError, now.Sub(occ), 0)
 		return time.Time{}, err
 	}
-	s.observe(e.Name, outcome, now.Sub(occ), missed)
-	if _, err := advanceScript.Run(ctx, s.cfg.Redis, []string{key},
-		now.UnixMilli(), occ.UnixMilli(), e.Interval.Milliseconds(), id, outcome).Result(); err != nil {
+	advanced, err := advanceScript.Run(ctx, s.cfg.Redis, []string{key},
+		now.UnixMilli(), occ.UnixMilli(), e.Interval.Milliseconds(), id, outcome).Int()
+	if err != nil {
 		return time.Time{}, fmt.Errorf("advancing schedule: %w", err)
 	}
+	// Only the scheduler that moved the schedule on counts the occurrences
+	// it skipped, so a fleet's metrics add up to the real number.
+	missed := 0
+	if late := now.Sub(occ); advanced == 1 && late >= e.Interval {
+		missed = int(late / e.Interval)
+	}
+	s.observe(e.Name, outcome, now.Sub(occ), missed)
 	// Re-read on the next poll: a peer may have advanced differently.
 	return now.Add(s.cfg.Poll), nil
 }
