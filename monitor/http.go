@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
@@ -102,3 +103,16 @@ func printable(b []byte) string {
 
 // Close releases the dashboard's Redis connections.
 func (s *Server) Close() error { return s.mon.Close() }
+
+// Pinger is what readiness needs from Redis.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// PingFunc adapts a function to Pinger.
+type PingFunc func(ctx context.Context) error
+
+// Ping calls f.
+func (f PingFunc) Ping(ctx context.Context) error { return f(ctx) }
+
+const readyTimeout = 2 * time.Second

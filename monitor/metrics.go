@@ -4,9 +4,6 @@
 package monitor
 
 import (
-	"context"
-	"time"
-
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -125,16 +122,3 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, ok)
 }
-
-// Pinger is what readiness needs from Redis.
-type Pinger interface {
-	Ping(ctx context.Context) error
-}
-
-// PingFunc adapts a function to Pinger.
-type PingFunc func(ctx context.Context) error
-
-// Ping calls f.
-func (f PingFunc) Ping(ctx context.Context) error { return f(ctx) }
-
-const readyTimeout = 2 * time.Second
