@@ -1,7 +1,8 @@
 -- KEYS[1] schedule state hash
 -- ARGV[1] now (unix ms), ARGV[2] initial delay (ms), ARGV[3] interval (ms)
 -- A schedule seen for the first time starts after its initial delay. Returns
--- {due (0/1), next_ms}.
+-- {due (0/1), next_ms, last_task_id}: the last occurrence's task ID lets
+-- the caller check for overlap without another round trip.
 local now = tonumber(ARGV[1])
 local nextAt = tonumber(redis.call('HGET', KEYS[1], 'next_ms') or '')
 if not nextAt then
@@ -13,7 +14,6 @@ if redis.call('HGET', KEYS[1], 'interval_ms') ~= ARGV[3] then
   -- An operator changed the interval: keep the due time, record the new one.
   redis.call('HSET', KEYS[1], 'interval_ms', ARGV[3])
 end
-if nextAt <= now then
-  return {1, string.format('%d', nextAt)}
-end
-return {0, string.format('%d', nextAt)}
+local due = '0'
+if nextAt <= now then due = '1' end
+return {due, string.format('%d', nextAt), redis.call('HGET', KEYS[1], 'last_task_id') or ''}

@@ -189,15 +189,19 @@ func retention(interval time.Duration) time.Duration {
 func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Time, error) {
 	key := StateKeyPrefix + e.Name
 	res, err := dueScript.Run(ctx, s.cfg.Redis, []string{key},
-		now.UnixMilli(), e.InitialDelay.Milliseconds(), e.Interval.Milliseconds()).Int64Slice()
+		now.UnixMilli(), e.InitialDelay.Milliseconds(), e.Interval.Milliseconds()).StringSlice()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("reading schedule: %w", err)
 	}
-	due, occ := res[0] == 1, time.UnixMilli(res[1])
+	nextMS, err := strconv.ParseInt(res[1], 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("reading schedule: next_ms %q: %w", res[1], err)
+	}
+	due, occ, prev := res[0] == "1", time.UnixMilli(nextMS), res[2]
 	if !due {
 		return occ, nil
 	}
-	outcome, id, err := s.enqueue(ctx, e, key, occ)
+	outcome, id, err := s.enqueue(ctx, e, prev, occ)
 	if err != nil {
 		s.observe(e.Name, OutcomeError, now.Sub(occ), 0)
 		return time.Time{}, err
@@ -218,13 +222,11 @@ func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Ti
 	return now.Add(s.cfg.Poll), nil
 }
 
-func (s *Scheduler) enqueue(ctx context.Context, e Entry, key string, occ time.Time) (outcome, id string, err error) {
+// enqueue handles the occurrence due at occ; prev is the task ID of the
+// task's last occurrence ("" if none).
+func (s *Scheduler) enqueue(ctx context.Context, e Entry, prev string, occ time.Time) (outcome, id string, err error) {
 	id = TaskID(e.Name, occ)
 	if s.cfg.States != nil {
-		prev, err := s.cfg.Redis.HGet(ctx, key, "last_task_id").Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return "", "", fmt.Errorf("reading last occurrence: %w", err)
-		}
 		if prev != "" && prev != id {
 			st, found, err := s.cfg.States.TaskState(ctx, e.Queue, prev)
 			if err != nil {
