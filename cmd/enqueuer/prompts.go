@@ -154,8 +154,8 @@ func promptsList(ctx context.Context, cfg config.Config, args []string, stdout, 
 			every = p.Interval.String()
 		}
 		text := p.Text
-		if len(text) > 50 {
-			text = text[:47] + "..."
+		if r := []rune(text); len(r) > 50 { // runes, so a cut never splits a character
+			text = string(r[:47]) + "..."
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%s\t%s\n", p.ID, p.FireAt.Format(time.RFC3339), every, p.Platform, p.ChannelID, text)
 	}
