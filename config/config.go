@@ -30,6 +30,7 @@ type Config struct {
 
 	LLMBaseURL               string
 	APIKey                   string
+	LLMModel                 string
 	KGExtractionModel        string
 	FlashModel               string
 	KAExtractionHTTPTimeout  time.Duration
@@ -212,6 +213,7 @@ func Settings() []Setting {
 		{Env: "FALKORDB_GRAPH", Default: "stargazer", Help: "Name of the knowledge graph in FalkorDB.", set: str(func(c *Config) *string { return &c.FalkorDBGraph })},
 		{Env: "LLM_BASE_URL", Help: "OpenAI-compatible chat/completions base URL (OpenRouter or the local proxy). Empty: LLM tasks are not scheduled.", set: httpURL(func(c *Config) *string { return &c.LLMBaseURL })},
 		{Env: "API_KEY", Help: "Bearer key for LLM_BASE_URL. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.APIKey })},
+		{Env: "LLM_MODEL", Default: "google/gemini-2.5-flash", Help: "Default chat model (channel summaries).", set: str(func(c *Config) *string { return &c.LLMModel })},
 		{Env: "KG_EXTRACTION_MODEL", Default: "google/gemini-2.5-flash", Help: "Model for knowledge extraction, dedup, org and sunset calls.", set: str(func(c *Config) *string { return &c.KGExtractionModel })},
 		{Env: "FLASH_MODEL", Default: "google/gemini-2.5-flash-lite", Help: "Cheap model for channel heartbeats.", set: str(func(c *Config) *string { return &c.FlashModel })},
 		{Env: "KA_EXTRACTION_HTTP_TIMEOUT_SECONDS", Default: "120", Help: "Timeout of one extraction LLM call (the connect timeout is 10 s).", set: duration(func(c *Config) *time.Duration { return &c.KAExtractionHTTPTimeout })},

@@ -13,8 +13,10 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/events"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/journal"
+	"github.com/stargazer/stargazer-jobs/llm"
 	"github.com/stargazer/stargazer-jobs/prompts"
 )
 
@@ -28,6 +30,57 @@ type Deps struct {
 	JournalUnit string
 	// JournalCommand overrides the journalctl binary (tests).
 	JournalCommand string
+
+	// LLM answers chat/completions calls (nil without LLM_BASE_URL).
+	LLM ChatModel
+	// Embedder turns texts into vectors (nil without an embeddings URL).
+	Embedder Embedder
+	// Models names the model each kind of call uses.
+	Models Models
+	// Enqueuer adds follow-up tasks (fan-out, the embedding queue).
+	Enqueuer Enqueuer
+	// Events publishes the original's debug-observability events.
+	Events EventPublisher
+	// Counter receives each run's numeric results as item counts, for
+	// Prometheus (optional).
+	Counter Counter
+}
+
+// Models are the model names of each kind of LLM call.
+type Models struct {
+	// Chat is the default model (summaries).
+	Chat string
+	// Extraction is kg_extraction_model: extraction, dedup, org, sunset.
+	Extraction string
+	// Flash is the cheap model (heartbeats).
+	Flash string
+	// Embeddings is the embeddings model.
+	Embeddings string
+}
+
+// ChatModel makes chat/completions calls.
+type ChatModel interface {
+	Chat(ctx context.Context, r llm.Request) (*llm.Response, error)
+}
+
+// Embedder makes embeddings calls.
+type Embedder interface {
+	Embed(ctx context.Context, model string, inputs []string) ([][]float32, llm.Usage, error)
+}
+
+// Enqueuer adds tasks to the queues.
+type Enqueuer interface {
+	EnqueueContext(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// EventPublisher sends debug-observability events.
+type EventPublisher interface {
+	Publish(ctx context.Context, e events.Event) error
+}
+
+// Counter records how many items a run handled (merged, pruned, fired...).
+type Counter interface {
+	AddItems(task, item string, n float64)
 }
 
 // Result is what a run reports: counts and facts, stored as the task's
@@ -133,6 +186,7 @@ func typed(spec jobs.Spec, d Deps, fn handlerFunc) asynq.Handler {
 			return err
 		}
 		if res != nil {
+			countItems(d.Counter, spec.Name, res)
 			if b, err := json.Marshal(res); err == nil {
 				// The result is informational; failing to store it (for
 				// example on a lost lease) must not fail a run that did its
@@ -167,4 +221,22 @@ func promptCleanup(ctx context.Context, d Deps, p jobs.Payload) (Result, error) 
 		d.Logger.InfoContext(ctx, "scheduled prompts cleaned up", "deleted", n, "days_to_keep", days)
 	}
 	return Result{"deleted": n, "days_to_keep": days}, nil
+}
+
+// countItems passes a result's numeric values to c: every count a handler
+// reports becomes a Prometheus series without per-task wiring.
+func countItems(c Counter, task string, res Result) {
+	if c == nil {
+		return
+	}
+	for k, v := range res {
+		switch n := v.(type) {
+		case int:
+			c.AddItems(task, k, float64(n))
+		case int64:
+			c.AddItems(task, k, float64(n))
+		case float64:
+			c.AddItems(task, k, n)
+		}
+	}
 }

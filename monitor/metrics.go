@@ -4,8 +4,12 @@
 package monitor
 
 import (
+	"time"
+
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stargazer/stargazer-jobs/llm"
 )
 
 // Metrics are the worker's own series, labelled by task name.
@@ -18,6 +22,10 @@ type Metrics struct {
 	SchedulerFires *prometheus.CounterVec
 	SchedulerLate  *prometheus.HistogramVec
 	SchedulerMiss  *prometheus.CounterVec
+	TaskItems      *prometheus.CounterVec
+	LLMCalls       *prometheus.CounterVec
+	LLMTokens      *prometheus.CounterVec
+	LLMDuration    *prometheus.HistogramVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -58,9 +66,46 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.01, .1, .5, 1, 2, 5, 15, 60, 300, 3600},
 		}, []string{"task"}),
 	}
+	m.TaskItems = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargazer_task_items_total",
+		Help: "Items handled by task runs (the numeric fields of each run's result: fired, merged, pruned, removed...), by task and item.",
+	}, []string{"task", "item"})
+	m.LLMCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargazer_llm_calls_total",
+		Help: "LLM calls by endpoint (chat, embeddings), model, purpose and outcome (ok, rate_limited, empty, malformed, timeout, http_<code>, error).",
+	}, []string{"endpoint", "model", "purpose", "outcome"})
+	m.LLMTokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargazer_llm_tokens_total",
+		Help: "Tokens reported by the LLM server, by model, purpose and kind (prompt, completion).",
+	}, []string{"model", "purpose", "kind"})
+	m.LLMDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "stargazer_llm_call_duration_seconds",
+		Help:    "Wall time of LLM calls, by endpoint and purpose.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+	}, []string{"endpoint", "purpose"})
+	reg.MustRegister(m.TaskItems, m.LLMCalls, m.LLMTokens, m.LLMDuration)
 	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
 		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
 	return m
+}
+
+// AddItems counts items a task run handled.
+func (m *Metrics) AddItems(task, item string, n float64) {
+	if n > 0 {
+		m.TaskItems.WithLabelValues(task, item).Add(n)
+	}
+}
+
+// LLMCall records one LLM call (it implements llm.Observer).
+func (m *Metrics) LLMCall(endpoint, model, purpose, outcome string, elapsed time.Duration, u llm.Usage) {
+	m.LLMCalls.WithLabelValues(endpoint, model, purpose, outcome).Inc()
+	m.LLMDuration.WithLabelValues(endpoint, purpose).Observe(elapsed.Seconds())
+	if u.PromptTokens > 0 {
+		m.LLMTokens.WithLabelValues(model, purpose, "prompt").Add(float64(u.PromptTokens))
+	}
+	if u.CompletionTokens > 0 {
+		m.LLMTokens.WithLabelValues(model, purpose, "completion").Add(float64(u.CompletionTokens))
+	}
 }
 
 // QueueCollector exports asynq's queue sizes and latency. It asks Redis on

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/events"
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/llm"
 	"github.com/stargazer/stargazer-jobs/monitor"
 	"github.com/stargazer/stargazer-jobs/periodic"
 )
@@ -137,7 +139,17 @@ func Run(ctx context.Context, p Params) error {
 		Catalog: catalog, RedisClient: rdb, SingletonLease: cfg.SingletonLease,
 	}
 	mux := Mux(wopt)
-	hdeps := handlers.Deps{Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit}
+	hdeps := handlers.Deps{
+		Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit,
+		Models: handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
+		Enqueuer: client, Events: wopt.Events, Counter: metrics,
+	}
+	if cfg.LLMBaseURL != "" {
+		hdeps.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})
+	}
+	if u := cmp.Or(cfg.EmbeddingsBaseURL, cfg.LLMBaseURL); u != "" {
+		hdeps.Embedder = llm.New(llm.Options{BaseURL: u, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})
+	}
 	for _, r := range handlers.Register(mux, hdeps, catalog, cfg.Available()) {
 		if !r.Registered {
 			log.Debug("handler not registered", "task", r.Task, "reason", r.Reason)

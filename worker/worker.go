@@ -81,6 +81,12 @@ func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
 		if errors.Is(err, asynq.ErrLeaseExpired) {
 			return time.Second
 		}
+		// A rate-limited call says when to come back (Retry-After); an hour
+		// caps a server that asks for something absurd.
+		var ra interface{ RetryAfter() time.Duration }
+		if errors.As(err, &ra) && ra.RetryAfter() > 0 {
+			return min(ra.RetryAfter(), time.Hour)
+		}
 		spec, ok := specs[t.Type()]
 		if ok && spec.Kind == jobs.Supervised {
 			return min(time.Second<<min(n, 6), time.Minute)

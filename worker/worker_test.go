@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/llm"
 	"github.com/stargazer/stargazer-jobs/monitor"
 	"github.com/stargazer/stargazer-jobs/singleton"
 	"github.com/stargazer/stargazer-jobs/worker"
@@ -188,6 +190,13 @@ func TestRetryDelay(t *testing.T) {
 	delay := worker.RetryDelay(jobs.Catalog())
 	if d := delay(0, asynq.ErrLeaseExpired, asynq.NewTask(jobs.KGDecay, nil)); d != time.Second {
 		t.Errorf("lease expired: %v, want 1s", d)
+	}
+	// A rate limit's Retry-After wins, capped at an hour.
+	if d := delay(0, fmt.Errorf("summarising: %w", &llm.RateLimitError{After: 42 * time.Second}), asynq.NewTask(jobs.KGDecay, nil)); d != 42*time.Second {
+		t.Errorf("rate limited: %v, want 42s (Retry-After)", d)
+	}
+	if d := delay(0, &llm.RateLimitError{After: 5 * time.Hour}, asynq.NewTask(jobs.KGDecay, nil)); d != time.Hour {
+		t.Errorf("rate limited for 5h: %v, want the 1h cap", d)
 	}
 	// The original supervisor's backoff for the supervised loops.
 	for n, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 32 * time.Second, time.Minute, time.Minute} {
