@@ -141,7 +141,7 @@ func Run(ctx context.Context, p Params) error {
 	mux := Mux(wopt)
 	hdeps := handlers.Deps{
 		Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit,
-		Models: handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
+		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: client, Events: wopt.Events, Counter: metrics,
 	}
 	if cfg.LLMBaseURL != "" {
