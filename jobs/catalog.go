@@ -23,6 +23,9 @@ const (
 	LimbicDedup               = "limbic_dedup_task"
 	LimbicOrg                 = "limbic_org_task"
 	StartupChannelBackfill    = "startup_channel_backfill"
+	// Child tasks of the Go port (not in the original registry).
+	ChannelHeartbeatChannel   = "channel_heartbeat_channel"
+	EmbedMessages             = "embed_messages"
 	DefaultDedupIntervalSecs  = 600
 	DefaultOrgIntervalSecs    = 600
 	DefaultStarwikiLintMinute = 60
@@ -32,9 +35,10 @@ func sec(n float64) time.Duration { return time.Duration(n * float64(time.Second
 
 func empty() Payload { return &Empty{} }
 
-// Catalog returns the specification of every task of the original module:
-// the sixteen @background_task functions, the two TaskSupervisor loops and
-// startup_channel_backfill. Each call returns a fresh slice.
+// Catalog returns the specification of every task of the original module
+// (the sixteen @background_task functions, the two TaskSupervisor loops and
+// startup_channel_backfill) and of the child tasks the Go port fans out to.
+// Each call returns a fresh slice.
 func Catalog() []Spec {
 	return []Spec{
 		{
@@ -189,6 +193,20 @@ func Catalog() []Spec {
 			Queue: QueueDefault, MaxRetry: 3, Timeout: 30 * time.Minute,
 			NewPayload: func() Payload { return &ChannelBatch{MaxChannels: 10} },
 			Summary:    "Backfill recent history of the most active channels once per deployment.",
+		},
+		{
+			Name: ChannelHeartbeatChannel, Kind: Child,
+			Requires: Redis | ChatLLM, Needs: LLM,
+			Queue: QueueDefault, MaxRetry: 2, Timeout: 2 * time.Minute,
+			NewPayload: func() Payload { return &ChannelRef{} },
+			Summary:    "One channel's heartbeat: the flash model writes its short awareness note (fanned out by channel_heartbeat).",
+		},
+		{
+			Name: EmbedMessages, Kind: Child,
+			Requires: Redis, Needs: Embeddings,
+			Queue: QueueEmbeddings, MaxRetry: 5, Timeout: 5 * time.Minute,
+			NewPayload: func() Payload { return &EmbedBatch{} },
+			Summary:    "The embedding queue: embed a batch of cached messages and store their vectors.",
 		},
 	}
 }

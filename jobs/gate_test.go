@@ -116,6 +116,8 @@ func TestDecodePayload(t *testing.T) {
 	cleanup, _ := Lookup(ScheduledPromptCleanup)
 	tick, _ := Lookup(ScheduledPromptTick)
 	decay, _ := Lookup(KGDecay)
+	beat, _ := Lookup(ChannelHeartbeatChannel)
+	embed, _ := Lookup(EmbedMessages)
 	tests := []struct {
 		name    string
 		spec    Spec
@@ -135,6 +137,12 @@ func TestDecodePayload(t *testing.T) {
 		{"oversize", decay, `{"pad":"` + strings.Repeat("a", MaxPayloadBytes) + `"}`, "exceeds", nil},
 		{"empty object for no-arg task", decay, `{}`, "", nil},
 		{"argument to no-arg task", decay, `{"x":1}`, "unknown field", nil},
+		{"channel ref", beat, `{"platform":"matrix","channel_id":"!r:x.org"}`, "", func(p Payload) bool { return p.(*ChannelRef).ChannelID == "!r:x.org" }},
+		{"child task without its channel", beat, ``, "platform must be", nil},
+		{"unknown platform", beat, `{"platform":"irc","channel_id":"#a"}`, "platform must be", nil},
+		{"embed batch", embed, `{"keys":["sg:msg:discord:1:2"]}`, "", func(p Payload) bool { return len(p.(*EmbedBatch).Keys) == 1 }},
+		{"embed batch of foreign keys", embed, `{"keys":["asynq:x"]}`, "not a message key", nil},
+		{"empty embed batch", embed, `{"keys":[]}`, "keys must hold", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -98,6 +98,9 @@ const (
 	// after they end, because they serve the machine they run on (the
 	// journal tail).
 	NodeLocal Kind = "node_local"
+	// Child tasks are enqueued by other tasks (one step of a fan-out, a
+	// batch of the embedding queue) or by hand, never by the scheduler.
+	Child Kind = "child"
 )
 
 // Queue names. Weights are in Queues.
@@ -105,6 +108,9 @@ const (
 	QueueCritical    = "critical"
 	QueueDefault     = "default"
 	QueueMaintenance = "maintenance"
+	// QueueEmbeddings holds the embedding queue, at the lowest weight so a
+	// large backfill cannot starve the other queues.
+	QueueEmbeddings = "embeddings"
 )
 
 // Queues maps each queue to its asynq priority weight: scheduled prompts are
@@ -114,6 +120,7 @@ func Queues() map[string]int {
 		QueueCritical:    6,
 		QueueDefault:     3,
 		QueueMaintenance: 1,
+		QueueEmbeddings:  1,
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -71,6 +72,44 @@ type ChannelBatch struct {
 func (p *ChannelBatch) Validate() error {
 	if p.MaxChannels < 1 || p.MaxChannels > 1000 {
 		return fmt.Errorf("max_channels must be between 1 and 1000, got %d", p.MaxChannels)
+	}
+	return nil
+}
+
+// ChannelRef names one channel: the payload of per-channel child tasks.
+type ChannelRef struct {
+	Platform  string `json:"platform"`
+	ChannelID string `json:"channel_id"`
+}
+
+// Validate checks both fields.
+func (p *ChannelRef) Validate() error {
+	switch {
+	case p.Platform != "discord" && p.Platform != "matrix":
+		return fmt.Errorf("platform must be discord or matrix, got %q", p.Platform)
+	case p.ChannelID == "" || len(p.ChannelID) > 255:
+		return fmt.Errorf("channel_id must be 1 to 255 bytes, got %d", len(p.ChannelID))
+	}
+	return nil
+}
+
+// MaxEmbedBatch bounds an embed_messages batch: one embeddings call.
+const MaxEmbedBatch = 256
+
+// EmbedBatch is the payload of embed_messages: message-cache keys.
+type EmbedBatch struct {
+	Keys []string `json:"keys"`
+}
+
+// Validate checks the batch size and that every key is a message key.
+func (p *EmbedBatch) Validate() error {
+	if len(p.Keys) < 1 || len(p.Keys) > MaxEmbedBatch {
+		return fmt.Errorf("keys must hold 1 to %d message keys, got %d", MaxEmbedBatch, len(p.Keys))
+	}
+	for i, k := range p.Keys {
+		if !strings.HasPrefix(k, "sg:msg:") {
+			return fmt.Errorf("keys[%d] = %q is not a message key (sg:msg:...)", i, k)
+		}
 	}
 	return nil
 }

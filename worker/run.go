@@ -289,7 +289,7 @@ func logCatalog(log *slog.Logger, ds []jobs.Decision) {
 func entries(ds []jobs.Decision) []periodic.Entry {
 	var out []periodic.Entry
 	for _, d := range ds {
-		if !d.Scheduled || d.Spec.Kind == jobs.Startup || d.Spec.Kind == jobs.NodeLocal {
+		if !d.Scheduled || d.Spec.Kind == jobs.Startup || d.Spec.Kind == jobs.NodeLocal || d.Spec.Kind == jobs.Child {
 			continue
 		}
 		payload, err := jobs.EncodePayload(d.Spec.NewPayload())
