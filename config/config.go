@@ -69,6 +69,8 @@ type Config struct {
 	JournalUnit        string
 	// SingletonLease is how long a singleton run's lease lasts unrenewed.
 	SingletonLease time.Duration
+	// FastLeaseRecovery runs the worker's own lease recoverer.
+	FastLeaseRecovery bool
 	// TaskIntervals overrides periodic tasks' intervals by task name; a zero
 	// duration disables the task.
 	TaskIntervals map[string]time.Duration
@@ -312,6 +314,7 @@ func Settings() []Setting {
 			}},
 		{Env: "JOURNAL_UNIT", Default: "stargazer", Help: "systemd unit whose journal journal_stream tails on every node.", set: str(func(c *Config) *string { return &c.JournalUnit })},
 		{Env: "SINGLETON_LEASE", Default: "30s", Help: "Lease of a running singleton task, renewed every third of it. A worker that stops renewing (dead, frozen, cut off) loses it after this long, and its ownership checks fail from then on.", set: duration(func(c *Config) *time.Duration { return &c.SingletonLease })},
+		{Env: "FAST_LEASE_RECOVERY", Default: "true", Help: "Requeue tasks of dead workers about 5 s after their 30 s lease expires (recovery in 35-40 s) instead of waiting for asynq's recoverer (60-120 s). false leaves recovery to asynq alone.", set: boolean(func(c *Config) *bool { return &c.FastLeaseRecovery })},
 		{Env: "DEBUG_EVENTS_CHANNEL", Default: "stargazer:debug_events", Help: "Redis pub/sub channel of the scheduler_task_run debug events.", set: str(func(c *Config) *string { return &c.DebugEventsChannel })},
 	}
 }

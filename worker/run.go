@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -169,6 +171,13 @@ func Run(ctx context.Context, p Params) error {
 	var wg sync.WaitGroup
 	schedCtx, stopSched := context.WithCancel(ctx)
 	defer stopSched()
+	if cfg.FastLeaseRecovery {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runRecoverer(schedCtx, log.With("component", "recoverer"), rdb, slices.Sorted(maps.Keys(jobs.Queues())), recoverEvery)
+		}()
+	}
 	if cfg.SchedulerEnabled {
 		sched, err := periodic.New(periodic.Config{
 			Redis: rdb, Enqueuer: client, States: periodic.InspectorStates{Inspector: insp},
