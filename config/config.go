@@ -192,12 +192,18 @@ func httpURL(p func(*Config) *string) func(*Config, string) error {
 // Settings lists every setting in the order the README documents them.
 func Settings() []Setting {
 	return []Setting{
-		{Env: "REDIS_URL", Help: "Redis for the job queue and the bot's state: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path. Empty: an embedded in-process Redis (demo only, nothing persists).", Secret: true,
+		{Env: "REDIS_URL", Help: "Redis for the job queue and the bot's state: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path. With ?master_name=M it is a Sentinel URL (redis://sentinel:26379/0?master_name=M&addr=sentinel2:26379) and every process follows the primary across failovers. Empty: an embedded in-process Redis (demo only, nothing persists).", Secret: true,
 			set: func(c *Config, v string) error {
-				if v != "" {
-					if _, err := redis.ParseURL(v); err != nil {
-						return fmt.Errorf("must be a redis://, rediss:// or unix:// URL (%v)", err)
+				if v == "" {
+					c.RedisURL = v
+					return nil
+				}
+				if _, err := (Config{RedisURL: v}).Redis(); err != nil {
+					var ce *Error
+					if errors.As(err, &ce) {
+						err = errors.New(ce.Reason)
 					}
+					return fmt.Errorf("must be a redis://, rediss:// or unix:// URL, or a Sentinel URL with master_name (%v)", err)
 				}
 				c.RedisURL = v
 				return nil
@@ -380,6 +386,75 @@ func (c Config) RedisOptions() (*redis.Options, error) {
 		return nil, &Error{Setting: "REDIS_URL", Reason: err.Error()}
 	}
 	return opt, nil
+}
+
+// Redis is a resolved REDIS_URL: one server, or a Sentinel-managed primary
+// when the URL names a master (?master_name=...).
+type Redis struct {
+	Single   *redis.Options
+	Failover *redis.FailoverOptions
+}
+
+// Redis resolves REDIS_URL. A URL with master_name is a Sentinel URL:
+// redis://[user:password@]sentinel:26379/db?master_name=M&addr=sentinel2:26379,
+// where user and password are the Sentinels' and the primary's password
+// comes from the password query parameter.
+func (c Config) Redis() (Redis, error) {
+	if strings.Contains(c.RedisURL, "master_name=") {
+		fo, err := redis.ParseFailoverURL(c.RedisURL)
+		if err != nil {
+			return Redis{}, &Error{Setting: "REDIS_URL", Reason: err.Error()}
+		}
+		if fo.MasterName == "" {
+			return Redis{}, &Error{Setting: "REDIS_URL", Reason: "master_name is empty"}
+		}
+		return Redis{Failover: fo}, nil
+	}
+	opt, err := c.RedisOptions()
+	if err != nil {
+		return Redis{}, err
+	}
+	return Redis{Single: opt}, nil
+}
+
+// NewClient returns a go-redis client; with Sentinel it follows the
+// current primary across failovers.
+func (r Redis) NewClient() *redis.Client {
+	if r.Failover != nil {
+		return redis.NewFailoverClient(r.Failover)
+	}
+	return redis.NewClient(r.Single)
+}
+
+// Asynq returns asynq's connection option for the same Redis (asynqmon
+// takes one).
+func (r Redis) Asynq() asynq.RedisConnOpt {
+	if f := r.Failover; f != nil {
+		return asynq.RedisFailoverClientOpt{
+			MasterName: f.MasterName, SentinelAddrs: f.SentinelAddrs,
+			SentinelUsername: f.SentinelUsername, SentinelPassword: f.SentinelPassword,
+			Username: f.Username, Password: f.Password, DB: f.DB, TLSConfig: f.TLSConfig, PoolSize: f.PoolSize,
+		}
+	}
+	return AsynqRedis(r.Single)
+}
+
+// String names the server for messages, without credentials.
+func (r Redis) String() string {
+	if r.Failover != nil {
+		return fmt.Sprintf("sentinel master %q via %s", r.Failover.MasterName, strings.Join(r.Failover.SentinelAddrs, ","))
+	}
+	return r.Single.Addr
+}
+
+// FailFast shortens timeouts and retries, for a CLI that should report an
+// unreachable Redis at once.
+func (r Redis) FailFast() {
+	if r.Failover != nil {
+		r.Failover.MaxRetries, r.Failover.DialTimeout = 1, 3*time.Second
+		return
+	}
+	r.Single.MaxRetries, r.Single.DialTimeout = 1, 3*time.Second
 }
 
 // AsynqRedis converts go-redis options into asynq's connection option.

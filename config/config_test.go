@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/hibiken/asynq"
 	"testing"
 	"time"
 
@@ -36,6 +38,8 @@ func TestLoadRejectsInvalidValuesNamingTheSetting(t *testing.T) {
 		env, value, want string
 	}{
 		{"REDIS_URL", "http://localhost:6379", "REDIS_URL"},
+		{"REDIS_URL", "redis://s1:26379/0?master_name=", "REDIS_URL"},
+		{"REDIS_URL", "redis://s1:26379/0?master_name=m&bogus=1", "REDIS_URL"},
 		{"KA_ENABLED", "maybe", "KA_ENABLED"},
 		{"STARWIKI_LINT_INTERVAL_MINUTES", "soon", "STARWIKI_LINT_INTERVAL_MINUTES"},
 		{"KA_ORG_INTERVAL_SECONDS", "0", "KA_ORG_INTERVAL_SECONDS"},
@@ -117,5 +121,44 @@ func TestReadmeDocumentsEverySetting(t *testing.T) {
 		if !strings.Contains(string(readme), "| `"+s.Env+"` |") {
 			t.Errorf("README's configuration table lacks %s", s.Env)
 		}
+	}
+}
+
+func TestRedisURLSelectsASingleServerOrSentinel(t *testing.T) {
+	tests := []struct {
+		url      string
+		sentinel bool
+		addrs    []string
+		master   string
+	}{
+		{url: "redis://:pw@10.0.0.1:6380/2"},
+		{url: "redis://s1:26379/0?master_name=mymaster&addr=s2:26379&addr=s3:26379", sentinel: true,
+			addrs: []string{"s1:26379", "s2:26379", "s3:26379"}, master: "mymaster"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			c, err := Load(env(map[string]string{"REDIS_URL": tt.url}), nil, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := c.Redis()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (r.Failover != nil) != tt.sentinel {
+				t.Fatalf("sentinel = %v, want %v", r.Failover != nil, tt.sentinel)
+			}
+			if tt.sentinel {
+				if r.Failover.MasterName != tt.master || strings.Join(r.Failover.SentinelAddrs, ",") != strings.Join(tt.addrs, ",") {
+					t.Fatalf("failover options %+v", r.Failover)
+				}
+				if _, ok := r.Asynq().(asynq.RedisFailoverClientOpt); !ok {
+					t.Fatalf("asynq option %T", r.Asynq())
+				}
+			}
+			if strings.Contains(r.String(), "pw") {
+				t.Fatalf("String() leaks the password: %s", r)
+			}
+		})
 	}
 }

@@ -74,13 +74,13 @@ func Run(ctx context.Context, p Params) error {
 		log.Warn("no REDIS_URL set: using an embedded in-process Redis; nothing persists and no other process can share it",
 			"embedded_redis", emb.Addr())
 	}
-	ropt, err := cfg.RedisOptions()
+	rconf, err := cfg.Redis()
 	if err != nil {
 		return err
 	}
-	rdb := redis.NewClient(ropt)
+	rdb := rconf.NewClient()
 	defer rdb.Close()
-	connOpt := config.AsynqRedis(ropt)
+	connOpt := rconf.Asynq()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

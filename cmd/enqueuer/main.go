@@ -184,20 +184,19 @@ func connect(ctx context.Context, cfg config.Config, stderr io.Writer) (*redis.C
 		fmt.Fprintln(stderr, "enqueuer: REDIS_URL is not set; the worker's embedded Redis lives inside its process, so set REDIS_URL to a shared Redis")
 		return nil, exitUsage
 	}
-	ropt, err := cfg.RedisOptions()
+	rconf, err := cfg.Redis()
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
 		return nil, exitUsage
 	}
 	// Fail fast: a CLI should not sit through go-redis's default retries.
-	ropt.MaxRetries = 1
-	ropt.DialTimeout = 3 * time.Second
-	rdb := redis.NewClient(ropt)
+	rconf.FailFast()
+	rdb := rconf.NewClient()
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		fmt.Fprintf(stderr, "enqueuer: Redis at %s is unreachable: %v\n", ropt.Addr, err)
+		fmt.Fprintf(stderr, "enqueuer: Redis at %s is unreachable: %v\n", rconf, err)
 		return nil, exitFailure
 	}
 	return rdb, exitOK

@@ -48,7 +48,7 @@ func schedules(ctx context.Context, cfg config.Config, args []string, stdout, st
 		return code
 	}
 	defer rdb.Close()
-	insp := asynq.NewInspector(config.AsynqRedis(rdb.Options()))
+	insp := asynq.NewInspectorFromRedisClient(rdb)
 	defer insp.Close()
 	var out []scheduleEntry
 	for _, spec := range jobs.Catalog() {

@@ -126,8 +126,7 @@ func runTask(ctx context.Context, cfg config.Config, args []string, stdout, stde
 		return code
 	}
 	defer rdb.Close()
-	conn := config.AsynqRedis(rdb.Options())
-	client := asynq.NewClient(conn)
+	client := asynq.NewClientFromRedisClient(rdb)
 	defer client.Close()
 	ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -144,7 +143,7 @@ func runTask(ctx context.Context, cfg config.Config, args []string, stdout, stde
 	if !wait {
 		return exitOK
 	}
-	insp := asynq.NewInspector(conn)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
 	defer insp.Close()
 	return waitFor(ctx, insp, info.Queue, info.ID, waitTimeout, stdout, stderr)
 }
@@ -211,7 +210,7 @@ func status(ctx context.Context, cfg config.Config, args []string, stdout, stder
 		return code
 	}
 	defer rdb.Close()
-	insp := asynq.NewInspector(config.AsynqRedis(rdb.Options()))
+	insp := asynq.NewInspectorFromRedisClient(rdb)
 	defer insp.Close()
 	queues, err := insp.Queues()
 	if err != nil {
