@@ -17,9 +17,12 @@ import (
 
 // Server is a redis-server child process listening on a loopback port.
 type Server struct {
-	Addr string
-	Dir  string
-	cmd  *exec.Cmd
+	Addr  string
+	Dir   string
+	cmd   *exec.Cmd
+	bin   string
+	port  int
+	extra []string
 }
 
 // URL is the redis:// URL of the server.
@@ -104,7 +107,7 @@ func startPort(bin, dir string, port int, extra []string) (*Server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Dir: dir, cmd: cmd}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Dir: dir, cmd: cmd, bin: bin, port: port, extra: extra}
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
 	defer c.Close()
 	var err error
@@ -132,6 +135,27 @@ func (s *Server) Stop() {
 		_ = s.cmd.Process.Kill()
 		_ = s.cmd.Wait()
 	}
+}
+
+// Crash kills the server (SIGKILL: no shutdown save), as a crashed host
+// would. Start it again with Restart.
+func (s *Server) Crash() { s.Stop() }
+
+// Restart starts the server again on the same port and directory, so it
+// reloads its append-only file if it had one.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Stop()
+	var err error
+	for range 50 { // the port can take a moment to be free again
+		var ns *Server
+		if ns, err = startPort(s.bin, s.Dir, s.port, s.extra); err == nil {
+			s.cmd = ns.cmd
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Fatalf("restarting redis-server on %s: %v", s.Addr, err)
 }
 
 // FreeAddr returns a loopback host:port that was free a moment ago, for a

@@ -3,10 +3,15 @@
 // where, when, and whether a destructive step was allowed.
 //
 //   - e2e_plain: a periodic task;
+//
 //   - e2e_single: a singleton that, after its work, performs a "destructive
 //     step" only if singleton.Verify passes.
 //
-// E2E_SLEEP sets how long each run works.
+//   - e2e_panic: panics, for the bad-input scenarios.
+//
+// E2E_SLEEP sets how long each run works. E2E_RUNLOG, if set, is a file
+// that every completed run is also appended to, so a test can count runs
+// even when Redis itself lost writes (a failover).
 package main
 
 import (
@@ -20,6 +25,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/config"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/singleton"
 	"github.com/stargazer/stargazer-jobs/worker"
@@ -42,10 +48,12 @@ func specs() []jobs.Spec {
 			MaxRetry: 3, Timeout: 10 * time.Minute, NewPayload: empty, Summary: "test task"},
 		{Name: "e2e_single", Kind: jobs.Supervised, Interval: time.Hour, Queue: jobs.QueueMaintenance, Singleton: true,
 			MaxRetry: 3, Timeout: 10 * time.Minute, NewPayload: empty, Summary: "test singleton"},
+		{Name: "e2e_panic", Kind: jobs.Child, Queue: jobs.QueueDefault,
+			MaxRetry: 3, Timeout: time.Minute, NewPayload: empty, Summary: "panics"},
 	}
 }
 
-func handler(rdb *redis.Client, sleep time.Duration) asynq.HandlerFunc {
+func handler(rdb *redis.Client, sleep time.Duration, runlog *os.File) asynq.HandlerFunc {
 	pid := os.Getpid()
 	return func(ctx context.Context, t *asynq.Task) error {
 		id, _ := asynq.GetTaskID(ctx)
@@ -68,7 +76,11 @@ func handler(rdb *redis.Client, sleep time.Duration) asynq.HandlerFunc {
 			}
 			rdb.RPush(bg, DestroyedKey, id)
 		}
-		rdb.RPush(bg, RunsKey, fmt.Sprintf("%s|%s|%d|%d|%d", t.Type(), id, pid, start.UnixMilli(), time.Now().UnixMilli()))
+		line := fmt.Sprintf("%s|%s|%d|%d|%d", t.Type(), id, pid, start.UnixMilli(), time.Now().UnixMilli())
+		if runlog != nil {
+			_, _ = runlog.WriteString(line + "\n")
+		}
+		rdb.RPush(bg, RunsKey, line)
 		return nil
 	}
 }
@@ -76,19 +88,28 @@ func handler(rdb *redis.Client, sleep time.Duration) asynq.HandlerFunc {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	opt, err := redis.ParseURL(os.Getenv("REDIS_URL"))
+	rconf, err := config.Config{RedisURL: os.Getenv("REDIS_URL")}.Redis()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testworker: REDIS_URL:", err)
 		os.Exit(2)
 	}
-	rdb := redis.NewClient(opt)
+	rdb := rconf.NewClient()
 	defer rdb.Close()
 	sleep, _ := time.ParseDuration(os.Getenv("E2E_SLEEP"))
-	h := handler(rdb, sleep)
+	var runlog *os.File
+	if path := os.Getenv("E2E_RUNLOG"); path != "" {
+		if runlog, err = os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "testworker: E2E_RUNLOG:", err)
+			os.Exit(2)
+		}
+		defer runlog.Close()
+	}
+	h := handler(rdb, sleep, runlog)
+	panics := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("e2e_panic always panics") })
 	err = worker.Run(ctx, worker.Params{
 		Args: os.Args[1:], Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr,
 		Catalog: append(jobs.Catalog(), specs()...),
-		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h},
+		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h, "e2e_panic": panics},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testworker:", err)

@@ -1,0 +1,7 @@
+reliability:
+	./scripts/reliability.sh
+
+test:
+	./scripts/test.sh
+
+.PHONY: reliability test
