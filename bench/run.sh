@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the benchmarks whose figures docs/performance.md records. Each
+# benchmark measures ours and bare asynq side by side in the same run.
+# Run it on an otherwise idle machine: the figures are throughput and
+# latency, which a busy CPU skews.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v redis-server >/dev/null 2>&1 || { echo "redis-server missing: run ./scripts/test.sh once (it installs it)" >&2; exit 1; }
+go test -run '^$' -bench 'NoopThroughput' -benchtime 10x -timeout 30m ./bench/
+go test -run '^$' -bench 'IdleCommands|SchedulerLateness|WorkerRSS' -benchtime 1x -timeout 30m ./bench/
