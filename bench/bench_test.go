@@ -50,7 +50,7 @@ func server(b *testing.B, srv *redistest.Server, rdb *redis.Client, ours bool, p
 		o := worker.Options{
 			Redis: conn, Concurrency: concurrency, ShutdownTimeout: 5 * time.Second,
 			Logger:  slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo})),
-			Metrics: monitor.NewMetrics(prometheus.NewRegistry()), Events: events.NewPublisher(rdb, "bench:events"),
+			Metrics: monitor.NewMetrics(prometheus.NewRegistry()), Events: asyncEvents(b, rdb),
 			Catalog: append(jobs.Catalog(), noopSpec), RedisClient: rdb,
 		}
 		s, mux = worker.NewServer(o), worker.Mux(o)
@@ -63,6 +63,14 @@ func server(b *testing.B, srv *redistest.Server, rdb *redis.Client, ours bool, p
 		b.Fatal(err)
 	}
 	return s
+}
+
+func asyncEvents(b *testing.B, rdb *redis.Client) *events.Async {
+	a := events.NewAsync(events.NewPublisher(rdb, "bench:events"), 10_000)
+	ctx, cancel := context.WithCancel(context.Background())
+	go a.Run(ctx)
+	b.Cleanup(func() { cancel(); <-a.Done() })
+	return a
 }
 
 func enqueueNoops(b *testing.B, rdb *redis.Client, n int) {

@@ -135,16 +135,21 @@ func Run(ctx context.Context, p Params) error {
 	}
 	logCatalog(log, decisions)
 
+	publisher := events.NewPublisher(rdb, cfg.DebugEventsChannel)
+	asyncEvents := events.NewAsync(publisher, 10_000)
+	evCtx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
+	go asyncEvents.Run(evCtx)
+	defer func() { stopEvents(); <-asyncEvents.Done() }() // after the server: flush the last runs' events
 	wopt := Options{
 		Redis: connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout,
-		Logger: log, Metrics: metrics, Events: events.NewPublisher(rdb, cfg.DebugEventsChannel),
+		Logger: log, Metrics: metrics, Events: asyncEvents,
 		Catalog: catalog, RedisClient: rdb, SingletonLease: cfg.SingletonLease,
 	}
 	mux := Mux(wopt)
 	hdeps := handlers.Deps{
 		Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit,
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
-		Enqueuer: client, Events: wopt.Events, Counter: metrics,
+		Enqueuer: client, Events: publisher, Counter: metrics,
 	}
 	if cfg.LLMBaseURL != "" {
 		hdeps.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})

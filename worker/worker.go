@@ -29,7 +29,8 @@ type Options struct {
 	Logger          *slog.Logger
 	Metrics         *monitor.Metrics
 	// Events receives one scheduler_task_run event per run; nil disables.
-	Events *events.Publisher
+	// The caller runs it (Async.Run).
+	Events *events.Async
 	// Catalog is the task catalog; singleton leases and retry delays follow
 	// its specs.
 	Catalog []jobs.Spec
@@ -260,9 +261,9 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 	}
 }
 
-// publish sends the original's scheduler_task_run event without delaying the
-// task: it is fire-and-forget, as it was in the original.
-func publish(p *events.Publisher, log *slog.Logger, task, id, status, errMsg string, elapsed time.Duration) {
+// publish queues the original's scheduler_task_run event without delaying
+// the task: it is fire-and-forget, as it was in the original.
+func publish(p *events.Async, log *slog.Logger, task, id, status, errMsg string, elapsed time.Duration) {
 	evStatus := "ok"
 	if status != StatusOK {
 		evStatus = "error"
@@ -273,13 +274,9 @@ func publish(p *events.Publisher, log *slog.Logger, task, id, status, errMsg str
 		Preview:    fmt.Sprintf("task=%s status=%s", task, evStatus),
 		Payload:    map[string]any{"task": task, "error": errMsg, "task_id": id},
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := p.Publish(ctx, e); err != nil {
-			log.Debug("debug event not published", "error", err)
-		}
-	}()
+	if !p.Offer(e) {
+		log.Debug("debug event dropped: the event buffer is full")
+	}
 }
 
 type slogAdapter struct{ l *slog.Logger }

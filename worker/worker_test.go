@@ -41,7 +41,7 @@ func newHarness(t *testing.T, shutdown time.Duration) *harness {
 	opts := worker.Options{
 		Redis: conn, Concurrency: 4, ShutdownTimeout: shutdown,
 		Logger:  slog.New(slog.NewJSONHandler(io.Discard, nil)),
-		Metrics: metrics, Events: events.NewPublisher(srv.Client(t), "test:debug"),
+		Metrics: metrics, Events: startEvents(t, events.NewPublisher(srv.Client(t), "test:debug")),
 		Catalog: jobs.Catalog(), RedisClient: srv.Client(t),
 	}
 	h := &harness{srv: srv, opts: opts, mux: worker.Mux(opts), client: asynq.NewClient(conn), insp: asynq.NewInspector(conn), metrics: metrics}
@@ -252,4 +252,12 @@ func TestSingletonLocksAreReleasedWhenARunFailsForGood(t *testing.T) {
 	if _, err := h.client.Enqueue(asynq.NewTask(spec.Name, nil), asynq.Unique(spec.UniqueTTL()), asynq.MaxRetry(spec.MaxRetry)); err != nil {
 		t.Fatalf("enqueue after the archived run: %v", err)
 	}
+}
+
+func startEvents(t *testing.T, p *events.Publisher) *events.Async {
+	a := events.NewAsync(p, 1000)
+	ctx, cancel := context.WithCancel(context.Background())
+	go a.Run(ctx)
+	t.Cleanup(func() { cancel(); <-a.Done() })
+	return a
 }
