@@ -44,6 +44,10 @@ type Deps struct {
 	// Counter receives each run's numeric results as item counts, for
 	// Prometheus (optional).
 	Counter Counter
+	// Intervals holds each task's effective interval, after TASK_INTERVALS
+	// and the other overrides; a task missing here runs at its catalog
+	// interval. Fan-outs spread their children over it.
+	Intervals map[string]time.Duration
 }
 
 // Models are the model names of each kind of LLM call.
@@ -92,8 +96,11 @@ type handlerFunc func(ctx context.Context, d Deps, p jobs.Payload) (Result, erro
 // builders lists the tasks this build can run.
 func builders() map[string]handlerFunc {
 	return map[string]handlerFunc{
-		jobs.ScheduledPromptTick:    promptTick,
-		jobs.ScheduledPromptCleanup: promptCleanup,
+		jobs.ScheduledPromptTick:     promptTick,
+		jobs.ScheduledPromptCleanup:  promptCleanup,
+		jobs.ChannelSummarization:    channelSummarization,
+		jobs.ChannelHeartbeat:        channelHeartbeat,
+		jobs.ChannelHeartbeatChannel: channelHeartbeatChannel,
 	}
 }
 

@@ -20,6 +20,10 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 		{"prompt tick with redis", jobs.Redis, jobs.ScheduledPromptTick, true, ""},
 		{"prompt tick without redis", 0, jobs.ScheduledPromptTick, false, "missing dependency: redis"},
 		{"unported task", jobs.Redis | jobs.KG | jobs.LLM, jobs.KGDecay, false, "no handler"},
+		{"summaries with redis and an LLM", jobs.Redis | jobs.LLM, jobs.ChannelSummarization, true, ""},
+		{"summaries without an LLM", jobs.Redis, jobs.ChannelSummarization, false, "missing dependency: llm"},
+		{"heartbeat fan-out with redis and an LLM", jobs.Redis | jobs.LLM, jobs.ChannelHeartbeat, true, ""},
+		{"one channel's heartbeat without an LLM", jobs.Redis, jobs.ChannelHeartbeatChannel, false, "missing dependency: llm"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package msgcache_test
 import (
 	"context"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -92,5 +93,75 @@ func TestMetaRoundTrips(t *testing.T) {
 	}
 	if got, ok, err := s.Meta(ctx, c); !ok || err != nil || got != want {
 		t.Fatalf("meta = %+v %v %v", got, ok, err)
+	}
+}
+
+func TestSummaryAndHeartbeatKeepTheNewerVersion(t *testing.T) {
+	ctx := context.Background()
+	s := msgcache.New(redistest.Start(t).Client(t))
+	c := msgcache.Channel{Platform: "matrix", ID: "!room:x"}
+	if _, ok, err := s.Summary(ctx, c); ok || err != nil {
+		t.Fatalf("summary before writing: ok=%v err=%v", ok, err)
+	}
+	now := time.UnixMilli(1_700_000_100_000)
+	sum := msgcache.Summary{Text: "they planned a trip", UpdatedAt: now, MessageCount: 3, LastMessageTS: 1_700_000_000_000, Model: "m"}
+	if ok, err := s.SetSummary(ctx, c, sum); !ok || err != nil {
+		t.Fatalf("first write: ok=%v err=%v", ok, err)
+	}
+	stale := sum
+	stale.Text, stale.LastMessageTS = "older", sum.LastMessageTS-1
+	for _, old := range []msgcache.Summary{stale, sum} {
+		if ok, err := s.SetSummary(ctx, c, old); ok || err != nil {
+			t.Fatalf("write not newer than the stored one: ok=%v err=%v", ok, err)
+		}
+	}
+	if got, ok, err := s.Summary(ctx, c); !ok || err != nil || got != sum {
+		t.Fatalf("summary = %+v %v %v, want %+v", got, ok, err, sum)
+	}
+
+	note := msgcache.Note{Text: "quiet today", UpdatedAt: now, LastMessageTS: 5, Model: "flash"}
+	if ok, err := s.SetHeartbeat(ctx, c, note); !ok || err != nil {
+		t.Fatalf("heartbeat write: ok=%v err=%v", ok, err)
+	}
+	if ok, _ := s.SetHeartbeat(ctx, c, msgcache.Note{Text: "stale", LastMessageTS: 4}); ok {
+		t.Fatal("a stale heartbeat replaced a newer one")
+	}
+	if got, ok, err := s.Heartbeat(ctx, c); !ok || err != nil || got != note {
+		t.Fatalf("heartbeat = %+v %v %v, want %+v", got, ok, err, note)
+	}
+}
+
+func TestSinceReturnsTheNewestMessagesAfterATime(t *testing.T) {
+	ctx := context.Background()
+	s := msgcache.New(redistest.Start(t).Client(t))
+	c := msgcache.Channel{Platform: "discord", ID: "7"}
+	base := time.UnixMilli(1_700_000_000_000)
+	for i := range 5 {
+		if _, _, err := s.Log(ctx, msgcache.Message{Channel: c, MessageID: strconv.Itoa(i), Text: strconv.Itoa(i), Time: base.Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	texts := func(ms []msgcache.Message) []string {
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.Text)
+		}
+		return out
+	}
+	tests := []struct {
+		after int64
+		limit int
+		want  []string
+	}{
+		{0, 10, []string{"0", "1", "2", "3", "4"}},
+		{0, 2, []string{"3", "4"}},
+		{base.Add(2 * time.Second).UnixMilli(), 10, []string{"3", "4"}},
+		{base.Add(4 * time.Second).UnixMilli(), 10, nil},
+	}
+	for _, tt := range tests {
+		got, err := s.Since(ctx, c, tt.after, tt.limit)
+		if err != nil || !slices.Equal(texts(got), tt.want) {
+			t.Errorf("Since(%d, %d) = %v, %v; want %v", tt.after, tt.limit, texts(got), err, tt.want)
+		}
 	}
 }

@@ -150,6 +150,10 @@ func Run(ctx context.Context, p Params) error {
 		Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit,
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: client, Events: publisher, Counter: metrics,
+		Intervals: map[string]time.Duration{},
+	}
+	for _, d := range decisions {
+		hdeps.Intervals[d.Spec.Name] = d.Interval
 	}
 	if cfg.LLMBaseURL != "" {
 		hdeps.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})
