@@ -27,12 +27,18 @@ import (
 // Graph is one named graph on a FalkorDB server. It is safe for concurrent
 // use.
 //
-// The go-redis client's ReadTimeout (3 s by default) bounds how long a query
-// may run before go-redis gives up on the connection, while the server goes
-// on running the query. Configure it above the longest query you allow
-// (or -1), and bound reads with [Timeout], which stops them on the server.
+// Give a Graph its own go-redis client, configured for long queries:
+//   - ReadTimeout (3 s by default) is how long go-redis waits for a reply
+//     before dropping the connection, while the server goes on running the
+//     query. Set it above the longest query you allow, or -1, and bound
+//     reads with [Timeout], which stops them on the server.
+//   - go-redis retries a command after a network error or read timeout
+//     (MaxRetries, 3 by default), so a write that outlived ReadTimeout runs
+//     again. Unless every write is idempotent, set MaxRetries to -1.
+//
 // A context deadline only reaches the socket when the client has
-// ContextTimeoutEnabled, and even then it does not stop the query.
+// ContextTimeoutEnabled, and even then it does not stop the query on the
+// server.
 type Graph struct {
 	rdb  redis.UniversalClient
 	name string
