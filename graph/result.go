@@ -8,8 +8,10 @@ import (
 )
 
 // Result is a query's decoded reply. Rows[i][j] is the value of
-// Columns[j] in the i-th row; see decodeReply for the Go types of values.
-// A query without RETURN has no columns and no rows, only Stats.
+// Columns[j] in the i-th row, one of: nil (null), string, int64, bool,
+// float64, []any (list), map[string]any (map), Node, Edge, Path, Point,
+// []float32 (vecf32). A query without RETURN has no columns and no rows,
+// only Stats.
 type Result struct {
 	Columns []string
 	Rows    [][]any
