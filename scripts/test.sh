@@ -1,25 +1,116 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh machine it first installs what the
-# tests need (a real redis-server, Chromium for the dashboard test) from the
-# distribution's packages.
+# tests need from the distribution's and npm's packages: a real redis-server,
+# Chromium for the dashboard test, and FalkorDB for the graph tests
+# (valkey-server plus the FalkorDB module, see internal/falkortest).
+#
+#   ./scripts/test.sh                 # install what is missing, then gofmt, vet, test
+#   ./scripts/test.sh --install-only  # only the installs
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# FalkorDB module: the npm package that ships falkordb.so, pinned by version
+# and by the library's checksum. internal/falkortest loads it from
+# $FALKORDB_MODULE or from this path (its DefaultModulePath).
+FALKORDB_VERSION=4.16.3
+FALKORDB_NPM_PACKAGE=@falkordblite/linux-x64@8.2.3-falkordb.$FALKORDB_VERSION
+FALKORDB_SHA256=7e9e39ce69780fbae2cf7a31c28e05a51b4e9177b73e755384de0c3cf9f812e5
+falkordb_module=${FALKORDB_MODULE:-${XDG_CACHE_HOME:-$HOME/.cache}/stargazer-jobs/falkordb-$FALKORDB_VERSION/falkordb.so}
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# retry CMD...: package mirrors and registries can blip; try again before failing.
+retry() {
+  for attempt in 1 2 3; do
+    "$@" && return 0
+    [ "$attempt" -eq 3 ] && { echo "failed 3 times: $*" >&2; return 1; }
+    sleep 10
+  done
+}
+
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 
 need_install=()
 command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_install+=(chromium)
+# The module links OpenMP dynamically; the Go image has it, a slim one may not.
+/sbin/ldconfig -p | grep -q 'libgomp\.so\.1' || need_install+=(libgomp1)
+if [ -z "${FALKORDB_SERVER:-}" ] && ! command -v valkey-server >/dev/null 2>&1; then
+  # FalkorDB needs a server reporting redis_version >= 7.2. Bookworm's own
+  # redis-server is 7.0; its backports have valkey 8 (later releases have it
+  # in main). The backports entry is derived from the machine's own Debian
+  # source, so it uses the same mirror.
+  valkey=valkey-server
+  if [ "$codename" = bookworm ]; then
+    valkey=valkey-server/bookworm-backports # with its dependencies from there
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        awk 'BEGIN{RS="";ORS="\n"} NR==1' /etc/apt/sources.list.d/debian.sources |
+          sed 's/^Suites: .*/Suites: bookworm-backports/' |
+          $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+      else
+        grep -m1 -E '^deb .* bookworm main' /etc/apt/sources.list |
+          sed 's/ bookworm main/ bookworm-backports main/' |
+          $SUDO tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+      fi
+    fi
+  fi
+  need_install+=("$valkey")
+fi
+command -v npm >/dev/null 2>&1 || [ -f "$falkordb_module" ] || need_install+=(npm)
+
 if ((${#need_install[@]})); then
   echo "installing: ${need_install[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  for attempt in 1 2 3; do  # the package mirror can blip; try again before failing
-    if $SUDO apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_install[@]}" >/dev/null; then
-      break
-    fi
-    [ "$attempt" -eq 3 ] && { echo "could not install ${need_install[*]}" >&2; exit 1; }
-    sleep 10
-  done
+  # The valkey-server package would start a system-wide server on port 6379;
+  # the tests start their own. Where nothing forbids service starts yet,
+  # forbid them for this install (the Debian policy-rc.d mechanism).
+  policy=/usr/sbin/policy-rc.d
+  made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    made_policy=1
+  fi
+  apt_install() {
+    $SUDO apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_install[@]}" >/dev/null
+  }
+  status=0
+  retry apt_install || status=$?
+  [ -z "$made_policy" ] || $SUDO rm -f "$policy"
+  [ "$status" -eq 0 ] || { echo "could not install ${need_install[*]}" >&2; exit 1; }
+  # ...and keep it from starting at the next boot.
+  if [[ " ${need_install[*]} " == *" valkey-server"* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --quiet valkey-server.service >/dev/null 2>&1 || true
+  fi
+fi
+
+# install_falkordb_module: npm pack downloads the package tarball (npm checks
+# its integrity); only falkordb.so is kept. The redis-server beside it in the
+# package is not used: it needs a newer glibc than Debian 12's.
+install_falkordb_module() {
+  local dir tmp
+  dir=$(dirname "$falkordb_module")
+  mkdir -p "$dir"
+  tmp=$(mktemp -d "$dir/.download.XXXXXX")
+  if (cd "$tmp" && npm pack --silent "$FALKORDB_NPM_PACKAGE" >/dev/null) &&
+    tar -xzf "$tmp"/*.tgz -C "$tmp" package/bin/falkordb.so &&
+    echo "$FALKORDB_SHA256  $tmp/package/bin/falkordb.so" | sha256sum -c --quiet; then
+    mv "$tmp/package/bin/falkordb.so" "$falkordb_module"
+    rm -rf "$tmp"
+    return 0
+  fi
+  rm -rf "$tmp"
+  return 1
+}
+if [ ! -f "$falkordb_module" ]; then
+  echo "installing: FalkorDB $FALKORDB_VERSION module ($FALKORDB_NPM_PACKAGE) -> $falkordb_module"
+  retry install_falkordb_module || { echo "could not install the FalkorDB module" >&2; exit 1; }
+fi
+
+if [ "${1:-}" = --install-only ]; then
+  exit 0
 fi
 
 echo "== gofmt"
