@@ -117,7 +117,7 @@ func waitForConstraints(ctx context.Context, g *Graph, want []constraint) error 
 			case "FAILED":
 				return fmt.Errorf("ensure schema: %s constraint on %s.%s failed: existing nodes violate it (duplicate or missing %s); merge them and run again",
 					c.kind, c.label, c.property, c.property)
-			case "PENDING":
+			case "PENDING", "UNDER CONSTRUCTION": // both transient: the build is running
 				pending++
 			case "":
 				return fmt.Errorf("ensure schema: %s constraint on %s.%s is missing from db.constraints()", c.kind, c.label, c.property)
