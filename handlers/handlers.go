@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/journal"
 	"github.com/stargazer/stargazer-jobs/llm"
@@ -41,6 +42,8 @@ type Deps struct {
 	Enqueuer Enqueuer
 	// Events publishes the original's debug-observability events.
 	Events EventPublisher
+	// Graph is the knowledge graph (nil without FALKORDB_URL).
+	Graph Graph
 	// Counter receives each run's numeric results as item counts, for
 	// Prometheus (optional).
 	Counter Counter
@@ -70,6 +73,12 @@ type ChatModel interface {
 // Embedder makes embeddings calls.
 type Embedder interface {
 	Embed(ctx context.Context, model string, inputs []string) ([][]float32, llm.Usage, error)
+}
+
+// Graph runs Cypher on the knowledge graph.
+type Graph interface {
+	Query(ctx context.Context, cypher string, params map[string]any, opts ...graph.Option) (*graph.Result, error)
+	ROQuery(ctx context.Context, cypher string, params map[string]any, opts ...graph.Option) (*graph.Result, error)
 }
 
 // Enqueuer adds tasks to the queues.

@@ -22,6 +22,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/config"
 	"github.com/stargazer/stargazer-jobs/embedded"
 	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/llm"
@@ -154,6 +155,14 @@ func Run(ctx context.Context, p Params) error {
 	}
 	for _, d := range decisions {
 		hdeps.Intervals[d.Spec.Name] = d.Interval
+	}
+	if cfg.FalkorDBURL != "" {
+		g, closeGraph, err := openGraph(ctx, log, cfg)
+		if err != nil {
+			return err
+		}
+		defer closeGraph()
+		hdeps.Graph = g
 	}
 	if cfg.LLMBaseURL != "" {
 		hdeps.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})
@@ -344,3 +353,46 @@ func (s schedulerMetrics) Fire(task, outcome string, late time.Duration, missed 
 		s.m.SchedulerMiss.WithLabelValues(task).Add(float64(missed))
 	}
 }
+
+// openGraph connects to FalkorDB with a client of its own, configured for
+// long queries: no read timeout (queries are bounded on the server by the
+// graph's own timeout) and no retries (a write retried after a timeout
+// would run twice). It creates the schema in the background: a FalkorDB
+// that is down at startup must not stop the worker, and the graph tasks'
+// writes are keyed MERGEs that stay correct without it.
+func openGraph(ctx context.Context, log *slog.Logger, cfg config.Config) (*graph.Graph, func(), error) {
+	opt, err := redis.ParseURL(cfg.FalkorDBURL)
+	if err != nil {
+		return nil, nil, &config.Error{Setting: "FALKORDB_URL", Reason: err.Error()}
+	}
+	opt.ReadTimeout, opt.MaxRetries = -1, -1
+	rdb := redis.NewClient(opt)
+	g := graph.New(rdb, cfg.FalkorDBGraph, graph.Timeout(graphQueryTimeout))
+	go func() {
+		backoff := time.Second
+		for {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			err := graph.EnsureSchema(sctx, g)
+			cancel()
+			if err == nil {
+				log.Info("knowledge graph schema ensured", "graph", cfg.FalkorDBGraph)
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			log.Error("knowledge graph schema not ensured; retrying", "graph", cfg.FalkorDBGraph, "error", err, "retry_in", backoff.String())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Minute)
+		}
+	}()
+	return g, func() { rdb.Close() }, nil
+}
+
+// graphQueryTimeout bounds each read query on the FalkorDB server; the
+// maintenance tasks write in batches sized to finish far below it.
+const graphQueryTimeout = 60 * time.Second
