@@ -26,6 +26,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/internal/faultproxy"
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
@@ -41,8 +42,10 @@ var noopSpec = jobs.Spec{Name: "bench_noop", Kind: jobs.Child, Queue: jobs.Queue
 // server returns a started asynq server that counts processed no-op tasks:
 // ours (worker.NewServer and worker.Mux with every middleware: logging,
 // metrics, debug events, panic recovery, singleton checks) or bare asynq.
-func server(b *testing.B, srv *redistest.Server, rdb *redis.Client, ours bool, processed *atomic.Int64) *asynq.Server {
-	conn := asynq.RedisClientOpt{Addr: srv.Addr}
+func server(b *testing.B, addr string, ours bool, processed *atomic.Int64) *asynq.Server {
+	conn := asynq.RedisClientOpt{Addr: addr}
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	b.Cleanup(func() { rdb.Close() })
 	h := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { processed.Add(1); return nil })
 	var s *asynq.Server
 	var mux *asynq.ServeMux
@@ -66,6 +69,7 @@ func server(b *testing.B, srv *redistest.Server, rdb *redis.Client, ours bool, p
 }
 
 func asyncEvents(b *testing.B, rdb *redis.Client) *events.Async {
+	b.Helper()
 	a := events.NewAsync(events.NewPublisher(rdb, "bench:events"), 10_000)
 	ctx, cancel := context.WithCancel(context.Background())
 	go a.Run(ctx)
@@ -102,13 +106,15 @@ type roundResult struct {
 	perSec, cmdsPerTask float64
 }
 
-func round(b *testing.B, srv *redistest.Server, rdb *redis.Client, ours bool, n int) roundResult {
+// round processes n no-op tasks with a server connected to addr (Redis, or
+// a proxy in front of it); admin talks to Redis directly.
+func round(b *testing.B, addr string, rdb *redis.Client, ours bool, n int) roundResult {
 	rdb.FlushAll(context.Background())
 	enqueueNoops(b, rdb, n)
 	var processed atomic.Int64
 	before := commands(b, rdb)
 	start := time.Now()
-	s := server(b, srv, rdb, ours, &processed)
+	s := server(b, addr, ours, &processed)
 	for processed.Load() < int64(n) {
 		time.Sleep(time.Millisecond)
 	}
@@ -124,16 +130,30 @@ func round(b *testing.B, srv *redistest.Server, rdb *redis.Client, ours bool, n 
 // commands per task.
 func BenchmarkNoopThroughput(b *testing.B) {
 	srv := redistest.Start(b)
-	rdb := srv.Client(b)
-	const n = 2000
-	var bare, ours []roundResult
+	throughput(b, srv.Addr, srv.Client(b), 2000)
+}
+
+// BenchmarkNoopThroughputWithLatency is BenchmarkNoopThroughput with 1 ms
+// of round-trip latency injected between the workers and Redis.
+func BenchmarkNoopThroughputWithLatency(b *testing.B) {
+	srv := redistest.Start(b)
+	p, err := faultproxy.Start(srv.Addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	p.SetLatency(500 * time.Microsecond) // each way
+	throughput(b, p.Addr(), srv.Client(b), 500)
+}
+
+func throughput(b *testing.B, addr string, rdb *redis.Client, n int) {	var bare, ours []roundResult
 	for i := 0; b.Loop(); i++ {
 		if i%2 == 0 {
-			bare = append(bare, round(b, srv, rdb, false, n))
-			ours = append(ours, round(b, srv, rdb, true, n))
+			bare = append(bare, round(b, addr, rdb, false, n))
+			ours = append(ours, round(b, addr, rdb, true, n))
 		} else {
-			ours = append(ours, round(b, srv, rdb, true, n))
-			bare = append(bare, round(b, srv, rdb, false, n))
+			ours = append(ours, round(b, addr, rdb, true, n))
+			bare = append(bare, round(b, addr, rdb, false, n))
 		}
 	}
 	mb, mo := median(bare, func(r roundResult) float64 { return r.perSec }), median(ours, func(r roundResult) float64 { return r.perSec })
