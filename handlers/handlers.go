@@ -44,6 +44,9 @@ type Deps struct {
 	// Counter receives each run's numeric results as item counts, for
 	// Prometheus (optional).
 	Counter Counter
+	// StarwikiStaleAfter is how long a wiki page may go without an update
+	// before starwiki_lint reports it stale (0: wiki.DefaultStaleAfter).
+	StarwikiStaleAfter time.Duration
 }
 
 // Models are the model names of each kind of LLM call.
@@ -94,6 +97,7 @@ func builders() map[string]handlerFunc {
 	return map[string]handlerFunc{
 		jobs.ScheduledPromptTick:    promptTick,
 		jobs.ScheduledPromptCleanup: promptCleanup,
+		jobs.StarwikiLint:           starwikiLint,
 	}
 }
 

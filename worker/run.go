@@ -145,6 +145,7 @@ func Run(ctx context.Context, p Params) error {
 		Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit,
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: client, Events: wopt.Events, Counter: metrics,
+		StarwikiStaleAfter: time.Duration(cfg.StarwikiStaleDays) * 24 * time.Hour,
 	}
 	if cfg.LLMBaseURL != "" {
 		hdeps.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})
