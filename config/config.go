@@ -46,6 +46,7 @@ type Config struct {
 	LegacyKGExtraction       bool
 	StarwikiEnabled          bool
 	StarwikiLintIntervalMins float64
+	StarwikiStaleDays        int
 	KAEnabled                bool
 	KADedupEnabled           bool
 	KAOrgEnabled             bool
@@ -246,6 +247,7 @@ func Settings() []Setting {
 		{Env: "LEGACY_KG_EXTRACTION", Default: "false", Help: "Opt-in for auto_kg_extraction.", set: boolean(func(c *Config) *bool { return &c.LegacyKGExtraction })},
 		{Env: "STARWIKI_ENABLED", Default: "false", Help: "Opt-in for starwiki_lint.", set: boolean(func(c *Config) *bool { return &c.StarwikiEnabled })},
 		{Env: "STARWIKI_LINT_INTERVAL_MINUTES", Default: "60", Help: "starwiki_lint interval in minutes (floor: 5 minutes).", set: number(func(c *Config) *float64 { return &c.StarwikiLintIntervalMins }, 0)},
+		{Env: "STARWIKI_STALE_DAYS", Default: "180", Help: "starwiki_lint reports a page not updated for this many days as stale.", set: integer(func(c *Config) *int { return &c.StarwikiStaleDays }, 1)},
 		{Env: "KA_ENABLED", Default: "false", Help: "Knowledge anchoring: limbic_anchoring_worker, limbic_sunset_processor, limbic_maintenance.", set: boolean(func(c *Config) *bool { return &c.KAEnabled })},
 		{Env: "KA_DEDUP_ENABLED", Default: "true", Help: "limbic_dedup_task.", set: boolean(func(c *Config) *bool { return &c.KADedupEnabled })},
 		{Env: "KA_ORG_ENABLED", Default: "true", Help: "limbic_org_task.", set: boolean(func(c *Config) *bool { return &c.KAOrgEnabled })},

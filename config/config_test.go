@@ -28,7 +28,7 @@ func TestLoadDefaults(t *testing.T) {
 	if c.HTTPAddr != "127.0.0.1:8080" || c.ShutdownTimeout != 30*time.Second || c.Concurrency != 10 {
 		t.Errorf("unexpected worker defaults %+v", c)
 	}
-	if c.StarwikiLintIntervalMins != 60 || c.KAOrgIntervalSeconds != 600 || c.KAExtractionHTTPTimeout != 120*time.Second {
+	if c.StarwikiLintIntervalMins != 60 || c.StarwikiStaleDays != 180 || c.KAOrgIntervalSeconds != 600 || c.KAExtractionHTTPTimeout != 120*time.Second {
 		t.Errorf("unexpected task defaults %+v", c)
 	}
 }
@@ -42,6 +42,7 @@ func TestLoadRejectsInvalidValuesNamingTheSetting(t *testing.T) {
 		{"REDIS_URL", "redis://s1:26379/0?master_name=m&bogus=1", "REDIS_URL"},
 		{"KA_ENABLED", "maybe", "KA_ENABLED"},
 		{"STARWIKI_LINT_INTERVAL_MINUTES", "soon", "STARWIKI_LINT_INTERVAL_MINUTES"},
+		{"STARWIKI_STALE_DAYS", "0", "STARWIKI_STALE_DAYS"},
 		{"KA_ORG_INTERVAL_SECONDS", "0", "KA_ORG_INTERVAL_SECONDS"},
 		{"LLM_BASE_URL", "ftp://x", "LLM_BASE_URL"},
 		{"SHUTDOWN_TIMEOUT", "-3s", "SHUTDOWN_TIMEOUT"},

@@ -51,6 +51,9 @@ type Deps struct {
 	// and the other overrides; a task missing here runs at its catalog
 	// interval. Fan-outs spread their children over it.
 	Intervals map[string]time.Duration
+	// StarwikiStaleAfter is how long a wiki page may go without an update
+	// before starwiki_lint reports it stale (0: wiki.DefaultStaleAfter).
+	StarwikiStaleAfter time.Duration
 }
 
 // Models are the model names of each kind of LLM call.
@@ -110,6 +113,7 @@ func builders() map[string]handlerFunc {
 		jobs.ChannelSummarization:    channelSummarization,
 		jobs.ChannelHeartbeat:        channelHeartbeat,
 		jobs.ChannelHeartbeatChannel: channelHeartbeatChannel,
+		jobs.StarwikiLint:            starwikiLint,
 	}
 }
 

@@ -151,7 +151,8 @@ func Run(ctx context.Context, p Params) error {
 		Redis: rdb, Logger: log, JournalUnit: cfg.JournalUnit,
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: client, Events: publisher, Counter: metrics,
-		Intervals: map[string]time.Duration{},
+		Intervals:          map[string]time.Duration{},
+		StarwikiStaleAfter: time.Duration(cfg.StarwikiStaleDays) * 24 * time.Hour,
 	}
 	for _, d := range decisions {
 		hdeps.Intervals[d.Spec.Name] = d.Interval

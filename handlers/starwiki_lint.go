@@ -1,0 +1,73 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/wiki"
+)
+
+// starwikiLint is the original's scheduled_lint_public_and_opt_in: it lints
+// every public wiki and every private one that opted in, and stores a
+// report per wiki for the bot. A private wiki that did not opt in is never
+// read past its metadata, and a report left from when it was lintable is
+// deleted so it stops showing the wiki's pages.
+func starwikiLint(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
+	store := wiki.New(d.Redis)
+	ids, err := store.Wikis(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := d.Now()
+	opts := wiki.LintOptions{Now: now, StaleAfter: d.StarwikiStaleAfter}
+	var linted, skipped, written, removed int
+	var total wiki.Counts
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		rep, err := store.Lint(ctx, id, opts)
+		if errors.Is(err, wiki.ErrNotLintable) {
+			skipped++
+			gone, err := store.RemoveReport(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			if gone {
+				removed++
+				d.Logger.InfoContext(ctx, "starwiki lint report removed: wiki no longer lintable",
+					"task", jobs.StarwikiLint, "wiki", id)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("linting wiki %q: %w", id, err)
+		}
+		changed, err := store.SaveReport(ctx, id, rep, now)
+		if err != nil {
+			return nil, err
+		}
+		linted++
+		c := rep.Counts
+		total.Pages += c.Pages
+		total.BrokenLinks += c.BrokenLinks
+		total.Orphans += c.Orphans
+		total.Empty += c.Empty
+		total.Stale += c.Stale
+		total.Malformed += c.Malformed
+		if changed {
+			written++
+			d.Logger.InfoContext(ctx, "starwiki lint report updated", "task", jobs.StarwikiLint, "wiki", id,
+				"pages", c.Pages, "broken_links", c.BrokenLinks, "orphans", c.Orphans,
+				"empty", c.Empty, "stale", c.Stale, "malformed", c.Malformed)
+		}
+	}
+	return Result{
+		"wikis": linted, "pages": total.Pages, "broken_links": total.BrokenLinks,
+		"orphans": total.Orphans, "empty": total.Empty, "stale": total.Stale,
+		"malformed": total.Malformed, "skipped": skipped,
+		"reports_written": written, "reports_removed": removed,
+	}, nil
+}
