@@ -38,6 +38,7 @@ type Config struct {
 	EmbeddingsModel          string
 	GeminiAPIKeys            []string
 	GeminiBaseURL            string
+	GeminiEmbeddingModel     string
 	DiscordBotToken          string
 	MatrixHomeserverURL      string
 	MatrixAccessToken        string
@@ -239,6 +240,7 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Env: "GEMINI_BASE_URL", Default: "https://generativelanguage.googleapis.com", Help: "Gemini API base URL.", set: httpURL(func(c *Config) *string { return &c.GeminiBaseURL })},
+		{Env: "GEMINI_EMBEDDING_MODEL", Default: "gemini-embedding-001", Help: "Embedding model of the Gemini key pool, which gemini_key_probe calls: quotas are per model, so it must be the model the bot's pool uses.", set: str(func(c *Config) *string { return &c.GeminiEmbeddingModel })},
 		{Env: "DISCORD_BOT_TOKEN", Help: "Discord bot token for startup_channel_backfill. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.DiscordBotToken })},
 		{Env: "MATRIX_HOMESERVER_URL", Help: "Matrix homeserver for startup_channel_backfill.", set: httpURL(func(c *Config) *string { return &c.MatrixHomeserverURL })},
 		{Env: "MATRIX_ACCESS_TOKEN", Help: "Matrix access token. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MatrixAccessToken })},
@@ -320,7 +322,7 @@ func Settings() []Setting {
 				}
 				return nil
 			}},
-		{Env: "JOURNAL_UNIT", Default: "stargazer", Help: "systemd unit whose journal journal_stream tails on every node.", set: str(func(c *Config) *string { return &c.JournalUnit })},
+		{Env: "JOURNAL_UNIT", Default: "stargazer", Help: "systemd unit whose journal journal_stream tails on every node and log_rag_ingest reads.", set: str(func(c *Config) *string { return &c.JournalUnit })},
 		{Env: "SINGLETON_LEASE", Default: "30s", Help: "Lease of a running singleton task, renewed every third of it. A worker that stops renewing (dead, frozen, cut off) loses it after this long, and its ownership checks fail from then on.", set: duration(func(c *Config) *time.Duration { return &c.SingletonLease })},
 		{Env: "FAST_LEASE_RECOVERY", Default: "true", Help: "Requeue tasks of dead workers about 5 s after their 30 s lease expires (recovery in 35-40 s) instead of waiting for asynq's recoverer (60-120 s). false leaves recovery to asynq alone.", set: boolean(func(c *Config) *bool { return &c.FastLeaseRecovery })},
 		{Env: "DEBUG_EVENTS_CHANNEL", Default: "stargazer:debug_events", Help: "Redis pub/sub channel of the scheduler_task_run debug events.", set: str(func(c *Config) *string { return &c.DebugEventsChannel })},

@@ -54,6 +54,9 @@ type Deps struct {
 	// StarwikiStaleAfter is how long a wiki page may go without an update
 	// before starwiki_lint reports it stale (0: wiki.DefaultStaleAfter).
 	StarwikiStaleAfter time.Duration
+	// KeyProber probes the shared Gemini key pool (nil without
+	// GEMINI_API_KEYS).
+	KeyProber KeyProber
 }
 
 // Models are the model names of each kind of LLM call.
@@ -114,6 +117,7 @@ func builders() map[string]handlerFunc {
 		jobs.ChannelHeartbeat:        channelHeartbeat,
 		jobs.ChannelHeartbeatChannel: channelHeartbeatChannel,
 		jobs.StarwikiLint:            starwikiLint,
+		jobs.GeminiKeyProbe:          geminiKeyProbe,
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/config"
 	"github.com/stargazer/stargazer-jobs/embedded"
 	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/gemini"
 	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -170,6 +171,15 @@ func Run(ctx context.Context, p Params) error {
 	}
 	if u := cmp.Or(cfg.EmbeddingsBaseURL, cfg.LLMBaseURL); u != "" {
 		hdeps.Embedder = llm.New(llm.Options{BaseURL: u, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})
+	}
+	if len(cfg.GeminiAPIKeys) > 0 {
+		prober, err := gemini.NewProber(gemini.NewPool(rdb), gemini.ProberOptions{
+			BaseURL: cfg.GeminiBaseURL, Keys: cfg.GeminiAPIKeys, Model: cfg.GeminiEmbeddingModel,
+		})
+		if err != nil {
+			return err
+		}
+		hdeps.KeyProber = prober
 	}
 	for _, r := range handlers.Register(mux, hdeps, catalog, cfg.Available()) {
 		if !r.Registered {

@@ -17,6 +17,11 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+	// The Gemini key pool's per-day quotas reset at midnight Pacific time;
+	// embed the zone database (~450 KB) so the worker computes it right
+	// even on an image without /usr/share/zoneinfo. The system's database
+	// is used when present.
+	_ "time/tzdata"
 
 	"github.com/stargazer/stargazer-jobs/config"
 	"github.com/stargazer/stargazer-jobs/worker"
