@@ -118,6 +118,7 @@ func builders() map[string]handlerFunc {
 		jobs.ChannelHeartbeatChannel: channelHeartbeatChannel,
 		jobs.StarwikiLint:            starwikiLint,
 		jobs.GeminiKeyProbe:          geminiKeyProbe,
+		jobs.LogRAGIngest:            logRAGIngest,
 	}
 }
 

@@ -24,6 +24,10 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 		{"summaries without an LLM", jobs.Redis, jobs.ChannelSummarization, false, "missing dependency: llm"},
 		{"heartbeat fan-out with redis and an LLM", jobs.Redis | jobs.LLM, jobs.ChannelHeartbeat, true, ""},
 		{"one channel's heartbeat without an LLM", jobs.Redis, jobs.ChannelHeartbeatChannel, false, "missing dependency: llm"},
+		{"key probe with a key pool", jobs.Redis | jobs.GeminiKeys, jobs.GeminiKeyProbe, true, ""},
+		{"key probe without a key pool", jobs.Redis, jobs.GeminiKeyProbe, false, "missing dependency"},
+		{"log ingest with embeddings", jobs.Redis | jobs.Embeddings, jobs.LogRAGIngest, true, ""},
+		{"log ingest without embeddings", jobs.Redis, jobs.LogRAGIngest, false, "missing dependency"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
