@@ -20,6 +20,8 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/config"
+	"github.com/stargazer/stargazer-jobs/gemini"
+	"github.com/stargazer/stargazer-jobs/gemini/geminitest"
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/prompts"
@@ -340,4 +342,44 @@ func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatal("task not processed after Redis came back")
+}
+
+func TestGeminiKeyProbeRunsWithTheKeysFromTheEnvironmentAndNeverLogsThem(t *testing.T) {
+	const okKey, dayKey = "AIzaSyWORKER-ok-0000000000000000000", "AIzaSyWORKER-day-000000000000000000"
+	fake := geminitest.NewServer(t, map[string]string{okKey: geminitest.OK, dayKey: geminitest.PerDay})
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	if err := rdb.HSet(ctx, "sgjobs:schedule:"+jobs.GeminiKeyProbe, "next_ms", time.Now().UnixMilli()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, map[string]string{
+		"REDIS_URL": srv.URL(), "GEMINI_API_KEYS": okKey + ", " + dayKey, "GEMINI_BASE_URL": fake.URL, "LOG_LEVEL": "debug",
+	})
+	pool := gemini.NewPool(rdb)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s, ok, _ := pool.Get(ctx, gemini.Fingerprint(dayKey))
+		if ok && s.Status == gemini.Exhausted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key pool never probed\n%s", w.logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if avail, _ := pool.Available(ctx, time.Now()); len(avail) != 1 || avail[0] != gemini.Fingerprint(okKey) {
+		t.Errorf("available = %v", avail)
+	}
+	if err := w.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(w.logs.String(), gemini.Fingerprint(dayKey)) {
+		t.Errorf("worker logs do not name the exhausted key by fingerprint\n%s", w.logs.String())
+	}
+	for _, k := range []string{okKey, dayKey} {
+		if strings.Contains(w.logs.String(), k) {
+			t.Errorf("worker logs contain a Gemini key")
+		}
+	}
 }
