@@ -146,7 +146,8 @@ func BenchmarkNoopThroughputWithLatency(b *testing.B) {
 	throughput(b, p.Addr(), srv.Client(b), 500)
 }
 
-func throughput(b *testing.B, addr string, rdb *redis.Client, n int) {	var bare, ours []roundResult
+func throughput(b *testing.B, addr string, rdb *redis.Client, n int) {
+	var bare, ours []roundResult
 	for i := 0; b.Loop(); i++ {
 		if i%2 == 0 {
 			bare = append(bare, round(b, addr, rdb, false, n))
