@@ -18,6 +18,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/journal"
 	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/platform"
 	"github.com/stargazer/stargazer-jobs/prompts"
 )
 
@@ -57,6 +58,18 @@ type Deps struct {
 	// KeyProber probes the shared Gemini key pool (nil without
 	// GEMINI_API_KEYS).
 	KeyProber KeyProber
+
+	// Platforms are the configured chat platforms, in the order the
+	// backfill catalogs them (startup_channel_backfill).
+	Platforms []Platform
+	// PlatformReadyTimeout bounds the backfill's wait for platforms to
+	// answer their identity call (default 30 s, the original's);
+	// PlatformReadyPoll is how often it asks (default 0.5 s).
+	PlatformReadyTimeout time.Duration
+	PlatformReadyPoll    time.Duration
+	// EmbedLimiter paces embeddings calls across all workers (nil: no
+	// limit beyond the embeddings queue's low weight).
+	EmbedLimiter Limiter
 }
 
 // Models are the model names of each kind of LLM call.
@@ -92,6 +105,29 @@ type Enqueuer interface {
 	EnqueueContext(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
 }
 
+// Platform is a chat platform's REST API, as the backfill reads it.
+type Platform interface {
+	// Name is the platform's name in the message cache (discord, matrix).
+	Name() string
+	// Identity is the bot's own account; its success means the platform is
+	// ready.
+	Identity(ctx context.Context) (platform.Identity, error)
+	// Channels lists the channels the bot can read. It may return some
+	// channels along with an error about others.
+	Channels(ctx context.Context) ([]platform.Channel, error)
+	// History returns up to limit of a channel's latest messages.
+	History(ctx context.Context, channelID string, limit int) ([]platform.Message, error)
+}
+
+// Limiter is a rate limit shared by the workers.
+type Limiter interface {
+	// Take takes a token and returns zero, or returns how long until one
+	// is free, taking nothing.
+	Take(ctx context.Context) (time.Duration, error)
+	// Interval is the average time between two tokens.
+	Interval() time.Duration
+}
+
 // EventPublisher sends debug-observability events.
 type EventPublisher interface {
 	Publish(ctx context.Context, e events.Event) error
@@ -119,6 +155,8 @@ func builders() map[string]handlerFunc {
 		jobs.StarwikiLint:            starwikiLint,
 		jobs.GeminiKeyProbe:          geminiKeyProbe,
 		jobs.LogRAGIngest:            logRAGIngest,
+		jobs.StartupChannelBackfill:  startupChannelBackfill,
+		jobs.EmbedMessages:           embedMessages,
 	}
 }
 

@@ -28,6 +28,9 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 		{"key probe without a key pool", jobs.Redis, jobs.GeminiKeyProbe, false, "missing dependency"},
 		{"log ingest with embeddings", jobs.Redis | jobs.Embeddings, jobs.LogRAGIngest, true, ""},
 		{"log ingest without embeddings", jobs.Redis, jobs.LogRAGIngest, false, "missing dependency"},
+		{"backfill with a platform", jobs.Redis | jobs.Platform, jobs.StartupChannelBackfill, true, ""},
+		{"backfill without a platform", jobs.Redis, jobs.StartupChannelBackfill, false, "missing dependency: platform"},
+		{"embedding queue without an endpoint", jobs.Redis, jobs.EmbedMessages, false, "missing dependency: embeddings"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -58,3 +58,6 @@ func (l *Limiter) Take(ctx context.Context) (time.Duration, error) {
 	}
 	return time.Duration(us) * time.Microsecond, nil
 }
+
+// Interval is the average time between two tokens.
+func (l *Limiter) Interval() time.Duration { return l.interval }

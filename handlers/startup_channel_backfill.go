@@ -1,0 +1,291 @@
+package handlers
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/embedqueue"
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/msgcache"
+	"github.com/stargazer/stargazer-jobs/platform"
+)
+
+// Backfill defaults, the original's.
+const (
+	backfillHistoryLimit        = 100
+	defaultPlatformReadyTimeout = 30 * time.Second
+	defaultPlatformReadyPoll    = 500 * time.Millisecond
+	// maxInlineRateLimitWait is the longest platform rate limit the
+	// backfill sits out before asking again; a longer one skips the
+	// channel until the next backfill.
+	maxInlineRateLimitWait = 10 * time.Second
+)
+
+type readyPlatform struct {
+	Platform
+	botUserID string
+}
+
+// startupChannelBackfill fetches the latest messages of the most active
+// channels from the platforms and brings the message cache up to date:
+// new messages are cached, texts that changed are repaired, and messages
+// without an embedding are queued for one. Everything is matched by the
+// platform's message id, so a second run caches, repairs and queues
+// nothing new.
+func startupChannelBackfill(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
+	maxChannels := p.(*jobs.ChannelBatch).MaxChannels
+	log := d.Logger.With("task", jobs.StartupChannelBackfill)
+	store := msgcache.New(d.Redis)
+	var processed, failed, cached, repaired, enqueued int
+	result := func() Result {
+		return Result{"channels_processed": processed, "channels_failed": failed, "messages_cached": cached,
+			"texts_repaired": repaired, "embeddings_enqueued": enqueued}
+	}
+
+	// 0. Give platforms still coming up a bounded window to answer, so the
+	// backfill does not silently skip them; a platform that stays down
+	// cannot stall it.
+	ready := waitForPlatforms(ctx, d, log)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	// 1. Catalog the platforms' channels with their metadata.
+	catalog := map[msgcache.Channel]platform.Channel{}
+	var discovered []msgcache.Channel
+	byName := map[string]readyPlatform{}
+	for _, rp := range ready {
+		byName[rp.Name()] = rp
+		chans, err := rp.Channels(ctx)
+		if err != nil {
+			log.WarnContext(ctx, "Startup backfill: failed to catalog channels", "platform", rp.Name(), "error", err.Error(), "catalogued", len(chans))
+		}
+		for _, ch := range chans {
+			c := msgcache.Channel{Platform: rp.Name(), ID: ch.ID}
+			if _, dup := catalog[c]; !dup {
+				catalog[c] = ch
+				discovered = append(discovered, c)
+			}
+		}
+	}
+
+	channels, err := store.ActiveChannels(ctx, maxChannels)
+	if err != nil {
+		return nil, err
+	}
+	if len(channels) == 0 {
+		log.InfoContext(ctx, "Startup backfill: no active channels found in Redis, performing platform fallback discovery")
+		channels = discovered[:min(maxChannels, len(discovered))]
+	}
+	if len(channels) == 0 {
+		log.InfoContext(ctx, "Startup backfill: no channels discovered from Redis or platform adapters")
+		return result(), nil
+	}
+
+	var queue *embedqueue.Queue
+	if d.Embedder != nil {
+		// Only a deployment with an embeddings endpoint has a handler for
+		// the queue; elsewhere its tasks would be archived unrun.
+		queue = embedqueue.New(d.Redis, d.Enqueuer)
+	}
+	for _, c := range channels {
+		rp, ok := byName[c.Platform]
+		if !ok {
+			continue // platform not configured or not ready
+		}
+		// Recorded so recall does not fail closed on an unknown channel.
+		if meta, ok := catalog[c]; ok {
+			m := msgcache.Meta{Name: meta.Name, GuildID: meta.GuildID, GuildName: meta.GuildName, IsDM: meta.IsDM}
+			if err := store.RecordMeta(ctx, c, m, d.Now()); err != nil {
+				return nil, err
+			}
+		}
+		history, err := fetchHistory(ctx, rp, c.ID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			failed++
+			log.WarnContext(ctx, "Startup backfill: fetching history failed", "channel", c.String(), "error", err.Error())
+			continue
+		}
+		if len(history) == 0 {
+			continue
+		}
+		st, err := backfillChannel(ctx, store, c, rp.botUserID, history)
+		if err != nil {
+			return nil, err
+		}
+		cached += st.cached
+		repaired += st.repaired
+		if queue != nil && len(st.embed) > 0 {
+			n, err := queue.Add(ctx, st.embed)
+			enqueued += n
+			if err != nil {
+				log.WarnContext(ctx, "Startup backfill: queueing embeddings failed", "channel", c.String(), "error", err.Error())
+			}
+		}
+		processed++
+	}
+	log.InfoContext(ctx, fmt.Sprintf("Startup backfill complete: %d channels, %d new messages cached, %d texts repaired, %d embeddings enqueued",
+		processed, cached, repaired, enqueued),
+		"channels_processed", processed, "channels_failed", failed, "messages_cached", cached,
+		"texts_repaired", repaired, "embeddings_enqueued", enqueued)
+	return result(), nil
+}
+
+// waitForPlatforms asks each platform for its identity until all answer,
+// the wait runs out, or ctx ends, and returns the ones that answered, in
+// d.Platforms order. A platform that refuses the credentials is given up
+// at once: waiting cannot fix a bad token.
+func waitForPlatforms(ctx context.Context, d Deps, log *slog.Logger) []readyPlatform {
+	deadline := time.Now().Add(cmp.Or(d.PlatformReadyTimeout, defaultPlatformReadyTimeout))
+	poll := cmp.Or(d.PlatformReadyPoll, defaultPlatformReadyPoll)
+	ids := make([]*platform.Identity, len(d.Platforms))
+	errs := make([]error, len(d.Platforms))
+	for {
+		waiting := 0
+		for i, p := range d.Platforms {
+			if ids[i] != nil || platform.Unauthorized(errs[i]) {
+				continue
+			}
+			cctx, cancel := context.WithDeadline(ctx, deadline)
+			id, err := p.Identity(cctx)
+			cancel()
+			if err == nil {
+				ids[i], errs[i] = &id, nil
+				continue
+			}
+			errs[i] = err
+			if !platform.Unauthorized(err) {
+				waiting++
+			}
+		}
+		if waiting == 0 || ctx.Err() != nil || !time.Now().Add(poll).Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(poll):
+		}
+	}
+	var ready []readyPlatform
+	var notReady []string
+	for i, p := range d.Platforms {
+		if ids[i] == nil {
+			notReady = append(notReady, p.Name())
+			log.WarnContext(ctx, "Startup backfill: platform not ready", "platform", p.Name(), "error", fmt.Sprint(errs[i]))
+			continue
+		}
+		ready = append(ready, readyPlatform{Platform: p, botUserID: ids[i].UserID})
+	}
+	if len(notReady) > 0 {
+		log.InfoContext(ctx, "Startup backfill: proceeding without fully-ready platforms (they will backfill on the next pass once connected)",
+			"platforms", notReady)
+	}
+	return ready
+}
+
+// fetchHistory reads a channel's latest messages, sitting out one short
+// platform rate limit.
+func fetchHistory(ctx context.Context, p Platform, channelID string) ([]platform.Message, error) {
+	msgs, err := p.History(ctx, channelID, backfillHistoryLimit)
+	var rl *platform.RateLimitError
+	if !errors.As(err, &rl) || rl.RetryAfter() > maxInlineRateLimitWait {
+		return msgs, err
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(max(rl.RetryAfter(), time.Second)):
+	}
+	return p.History(ctx, channelID, backfillHistoryLimit)
+}
+
+type channelBackfill struct {
+	cached, repaired int
+	// embed holds the keys of messages that need an embedding.
+	embed []string
+}
+
+// backfillChannel reconciles one channel's history with the cache.
+func backfillChannel(ctx context.Context, store *msgcache.Store, c msgcache.Channel, botUserID string, history []platform.Message) (channelBackfill, error) {
+	var st channelBackfill
+	var msgs []platform.Message
+	for _, m := range history {
+		if m.ID != "" {
+			msgs = append(msgs, m)
+		}
+	}
+	keys := make([]string, len(msgs))
+	for i, m := range msgs {
+		keys[i] = msgcache.MessageKey(c, m.ID)
+	}
+	exists, err := store.Exists(ctx, keys)
+	if err != nil {
+		return st, err
+	}
+	texts, err := store.Texts(ctx, keys) // "" for the ones not cached
+	if err != nil {
+		return st, err
+	}
+	var check []string // cached, text unchanged: embedded already?
+	var fresh []int
+	for i, m := range msgs {
+		switch {
+		case !exists[i]:
+			fresh = append(fresh, i)
+		case m.Text != texts[i]:
+			ok, err := store.ReplaceText(ctx, keys[i], m.Text)
+			if err != nil {
+				return st, err
+			}
+			if ok {
+				st.repaired++
+				if m.Text != "" {
+					st.embed = append(st.embed, keys[i])
+				}
+			}
+		case m.Text != "":
+			check = append(check, keys[i])
+		}
+	}
+	has, err := store.HasEmbedding(ctx, check)
+	if err != nil {
+		return st, err
+	}
+	for i, k := range check {
+		if !has[i] {
+			st.embed = append(st.embed, k)
+		}
+	}
+	for _, i := range fresh {
+		m := msgs[i]
+		isBot := m.IsBot
+		if botUserID != "" {
+			isBot = m.UserID == botUserID
+		}
+		kind := msgcache.KindUserIn
+		if isBot {
+			kind = msgcache.KindAssistantOut
+		}
+		key, created, err := store.Log(ctx, msgcache.Message{
+			Channel: c, MessageID: m.ID, UserID: m.UserID, UserName: m.UserName, Text: m.Text,
+			Time: m.Time, ReplyToID: m.ReplyToID, Kind: kind,
+		})
+		if err != nil {
+			return st, err
+		}
+		if created {
+			st.cached++
+			if m.Text != "" {
+				st.embed = append(st.embed, key)
+			}
+		}
+	}
+	return st, nil
+}
