@@ -36,10 +36,12 @@ type Config struct {
 	KAExtractionHTTPTimeout  time.Duration
 	EmbeddingsBaseURL        string
 	EmbeddingsModel          string
+	EmbeddingsRatePerMinute  float64
 	GeminiAPIKeys            []string
 	GeminiBaseURL            string
 	GeminiEmbeddingModel     string
 	DiscordBotToken          string
+	DiscordAPIBaseURL        string
 	MatrixHomeserverURL      string
 	MatrixAccessToken        string
 	ChatLLMEnabled           bool
@@ -69,6 +71,8 @@ type Config struct {
 	SchedulerEnabled   bool
 	DebugEventsChannel string
 	JournalUnit        string
+	// DeploymentID names this rollout; startup tasks run once per ID.
+	DeploymentID string
 	// SingletonLease is how long a singleton run's lease lasts unrenewed.
 	SingletonLease time.Duration
 	// FastLeaseRecovery runs the worker's own lease recoverer.
@@ -229,6 +233,7 @@ func Settings() []Setting {
 		{Env: "KA_EXTRACTION_HTTP_TIMEOUT_SECONDS", Default: "120", Help: "Timeout of one extraction LLM call (the connect timeout is 10 s).", set: duration(func(c *Config) *time.Duration { return &c.KAExtractionHTTPTimeout })},
 		{Env: "EMBEDDINGS_BASE_URL", Help: "OpenAI-compatible embeddings base URL. Empty: LLM_BASE_URL.", set: httpURL(func(c *Config) *string { return &c.EmbeddingsBaseURL })},
 		{Env: "EMBEDDINGS_MODEL", Default: "text-embedding-3-small", Help: "Embeddings model.", set: str(func(c *Config) *string { return &c.EmbeddingsModel })},
+		{Env: "EMBEDDINGS_RATE_PER_MINUTE", Default: "60", Help: "Embeddings calls per minute (one call embeds up to 64 messages) shared by all workers through Redis, so a backfill cannot exhaust the endpoint's quota; bursts of up to a tenth of it. A throttled batch is rescheduled, not failed. 0: no limit.", set: number(func(c *Config) *float64 { return &c.EmbeddingsRatePerMinute }, 0)},
 		{Env: "GEMINI_API_KEYS", Help: "Comma-separated shared Gemini key pool probed by gemini_key_probe. Never logged.", Secret: true,
 			set: func(c *Config, v string) error {
 				c.GeminiAPIKeys = nil
@@ -242,6 +247,7 @@ func Settings() []Setting {
 		{Env: "GEMINI_BASE_URL", Default: "https://generativelanguage.googleapis.com", Help: "Gemini API base URL.", set: httpURL(func(c *Config) *string { return &c.GeminiBaseURL })},
 		{Env: "GEMINI_EMBEDDING_MODEL", Default: "gemini-embedding-001", Help: "Embedding model of the Gemini key pool, which gemini_key_probe calls: quotas are per model, so it must be the model the bot's pool uses.", set: str(func(c *Config) *string { return &c.GeminiEmbeddingModel })},
 		{Env: "DISCORD_BOT_TOKEN", Help: "Discord bot token for startup_channel_backfill. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.DiscordBotToken })},
+		{Env: "DISCORD_API_BASE_URL", Default: "https://discord.com/api/v10", Help: "Discord REST API root.", set: httpURL(func(c *Config) *string { return &c.DiscordAPIBaseURL })},
 		{Env: "MATRIX_HOMESERVER_URL", Help: "Matrix homeserver for startup_channel_backfill.", set: httpURL(func(c *Config) *string { return &c.MatrixHomeserverURL })},
 		{Env: "MATRIX_ACCESS_TOKEN", Help: "Matrix access token. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MatrixAccessToken })},
 		{Env: "BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED", Default: "true", Help: "false drops every task that calls chat/completions (prompt tick, extraction, bulk, summaries, heartbeat, consolidation, anamnesis, anchoring, sunset).", set: boolean(func(c *Config) *bool { return &c.ChatLLMEnabled })},
@@ -323,6 +329,16 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Env: "JOURNAL_UNIT", Default: "stargazer", Help: "systemd unit whose journal journal_stream tails on every node and log_rag_ingest reads.", set: str(func(c *Config) *string { return &c.JournalUnit })},
+		{Env: "DEPLOYMENT_ID", Help: "Names this rollout: startup_channel_backfill is enqueued once per DEPLOYMENT_ID however many workers start (task ID startup_channel_backfill@<id>, kept 24 h). Set it per rollout (image tag, commit, Kubernetes pod-template-hash). Empty: derived from the worker binary (its VCS revision, else a hash of the file), so restarting the same build within 24 h does not backfill again.",
+			set: func(c *Config, v string) error {
+				if len(v) > 128 || strings.IndexFunc(v, func(r rune) bool {
+					return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._:+-/", r))
+				}) >= 0 {
+					return errors.New("must be at most 128 letters, digits and . _ : + - /")
+				}
+				c.DeploymentID = v
+				return nil
+			}},
 		{Env: "SINGLETON_LEASE", Default: "30s", Help: "Lease of a running singleton task, renewed every third of it. A worker that stops renewing (dead, frozen, cut off) loses it after this long, and its ownership checks fail from then on.", set: duration(func(c *Config) *time.Duration { return &c.SingletonLease })},
 		{Env: "FAST_LEASE_RECOVERY", Default: "true", Help: "Requeue tasks of dead workers about 5 s after their 30 s lease expires (recovery in 35-40 s) instead of waiting for asynq's recoverer (60-120 s). false leaves recovery to asynq alone.", set: boolean(func(c *Config) *bool { return &c.FastLeaseRecovery })},
 		{Env: "DEBUG_EVENTS_CHANNEL", Default: "stargazer:debug_events", Help: "Redis pub/sub channel of the scheduler_task_run debug events.", set: str(func(c *Config) *string { return &c.DebugEventsChannel })},

@@ -51,6 +51,9 @@ func TestLoadRejectsInvalidValuesNamingTheSetting(t *testing.T) {
 		{"LOG_LEVEL", "loud", "LOG_LEVEL"},
 		{"DASHBOARD_PATH", "dash", "DASHBOARD_PATH"},
 		{"BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED", "2", "BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED"},
+		{"DEPLOYMENT_ID", "v1 with spaces", "DEPLOYMENT_ID"},
+		{"EMBEDDINGS_RATE_PER_MINUTE", "-1", "EMBEDDINGS_RATE_PER_MINUTE"},
+		{"DISCORD_API_BASE_URL", "discord.com", "DISCORD_API_BASE_URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env, func(t *testing.T) {
