@@ -29,7 +29,14 @@ import (
 	"github.com/stargazer/stargazer-jobs/llm"
 	"github.com/stargazer/stargazer-jobs/monitor"
 	"github.com/stargazer/stargazer-jobs/periodic"
+	"github.com/stargazer/stargazer-jobs/platform/discord"
+	"github.com/stargazer/stargazer-jobs/platform/matrix"
+	"github.com/stargazer/stargazer-jobs/ratelimit"
 )
+
+// EmbeddingsRateKey holds the shared embeddings rate limit
+// (EMBEDDINGS_RATE_PER_MINUTE).
+const EmbeddingsRateKey = "sgjobs:ratelimit:embeddings"
 
 // Params are what Run needs from its process.
 type Params struct {
@@ -181,6 +188,15 @@ func Run(ctx context.Context, p Params) error {
 		}
 		hdeps.KeyProber = prober
 	}
+	if cfg.EmbeddingsRatePerMinute > 0 {
+		hdeps.EmbedLimiter = ratelimit.New(rdb, EmbeddingsRateKey, cfg.EmbeddingsRatePerMinute, int(cfg.EmbeddingsRatePerMinute/10))
+	}
+	if cfg.DiscordBotToken != "" {
+		hdeps.Platforms = append(hdeps.Platforms, discord.New(discord.Options{BaseURL: cfg.DiscordAPIBaseURL, Token: cfg.DiscordBotToken}))
+	}
+	if cfg.MatrixHomeserverURL != "" && cfg.MatrixAccessToken != "" {
+		hdeps.Platforms = append(hdeps.Platforms, matrix.New(matrix.Options{HomeserverURL: cfg.MatrixHomeserverURL, Token: cfg.MatrixAccessToken}))
+	}
 	for _, r := range handlers.Register(mux, hdeps, catalog, cfg.Available()) {
 		if !r.Registered {
 			log.Debug("handler not registered", "task", r.Task, "reason", r.Reason)
@@ -196,6 +212,10 @@ func Run(ctx context.Context, p Params) error {
 		return fmt.Errorf("starting asynq server: %w", err)
 	}
 	log.Info("worker started", "concurrency", cfg.Concurrency, "queues", jobs.Queues())
+
+	if cfg.SchedulerEnabled {
+		enqueueStartup(ctx, log, client, decisions, func() (string, bool) { return DeploymentID(cfg.DeploymentID) })
+	}
 
 	var wg sync.WaitGroup
 	schedCtx, stopSched := context.WithCancel(ctx)
