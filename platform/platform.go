@@ -147,12 +147,12 @@ func (a *API) GetJSON(ctx context.Context, path string, query url.Values, out an
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s: %s: %s", a.Platform, path, a.redact(err.Error()))
+		return fmt.Errorf("%s: %s: %w", a.Platform, path, a.redactErr(err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
-		return fmt.Errorf("%s: %s: reading answer: %s", a.Platform, path, a.redact(err.Error()))
+		return fmt.Errorf("%s: %s: reading answer: %w", a.Platform, path, a.redactErr(err))
 	}
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests:
@@ -186,6 +186,23 @@ func (a *API) redact(s string) string {
 	}
 	return strings.ReplaceAll(s, a.Secret, "[REDACTED]")
 }
+
+// redactErr hides the token in err's text while keeping err in the chain
+// (context.DeadlineExceeded and friends stay detectable).
+func (a *API) redactErr(err error) error {
+	if a.Secret == "" || !strings.Contains(err.Error(), a.Secret) {
+		return err
+	}
+	return redactedError{msg: a.redact(err.Error()), err: err}
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e redactedError) Error() string { return e.msg }
+func (e redactedError) Unwrap() error { return e.err }
 
 func excerpt(b []byte) string {
 	s := strings.TrimSpace(string(b))
