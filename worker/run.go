@@ -332,11 +332,18 @@ func waitForRedis(ctx context.Context, log *slog.Logger, rdb *redis.Client) {
 func logCatalog(log *slog.Logger, ds []jobs.Decision) {
 	n := 0
 	for _, d := range ds {
-		if d.Scheduled {
+		switch {
+		case d.Scheduled && d.Spec.Kind == jobs.Child:
+			n++
+			log.Info("task available: enqueued by other tasks or by hand", "task", d.Spec.Name, "kind", d.Spec.Kind, "queue", d.Spec.Queue)
+		case d.Scheduled && d.Spec.Kind == jobs.Startup:
+			n++
+			log.Info("task scheduled once per deployment", "task", d.Spec.Name, "kind", d.Spec.Kind, "queue", d.Spec.Queue)
+		case d.Scheduled:
 			n++
 			log.Info("task scheduled", "task", d.Spec.Name, "kind", d.Spec.Kind,
 				"interval", d.Interval.String(), "initial_delay", d.Spec.InitialDelay.String(), "queue", d.Spec.Queue)
-		} else {
+		default:
 			log.Info("task skipped", "task", d.Spec.Name, "reason", d.SkipReason)
 		}
 	}
