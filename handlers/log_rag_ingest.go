@@ -142,6 +142,9 @@ func storeLogChunks(ctx context.Context, d Deps, store *logstore.Store, host, un
 		for i, c := range part {
 			texts[i] = c.Text
 		}
+		if err := awaitToken(ctx, d.EmbedLimiter); err != nil {
+			return stored, existing, len(chunks), err
+		}
 		vecs, _, err := d.Embedder.Embed(ctx, d.Models.Embeddings, texts)
 		if err == nil && len(vecs) != len(part) {
 			err = fmt.Errorf("%w: %d embeddings for %d chunks", llm.ErrMalformed, len(vecs), len(part))
@@ -162,4 +165,26 @@ func storeLogChunks(ctx context.Context, d Deps, store *logstore.Store, host, un
 		return stored, existing, len(chunks), err
 	}
 	return stored, existing, len(chunks), nil
+}
+
+// awaitToken waits for the shared embeddings budget (nil: no limit). A
+// periodic task can afford to wait, unlike the embedding queue's batches,
+// which defer themselves instead; both draw from the same budget, so log
+// ingestion cannot starve message embeddings.
+func awaitToken(ctx context.Context, l Limiter) error {
+	for l != nil {
+		wait, err := l.Take(ctx)
+		if err != nil {
+			return fmt.Errorf("embeddings rate limit: %w", err)
+		}
+		if wait <= 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	return nil
 }
