@@ -66,8 +66,12 @@ type Async struct {
 	done    chan struct{}
 }
 
-// asyncBatch bounds one pipeline.
-const asyncBatch = 256
+// asyncBatch bounds one pipeline; asyncLinger is how long the first event
+// of a batch waits for company.
+const (
+	asyncBatch  = 256
+	asyncLinger = 20 * time.Millisecond
+)
 
 // NewAsync returns a background publisher with room for buffer events.
 // Call Run to start it.
@@ -101,15 +105,21 @@ func (a *Async) Run(ctx context.Context) {
 		select {
 		case e := <-a.ch:
 			batch = append(batch[:0], e)
-		drain:
+			// Linger briefly so a burst shares one round trip; debug
+			// events can afford the delay.
+			linger := time.NewTimer(asyncLinger)
+		collect:
 			for len(batch) < asyncBatch {
 				select {
 				case e := <-a.ch:
 					batch = append(batch, e)
-				default:
-					break drain
+				case <-linger.C:
+					break collect
+				case <-ctx.Done():
+					break collect
 				}
 			}
+			linger.Stop()
 			a.send(ctx, batch)
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
