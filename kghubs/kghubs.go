@@ -158,10 +158,26 @@ func (o *Organizer) Run(ctx context.Context, opts Options) (Report, error) {
 		}
 	}
 	if len(callErrs) > 0 {
-		return rep, fmt.Errorf("%d of %d hub(s) not organised: %w", len(callErrs), len(hubs), errors.Join(callErrs...))
+		return rep, &CallErrors{Errs: callErrs, Hubs: len(hubs)}
 	}
 	return rep, nil
 }
+
+// CallErrors is the error of a run that went through all its hubs but had
+// LLM calls fail or answer unusably (those hubs are left as they were).
+// Errs are the calls' errors, each wrapping the cause (ErrBadAnswer, an
+// *llm.StatusError, a timeout...), so the caller can tell whether retrying
+// may help.
+type CallErrors struct {
+	Errs []error
+	Hubs int
+}
+
+func (e *CallErrors) Error() string {
+	return fmt.Sprintf("%d of %d hub(s) not organised: %v", len(e.Errs), e.Hubs, errors.Join(e.Errs...))
+}
+
+func (e *CallErrors) Unwrap() []error { return e.Errs }
 
 // errCall marks a failure of the LLM call or its answer.
 var errCall = errors.New("proposing categories")

@@ -332,10 +332,25 @@ func (r *run) decide(ctx context.Context, pairs []pair) error {
 		return err
 	}
 	if len(callErrs) > 0 {
-		return fmt.Errorf("%d of %d LLM call(s) failed: %w", len(callErrs), r.rep.LLMCalls, errors.Join(callErrs...))
+		return &CallErrors{Errs: callErrs, Calls: r.rep.LLMCalls}
 	}
 	return nil
 }
+
+// CallErrors is the error of a run that went through all its pairs but
+// had LLM calls fail (their pairs stay unjudged). Errs are the calls'
+// errors, each wrapping the cause (ErrBadAnswer, an *llm.StatusError, a
+// timeout...), so the caller can tell whether retrying may help.
+type CallErrors struct {
+	Errs  []error
+	Calls int
+}
+
+func (e *CallErrors) Error() string {
+	return fmt.Sprintf("%d of %d LLM call(s) failed: %v", len(e.Errs), e.Calls, errors.Join(e.Errs...))
+}
+
+func (e *CallErrors) Unwrap() []error { return e.Errs }
 
 // errCall marks an error of the LLM call itself (as opposed to a graph or
 // lease failure while merging its verdicts).
