@@ -184,10 +184,14 @@ func candidatePairs(es []entity, reps []int, limit int) []pair {
 // similar reports whether two different normalized names are near-identical
 // and how close they are: the same letters ("open ai" / "openai") or the
 // same words in another order count as 0.98, otherwise the Jaro-Winkler
-// similarity must reach similarThreshold.
+// similarity must reach similarThreshold. Names that both carry numbers,
+// different ones, are different things however close they look.
 func similar(a, b string) (float64, bool) {
 	if a == b {
 		return 0, false
+	}
+	if da, db := numbers(a), numbers(b); da != "" && db != "" && da != db {
+		return 0, false // "iphone 14" and "iphone 15", "room 101" and "room 102"
 	}
 	if compact(a) != "" && compact(a) == compact(b) || tokenSet(a) == tokenSet(b) {
 		return 0.98, true
@@ -212,6 +216,22 @@ func tokenSet(s string) string {
 	ws := strings.Fields(s)
 	slices.Sort(ws)
 	return strings.Join(slices.Compact(ws), " ")
+}
+
+// numbers keeps only the digits of s, each run of them ended by a space.
+func numbers(s string) string {
+	var b strings.Builder
+	in := false
+	for _, r := range s {
+		if unicode.IsDigit(r) {
+			b.WriteRune(r)
+			in = true
+		} else if in {
+			b.WriteByte(' ')
+			in = false
+		}
+	}
+	return b.String()
 }
 
 // compact keeps only the letters and digits of s.

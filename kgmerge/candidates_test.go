@@ -24,6 +24,10 @@ func TestSimilarAdmitsVariantsAndLeavesOutMereNeighbours(t *testing.T) {
 		{"münchen", "munchen", true},         // runes, not bytes
 		{"münchen", "muenchen", false},       // transliteration is for the LLM if anything, not this
 		{"stargazer bot", "stargazer", true}, // prefix extension
+		{"iphone 14", "iphone 15", false},    // different numbers: different things
+		{"room 101", "room 110", false},
+		{"python 3", "python3", true}, // same letters, same number
+		{"python", "python 3", true},  // only one has a number: the LLM decides
 	}
 	for _, tt := range tests {
 		t.Run(tt.a+"~"+tt.b, func(t *testing.T) {

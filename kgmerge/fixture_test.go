@@ -121,6 +121,7 @@ type fakeLLM struct {
 	srv    *httptest.Server
 	mu     sync.Mutex
 	calls  int
+	seen   []promptPair
 	answer func(pairs []promptPair) (status int, retryAfter, content string)
 }
 
@@ -151,6 +152,7 @@ func newFakeLLM(t *testing.T, answer func(pairs []promptPair) (int, string, stri
 		}
 		f.mu.Lock()
 		f.calls++
+		f.seen = append(f.seen, pairs...)
 		answer := f.answer
 		f.mu.Unlock()
 		status, retryAfter, content := answer(pairs)
@@ -177,6 +179,13 @@ func newFakeLLM(t *testing.T, answer func(pairs []promptPair) (int, string, stri
 
 func (f *fakeLLM) client() *llm.Client {
 	return llm.New(llm.Options{BaseURL: f.srv.URL + "/v1", APIKey: "sk-test"})
+}
+
+// Seen returns every pair shown to the model.
+func (f *fakeLLM) Seen() []promptPair {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.seen)
 }
 
 func (f *fakeLLM) Calls() int {

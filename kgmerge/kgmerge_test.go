@@ -208,6 +208,17 @@ func TestTheLLMJudgesUncertainPairsAndItsVerdictsAreRemembered(t *testing.T) {
 	if n := rdb.HLen(context.Background(), VerdictsKey).Val(); n != 4 {
 		t.Errorf("%d verdicts remembered, want 4", n)
 	}
+	for _, p := range fake.Seen() {
+		if p.A.Name == "New York Cty" || p.B.Name == "New York Cty" {
+			cty := p.A
+			if p.B.Name == "New York Cty" {
+				cty = p.B
+			}
+			if cty.Type != "place" || cty.Mentions != 1 || !slices.Equal(cty.Related, []string{"located_in Zebra"}) {
+				t.Errorf("the model was shown %+v, want its type, mentions and relationships", cty)
+			}
+		}
+	}
 
 	before := snapshot(t, g)
 	rep, err = e.Merge(context.Background(), opts)
@@ -362,5 +373,22 @@ func TestPruneDeletesExactlyTheLowValueEntities(t *testing.T) {
 	}
 	if _, err := Prune(context.Background(), g, failAfter(0), time.UnixMilli(now)); !errors.Is(err, errLost) {
 		t.Errorf("prune with a lost lease: %v", err)
+	}
+}
+
+func TestTheScanReadsEveryPageOfIDs(t *testing.T) {
+	g := newTestGraph(t, false)
+	exec(t, g, `UNWIND range(1, $n) AS i CREATE (:Entity {key: 'filler' + toString(i), name: 'filler ' + toString(i), normalized_name: 'filler ' + toString(i), type: 'filler'})`,
+		map[string]any{"n": 2*scanPage + 10})
+	addEntities(t, g,
+		ent{Name: "Late", Type: "thing", Key: "late-1", Mentions: 2},
+		ent{Name: "LATE", Type: "thing", Key: "late-2", Mentions: 1},
+	)
+	rep, err := (&Engine{Graph: g}).Merge(context.Background(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Entities != 2*scanPage+12 || rep.ExactMerged != 1 {
+		t.Errorf("report %+v, want every entity read and the late duplicates merged", rep)
 	}
 }
