@@ -56,6 +56,7 @@ type Config struct {
 	KAOrgIntervalSeconds     float64
 	KAOrgHubDegreeThreshold  int
 	KADedupIntervalSeconds   float64
+	KGPruneAgeDays           int
 
 	Concurrency        int
 	ShutdownTimeout    time.Duration
@@ -262,6 +263,7 @@ func Settings() []Setting {
 		{Env: "KA_ORG_INTERVAL_SECONDS", Default: "600", Help: "Interval of limbic_org_task.", set: number(func(c *Config) *float64 { return &c.KAOrgIntervalSeconds }, 1)},
 		{Env: "KA_ORG_HUB_DEGREE_THRESHOLD", Default: "1", Help: "Minimum degree of a hub entity for limbic_org_task.", set: integer(func(c *Config) *int { return &c.KAOrgHubDegreeThreshold }, 1)},
 		{Env: "KA_DEDUP_INTERVAL_SECONDS", Default: "600", Help: "Interval of limbic_dedup_task (the original loop paced itself; this is the Go port's pace).", set: number(func(c *Config) *float64 { return &c.KADedupIntervalSeconds }, 1)},
+		{Env: "KG_PRUNE_AGE_DAYS", Default: "30", Help: "kg_consolidation_task deletes entities with no relationship and at most one mention that were last seen more than this many days ago.", set: integer(func(c *Config) *int { return &c.KGPruneAgeDays }, 1)},
 		{Env: "WORKER_CONCURRENCY", Default: "10", Help: "Tasks one worker process runs at once.", set: integer(func(c *Config) *int { return &c.Concurrency }, 1)},
 		{Env: "SHUTDOWN_TIMEOUT", Default: "30s", Help: "On SIGTERM/SIGINT, how long in-flight tasks may run before they go back to the queue.", set: duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{Env: "HTTP_ADDR", Default: "127.0.0.1:8080", Help: "Address of the dashboard, /metrics, /healthz and /readyz.",

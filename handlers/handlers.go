@@ -48,6 +48,12 @@ type Deps struct {
 	// Counter receives each run's numeric results as item counts, for
 	// Prometheus (optional).
 	Counter Counter
+	// OrgHubDegree is ka_org_hub_degree_threshold: how many unorganised
+	// neighbouring entities make an entity a hub for limbic_org_task.
+	OrgHubDegree int
+	// PruneAge is KG_PRUNE_AGE_DAYS: kg_consolidation_task prunes low-value
+	// entities not seen for this long (0: 30 days).
+	PruneAge time.Duration
 	// Intervals holds each task's effective interval, after TASK_INTERVALS
 	// and the other overrides; a task missing here runs at its catalog
 	// interval. Fan-outs spread their children over it.
@@ -152,6 +158,9 @@ func builders() map[string]handlerFunc {
 		jobs.ChannelSummarization:    channelSummarization,
 		jobs.ChannelHeartbeat:        channelHeartbeat,
 		jobs.ChannelHeartbeatChannel: channelHeartbeatChannel,
+		jobs.KGConsolidation:         kgConsolidation,
+		jobs.LimbicDedup:             limbicDedup,
+		jobs.LimbicOrg:               limbicOrg,
 		jobs.StarwikiLint:            starwikiLint,
 		jobs.GeminiKeyProbe:          geminiKeyProbe,
 		jobs.LogRAGIngest:            logRAGIngest,

@@ -161,6 +161,8 @@ func Run(ctx context.Context, p Params) error {
 		Enqueuer: client, Events: publisher, Counter: metrics,
 		Intervals:          map[string]time.Duration{},
 		StarwikiStaleAfter: time.Duration(cfg.StarwikiStaleDays) * 24 * time.Hour,
+		OrgHubDegree:       cfg.KAOrgHubDegreeThreshold,
+		PruneAge:           time.Duration(cfg.KGPruneAgeDays) * 24 * time.Hour,
 	}
 	for _, d := range decisions {
 		hdeps.Intervals[d.Spec.Name] = d.Interval
