@@ -17,6 +17,10 @@ const (
 	EpochLabel = "Epoch"
 	// CategoryLabel: a grouping node that hub organisation hangs entities from.
 	CategoryLabel = "Category"
+	// MarkLabel: a short-lived node that records that one extraction write
+	// query ran (package extract), so replaying it after a crash is a
+	// no-op. Marks have no relationships and are deleted after days.
+	MarkLabel = "ExtractionMark"
 	// RelType is the one relationship type; the semantic type of a
 	// relationship is its "type" property, because FalkorDB cannot take a
 	// relationship type as a parameter.
@@ -33,6 +37,8 @@ func schemaIndexes() []string {
 		"CREATE INDEX FOR (n:Entity) ON (n.normalized_name)",
 		"CREATE INDEX FOR (n:Epoch) ON (n.key)",
 		"CREATE INDEX FOR (n:Category) ON (n.key)",
+		// Every extraction write looks its mark up by key.
+		"CREATE INDEX FOR (n:ExtractionMark) ON (n.key)",
 	}
 }
 

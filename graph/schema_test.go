@@ -45,7 +45,7 @@ func TestEnsureSchemaCreatesIndexesAndConstraints(t *testing.T) {
 		t.Fatal(err)
 	}
 	indexes, constraints := schemaState(t, g)
-	wantIndexes := []string{"Category.key", "Entity.key", "Entity.normalized_name", "Epoch.key"}
+	wantIndexes := []string{"Category.key", "Entity.key", "Entity.normalized_name", "Epoch.key", "ExtractionMark.key"}
 	if !reflect.DeepEqual(indexes, wantIndexes) {
 		t.Errorf("indexes %q, want %q", indexes, wantIndexes)
 	}
@@ -96,7 +96,7 @@ func TestEnsureSchemaFromSeveralWorkersAtOnce(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if idx, _ := schemaState(t, g); len(idx) != 4 {
+	if idx, _ := schemaState(t, g); len(idx) != 5 {
 		t.Errorf("indexes %q", idx)
 	}
 }
