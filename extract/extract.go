@@ -144,6 +144,10 @@ const (
 	// DefaultRecoveryWindow is how long a stored answer and its write
 	// marks are kept for a crashed run to be finished.
 	DefaultRecoveryWindow = 72 * time.Hour
+	// DefaultWriteLockTTL bounds how long one batch's graph write holds
+	// the write lock (it takes milliseconds) if its process dies or
+	// freezes.
+	DefaultWriteLockTTL = 30 * time.Second
 	// DefaultLedgerRetention is how long an extracted fragment ID is
 	// remembered: re-extracting it within that time is a no-op.
 	DefaultLedgerRetention = 90 * 24 * time.Hour
@@ -166,6 +170,7 @@ type Config struct {
 	ClaimTTL         time.Duration
 	RecoveryWindow   time.Duration
 	LedgerRetention  time.Duration
+	WriteLockTTL     time.Duration
 	// PoisonAfter is how many bad answers a fragment's batches may get
 	// before the fragment is given up on. Default: enough halvings of
 	// BatchMessages to isolate it, plus two tries alone.
@@ -211,6 +216,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.LedgerRetention <= 0 {
 		cfg.LedgerRetention = DefaultLedgerRetention
+	}
+	if cfg.WriteLockTTL <= 0 {
+		cfg.WriteLockTTL = DefaultWriteLockTTL
 	}
 	if cfg.PoisonAfter <= 0 {
 		cfg.PoisonAfter = bits.Len(uint(cfg.BatchMessages)) + 2

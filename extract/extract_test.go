@@ -510,13 +510,16 @@ func TestAFrozenRunsBatchIsFinishedByAnotherAndItsLateWriteCountsNothing(t *test
 		once.Do(func() { close(frozen); <-thaw }) // the run freezes between its entity and relationship writes
 		return nil
 	}}
+	// The frozen run holds the graph write lock; it lapses like a dead
+	// process's would.
+	lockTTL := func(c *extract.Config) { c.WriteLockTTL = 300 * time.Millisecond }
 	type outcome struct {
 		res extract.Result
 		err error
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		res, err := v.engine(t, func(c *extract.Config) { c.Graph = hg }).Extract(ctx, frags)
+		res, err := v.engine(t, lockTTL, func(c *extract.Config) { c.Graph = hg }).Extract(ctx, frags)
 		done <- outcome{res, err}
 	}()
 	<-frozen
@@ -589,6 +592,9 @@ func TestConcurrentExtractsOfTheSameFragmentsExtractEachOnce(t *testing.T) {
 	}
 	if total.Fragments != 120 {
 		t.Errorf("fragments extracted in all: %d", total.Fragments)
+	}
+	if n := count(t, v.g, `MATCH (a:Entity)-[r:REL]->(b:Entity) WITH a, b, r.type AS ty, count(*) AS c WHERE c > 1 RETURN count(*)`); n != 0 {
+		t.Errorf("%d relationships exist twice", n)
 	}
 	if !equalMentions(topicMentions(t, v.g), mentions(frags)) {
 		t.Errorf("mentions %v, want %v", topicMentions(t, v.g), mentions(frags))

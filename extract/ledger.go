@@ -30,6 +30,10 @@ const (
 	// written (JSON), kept until the write is committed, so a crashed
 	// write is finished from it instead of asking the LLM again.
 	BatchKeyPrefix = "sgjobs:kgx:batch:"
+	// WriteLockKey serializes the engine's graph writes across processes
+	// (value: a random token, PX DefaultWriteLockTTL): FalkorDB 4.16.3 lets
+	// two concurrent relationship MERGEs both create the same edge.
+	WriteLockKey = "sgjobs:kgx:write-lock"
 	// poisonedKept bounds PoisonedKey to the newest entries.
 	poisonedKept = 10_000
 	// statusChunk bounds the IDs per ZMSCORE/HMGET.
@@ -289,6 +293,39 @@ func (l ledger) expire(ctx context.Context, batch string, ids []string, drop boo
 		return fmt.Errorf("extract: expiring claims of batch %s: %w", batch, err)
 	}
 	return nil
+}
+
+// unlockScript deletes the write lock if it still holds our token.
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// lockWrites waits for the graph write lock and returns its release. The
+// lock lapses after ttl, so a writer that died or froze holds the others
+// up for at most that long.
+func (l ledger) lockWrites(ctx context.Context, ttl time.Duration) (func(), error) {
+	token := newBatchID()
+	wait := 2 * time.Millisecond
+	for {
+		ok, err := l.rdb.SetNX(ctx, WriteLockKey, token, ttl).Result()
+		if err != nil {
+			return nil, fmt.Errorf("extract: taking the graph write lock: %w", err)
+		}
+		if ok {
+			return func() {
+				rctx, cancel := cleanupContext(ctx)
+				defer cancel()
+				_ = unlockScript.Run(rctx, l.rdb, []string{WriteLockKey}, token).Err() // else it lapses at ttl
+			}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("extract: waiting for the graph write lock: %w", context.Cause(ctx))
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
 }
 
 func anys(ss []string) []any {

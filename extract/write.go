@@ -60,9 +60,17 @@ RETURN count(m) AS n`
 )
 
 // write applies a batch's answer to the graph, in queries of at most
-// MaxRows rows, entities first so relationships find their endpoints.
+// MaxRows rows, entities first so relationships find their endpoints. It
+// holds the write lock: two relationship MERGEs running at once can both
+// create the same edge (FalkorDB 4.16.3), and the mark guard only
+// protects against replays of the same batch.
 func (e *Engine) write(ctx context.Context, batch string, in intent, now time.Time) (Counts, error) {
 	var c Counts
+	unlock, err := e.ledger.lockWrites(ctx, e.cfg.WriteLockTTL)
+	if err != nil {
+		return c, err
+	}
+	defer unlock()
 	for i, lo := 0, 0; lo < len(in.Entities); i, lo = i+1, lo+MaxRows {
 		chunk := in.Entities[lo:min(lo+MaxRows, len(in.Entities))]
 		rows := make([]any, len(chunk))

@@ -166,6 +166,8 @@ func builders() map[string]handlerFunc {
 		jobs.LogRAGIngest:            logRAGIngest,
 		jobs.StartupChannelBackfill:  startupChannelBackfill,
 		jobs.EmbedMessages:           embedMessages,
+		jobs.AutoKGExtraction:        autoKGExtraction,
+		jobs.LimbicAnchoringWorker:   limbicAnchoring,
 	}
 }
 

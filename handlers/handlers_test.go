@@ -31,6 +31,10 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 		{"backfill with a platform", jobs.Redis | jobs.Platform, jobs.StartupChannelBackfill, true, ""},
 		{"backfill without a platform", jobs.Redis, jobs.StartupChannelBackfill, false, "missing dependency: platform"},
 		{"embedding queue without an endpoint", jobs.Redis, jobs.EmbedMessages, false, "missing dependency: embeddings"},
+		{"KG extraction with redis, graph and an LLM", jobs.Redis | jobs.KG | jobs.LLM, jobs.AutoKGExtraction, true, ""},
+		{"KG extraction without the graph", jobs.Redis | jobs.LLM, jobs.AutoKGExtraction, false, "missing dependency: kg"},
+		{"anchoring with redis, graph and an LLM", jobs.Redis | jobs.KG | jobs.LLM, jobs.LimbicAnchoringWorker, true, ""},
+		{"anchoring without an LLM", jobs.Redis | jobs.KG, jobs.LimbicAnchoringWorker, false, "missing dependency: llm"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
