@@ -34,7 +34,7 @@ type env struct {
 	llm *extracttest.Server
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	g := graph.New(falkortest.Start(t).Client(t), "kg")
 	if err := graph.EnsureSchema(context.Background(), g); err != nil {
@@ -43,7 +43,7 @@ func newEnv(t *testing.T) *env {
 	return &env{rdb: redistest.Start(t).Client(t), g: g, llm: extracttest.Start(t)}
 }
 
-func (v *env) engine(t *testing.T, mods ...func(*extract.Config)) *extract.Engine {
+func (v *env) engine(t testing.TB, mods ...func(*extract.Config)) *extract.Engine {
 	t.Helper()
 	cfg := extract.Config{LLM: v.llm.Client(), Model: "kg-model", Graph: v.g, Redis: v.rdb, Now: func() time.Time { return now }}
 	for _, m := range mods {
