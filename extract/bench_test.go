@@ -52,8 +52,11 @@ func BenchmarkExtract10kMessages(b *testing.B) {
 	b.ReportMetric(msgs/b.Elapsed().Seconds(), "msgs/s")
 	b.ReportMetric(100*float64(total.LLMCalls)/msgs, "calls/100msgs")
 	b.ReportMetric(total.TokensPerFragment(), "tokens/msg")
+	b.ReportMetric(float64(total.PromptTokens)/msgs, "prompt-tokens/msg")
 	b.ReportMetric(float64(total.EntitiesAdded+total.EntitiesUpdated)/msgs, "entity-rows/msg")
 	b.ReportMetric(float64(total.RelationshipsAdded+total.RelationshipsUpdated)/msgs, "rel-rows/msg")
+	b.Logf("graph after %d messages: %d entities, %d relationships", runs*n,
+		count(b, v.g, "MATCH (e:Entity) RETURN count(e)"), count(b, v.g, "MATCH ()-[r:REL]->() RETURN count(r)"))
 }
 
 // BenchmarkReExtract10kMessages is the cost of asking again for 10,000

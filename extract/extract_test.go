@@ -125,7 +125,7 @@ func topicMentions(t *testing.T, g *graph.Graph) map[string]int64 {
 	return out
 }
 
-func count(t *testing.T, g *graph.Graph, q string) int64 {
+func count(t testing.TB, g *graph.Graph, q string) int64 {
 	t.Helper()
 	res, err := g.ROQuery(context.Background(), q, nil)
 	if err != nil {
