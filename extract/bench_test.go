@@ -12,13 +12,14 @@ import (
 
 // corpus generates n short chat messages (about 60 characters) from 200
 // authors in 40 channels, each naming two of 2,000 capitalised topics, so
-// the graph keeps growing as it would on a real server.
+// the graph keeps growing as it would on a real server. Messages come
+// channel by channel, as the extraction tasks pass them.
 func corpus(prefix string, n int) []extract.Fragment {
 	r := rand.New(rand.NewPCG(1, 2))
 	topic := func() string { return fmt.Sprintf("Topic%04d", r.IntN(2000)) }
 	out := make([]extract.Fragment, n)
 	for i := range out {
-		src := fmt.Sprintf("discord:%d", 1000+r.IntN(40))
+		src := fmt.Sprintf("discord:%d", 1000+i*40/n)
 		out[i] = extract.Fragment{
 			ID: fmt.Sprintf("sg:msg:%s:%s-%06d", src, prefix, i), Source: src,
 			Author: fmt.Sprintf("user%03d", r.IntN(200)),

@@ -182,7 +182,7 @@ func TestExtractWritesTheValidatedAnswerIntoTheGraph(t *testing.T) {
 		t.Errorf("call %+v: want the extraction model, temperature 0.1, max_tokens 4096, JSON mode", c)
 	}
 	if !slices.Equal(c.Messages, []string{"I joined Acme in Paris", "Acme is hiring", "nice, congrats"}) ||
-		!strings.Contains(c.Prompt, "[2] 2026-") || !strings.Contains(c.Prompt, " · discord:1 · bob: Acme is hiring") {
+		!strings.Contains(c.Prompt, "<messages>\n(in discord:1)\n[1] 2026-") || !strings.Contains(c.Prompt, "[2] 2026-09-21 14:14 · bob: Acme is hiring\n") {
 		t.Errorf("prompt lacks the numbered messages with provenance: %q", c.Prompt)
 	}
 	acme := graph.EntityKey("Acme", "topic")
