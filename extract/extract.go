@@ -175,7 +175,7 @@ type Config struct {
 	WriteLockTTL     time.Duration
 	// PoisonAfter is how many bad answers a fragment's batches may get
 	// before the fragment is given up on. Default: enough halvings of
-	// BatchMessages to isolate it, plus two tries alone.
+	// BatchMessages to isolate it, and two tries alone.
 	PoisonAfter int
 
 	// Verify, if set, is called right before each batch is stored and
@@ -223,7 +223,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.WriteLockTTL = DefaultWriteLockTTL
 	}
 	if cfg.PoisonAfter <= 0 {
-		cfg.PoisonAfter = bits.Len(uint(cfg.BatchMessages)) + 2
+		cfg.PoisonAfter = bits.Len(uint(cfg.BatchMessages)) + 1
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
