@@ -301,14 +301,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `)
 
-// lockWrites waits for the graph write lock and returns its release. The
-// lock lapses after ttl, so a writer that died or froze holds the others
-// up for at most that long.
+// lockWrites waits for the graph write lock and returns its release.
 func (l ledger) lockWrites(ctx context.Context, ttl time.Duration) (func(), error) {
+	return LockGraphWrites(ctx, l.rdb, ttl)
+}
+
+// LockGraphWrites waits for the graph write lock (WriteLockKey) and
+// returns its release. Every writer that MERGEs relationships takes it:
+// FalkorDB 4.16.3 can create a relationship twice when two queries MERGE it
+// at once. The lock lapses after ttl, so a writer that died or froze holds
+// the others up for at most that long.
+func LockGraphWrites(ctx context.Context, rdb redis.UniversalClient, ttl time.Duration) (func(), error) {
 	token := newBatchID()
 	wait := 2 * time.Millisecond
 	for {
-		ok, err := l.rdb.SetNX(ctx, WriteLockKey, token, ttl).Result()
+		ok, err := rdb.SetNX(ctx, WriteLockKey, token, ttl).Result()
 		if err != nil {
 			return nil, fmt.Errorf("extract: taking the graph write lock: %w", err)
 		}
@@ -316,7 +323,7 @@ func (l ledger) lockWrites(ctx context.Context, ttl time.Duration) (func(), erro
 			return func() {
 				rctx, cancel := cleanupContext(ctx)
 				defer cancel()
-				_ = unlockScript.Run(rctx, l.rdb, []string{WriteLockKey}, token).Err() // else it lapses at ttl
+				_ = unlockScript.Run(rctx, rdb, []string{WriteLockKey}, token).Err() // else it lapses at ttl
 			}, nil
 		}
 		select {

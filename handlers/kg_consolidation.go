@@ -54,7 +54,7 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 			age = defaultPruneAge
 		}
 		var perr error
-		pruned, perr = kgmerge.Prune(ctx, d.Graph, singleton.Verify, d.Now().Add(-age))
+		pruned, perr = kgmerge.Prune(ctx, withWriteLock(d.Graph, d.Redis), singleton.Verify, d.Now().Add(-age))
 		switch {
 		case perr != nil && err != nil:
 			// The prune failure decides how the run is retried.
@@ -91,7 +91,7 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 // mergeEngine is the duplicate merge engine over d, checking the run's
 // singleton lease before every write.
 func mergeEngine(d Deps, task string) *kgmerge.Engine {
-	e := &kgmerge.Engine{Graph: d.Graph, LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", task)}
+	e := &kgmerge.Engine{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", task)}
 	if d.Redis != nil {
 		e.Memory = kgmerge.NewMemory(d.Redis, 0)
 	}

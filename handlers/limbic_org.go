@@ -29,7 +29,7 @@ func limbicOrg(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 	if d.Graph == nil || d.LLM == nil {
 		return nil, fmt.Errorf("limbic org: needs the knowledge graph and an LLM: %w", asynq.SkipRetry)
 	}
-	o := &kghubs.Organizer{Graph: d.Graph, LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", jobs.LimbicOrg)}
+	o := &kghubs.Organizer{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", jobs.LimbicOrg)}
 	rep, err := o.Run(ctx, kghubs.Options{
 		Model: d.Models.Extraction, MinNeighbours: d.OrgHubDegree,
 		MaxHubs: orgMaxHubs, MaxNeighbours: orgMaxNeighbours, Now: d.Now,

@@ -1,0 +1,50 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/extract"
+	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/redistest"
+)
+
+type countingGraph struct{ writes, reads int }
+
+func (c *countingGraph) Query(context.Context, string, map[string]any, ...graph.Option) (*graph.Result, error) {
+	c.writes++
+	return &graph.Result{}, nil
+}
+
+func (c *countingGraph) ROQuery(context.Context, string, map[string]any, ...graph.Option) (*graph.Result, error) {
+	c.reads++
+	return &graph.Result{}, nil
+}
+
+func TestMaintenanceWritesWaitForTheExtractionWriteLock(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	inner := &countingGraph{}
+	g := withWriteLock(inner, rdb)
+
+	release, err := extract.LockGraphWrites(context.Background(), rdb, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := g.Query(ctx, "MERGE ()", nil); !errors.Is(err, context.DeadlineExceeded) || inner.writes != 0 {
+		t.Fatalf("write while the extraction engine holds the lock: err %v, %d writes", err, inner.writes)
+	}
+	if _, err := g.ROQuery(context.Background(), "MATCH (n) RETURN n", nil); err != nil || inner.reads != 1 {
+		t.Fatalf("reads must not wait: %v", err)
+	}
+	release()
+	if _, err := g.Query(context.Background(), "MERGE ()", nil); err != nil || inner.writes != 1 {
+		t.Fatalf("write after release: %v, %d writes", err, inner.writes)
+	}
+	if n, _ := rdb.Exists(context.Background(), extract.WriteLockKey).Result(); n != 0 {
+		t.Fatal("the lock outlived the write")
+	}
+}
