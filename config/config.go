@@ -57,6 +57,11 @@ type Config struct {
 	KAOrgHubDegreeThreshold  int
 	KADedupIntervalSeconds   float64
 	KGPruneAgeDays           int
+	// KGDecayFactor, KGDecayMinWeight and KGBatchSize tune kg_decay_task
+	// and the orphan GC of limbic_maintenance.
+	KGDecayFactor    float64
+	KGDecayMinWeight float64
+	KGBatchSize      int
 
 	Concurrency        int
 	ShutdownTimeout    time.Duration
@@ -264,6 +269,25 @@ func Settings() []Setting {
 		{Env: "KA_ORG_HUB_DEGREE_THRESHOLD", Default: "1", Help: "Minimum degree of a hub entity for limbic_org_task.", set: integer(func(c *Config) *int { return &c.KAOrgHubDegreeThreshold }, 1)},
 		{Env: "KA_DEDUP_INTERVAL_SECONDS", Default: "600", Help: "Interval of limbic_dedup_task (the original loop paced itself; this is the Go port's pace).", set: number(func(c *Config) *float64 { return &c.KADedupIntervalSeconds }, 1)},
 		{Env: "KG_PRUNE_AGE_DAYS", Default: "30", Help: "kg_consolidation_task deletes entities with no relationship and at most one mention that were last seen more than this many days ago.", set: integer(func(c *Config) *int { return &c.KGPruneAgeDays }, 1)},
+		{Env: "KG_DECAY_FACTOR", Default: "0.95", Help: "kg_decay_task multiplies every relationship weight by this, once per run; in (0, 1].",
+			set: func(c *Config, v string) error {
+				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil || !(f > 0 && f <= 1) {
+					return errors.New("must be a number in (0, 1]")
+				}
+				c.KGDecayFactor = f
+				return nil
+			}},
+		{Env: "KG_DECAY_MIN_WEIGHT", Default: "0.1", Help: "kg_decay_task deletes relationships whose decayed weight is below this (0: none).", set: number(func(c *Config) *float64 { return &c.KGDecayMinWeight }, 0)},
+		{Env: "KG_BATCH_SIZE", Default: "2000", Help: "Most edges or nodes one knowledge-graph maintenance write touches (decay, orphan GC), 100-5000: each write's commit stalls the whole FalkorDB server.",
+			set: func(c *Config, v string) error {
+				n, err := strconv.Atoi(strings.TrimSpace(v))
+				if err != nil || n < 100 || n > 5000 {
+					return errors.New("must be an integer from 100 to 5000")
+				}
+				c.KGBatchSize = n
+				return nil
+			}},
 		{Env: "WORKER_CONCURRENCY", Default: "10", Help: "Tasks one worker process runs at once.", set: integer(func(c *Config) *int { return &c.Concurrency }, 1)},
 		{Env: "SHUTDOWN_TIMEOUT", Default: "30s", Help: "On SIGTERM/SIGINT, how long in-flight tasks may run before they go back to the queue.", set: duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{Env: "HTTP_ADDR", Default: "127.0.0.1:8080", Help: "Address of the dashboard, /metrics, /healthz and /readyz.",

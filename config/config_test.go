@@ -28,6 +28,9 @@ func TestLoadDefaults(t *testing.T) {
 	if c.HTTPAddr != "127.0.0.1:8080" || c.ShutdownTimeout != 30*time.Second || c.Concurrency != 10 {
 		t.Errorf("unexpected worker defaults %+v", c)
 	}
+	if c.KGDecayFactor != 0.95 || c.KGDecayMinWeight != 0.1 || c.KGBatchSize != 2000 {
+		t.Errorf("unexpected knowledge-graph maintenance defaults %+v", c)
+	}
 	if c.StarwikiLintIntervalMins != 60 || c.StarwikiStaleDays != 180 || c.KAOrgIntervalSeconds != 600 || c.KAExtractionHTTPTimeout != 120*time.Second {
 		t.Errorf("unexpected task defaults %+v", c)
 	}
@@ -54,6 +57,10 @@ func TestLoadRejectsInvalidValuesNamingTheSetting(t *testing.T) {
 		{"DEPLOYMENT_ID", "v1 with spaces", "DEPLOYMENT_ID"},
 		{"EMBEDDINGS_RATE_PER_MINUTE", "-1", "EMBEDDINGS_RATE_PER_MINUTE"},
 		{"DISCORD_API_BASE_URL", "discord.com", "DISCORD_API_BASE_URL"},
+		{"KG_DECAY_FACTOR", "0", "KG_DECAY_FACTOR"},
+		{"KG_DECAY_FACTOR", "1.5", "KG_DECAY_FACTOR"},
+		{"KG_DECAY_MIN_WEIGHT", "-1", "KG_DECAY_MIN_WEIGHT"},
+		{"KG_BATCH_SIZE", "50000", "KG_BATCH_SIZE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env, func(t *testing.T) {

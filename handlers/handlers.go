@@ -45,6 +45,8 @@ type Deps struct {
 	Events EventPublisher
 	// Graph is the knowledge graph (nil without FALKORDB_URL).
 	Graph Graph
+	// KG tunes the knowledge-graph maintenance tasks.
+	KG KGSettings
 	// Counter receives each run's numeric results as item counts, for
 	// Prometheus (optional).
 	Counter Counter
@@ -168,6 +170,8 @@ func builders() map[string]handlerFunc {
 		jobs.EmbedMessages:           embedMessages,
 		jobs.AutoKGExtraction:        autoKGExtraction,
 		jobs.LimbicAnchoringWorker:   limbicAnchoring,
+		jobs.KGDecay:                 kgDecay,
+		jobs.LimbicMaintenance:       limbicMaintenance,
 	}
 }
 

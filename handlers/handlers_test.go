@@ -19,7 +19,11 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 	}{
 		{"prompt tick with redis", jobs.Redis, jobs.ScheduledPromptTick, true, ""},
 		{"prompt tick without redis", 0, jobs.ScheduledPromptTick, false, "missing dependency: redis"},
-		{"unported task", jobs.Redis | jobs.KG | jobs.LLM, jobs.KGDecay, false, "no handler"},
+		{"unported task", jobs.Redis | jobs.KG | jobs.LLM | jobs.ChatLLM, jobs.AnamnesisDigest, false, "no handler"},
+		{"kg decay with a graph", jobs.Redis | jobs.KG, jobs.KGDecay, true, ""},
+		{"kg decay without a graph", jobs.Redis, jobs.KGDecay, false, "missing dependency: kg"},
+		{"limbic maintenance with a graph, no LLM", jobs.Redis | jobs.KG, jobs.LimbicMaintenance, true, ""},
+		{"limbic maintenance without a graph", jobs.Redis, jobs.LimbicMaintenance, false, "missing dependency: kg"},
 		{"summaries with redis and an LLM", jobs.Redis | jobs.LLM, jobs.ChannelSummarization, true, ""},
 		{"summaries without an LLM", jobs.Redis, jobs.ChannelSummarization, false, "missing dependency: llm"},
 		{"heartbeat fan-out with redis and an LLM", jobs.Redis | jobs.LLM, jobs.ChannelHeartbeat, true, ""},

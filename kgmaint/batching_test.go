@@ -23,7 +23,7 @@ func TestDefaultBatchesOnA20kEdgeGraph(t *testing.T) {
 		t.Fatalf("generated %d edges", len(before))
 	}
 	rec := &recorder{Graph: g}
-	st, err := kgmaint.Decay(ctx, rec, kgmaint.DecayOptions{Run: 1})
+	st, err := kgmaint.Decay(ctx, rec, kgmaint.DecayOptions{Run: 1, MinWeight: kgmaint.DefaultMinWeight})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,7 @@ func BenchmarkKGMaintenance200k(b *testing.B) {
 
 				p := startPinger(probe, 5*time.Millisecond)
 				start := time.Now()
-				st, err := kgmaint.Decay(ctx, timed, kgmaint.DecayOptions{Run: 1, BatchSize: batch})
+				st, err := kgmaint.Decay(ctx, timed, kgmaint.DecayOptions{Run: 1, BatchSize: batch, MinWeight: kgmaint.DefaultMinWeight})
 				decayTime := time.Since(start)
 				p50, p99, pmax, n := p.Stop()
 				if err != nil {

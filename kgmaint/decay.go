@@ -33,8 +33,8 @@ type DecayOptions struct {
 	Run int64
 	// Factor multiplies every weight, in (0, 1]. Default DefaultDecayFactor.
 	Factor float64
-	// MinWeight: an edge whose decayed weight is below it is deleted.
-	// Default DefaultMinWeight when zero; a negative value prunes nothing.
+	// MinWeight: an edge whose decayed weight is below it is deleted. Zero
+	// (or less) prunes nothing; the setting's default is DefaultMinWeight.
 	MinWeight float64
 	// BatchSize bounds the edges one write touches. Default
 	// DefaultBatchSize.
@@ -74,11 +74,8 @@ func (o *DecayOptions) defaults() error {
 	if !(o.Factor > 0 && o.Factor <= 1) {
 		return fmt.Errorf("decay: factor %g must be in (0, 1]", o.Factor)
 	}
-	if o.MinWeight == 0 {
-		o.MinWeight = DefaultMinWeight
-	}
-	if o.MinWeight < 0 {
-		o.MinWeight = math.Inf(-1)
+	if math.IsNaN(o.MinWeight) {
+		return fmt.Errorf("decay: min weight is NaN")
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = DefaultBatchSize

@@ -290,12 +290,24 @@ func TestDecayOnAnEmptyGraphDoesNothing(t *testing.T) {
 	}
 }
 
+func TestDecayWithoutAThresholdPrunesNothing(t *testing.T) {
+	ctx := context.Background()
+	g := newGraph(t)
+	before := generate(t, g, shape{Nodes: 100, Degree: 2, Seed: 8})
+	st, err := kgmaint.Decay(ctx, g, kgmaint.DecayOptions{Run: 3, Factor: 0.5})
+	if err != nil || st.Decayed != int64(len(before)) || st.Removed != 0 {
+		t.Fatalf("stats %+v, err %v", st, err)
+	}
+	checkDecayedOnce(t, g, before, 0.5, 0, 3)
+}
+
 func TestDecayRefusesBadOptions(t *testing.T) {
 	for _, o := range []kgmaint.DecayOptions{
 		{Run: 0},
 		{Run: 1, Factor: 1.5},
 		{Run: 1, Factor: -0.5},
 		{Run: 1, Factor: math.NaN()},
+		{Run: 1, MinWeight: math.NaN()},
 	} {
 		if _, err := kgmaint.Decay(context.Background(), nil, o); err == nil {
 			t.Errorf("options %+v accepted", o)

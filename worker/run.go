@@ -174,6 +174,7 @@ func Run(ctx context.Context, p Params) error {
 		}
 		defer closeGraph()
 		hdeps.Graph = g
+		hdeps.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize}
 	}
 	if cfg.LLMBaseURL != "" {
 		hdeps.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: metrics})

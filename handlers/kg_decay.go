@@ -1,0 +1,123 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/jobs"
+	"github.com/stargazer/stargazer-jobs/kgmaint"
+	"github.com/stargazer/stargazer-jobs/singleton"
+)
+
+// KGSettings tune the knowledge-graph maintenance tasks (KG_DECAY_FACTOR,
+// KG_DECAY_MIN_WEIGHT, KG_BATCH_SIZE).
+type KGSettings struct {
+	// DecayFactor multiplies every relationship weight once per decay run
+	// (zero: kgmaint.DefaultDecayFactor).
+	DecayFactor float64
+	// DecayMinWeight: relationships decayed under it are deleted (zero:
+	// none are).
+	DecayMinWeight float64
+	// BatchSize bounds the edges or nodes one graph write touches (zero:
+	// kgmaint.DefaultBatchSize).
+	BatchSize int
+}
+
+// kgDecay decays every relationship weight by the configured factor and
+// deletes the relationships that fall under the threshold, once per
+// scheduled occurrence: the run is recorded under the task's ID
+// (kg_decay_task@<due ms>), so a second delivery of the occurrence changes
+// nothing and a retry after a crash decays only what the crashed attempt
+// had not (see kgmaint.RunLog). A run enqueued by hand has its own ID and
+// decays once more, which is what an operator asks for.
+//
+// Like the original it publishes a kg_decay debug event with the number of
+// relationships removed, or the error.
+func kgDecay(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
+	start := time.Now()
+	id, ok := asynq.GetTaskID(ctx)
+	if !ok { // called outside a worker: a run of its own
+		id = "direct-" + strconv.FormatInt(d.Now().UnixNano(), 10)
+	}
+	res, err := decayRun(ctx, d, id)
+	publishDecayEvent(ctx, d, time.Since(start), res, err)
+	return res, err
+}
+
+func decayRun(ctx context.Context, d Deps, taskID string) (Result, error) {
+	if d.Graph == nil {
+		return nil, fmt.Errorf("kg decay: no knowledge graph configured: %w", asynq.SkipRetry)
+	}
+	if d.Redis == nil {
+		return nil, fmt.Errorf("kg decay: no Redis for the run log: %w", asynq.SkipRetry)
+	}
+	runs := kgmaint.NewRunLog(d.Redis)
+	run, err := runs.Begin(ctx, taskID, occurrenceStamp(taskID, d.Now()), d.Now())
+	if err != nil {
+		return nil, fmt.Errorf("kg decay: %w", err)
+	}
+	if run.State == kgmaint.StateDone {
+		d.Logger.InfoContext(ctx, "KG decay already applied for this occurrence", "task", jobs.KGDecay, "run", taskID)
+		return Result{"decayed": 0, "removed": 0, "batches": 0, "run": taskID, "already_applied": true}, nil
+	}
+	st, err := kgmaint.Decay(ctx, d.Graph, kgmaint.DecayOptions{
+		Run: run.Stamp, From: run.Next,
+		Factor: d.KG.DecayFactor, MinWeight: d.KG.DecayMinWeight, BatchSize: d.KG.BatchSize,
+		Verify:   singleton.Verify,
+		Progress: func(ctx context.Context, next int64) error { return runs.Advance(ctx, run, next) },
+	})
+	if err != nil {
+		d.Logger.WarnContext(ctx, "KG relationship decay failed", "task", jobs.KGDecay, "run", taskID,
+			"decayed", st.Decayed, "removed", st.Removed, "batches", st.Batches, "error", err)
+		return nil, fmt.Errorf("kg decay: %w", err)
+	}
+	if err := runs.Finish(ctx, run, st, d.Now()); err != nil {
+		return nil, fmt.Errorf("kg decay: %w", err)
+	}
+	if st.Removed > 0 {
+		d.Logger.InfoContext(ctx, fmt.Sprintf("KG decay removed %d weak relationships", st.Removed),
+			"task", jobs.KGDecay, "run", taskID, "decayed", st.Decayed, "batches", st.Batches, "resumed", run.Resumed)
+	}
+	// The counts are this attempt's, so that the Prometheus counters fed
+	// from them add up to the edges decayed, retries or not.
+	return Result{"decayed": st.Decayed, "removed": st.Removed, "batches": st.Batches,
+		"run": taskID, "resumed": run.Resumed}, nil
+}
+
+// occurrenceStamp is a run's candidate stamp: the due time of a scheduled
+// occurrence (stable across its retries), else the current time.
+func occurrenceStamp(taskID string, now time.Time) int64 {
+	if due, ok := strings.CutPrefix(taskID, jobs.KGDecay+"@"); ok {
+		if ms, err := strconv.ParseInt(due, 10, 64); err == nil && ms > 0 {
+			return ms
+		}
+	}
+	return now.UnixMilli()
+}
+
+// publishDecayEvent sends the original's kg_decay debug event. Events are
+// best-effort: a failure is logged, never fails the run.
+func publishDecayEvent(ctx context.Context, d Deps, took time.Duration, res Result, runErr error) {
+	if d.Events == nil {
+		return
+	}
+	e := events.Event{Topic: "kg_decay", Source: "background_tasks", Status: "ok",
+		DurationMS: float64(took.Microseconds()) / 1000}
+	if runErr != nil {
+		e.Status, e.Preview, e.Payload = "error", "error="+clip(runErr.Error(), 100), map[string]any{"error": runErr.Error()}
+	} else {
+		removed := res["removed"]
+		e.Preview, e.Payload = fmt.Sprintf("removed=%v", removed), map[string]any{"removed": removed}
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := d.Events.Publish(pctx, e); err != nil {
+		d.Logger.WarnContext(ctx, "kg_decay debug event not published", "task", jobs.KGDecay, "error", err)
+	}
+}
