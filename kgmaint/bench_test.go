@@ -3,6 +3,7 @@ package kgmaint_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -99,7 +100,7 @@ func BenchmarkKGMaintenance200k(b *testing.B) {
 				if err := graph.EnsureSchema(ctx, g); err != nil {
 					b.Fatal(err)
 				}
-				generate(b, g, s)
+				weights := generate(b, g, s)
 				timed := &execTimes{Graph: g}
 				b.StartTimer()
 
@@ -114,6 +115,11 @@ func BenchmarkKGMaintenance200k(b *testing.B) {
 				if st.Decayed != int64(s.edges()) || st.MaxBatch > int64(batch) {
 					b.Fatalf("decay %+v, want %d edges in batches of at most %d", st, s.edges(), batch)
 				}
+				b.StopTimer()
+				if bad := checkDecay(b, g, weights, 1); bad != "" {
+					b.Fatalf("batched decay wrong: %s", bad)
+				}
+				b.StartTimer()
 				b.ReportMetric(float64(st.Decayed)/decayTime.Seconds(), "decay_edges/s")
 				b.ReportMetric(float64(st.Batches), "decay_batches")
 				b.ReportMetric(ms(p50), "decay_ping_p50_ms")
@@ -149,6 +155,85 @@ func BenchmarkKGMaintenance200k(b *testing.B) {
 			}
 		})
 	}
+}
+
+// The same decay in one query over the whole graph (Decay's query without
+// the id range and the LIMIT), for comparison: what the batching buys in
+// stall.
+func BenchmarkKGDecay200kUnbatchedBaseline(b *testing.B) {
+	srv := falkortest.Start(b)
+	rdb := srv.Client(b)
+	probe := srv.Client(b)
+	s := shape{Nodes: 55_000, Orphans: 5_000, Degree: 4, Seed: 11, LastSeen: 1}
+	ctx := context.Background()
+	for i := range b.N {
+		b.StopTimer()
+		g := graph.New(rdb, fmt.Sprintf("kg-unbatched-%d", i))
+		if err := graph.EnsureSchema(ctx, g); err != nil {
+			b.Fatal(err)
+		}
+		weights := generate(b, g, s)
+		b.StartTimer()
+		p := startPinger(probe, 5*time.Millisecond)
+		start := time.Now()
+		res, err := g.Query(ctx, `MATCH ()-[r:REL]->()
+SET r.weight = r.weight * $factor, r.decayed_at = 1
+WITH collect(CASE WHEN r.weight < $min THEN r END) AS weak
+FOREACH (w IN weak | DELETE w)`, map[string]any{"factor": kgmaint.DefaultDecayFactor, "min": kgmaint.DefaultMinWeight})
+		took := time.Since(start)
+		p50, p99, pmax, n := p.Stop()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(s.edges())/took.Seconds(), "decay_edges/s")
+		b.ReportMetric(ms(pmax), "decay_ping_max_ms")
+		b.StopTimer()
+		if bad := checkDecay(b, g, weights, 1); bad != "" {
+			b.Fatalf("unbatched decay wrong: %s", bad)
+		}
+		b.StartTimer()
+		b.Logf("unbatched decay: %s, %d removed; PING (%d samples) p50 %s p99 %s max %s; server time %s",
+			took.Round(time.Millisecond), res.Stats.RelationshipsDeleted, n, p50, p99, pmax, res.Stats.ExecutionTime)
+		b.StopTimer()
+		if err := g.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
+
+// checkDecay verifies a decayed benchmark graph against the generated
+// weights: the right number of edges left, none under the threshold, every
+// one stamped, and the weights summing to the decayed total.
+func checkDecay(b *testing.B, g kgmaint.Graph, weights map[[2]int64]float64, run int64) string {
+	b.Helper()
+	var wantLeft int64
+	var wantSum float64
+	for _, w := range weights {
+		if w*kgmaint.DefaultDecayFactor >= kgmaint.DefaultMinWeight {
+			wantLeft++
+			wantSum += w * kgmaint.DefaultDecayFactor
+		}
+	}
+	res, err := g.ROQuery(context.Background(), `MATCH ()-[r:REL]->()
+RETURN count(r) AS left, sum(CASE WHEN r.weight < $min THEN 1 ELSE 0 END) AS weak,
+  sum(CASE WHEN r.decayed_at = $run THEN 0 ELSE 1 END) AS unstamped, sum(r.weight) AS total`,
+		map[string]any{"min": kgmaint.DefaultMinWeight, "run": run})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := res.Int64(0, "left")
+	weak, _ := res.Int64(0, "weak")
+	unstamped, _ := res.Int64(0, "unstamped")
+	total, _ := res.Float64(0, "total")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if c != wantLeft || weak != 0 || unstamped != 0 || math.Abs(total-wantSum) > 1e-6*wantSum {
+		return fmt.Sprintf("%d edges left (want %d), %d under the threshold, %d not stamped, weights sum to %.3f (want %.3f)",
+			c, wantLeft, weak, unstamped, total, wantSum)
+	}
+	return ""
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
