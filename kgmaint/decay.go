@@ -18,8 +18,8 @@ const DecayedAt = "decayed_at"
 //
 // The weak edges are collected and deleted in a FOREACH on purpose. The
 // plainer "SET r.weight = ... WITH r WHERE r.weight < $min DELETE r" is
-// wrong on FalkorDB 4.16.3 (verified on 100 to 200,000 edges): the new
-// weights of the edges it keeps are lost, and the filter sees the old ones.
+// wrong on FalkorDB 4.16.3 (verified on 3 to 200,000 edges): it applies no
+// SET at all and filters on the old weights.
 const decayQuery = `MATCH (a)-[r:REL]->()
 WHERE id(a) >= $lo AND id(a) < $hi AND r.weight IS NOT NULL AND coalesce(r.decayed_at, 0) < $run
 WITH r LIMIT $n
