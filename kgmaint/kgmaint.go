@@ -43,7 +43,10 @@ const maxWidthFactor = 64
 
 // maxID returns the largest internal id of a node matching pattern (a
 // constant such as "(n)" or "(n:Entity)"), or -1 when there is none or the
-// graph does not exist yet.
+// graph does not exist yet. It scans every node (4–5 ms per 55,000 nodes
+// measured); a write arriving on the graph meanwhile waits for it with the
+// server's lock held, so this is the one read per run that is not bounded
+// by the batch size, and it is done once.
 func maxID(ctx context.Context, g Graph, pattern string) (int64, error) {
 	res, err := g.ROQuery(ctx, "MATCH "+pattern+" RETURN max(id(n)) AS max", nil)
 	if errors.Is(err, graph.ErrNoGraph) {
