@@ -66,7 +66,10 @@ func decayRun(ctx context.Context, d Deps, taskID string) (Result, error) {
 		d.Logger.InfoContext(ctx, "KG decay already applied for this occurrence", "task", jobs.KGDecay, "run", taskID)
 		return Result{"decayed": 0, "removed": 0, "batches": 0, "run": taskID, "already_applied": true}, nil
 	}
-	st, err := kgmaint.Decay(ctx, d.Graph, kgmaint.DecayOptions{
+	// The graph write lock keeps each batch out of an extraction batch's
+	// writes: FalkorDB 4.16.3 does not fully serialise concurrent writes,
+	// and a weight reinforced while being decayed could lose an update.
+	st, err := kgmaint.Decay(ctx, withWriteLock(d.Graph, d.Redis), kgmaint.DecayOptions{
 		Run: run.Stamp, From: run.Next,
 		Factor: d.KG.DecayFactor, MinWeight: d.KG.DecayMinWeight, BatchSize: d.KG.BatchSize,
 		Verify:   singleton.Verify,

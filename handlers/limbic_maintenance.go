@@ -28,7 +28,10 @@ func limbicMaintenance(ctx context.Context, d Deps, _ jobs.Payload) (Result, err
 	if d.Graph == nil {
 		return nil, fmt.Errorf("limbic maintenance: no knowledge graph configured: %w", asynq.SkipRetry)
 	}
-	st, err := kgmaint.CollectOrphans(ctx, d.Graph, kgmaint.OrphanOptions{
+	// Under the graph write lock, which an extraction batch holds from its
+	// entities' write to its relationships', GC never sees an entity that
+	// is about to be linked; the grace period covers writers without it.
+	st, err := kgmaint.CollectOrphans(ctx, withWriteLock(d.Graph, d.Redis), kgmaint.OrphanOptions{
 		Before:    d.Now().Add(-orphanGrace).UnixMilli(),
 		BatchSize: d.KG.BatchSize,
 		Verify:    singleton.Verify,

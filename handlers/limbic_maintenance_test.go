@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/extract"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/singleton"
 )
@@ -80,5 +81,40 @@ func TestLimbicMaintenanceWithoutAGraphIsNotRetried(t *testing.T) {
 	d := Deps{Logger: slog.New(slog.DiscardHandler), Now: time.Now}
 	if _, err := limbicMaintenance(context.Background(), d, &jobs.Empty{}); !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want SkipRetry", err)
+	}
+}
+
+// GC waits while an extraction batch holds the graph write lock, so it
+// cannot delete an entity the batch has written but not linked yet.
+func TestLimbicMaintenanceWaitsForTheGraphWriteLock(t *testing.T) {
+	ctx := context.Background()
+	d, g, rdb, _ := kgDeps(t, time.UnixMilli(1_800_000_000_000))
+	if _, err := g.Query(ctx, "CREATE (:Entity {key: 'just-written', last_seen: 1})", nil); err != nil {
+		t.Fatal(err)
+	}
+	release, err := extract.LockGraphWrites(ctx, rdb, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := limbicMaintenance(ctx, d, &jobs.Empty{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("GC finished (%v) while the write lock was held", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The batch links the entity, then releases the lock.
+	if _, err := g.Query(ctx, "MATCH (e:Entity {key: 'just-written'}) CREATE (e)-[:REL {type: 'knows', weight: 1.0}]->(:Entity {key: 'friend', last_seen: 1})", nil); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := entityKeys(t, g); !slices.Equal(got, []string{"friend", "just-written"}) {
+		t.Errorf("entities %v, want both kept", got)
 	}
 }
