@@ -392,3 +392,21 @@ func TestTheScanReadsEveryPageOfIDs(t *testing.T) {
 		t.Errorf("report %+v, want every entity read and the late duplicates merged", rep)
 	}
 }
+
+// A merge in the middle of a decay run must not let the decay reach a
+// moved relationship twice: the moved relationship keeps the newest decay
+// stamp of the ones it replaces.
+func TestAMergeKeepsTheNewestDecayStamp(t *testing.T) {
+	g := newTestGraph(t, false)
+	buildDuplicates(t, g)
+	exec(t, g, `MATCH (:Entity {key: 'alice-d'})-[r:REL {type: 'knows'}]->(:Entity {key: 'mallory'}) SET r.decayed_at = 7`, nil)
+	exec(t, g, `MATCH (:Entity {key: 'alice-k'})-[r:REL {type: 'knows'}]->(:Entity {key: 'mallory'}) SET r.decayed_at = 3`, nil)
+	exec(t, g, `MATCH (:Entity {key: 'alice-d'})-[r:REL {type: 'works_at'}]->() SET r.decayed_at = 5`, nil)
+	if _, err := (&Engine{Graph: g}).Merge(context.Background(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	res := exec(t, g, `MATCH (:Entity {key: 'alice-k'})-[r:REL]->(b) WHERE r.type IN ['knows', 'works_at'] RETURN r.type, r.decayed_at ORDER BY r.type`, nil)
+	if len(res.Rows) != 2 || !equalRow(res.Rows[0], []any{"knows", int64(7)}) || !equalRow(res.Rows[1], []any{"works_at", int64(5)}) {
+		t.Fatalf("decay stamps after the merge: %v, want knows 7 and works_at 5", res.Rows)
+	}
+}

@@ -237,11 +237,12 @@ WITH a, b, row, e, e.x AS ex, e.y AS ey
 MATCH (x) WHERE id(x) = ex
 MATCH (y) WHERE id(y) = ey
 MATCH (x)-[r:REL]->(y) WHERE id(r) = e.r AND coalesce(r.type, 'related_to') = row.type
-WITH a, b, row, sum(coalesce(r.weight, 1.0)) AS w, max(r.last_seen) AS ls, collect(r) AS rs
+WITH a, b, row, sum(coalesce(r.weight, 1.0)) AS w, max(r.last_seen) AS ls, max(r.decayed_at) AS da, collect(r) AS rs
 MERGE (a)-[nr:REL {type: row.type}]->(b)
-ON CREATE SET nr.weight = w, nr.last_seen = ls
+ON CREATE SET nr.weight = w, nr.last_seen = ls, nr.decayed_at = da
 ON MATCH SET nr.weight = coalesce(nr.weight, 1.0) + w,
-  nr.last_seen = CASE WHEN ls > nr.last_seen OR nr.last_seen IS NULL THEN ls ELSE nr.last_seen END
+  nr.last_seen = CASE WHEN ls > nr.last_seen OR nr.last_seen IS NULL THEN ls ELSE nr.last_seen END,
+  nr.decayed_at = CASE WHEN da > nr.decayed_at OR nr.decayed_at IS NULL THEN da ELSE nr.decayed_at END
 FOREACH (old IN rs | DELETE old)
 WITH sum(size(rs)) AS moved
 UNWIND CASE WHEN size($drops) = 0 THEN [null] ELSE $drops END AS e
