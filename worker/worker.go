@@ -224,7 +224,7 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 				name = "unknown"
 			}
 			log := o.Logger.With("task", t.Type(), "task_id", id, "queue", queue)
-			log.Info("task started", "retried", retried)
+			log.Debug("task started", "retried", retried)
 			o.Metrics.TaskStarts.WithLabelValues(name).Inc()
 			o.Metrics.TaskInFlight.WithLabelValues(name).Inc()
 			start := time.Now()
