@@ -172,6 +172,7 @@ func builders() map[string]handlerFunc {
 		jobs.LimbicAnchoringWorker:   limbicAnchoring,
 		jobs.KGDecay:                 kgDecay,
 		jobs.LimbicMaintenance:       limbicMaintenance,
+		jobs.AnamnesisDigest:         anamnesisDigest,
 	}
 }
 
