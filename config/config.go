@@ -62,6 +62,7 @@ type Config struct {
 	KGDecayFactor    float64
 	KGDecayMinWeight float64
 	KGBatchSize      int
+	KGBulkDir        string
 
 	Concurrency        int
 	ShutdownTimeout    time.Duration
@@ -288,6 +289,7 @@ func Settings() []Setting {
 				c.KGBatchSize = n
 				return nil
 			}},
+		{Env: "KG_BULK_DIR", Default: "var/kg_bulk_scheduled", Help: "agentic_kg_bulk_incremental writes each run's working set and results under <dir>/<UTC timestamp>/ (relative to the working directory).", set: str(func(c *Config) *string { return &c.KGBulkDir })},
 		{Env: "WORKER_CONCURRENCY", Default: "10", Help: "Tasks one worker process runs at once.", set: integer(func(c *Config) *int { return &c.Concurrency }, 1)},
 		{Env: "SHUTDOWN_TIMEOUT", Default: "30s", Help: "On SIGTERM/SIGINT, how long in-flight tasks may run before they go back to the queue.", set: duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{Env: "HTTP_ADDR", Default: "127.0.0.1:8080", Help: "Address of the dashboard, /metrics, /healthz and /readyz.",

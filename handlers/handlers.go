@@ -56,6 +56,9 @@ type Deps struct {
 	// PruneAge is KG_PRUNE_AGE_DAYS: kg_consolidation_task prunes low-value
 	// entities not seen for this long (0: 30 days).
 	PruneAge time.Duration
+	// KGBulkDir is KG_BULK_DIR: where agentic_kg_bulk_incremental dumps
+	// each run's working set and results ("": var/kg_bulk_scheduled).
+	KGBulkDir string
 	// Intervals holds each task's effective interval, after TASK_INTERVALS
 	// and the other overrides; a task missing here runs at its catalog
 	// interval. Fan-outs spread their children over it.
@@ -155,24 +158,25 @@ type handlerFunc func(ctx context.Context, d Deps, p jobs.Payload) (Result, erro
 // builders lists the tasks this build can run.
 func builders() map[string]handlerFunc {
 	return map[string]handlerFunc{
-		jobs.ScheduledPromptTick:     promptTick,
-		jobs.ScheduledPromptCleanup:  promptCleanup,
-		jobs.ChannelSummarization:    channelSummarization,
-		jobs.ChannelHeartbeat:        channelHeartbeat,
-		jobs.ChannelHeartbeatChannel: channelHeartbeatChannel,
-		jobs.KGConsolidation:         kgConsolidation,
-		jobs.LimbicDedup:             limbicDedup,
-		jobs.LimbicOrg:               limbicOrg,
-		jobs.StarwikiLint:            starwikiLint,
-		jobs.GeminiKeyProbe:          geminiKeyProbe,
-		jobs.LogRAGIngest:            logRAGIngest,
-		jobs.StartupChannelBackfill:  startupChannelBackfill,
-		jobs.EmbedMessages:           embedMessages,
-		jobs.AutoKGExtraction:        autoKGExtraction,
-		jobs.LimbicAnchoringWorker:   limbicAnchoring,
-		jobs.KGDecay:                 kgDecay,
-		jobs.LimbicMaintenance:       limbicMaintenance,
-		jobs.AnamnesisDigest:         anamnesisDigest,
+		jobs.ScheduledPromptTick:      promptTick,
+		jobs.ScheduledPromptCleanup:   promptCleanup,
+		jobs.ChannelSummarization:     channelSummarization,
+		jobs.ChannelHeartbeat:         channelHeartbeat,
+		jobs.ChannelHeartbeatChannel:  channelHeartbeatChannel,
+		jobs.KGConsolidation:          kgConsolidation,
+		jobs.LimbicDedup:              limbicDedup,
+		jobs.LimbicOrg:                limbicOrg,
+		jobs.StarwikiLint:             starwikiLint,
+		jobs.GeminiKeyProbe:           geminiKeyProbe,
+		jobs.LogRAGIngest:             logRAGIngest,
+		jobs.StartupChannelBackfill:   startupChannelBackfill,
+		jobs.EmbedMessages:            embedMessages,
+		jobs.AutoKGExtraction:         autoKGExtraction,
+		jobs.LimbicAnchoringWorker:    limbicAnchoring,
+		jobs.KGDecay:                  kgDecay,
+		jobs.LimbicMaintenance:        limbicMaintenance,
+		jobs.AnamnesisDigest:          anamnesisDigest,
+		jobs.AgenticKGBulkIncremental: agenticKGBulk,
 	}
 }
 

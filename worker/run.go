@@ -163,6 +163,7 @@ func Run(ctx context.Context, p Params) error {
 		StarwikiStaleAfter: time.Duration(cfg.StarwikiStaleDays) * 24 * time.Hour,
 		OrgHubDegree:       cfg.KAOrgHubDegreeThreshold,
 		PruneAge:           time.Duration(cfg.KGPruneAgeDays) * 24 * time.Hour,
+		KGBulkDir:          cfg.KGBulkDir,
 	}
 	for _, d := range decisions {
 		hdeps.Intervals[d.Spec.Name] = d.Interval
