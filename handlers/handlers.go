@@ -177,6 +177,7 @@ func builders() map[string]handlerFunc {
 		jobs.LimbicMaintenance:        limbicMaintenance,
 		jobs.AnamnesisDigest:          anamnesisDigest,
 		jobs.AgenticKGBulkIncremental: agenticKGBulk,
+		jobs.LimbicSunsetProcessor:    limbicSunset,
 	}
 }
 
