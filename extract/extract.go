@@ -1,6 +1,6 @@
 // Package extract is the knowledge-extraction engine every extraction task
-// uses (auto_kg_extraction, limbic_anchoring_worker, and the digest, bulk
-// and sunset tasks): it takes text fragments with provenance, asks an LLM
+// uses (auto_kg_extraction, limbic_anchoring_worker, anamnesis_digest and
+// agentic_kg_bulk_incremental): it takes text fragments with provenance, asks an LLM
 // for the entities and relationships they state, validates the answer, and
 // upserts it into the knowledge graph.
 //
