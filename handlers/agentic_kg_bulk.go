@@ -226,21 +226,16 @@ func (b *bulkRun) collect(ctx context.Context, chans []msgcache.Channel) error {
 		ch.page = page
 		ch.Count = len(page.Messages)
 		if ch.Count == 0 && page.End != cursors[i] {
-			ch.Count = -1 // only gone members: moved past below without a dump
+			// Only members whose message is gone: move past them, nothing to dump.
+			if _, err := b.cache.SetCursor(ctx, ch.key, cursors[i], page.End, b.d.Now().UnixMilli()); err != nil {
+				return err
+			}
 		}
 		for j, m := range page.Messages {
 			ch.Messages = append(ch.Messages, bulkMessage{Key: m.Key, MessageID: m.MessageID, TS: page.Positions[j].TS,
 				Extracted: m.Kind != msgcache.KindAssistantOut})
 		}
 		b.read += len(page.Messages)
-	}
-	for _, ch := range b.chans {
-		if ch.Count < 0 { // nothing to extract: move over the gone members now
-			ch.Count = 0
-			if _, err := b.cache.SetCursor(ctx, ch.key, ch.CursorBefore, ch.page.End, b.d.Now().UnixMilli()); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
 }
