@@ -349,17 +349,3 @@ func boolArg(b bool) string {
 	}
 	return "0"
 }
-
-// WithWriteLock runs fn holding the engine's graph write lock
-// (WriteLockKey), for other writers that MERGE relationships: two such
-// queries running at once can both create the same edge (FalkorDB 4.16.3).
-// Keep fn to one or a few bounded queries: every extraction waits for it,
-// and the lock lapses after DefaultWriteLockTTL.
-func WithWriteLock(ctx context.Context, rdb redis.UniversalClient, fn func(ctx context.Context) error) error {
-	unlock, err := ledger{rdb: rdb}.lockWrites(ctx, DefaultWriteLockTTL)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return fn(ctx)
-}

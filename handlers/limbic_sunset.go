@@ -11,7 +11,6 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/extract"
 	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/llm"
@@ -49,7 +48,7 @@ var errSunsetAnswer = errors.New("sunset: LLM answer has no summary")
 // into one Epoch node: a summary by the extraction model of the entities
 // touched that day (first or last seen in it) and of the relationships
 // stated that day, linked from those entities with (entity)-[:REL
-// {type:'mentioned_in'}]->(epoch). The original ran a loop that paced
+// {type:'mentioned_in'}]->(epoch), the schema's relation to an Epoch. The original ran a loop that paced
 // itself daily; this hourly pass does nothing until a day is due (ended,
 // plus a grace period) and not yet done, and catches up on missed days up
 // to a week back. Re-synthesising a day (after its done mark is removed)
@@ -146,21 +145,17 @@ ORDER BY r.weight DESC, a.name, b.name LIMIT $limit`, map[string]any{"from": fro
 	if err := singleton.Verify(ctx); err != nil {
 		return err
 	}
-	now := s.d.Now().UnixMilli()
-	var st graph.Stats
-	err = extract.WithWriteLock(ctx, s.d.Redis, func(ctx context.Context) error {
-		res, err := s.d.Graph.Query(ctx, `MERGE (ep:Epoch {key: $key})
+	// Every write holds the extraction engine's graph write lock: two
+	// queries MERGEing the same relationship at once can both create it
+	// (FalkorDB 4.16.3).
+	g := withWriteLock(s.d.Graph, s.d.Redis)
+	res, err := g.Query(ctx, `MERGE (ep:Epoch {key: $key})
 SET ep.date = $date, ep.summary = $summary, ep.updated_at = $now`,
-			map[string]any{"key": key, "date": from, "summary": summary, "now": now})
-		if err == nil {
-			st = res.Stats
-		}
-		return err
-	})
+		map[string]any{"key": key, "date": from, "summary": summary, "now": s.d.Now().UnixMilli()})
 	if err != nil {
 		return fmt.Errorf("writing epoch %s: %w", key, err)
 	}
-	if st.NodesCreated > 0 {
+	if res.Stats.NodesCreated > 0 {
 		s.created++
 	} else {
 		s.updated++
@@ -175,30 +170,28 @@ SET ep.date = $date, ep.summary = $summary, ep.updated_at = $now`,
 			keys[i] = e.key
 		}
 		// Keys are unique in a batch, so no relationship is MERGEd twice
-		// in one query (which crashes FalkorDB 4.16.3 with ON MATCH SET),
-		// and the write lock keeps concurrent MERGEs from duplicating it.
-		err := extract.WithWriteLock(ctx, s.d.Redis, func(ctx context.Context) error {
-			res, err := s.d.Graph.Query(ctx, `MATCH (ep:Epoch {key: $key})
+		// in one query (which crashes FalkorDB 4.16.3 with ON MATCH SET).
+		// No weight: kg_decay_task leaves weightless links alone, so a
+		// day's links do not fade away like statements.
+		res, err := g.Query(ctx, `MATCH (ep:Epoch {key: $key})
 UNWIND $keys AS k
 MATCH (e:Entity {key: k})
 MERGE (e)-[r:REL {type: $type}]->(ep)
-ON CREATE SET r.weight = 1.0, r.last_seen = $date
+ON CREATE SET r.last_seen = $date
 RETURN count(r) AS n`, map[string]any{"key": key, "keys": keys, "type": sunsetRelType, "date": from})
-			if err != nil {
-				return err
-			}
-			n, err := res.Int64(0, "n")
-			s.linked += int(n)
-			s.links += int(res.Stats.RelationshipsCreated)
-			return err
-		})
 		if err != nil {
 			return fmt.Errorf("linking epoch %s: %w", key, err)
 		}
+		n, err := res.Int64(0, "n")
+		if err != nil {
+			return fmt.Errorf("linking epoch %s: %w", key, err)
+		}
+		s.linked += int(n)
+		s.links += int(res.Stats.RelationshipsCreated)
 	}
 	// entity_count counts every link, this pass's and an earlier one's
 	// (an entity touched that day and seen again since is still linked).
-	if _, err := s.d.Graph.Query(ctx, `MATCH (ep:Epoch {key: $key})
+	if _, err := g.Query(ctx, `MATCH (ep:Epoch {key: $key})
 OPTIONAL MATCH (:Entity)-[r:REL {type: $type}]->(ep)
 WITH ep, count(r) AS n
 SET ep.entity_count = n`, map[string]any{"key": key, "type": sunsetRelType}); err != nil {
