@@ -19,7 +19,11 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 	}{
 		{"prompt tick with redis", jobs.Redis, jobs.ScheduledPromptTick, true, ""},
 		{"prompt tick without redis", 0, jobs.ScheduledPromptTick, false, "missing dependency: redis"},
-		{"unported task", jobs.Redis | jobs.KG | jobs.LLM | jobs.ChatLLM, jobs.AnamnesisDigest, false, "no handler"},
+		{"anamnesis digest with redis, graph and an LLM", jobs.Redis | jobs.KG | jobs.LLM | jobs.ChatLLM | jobs.Config, jobs.AnamnesisDigest, true, ""},
+		{"anamnesis digest without the graph", jobs.Redis | jobs.LLM | jobs.ChatLLM | jobs.Config, jobs.AnamnesisDigest, false, "missing dependency: kg"},
+		{"bulk extraction with redis, graph and an LLM", jobs.Redis | jobs.KG | jobs.LLM | jobs.ChatLLM, jobs.AgenticKGBulkIncremental, true, ""},
+		{"sunset without an LLM", jobs.Redis | jobs.KG | jobs.BotRuntime | jobs.ChatLLM, jobs.LimbicSunsetProcessor, false, "missing dependency: llm"},
+		{"sunset with redis, graph and an LLM", jobs.Redis | jobs.KG | jobs.LLM | jobs.BotRuntime | jobs.ChatLLM, jobs.LimbicSunsetProcessor, true, ""},
 		{"kg decay with a graph", jobs.Redis | jobs.KG, jobs.KGDecay, true, ""},
 		{"kg decay without a graph", jobs.Redis, jobs.KGDecay, false, "missing dependency: kg"},
 		{"limbic maintenance with a graph, no LLM", jobs.Redis | jobs.KG, jobs.LimbicMaintenance, true, ""},
