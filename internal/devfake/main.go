@@ -23,6 +23,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/extract/extracttest"
 	"github.com/stargazer/stargazer-jobs/msgcache"
 	"github.com/stargazer/stargazer-jobs/wiki"
 )
@@ -103,13 +104,28 @@ func chat(w http.ResponseWriter, r *http.Request) {
 	}
 	content := fmt.Sprintf("The channel has been discussing %d lines of conversation; people are friendly and on topic.", strings.Count(prompt, "\n")+1)
 	if req.ResponseFormat != nil {
-		content = `{}`
+		content = jsonAnswer(prompt)
 	}
 	writeJSON(w, map[string]any{
 		"id": "chatcmpl-devfake", "object": "chat.completion", "created": time.Now().Unix(), "model": req.Model,
 		"choices": []any{map[string]any{"index": 0, "finish_reason": "stop", "message": map[string]any{"role": "assistant", "content": content}}},
 		"usage":   map[string]any{"prompt_tokens": len(prompt) / 4, "completion_tokens": len(content) / 4, "total_tokens": (len(prompt) + len(content)) / 4},
 	})
+}
+
+// jsonAnswer answers a structured-output prompt in the shape it asks for:
+// merge verdicts, hub categories, an epoch summary, or (by default)
+// extraction JSON derived from the prompt's messages.
+func jsonAnswer(prompt string) string {
+	switch {
+	case strings.Contains(prompt, `"verdicts"`):
+		return `{"verdicts":[]}`
+	case strings.Contains(prompt, `"categories"`):
+		return `{"categories":[]}`
+	case strings.Contains(prompt, `"summary"`):
+		return `{"summary":"A quiet day of launch planning."}`
+	}
+	return extracttest.Answer(prompt)
 }
 
 func vector(text string) []float32 {
@@ -188,7 +204,7 @@ func seed(ctx context.Context, url string) error {
 	for ci, c := range channels {
 		for i := range 30 {
 			m := msgcache.Message{Channel: c, MessageID: fmt.Sprintf("seed-%d-%d", ci, i), UserID: "u1", UserName: "ada",
-				Text: fmt.Sprintf("message %d about the launch plan in %s", i, c), Time: now.Add(time.Duration(i-60) * time.Minute)}
+				Text: fmt.Sprintf("message %d: Ada and Bob discuss the Orion launch plan in %s", i, c), Time: now.Add(time.Duration(i-60) * time.Minute)}
 			if _, _, err := cache.Log(ctx, m); err != nil {
 				return err
 			}
