@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/llm"
 )
 
 // ErrBadAnswer is an LLM answer that is not the JSON the task asked for.
@@ -78,7 +79,7 @@ func orgPrompt(h hub, ns []neighbour) string {
 // existing category of the hub reuses its node.
 func parseCategories(content string, h hub, ns []neighbour, maxCats int) ([]category, int, error) {
 	var top map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(stripFence(content)), &top); err != nil {
+	if err := json.Unmarshal([]byte(llm.StripFence(content)), &top); err != nil {
 		return nil, 0, fmt.Errorf("%w: %v (answer starts %q)", ErrBadAnswer, err, clip(content, 80))
 	}
 	raw, ok := top["categories"]
@@ -139,18 +140,6 @@ func parseCategories(content string, h hub, ns []neighbour, maxCats int) ([]cate
 		out = append(out, *c)
 	}
 	return out, dropped, nil
-}
-
-// stripFence removes one Markdown code fence around an answer, which some
-// models add even in JSON mode; anything else around the JSON is an error.
-func stripFence(s string) string {
-	s = strings.TrimSpace(s)
-	if !strings.HasPrefix(s, "```") || !strings.HasSuffix(s, "```") || len(s) < 6 {
-		return s
-	}
-	s = strings.TrimSuffix(strings.TrimPrefix(s, "```"), "```")
-	s = strings.TrimPrefix(s, "json")
-	return strings.TrimSpace(s)
 }
 
 func clip(s string, n int) string {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/stargazer/stargazer-jobs/llm"
 )
 
 // ErrBadAnswer is an LLM answer that is not the JSON the task asked for.
@@ -68,7 +70,7 @@ type rawVerdict struct {
 // lead to a merge; everything else means "do not merge".
 func parseVerdicts(content string, n int) (map[int]judgement, int, error) {
 	var top map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(stripFence(content)), &top); err != nil {
+	if err := json.Unmarshal([]byte(llm.StripFence(content)), &top); err != nil {
 		return nil, n, fmt.Errorf("%w: %v (answer starts %q)", ErrBadAnswer, err, clipRunes(content, 80))
 	}
 	raw, ok := top["verdicts"]
@@ -134,16 +136,4 @@ func parseVerdict(item json.RawMessage, n int) (int, judgement, error) {
 		}
 	}
 	return int(num), j, nil
-}
-
-// stripFence removes one Markdown code fence around an answer, which some
-// models add even in JSON mode; anything else around the JSON is an error.
-func stripFence(s string) string {
-	s = strings.TrimSpace(s)
-	if !strings.HasPrefix(s, "```") || !strings.HasSuffix(s, "```") || len(s) < 6 {
-		return s
-	}
-	s = strings.TrimSuffix(strings.TrimPrefix(s, "```"), "```")
-	s = strings.TrimPrefix(s, "json")
-	return strings.TrimSpace(s)
 }

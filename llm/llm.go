@@ -401,3 +401,16 @@ type redactedError struct {
 
 func (e redactedError) Error() string { return e.msg }
 func (e redactedError) Unwrap() error { return e.err }
+
+// StripFence removes one Markdown code fence around a JSON answer, which
+// some models add even in JSON mode ("```json ... ```"); anything else
+// around the JSON is left for the caller's parser to refuse.
+func StripFence(s string) string {
+	s = strings.TrimSpace(s)
+	if !strings.HasPrefix(s, "```") || !strings.HasSuffix(s, "```") || len(s) < 6 {
+		return s
+	}
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "```"), "```")
+	s = strings.TrimPrefix(s, "json")
+	return strings.TrimSpace(s)
+}

@@ -254,3 +254,17 @@ func TestEmbedRejectsAMismatchedAnswer(t *testing.T) {
 		t.Fatalf("err = %v, want ErrMalformed", err)
 	}
 }
+
+func TestStripFenceRemovesOneJSONFenceOnly(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"a":1}`:                     `{"a":1}`,
+		"  ```json\n{\"a\":1}\n```  ": `{"a":1}`,
+		"```\n[1]\n```":               `[1]`,
+		"```json\n{\"a\":1}":          "```json\n{\"a\":1}", // unterminated: left for the parser to refuse
+		"Sure! ```json {} ```":        "Sure! ```json {} ```",
+	} {
+		if got := llm.StripFence(in); got != want {
+			t.Errorf("StripFence(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
