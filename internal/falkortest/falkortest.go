@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/redistest"
 )
 
 // Version is the FalkorDB version scripts/test.sh installs. It is part of
@@ -148,17 +150,8 @@ func Start(tb testing.TB, moduleArgs ...string) *Server {
 
 var errAddrInUse = errors.New("address already in use")
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func start(bin, module, dir string, moduleArgs []string) (*Server, error) {
-	port, err := freePort()
+	port, err := redistest.FreePort()
 	if err != nil {
 		return nil, err
 	}

@@ -59,7 +59,9 @@ func Start(tb testing.TB, extra ...string) *Server {
 	return nil
 }
 
-func freePort() (int, error) {
+// FreePort returns a loopback port that was free a moment ago, for a
+// server a test harness is about to start.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -90,7 +92,7 @@ func StartAt(tb testing.TB, addr string, extra ...string) *Server {
 }
 
 func start(bin, dir string, extra []string) (*Server, error) {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +164,7 @@ func (s *Server) Restart(tb testing.TB) {
 // server the test is about to start.
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
