@@ -21,6 +21,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/msgcache"
 )
 
@@ -46,13 +47,8 @@ type scriptedReply struct {
 
 // completion is a 200 chat/completions answer with content.
 func completion(content string) scriptedReply {
-	b, _ := json.Marshal(map[string]any{
-		"id": "chatcmpl-1", "object": "chat.completion", "model": "served",
-		"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
-			"message": map[string]any{"role": "assistant", "content": content}}},
-		"usage": map[string]any{"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60},
-	})
-	return scriptedReply{Status: http.StatusOK, Body: string(b)}
+	body := llmtest.Completion("served", content, llm.Usage{PromptTokens: 50, CompletionTokens: 10, TotalTokens: 60})
+	return scriptedReply{Status: http.StatusOK, Body: string(body)}
 }
 
 func newScriptedLLM(t *testing.T, reply func(prompt string) scriptedReply) *scriptedLLM {

@@ -23,6 +23,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/monitor"
 	"github.com/stargazer/stargazer-jobs/worker"
 )
@@ -83,10 +84,8 @@ func newVerdictServer(t *testing.T) *verdictServer {
 }
 
 func writeCompletion(w http.ResponseWriter, content string) {
-	b, _ := json.Marshal(map[string]any{"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
-		"message": map[string]any{"role": "assistant", "content": content}}}})
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(b)
+	_, _ = w.Write(llmtest.Completion("", content, llm.Usage{}))
 }
 
 func (v *verdictServer) Calls(mode string) int {

@@ -17,6 +17,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/internal/falkortest"
 	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 )
 
 func TestParseCategoriesKeepsOnlyValidParts(t *testing.T) {
@@ -125,9 +126,7 @@ func newOrgLLM(t *testing.T, answer func(names []string) (int, string, string)) 
 		if status != http.StatusOK {
 			return
 		}
-		b, _ := json.Marshal(map[string]any{"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
-			"message": map[string]any{"role": "assistant", "content": content}}}})
-		_, _ = w.Write(b)
+		_, _ = w.Write(llmtest.Completion("", content, llm.Usage{}))
 	}))
 	t.Cleanup(f.srv.Close)
 	return f

@@ -15,6 +15,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/internal/falkortest"
 	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 )
 
 // newTestGraph starts a FalkorDB server and returns graph "kg" on it; with
@@ -165,13 +166,7 @@ func newFakeLLM(t *testing.T, answer func(pairs []promptPair) (int, string, stri
 			_, _ = io.WriteString(w, `{"error":{"message":"nope"}}`)
 			return
 		}
-		b, _ := json.Marshal(map[string]any{
-			"id": "chatcmpl-1", "object": "chat.completion", "model": req.Model,
-			"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
-				"message": map[string]any{"role": "assistant", "content": content}}},
-			"usage": map[string]any{"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-		})
-		_, _ = w.Write(b)
+		_, _ = w.Write(llmtest.Completion(req.Model, content, llm.Usage{PromptTokens: 10, CompletionTokens: 5, TotalTokens: 15}))
 	}))
 	t.Cleanup(f.srv.Close)
 	return f

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 )
 
 type recorder struct {
@@ -31,13 +32,7 @@ func (r *recorder) LLMCall(endpoint, model, purpose, outcome string, _ time.Dura
 const key = "sk-secret-123"
 
 func chatAnswer(content string) string {
-	b, _ := json.Marshal(map[string]any{
-		"id": "chatcmpl-1", "object": "chat.completion", "model": "m-served",
-		"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
-			"message": map[string]any{"role": "assistant", "content": content}}},
-		"usage": map[string]any{"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-	})
-	return string(b)
+	return string(llmtest.Completion("m-served", content, llm.Usage{PromptTokens: 7, CompletionTokens: 3, TotalTokens: 10}))
 }
 
 func TestChatSendsTheOpenAIRequestAndReadsTheAnswer(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	"unicode"
 
 	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 )
 
 // Call is one request the server received.
@@ -137,14 +138,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 // Completion is a 200 chat/completions answer with content, its usage
 // estimated from prompt and content.
 func Completion(prompt, content string) Reply {
-	b, _ := json.Marshal(map[string]any{
-		"id": "chatcmpl-x", "object": "chat.completion", "model": "fake-extractor",
-		"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
-			"message": map[string]any{"role": "assistant", "content": content}}},
-		"usage": map[string]any{"prompt_tokens": len(prompt) / 4, "completion_tokens": len(content) / 4,
-			"total_tokens": len(prompt)/4 + len(content)/4},
-	})
-	return Reply{Status: http.StatusOK, Body: string(b)}
+	u := llm.Usage{PromptTokens: len(prompt) / 4, CompletionTokens: len(content) / 4}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	return Reply{Status: http.StatusOK, Body: string(llmtest.Completion("fake-extractor", content, u))}
 }
 
 // Line is one message line of a prompt.

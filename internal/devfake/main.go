@@ -24,6 +24,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/msgcache"
 	"github.com/stargazer/stargazer-jobs/wiki"
 )
@@ -106,11 +108,9 @@ func chat(w http.ResponseWriter, r *http.Request) {
 	if req.ResponseFormat != nil {
 		content = jsonAnswer(prompt)
 	}
-	writeJSON(w, map[string]any{
-		"id": "chatcmpl-devfake", "object": "chat.completion", "created": time.Now().Unix(), "model": req.Model,
-		"choices": []any{map[string]any{"index": 0, "finish_reason": "stop", "message": map[string]any{"role": "assistant", "content": content}}},
-		"usage":   map[string]any{"prompt_tokens": len(prompt) / 4, "completion_tokens": len(content) / 4, "total_tokens": (len(prompt) + len(content)) / 4},
-	})
+	u := llm.Usage{PromptTokens: len(prompt) / 4, CompletionTokens: len(content) / 4, TotalTokens: (len(prompt) + len(content)) / 4}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(llmtest.Completion(req.Model, content, u))
 }
 
 // jsonAnswer answers a structured-output prompt in the shape it asks for:
