@@ -331,18 +331,12 @@ func (b *bulkRun) extractChannel(ctx context.Context, eng *extract.Engine, ch *b
 }
 
 func (b *bulkRun) result(status string) Result {
-	c := b.totals
-	return Result{
+	return withCounts(b.totals, Result{
 		"status": status, "out_dir": b.outDir,
 		"channels": len(b.chans), "channels_with_new": b.withNew, "cursors_bootstrapped": b.bootstrapped,
-		"messages_read": b.read, "messages_extracted": c.Fragments, "bot_messages_skipped": b.botMessages,
-		"entities_added": c.EntitiesAdded, "entities_updated": c.EntitiesUpdated,
-		"relationships_added": c.RelationshipsAdded, "relationships_updated": c.RelationshipsUpdated,
-		"already_extracted": c.Duplicates, "empty": c.Skipped, "busy": c.Busy, "poisoned": c.Poisoned,
-		"recovered": c.Recovered, "rejected": c.Rejected,
-		"llm_calls": c.LLMCalls, "prompt_tokens": c.PromptTokens, "completion_tokens": c.CompletionTokens,
+		"messages_read": b.read, "messages_extracted": b.totals.Fragments, "bot_messages_skipped": b.botMessages,
 		"cursors_moved": b.moved,
-	}
+	})
 }
 
 // emit publishes the original's kg_bulk_incremental debug event.

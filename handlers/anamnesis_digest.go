@@ -178,14 +178,10 @@ func (g *digest) progress() float64 {
 // stargazer_task_items_total.
 func (g *digest) result() Result {
 	c := g.c
-	return Result{
-		"entities_added": c.EntitiesAdded, "relationships_added": c.RelationshipsAdded,
-		"entities_updated": c.EntitiesUpdated, "relationships_updated": c.RelationshipsUpdated,
-		"fragments_read": g.fragments, "fragments_extracted": c.Fragments, "already_extracted": c.Duplicates,
-		"empty": c.Skipped, "busy": c.Busy, "poisoned": c.Poisoned, "recovered": c.Recovered, "rejected": c.Rejected,
-		"llm_calls": c.LLMCalls, "prompt_tokens": c.PromptTokens, "completion_tokens": c.CompletionTokens,
+	return withCounts(c, Result{
+		"fragments_read": g.fragments, "fragments_extracted": c.Fragments,
 		"cursor":       json.Number(strconv.FormatInt(g.cursor, 10)),
 		"total_store":  json.Number(strconv.FormatInt(g.total, 10)),
 		"progress_pct": json.Number(strconv.FormatFloat(g.progress(), 'f', 1, 64)),
-	}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -58,17 +59,25 @@ type passStats struct {
 // skip (rate(prompt_tokens) / rate(messages_extracted) gives it over time).
 func (s passStats) result() Result {
 	c := s.Counts
-	return Result{
+	return withCounts(c, Result{
 		"channels": s.channels, "channels_with_new": s.channelsWithNew,
 		"messages_read": s.messages, "messages_extracted": c.Fragments, "bot_messages_skipped": s.botMessages,
+		"cursors_moved": s.cursorsMoved, "cursors_lost": s.cursorsLost,
+		"tokens_per_message": json.Number(strconv.FormatFloat(c.TokensPerFragment(), 'f', 1, 64)),
+	})
+}
+
+// withCounts adds the extraction engine's counts, under the names every
+// extraction task reports them by, to a task's own result fields.
+func withCounts(c extract.Counts, r Result) Result {
+	maps.Copy(r, Result{
 		"entities_added": c.EntitiesAdded, "entities_updated": c.EntitiesUpdated,
 		"relationships_added": c.RelationshipsAdded, "relationships_updated": c.RelationshipsUpdated,
 		"already_extracted": c.Duplicates, "empty": c.Skipped, "busy": c.Busy, "poisoned": c.Poisoned,
 		"recovered": c.Recovered, "rejected": c.Rejected,
 		"llm_calls": c.LLMCalls, "prompt_tokens": c.PromptTokens, "completion_tokens": c.CompletionTokens,
-		"cursors_moved": s.cursorsMoved, "cursors_lost": s.cursorsLost,
-		"tokens_per_message": json.Number(strconv.FormatFloat(c.TokensPerFragment(), 'f', 1, 64)),
-	}
+	})
+	return r
 }
 
 // channelWork is what a pass read from one channel.
