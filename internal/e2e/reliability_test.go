@@ -90,6 +90,19 @@ func waitDone(t *testing.T, ids []string, timeout time.Duration, count func() ma
 	}
 }
 
+// stillRunning fails the test for every worker that exited during what:
+// workers must ride out Redis faults without a restart.
+func stillRunning(t *testing.T, ws []*proc, what string) {
+	t.Helper()
+	for _, w := range ws {
+		select {
+		case <-w.done:
+			t.Errorf("worker %d exited during %s:\n%s", w.cmd.Process.Pid, what, w.Logs())
+		default:
+		}
+	}
+}
+
 func figure(t *testing.T, format string, args ...any) {
 	t.Helper()
 	t.Logf("FIGURE %s: %s", t.Name(), fmt.Sprintf(format, args...))
@@ -214,13 +227,7 @@ func TestReliabilityRedisCrashWithAOFLosesNothing(t *testing.T) {
 
 	lost, dups, _ := waitDone(t, ids, 2*time.Minute, func() map[string]int { return completionsFromLog(t, runlog) })
 	time.Sleep(5 * time.Second) // let the scheduler run on the grid after the return
-	for _, w := range ws {
-		select {
-		case <-w.done:
-			t.Errorf("worker %d exited during the Redis outage:\n%s", w.cmd.Process.Pid, w.Logs())
-		default:
-		}
-	}
+	stillRunning(t, ws, "the Redis outage")
 	// The singleton scheduled every 2 s: occurrences due during the outage
 	// are caught up exactly once.
 	catchUps := 0
@@ -443,13 +450,7 @@ func TestReliabilitySentinelFailoverWorkersFollowTheNewPrimary(t *testing.T) {
 		t.Fatal("the replica was never promoted")
 	}
 	lost, dups, _ := waitDone(t, ids, 2*time.Minute, func() map[string]int { return completionsFromLog(t, runlog) })
-	for _, w := range ws {
-		select {
-		case <-w.done:
-			t.Errorf("worker exited during the failover:\n%s", w.Logs())
-		default:
-		}
-	}
+	stillRunning(t, ws, "the failover")
 	// Work after the failover lands on the new primary.
 	after := enqueueLoad(t, conn, "after-failover", 20)
 	lostAfter, _, _ := waitDone(t, after, time.Minute, func() map[string]int { return completionsFromLog(t, runlog) })
