@@ -72,16 +72,6 @@ func (r Requirement) Names() []string {
 
 func (r Requirement) String() string { return strings.Join(r.Names(), ",") }
 
-// ParseRequirement is the inverse of Requirement.Names.
-func ParseRequirement(name string) (Requirement, bool) {
-	for _, n := range requirementNames {
-		if n.name == name {
-			return n.r, true
-		}
-	}
-	return 0, false
-}
-
 // Kind says how a task is driven.
 type Kind string
 

@@ -230,15 +230,6 @@ func (s *Store) Recent(ctx context.Context, c Channel, limit int) ([]Message, er
 	return s.Get(ctx, keys)
 }
 
-// Count returns how many messages c has.
-func (s *Store) Count(ctx context.Context, c Channel) (int64, error) {
-	n, err := s.rdb.ZCard(ctx, MessagesKey(c)).Result()
-	if err != nil {
-		return 0, fmt.Errorf("msgcache: counting %s: %w", c, err)
-	}
-	return n, nil
-}
-
 var messageFields = []string{"platform", "channel_id", "message_id", "user_id", "user_name", "text", "ts", "reply_to_id", "kind"}
 
 // Get reads messages by key in one round trip, skipping keys that expired
@@ -304,14 +295,6 @@ func (s *Store) Exists(ctx context.Context, keys []string) ([]bool, error) {
 		out[i] = c.Val() == 1
 	}
 	return out, nil
-}
-
-// SetText replaces a cached message's text (an edit the bot missed).
-func (s *Store) SetText(ctx context.Context, key, text string) error {
-	if err := s.rdb.HSet(ctx, key, "text", text).Err(); err != nil {
-		return fmt.Errorf("msgcache: repairing %s: %w", key, err)
-	}
-	return nil
 }
 
 // HasEmbedding reports, for each key, whether the message has a real

@@ -18,7 +18,7 @@ return 1
 `)
 
 // ReplaceText repairs a cached message whose text changed on the platform
-// (an edit the bot missed). Unlike SetText it also removes the embedding
+// (an edit the bot missed). It also removes the embedding
 // of the old text, so the message counts as needing one (HasEmbedding is
 // false) and recall never matches it on words it no longer says. It
 // reports whether the message exists.
