@@ -36,7 +36,7 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	g := graph.New(falkortest.Start(t).Client(t), "kg")
+	g := falkortest.Graph(t, false)
 	if err := graph.EnsureSchema(context.Background(), g); err != nil {
 		t.Fatal(err)
 	}

@@ -31,15 +31,6 @@ func newGraphClient(t *testing.T, moduleArgs ...string) (*graph.Graph, *redis.Cl
 	return graph.New(rdb, "g"), rdb
 }
 
-func mustQuery(t *testing.T, g *graph.Graph, cypher string, params map[string]any) *graph.Result {
-	t.Helper()
-	res, err := g.Query(context.Background(), cypher, params)
-	if err != nil {
-		t.Fatalf("%s: %v", cypher, err)
-	}
-	return res
-}
-
 // hostileStrings are texts an entity name or relation could contain, which
 // would break or change a query if it were pasted into the query text.
 var hostileStrings = []string{
@@ -95,7 +86,7 @@ func TestParamsRoundTripThroughTheServer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res := mustQuery(t, g, "RETURN $v AS v", map[string]any{"v": tt.value})
+			res := falkortest.Exec(t, g, "RETURN $v AS v", map[string]any{"v": tt.value})
 			got, err := res.Value(0, "v")
 			if err != nil {
 				t.Fatal(err)
@@ -109,24 +100,24 @@ func TestParamsRoundTripThroughTheServer(t *testing.T) {
 
 func TestHostileStringsAreStoredAsDataNotRunAsCypher(t *testing.T) {
 	g := newGraph(t)
-	mustQuery(t, g, "CREATE (:Canary {name: 'still here'})", nil)
+	falkortest.Exec(t, g, "CREATE (:Canary {name: 'still here'})", nil)
 	for _, s := range hostileStrings {
-		res := mustQuery(t, g, "CREATE (n:Item {name: $name, tags: [$name]}) RETURN n.name AS name", map[string]any{"name": s})
+		res := falkortest.Exec(t, g, "CREATE (n:Item {name: $name, tags: [$name]}) RETURN n.name AS name", map[string]any{"name": s})
 		if got, _ := res.Text(0, "name"); got != s {
 			t.Errorf("stored %q, read back %q", s, got)
 		}
 	}
-	res := mustQuery(t, g, "MATCH (n:Item) RETURN count(n) AS items", nil)
+	res := falkortest.Exec(t, g, "MATCH (n:Item) RETURN count(n) AS items", nil)
 	if n, _ := res.Int64(0, "items"); n != int64(len(hostileStrings)) {
 		t.Errorf("%d items, want %d", n, len(hostileStrings))
 	}
-	res = mustQuery(t, g, "MATCH (n:Canary) RETURN n.name AS name", nil)
+	res = falkortest.Exec(t, g, "MATCH (n:Canary) RETURN n.name AS name", nil)
 	if len(res.Rows) != 1 {
 		t.Errorf("canary: %v, want it untouched", res.Rows)
 	}
 	// Lookups by a hostile value find exactly the node that holds it.
 	for _, s := range hostileStrings {
-		res := mustQuery(t, g, "MATCH (n:Item {name: $name}) RETURN count(n) AS n", map[string]any{"name": s})
+		res := falkortest.Exec(t, g, "MATCH (n:Item {name: $name}) RETURN count(n) AS n", map[string]any{"name": s})
 		if n, _ := res.Int64(0, "n"); n != 1 {
 			t.Errorf("MATCH by %.40q found %d nodes, want 1", s, n)
 		}
@@ -135,7 +126,7 @@ func TestHostileStringsAreStoredAsDataNotRunAsCypher(t *testing.T) {
 
 func TestMapParamSetsProperties(t *testing.T) {
 	g := newGraph(t)
-	res := mustQuery(t, g, "CREATE (n:Item) SET n += $props RETURN n",
+	res := falkortest.Exec(t, g, "CREATE (n:Item) SET n += $props RETURN n",
 		map[string]any{"props": map[string]any{"name": "x", "weight": 0.5, "count": 3, "tags": []string{"a", "b"}}})
 	n := res.Rows[0][0].(graph.Node)
 	want := map[string]any{"name": "x", "weight": 0.5, "count": int64(3), "tags": []any{"a", "b"}}
@@ -150,7 +141,7 @@ func TestMapParamSetsProperties(t *testing.T) {
 func TestUnwindOfRowsParam(t *testing.T) {
 	g := newGraph(t)
 	rows := []map[string]any{{"k": "a", "w": 1.5}, {"k": `b"`, "w": 2}, {"k": "c\\", "w": nil}}
-	res := mustQuery(t, g, "UNWIND $rows AS row CREATE (n:Item {k: row.k, w: row.w}) RETURN n.k AS k ORDER BY k",
+	res := falkortest.Exec(t, g, "UNWIND $rows AS row CREATE (n:Item {k: row.k, w: row.w}) RETURN n.k AS k ORDER BY k",
 		map[string]any{"rows": rows})
 	if res.Stats.NodesCreated != 3 {
 		t.Errorf("NodesCreated = %d, want 3", res.Stats.NodesCreated)
@@ -170,9 +161,9 @@ func TestUnwindOfRowsParam(t *testing.T) {
 
 func TestNodesEdgesAndPathsAreDecoded(t *testing.T) {
 	g := newGraph(t)
-	mustQuery(t, g, `CREATE (:Entity:Person {name: 'alice', age: 30, score: 0.5, ok: true, tags: ['a', 'b']})
+	falkortest.Exec(t, g, `CREATE (:Entity:Person {name: 'alice', age: 30, score: 0.5, ok: true, tags: ['a', 'b']})
 		-[:REL {type: 'knows', weight: 1.5}]->(:Entity {name: 'bob'})`, nil)
-	res := mustQuery(t, g, `MATCH p = (a {name: 'alice'})-[r]->(b) RETURN a, r, b, p`, nil)
+	res := falkortest.Exec(t, g, `MATCH p = (a {name: 'alice'})-[r]->(b) RETURN a, r, b, p`, nil)
 	if want := []string{"a", "r", "b", "p"}; !reflect.DeepEqual(res.Columns, want) {
 		t.Fatalf("columns %q, want %q", res.Columns, want)
 	}
@@ -204,7 +195,7 @@ func TestNodesEdgesAndPathsAreDecoded(t *testing.T) {
 
 func TestScalarKindsAreDecoded(t *testing.T) {
 	g := newGraph(t)
-	res := mustQuery(t, g, `RETURN 1 AS i, 2.0 AS f, 'x' AS s, true AS t, null AS n, [1, [2.5]] AS l,
+	res := falkortest.Exec(t, g, `RETURN 1 AS i, 2.0 AS f, 'x' AS s, true AS t, null AS n, [1, [2.5]] AS l,
 		{a: 1, b: {c: 'd'}} AS m, point({latitude: 1.5, longitude: -2.25}) AS pt,
 		vecf32([0.5, 1.0]) AS v, 1.0 / 0 AS inf`, nil)
 	want := []any{
@@ -227,7 +218,7 @@ func TestFloatsReadBackWith15SignificantDigits(t *testing.T) {
 	g := newGraph(t)
 	a, b := 0.1, 0.2
 	x := a + b // 0.30000000000000004 (a constant expression would be exactly 0.3)
-	res := mustQuery(t, g, "RETURN $x AS x, $x = 0.1 + 0.2 AS exact", map[string]any{"x": x})
+	res := falkortest.Exec(t, g, "RETURN $x AS x, $x = 0.1 + 0.2 AS exact", map[string]any{"x": x})
 	if got, _ := res.Float64(0, "x"); got != 0.3 {
 		t.Errorf("x read back as %v, want 0.3 (15 digits)", got)
 	}
@@ -240,11 +231,11 @@ func TestFloatsReadBackWith15SignificantDigits(t *testing.T) {
 // keys created after the cache was filled must still resolve.
 func TestNamesCreatedAfterAnEarlierQueryResolve(t *testing.T) {
 	g := newGraph(t)
-	res := mustQuery(t, g, "CREATE (n:First {a: 1}) RETURN n", nil)
+	res := falkortest.Exec(t, g, "CREATE (n:First {a: 1}) RETURN n", nil)
 	if n := res.Rows[0][0].(graph.Node); n.Labels[0] != "First" {
 		t.Fatalf("labels %q", n.Labels)
 	}
-	res = mustQuery(t, g, "CREATE (n:Second {b: 2})-[r:LATER {c: 3}]->(:First) RETURN n, r", nil)
+	res = falkortest.Exec(t, g, "CREATE (n:Second {b: 2})-[r:LATER {c: 3}]->(:First) RETURN n, r", nil)
 	n, r := res.Rows[0][0].(graph.Node), res.Rows[0][1].(graph.Edge)
 	if n.Labels[0] != "Second" || n.Properties["b"] != int64(2) || r.Type != "LATER" || r.Properties["c"] != int64(3) {
 		t.Errorf("node %+v edge %+v", n, r)
@@ -254,11 +245,11 @@ func TestNamesCreatedAfterAnEarlierQueryResolve(t *testing.T) {
 func TestDeleteForgetsNamesOfTheOldGraph(t *testing.T) {
 	g := newGraph(t)
 	ctx := context.Background()
-	mustQuery(t, g, "CREATE (n:Old {old: 1}) RETURN n", nil)
+	falkortest.Exec(t, g, "CREATE (n:Old {old: 1}) RETURN n", nil)
 	if err := g.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	res := mustQuery(t, g, "CREATE (n:New {new: 1}) RETURN n", nil)
+	res := falkortest.Exec(t, g, "CREATE (n:New {new: 1}) RETURN n", nil)
 	n := res.Rows[0][0].(graph.Node)
 	if n.Labels[0] != "New" || n.Properties["new"] != int64(1) {
 		t.Errorf("node %+v, want label New and property new (label id 0 was Old's)", n)
@@ -300,7 +291,7 @@ func TestConcurrentQueriesShareTheNameCache(t *testing.T) {
 
 func TestStatsAreParsed(t *testing.T) {
 	g := newGraph(t)
-	res := mustQuery(t, g, "CREATE (:A {x: 1, y: 2})-[:REL {type: 't'}]->(:B)", nil)
+	res := falkortest.Exec(t, g, "CREATE (:A {x: 1, y: 2})-[:REL {type: 't'}]->(:B)", nil)
 	s := res.Stats
 	if s.NodesCreated != 2 || s.RelationshipsCreated != 1 || s.PropertiesSet != 3 || s.LabelsAdded != 2 {
 		t.Errorf("create stats %+v", s)
@@ -312,20 +303,20 @@ func TestStatsAreParsed(t *testing.T) {
 		t.Errorf("a query without RETURN has columns %v rows %v", res.Columns, res.Rows)
 	}
 
-	s = mustQuery(t, g, "MATCH (a:A) SET a.x = null, a:C REMOVE a:A", nil).Stats
+	s = falkortest.Exec(t, g, "MATCH (a:A) SET a.x = null, a:C REMOVE a:A", nil).Stats
 	if s.PropertiesRemoved != 1 || s.LabelsAdded != 1 || s.LabelsRemoved != 1 {
 		t.Errorf("update stats %+v", s)
 	}
-	s = mustQuery(t, g, "CREATE INDEX FOR (n:B) ON (n.k)", nil).Stats
+	s = falkortest.Exec(t, g, "CREATE INDEX FOR (n:B) ON (n.k)", nil).Stats
 	if s.IndicesCreated != 1 {
 		t.Errorf("index stats %+v", s)
 	}
-	s = mustQuery(t, g, "MATCH (n) DETACH DELETE n", nil).Stats
+	s = falkortest.Exec(t, g, "MATCH (n) DETACH DELETE n", nil).Stats
 	if s.NodesDeleted != 2 || s.RelationshipsDeleted != 1 {
 		t.Errorf("delete stats %+v", s)
 	}
 	// The same query text again: the plan comes from the cache.
-	if s = mustQuery(t, g, "MATCH (n) DETACH DELETE n", nil).Stats; !s.CachedExecution {
+	if s = falkortest.Exec(t, g, "MATCH (n) DETACH DELETE n", nil).Stats; !s.CachedExecution {
 		t.Errorf("second run of a query: CachedExecution false (%+v)", s)
 	}
 }
@@ -403,7 +394,7 @@ const slowRead = "UNWIND range(1, 10000) AS a UNWIND range(1, 10000) AS b WITH a
 
 func TestReadTimeoutAbortsTheQueryOnTheServer(t *testing.T) {
 	g, rdb := newGraphClient(t)
-	mustQuery(t, g, "CREATE (:X)", nil) // RO queries need the graph to exist
+	falkortest.Exec(t, g, "CREATE (:X)", nil) // RO queries need the graph to exist
 	ctx := context.Background()
 	for _, tt := range []struct {
 		name string
@@ -471,7 +462,7 @@ func TestWriteTimeoutNeedsTimeoutMaxOnTheServer(t *testing.T) {
 
 func TestResultAccessors(t *testing.T) {
 	g := newGraph(t)
-	res := mustQuery(t, g, "RETURN 3 AS i, 2.5 AS f, 'x' AS s, true AS b, null AS n", nil)
+	res := falkortest.Exec(t, g, "RETURN 3 AS i, 2.5 AS f, 'x' AS s, true AS b, null AS n", nil)
 	if i, err := res.Int64(0, "i"); err != nil || i != 3 {
 		t.Errorf("Int64 = %d, %v", i, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/falkortest"
 )
 
 // schemaState lists indexes and constraints as "Label.prop" strings.
@@ -64,7 +65,7 @@ func TestEnsureSchemaTwiceIsFine(t *testing.T) {
 	if err := graph.EnsureSchema(ctx, g); err != nil {
 		t.Fatal(err)
 	}
-	mustQuery(t, g, "CREATE (:Entity {key: 'k1', name: 'Alice'})", nil)
+	falkortest.Exec(t, g, "CREATE (:Entity {key: 'k1', name: 'Alice'})", nil)
 	beforeIdx, beforeCons := schemaState(t, g)
 	if err := graph.EnsureSchema(ctx, g); err != nil {
 		t.Fatalf("second EnsureSchema: %v", err)
@@ -73,7 +74,7 @@ func TestEnsureSchemaTwiceIsFine(t *testing.T) {
 	if !reflect.DeepEqual(beforeIdx, afterIdx) || !reflect.DeepEqual(beforeCons, afterCons) {
 		t.Errorf("schema changed by the second call:\n%q %q\n%q %q", beforeIdx, beforeCons, afterIdx, afterCons)
 	}
-	res := mustQuery(t, g, "MATCH (e:Entity) RETURN count(e) AS n", nil)
+	res := falkortest.Exec(t, g, "MATCH (e:Entity) RETURN count(e) AS n", nil)
 	if n, _ := res.Int64(0, "n"); n != 1 {
 		t.Errorf("%d entities after the second call, want the 1 created", n)
 	}
@@ -110,7 +111,7 @@ func TestSchemaConstraintsAreEnforced(t *testing.T) {
 	key := graph.EntityKey("Alice", "person")
 	create := "CREATE (:Entity {key: $key, name: $name, normalized_name: $nn, type: 'person'})"
 	params := map[string]any{"key": key, "name": "Alice", "nn": graph.NormalizeName("Alice")}
-	mustQuery(t, g, create, params)
+	falkortest.Exec(t, g, create, params)
 
 	_, err := g.Query(ctx, create, params)
 	if !errors.Is(err, graph.ErrConstraintViolation) {
@@ -125,14 +126,14 @@ func TestSchemaConstraintsAreEnforced(t *testing.T) {
 		t.Errorf("duplicate epoch: error %v, want ErrConstraintViolation", err)
 	}
 	// MERGE on the key finds the existing entity.
-	res := mustQuery(t, g, `MERGE (e:Entity {key: $key})
+	res := falkortest.Exec(t, g, `MERGE (e:Entity {key: $key})
 		ON CREATE SET e.mention_count = 1 ON MATCH SET e.mention_count = coalesce(e.mention_count, 0) + 1
 		RETURN e.name AS name`, map[string]any{"key": key})
 	if name, _ := res.Text(0, "name"); name != "Alice" || res.Stats.NodesCreated != 0 {
 		t.Errorf("MERGE on the key: name %q, %d created; want the existing Alice", name, res.Stats.NodesCreated)
 	}
 	// The normalized_name index serves lookups by name.
-	res = mustQuery(t, g, "MATCH (e:Entity) WHERE e.normalized_name = $nn RETURN e.key AS key", map[string]any{"nn": graph.NormalizeName(" ALICE ")})
+	res = falkortest.Exec(t, g, "MATCH (e:Entity) WHERE e.normalized_name = $nn RETURN e.key AS key", map[string]any{"nn": graph.NormalizeName(" ALICE ")})
 	if got, _ := res.Text(0, "key"); got != key {
 		t.Errorf("lookup by normalized name: key %q, want %q", got, key)
 	}
@@ -141,12 +142,12 @@ func TestSchemaConstraintsAreEnforced(t *testing.T) {
 func TestEnsureSchemaReportsDuplicatesAndRetriesOnceMerged(t *testing.T) {
 	g := newGraph(t)
 	ctx := context.Background()
-	mustQuery(t, g, "CREATE (:Entity {key: 'dup', name: 'a'}), (:Entity {key: 'dup', name: 'b'})", nil)
+	falkortest.Exec(t, g, "CREATE (:Entity {key: 'dup', name: 'a'}), (:Entity {key: 'dup', name: 'b'})", nil)
 	err := graph.EnsureSchema(ctx, g)
 	if err == nil || !strings.Contains(err.Error(), "UNIQUE constraint on Entity.key failed") {
 		t.Fatalf("EnsureSchema over duplicate keys: %v, want the unique constraint to fail", err)
 	}
-	mustQuery(t, g, "MATCH (e:Entity {name: 'b'}) DELETE e", nil)
+	falkortest.Exec(t, g, "MATCH (e:Entity {name: 'b'}) DELETE e", nil)
 	if err := graph.EnsureSchema(ctx, g); err != nil {
 		t.Fatalf("EnsureSchema after removing the duplicate: %v", err)
 	}

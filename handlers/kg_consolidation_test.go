@@ -41,7 +41,7 @@ type kgFixture struct {
 
 func newKGFixture(t *testing.T, reply func(prompt string) scriptedReply) *kgFixture {
 	t.Helper()
-	g := graph.New(falkortest.Start(t).Client(t), "kg")
+	g := falkortest.Graph(t, false)
 	if err := graph.EnsureSchema(context.Background(), g); err != nil {
 		t.Fatal(err)
 	}

@@ -76,7 +76,7 @@ func (h *hookedGraph) Writes() int {
 // with a small batch size, and the graph and event log behind them.
 func kgDeps(t *testing.T, now time.Time) (Deps, *graph.Graph, *redis.Client, *eventLog) {
 	t.Helper()
-	g := graph.New(falkortest.Start(t).Client(t), "kg")
+	g := falkortest.Graph(t, false)
 	if err := graph.EnsureSchema(context.Background(), g); err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ func (s *syncBuffer) String() string {
 
 func newKGEnv(t *testing.T) *kgEnv {
 	t.Helper()
-	g := graph.New(falkortest.Start(t).Client(t), "kg")
+	g := falkortest.Graph(t, false)
 	if err := graph.EnsureSchema(context.Background(), g); err != nil {
 		t.Fatal(err)
 	}

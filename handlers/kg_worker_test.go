@@ -102,7 +102,7 @@ func TestGraphMaintenanceOnARealWorker(t *testing.T) {
 	ctx := context.Background()
 	rsrv := redistest.Start(t)
 	rdb := rsrv.Client(t)
-	g := graph.New(falkortest.Start(t).Client(t), "kg")
+	g := falkortest.Graph(t, false)
 	if err := graph.EnsureSchema(ctx, g); err != nil {
 		t.Fatal(err)
 	}

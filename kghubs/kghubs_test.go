@@ -168,28 +168,10 @@ func byName(groups map[string][]string) func([]string) (int, string, string) {
 	}
 }
 
-func newOrgGraph(t *testing.T) *graph.Graph {
-	t.Helper()
-	g := graph.New(falkortest.Start(t).Client(t), "kg")
-	if err := graph.EnsureSchema(context.Background(), g); err != nil {
-		t.Fatal(err)
-	}
-	return g
-}
-
-func q(t *testing.T, g *graph.Graph, cypher string, params map[string]any) *graph.Result {
-	t.Helper()
-	res, err := g.Query(context.Background(), cypher, params)
-	if err != nil {
-		t.Fatalf("%s: %v", cypher, err)
-	}
-	return res
-}
-
 // link creates entities as needed and a relationship from one to another.
 func link(t *testing.T, g *graph.Graph, from, typ, to string, w float64) {
 	t.Helper()
-	q(t, g, `MERGE (a:Entity {key: $ak}) ON CREATE SET a.name = $a, a.type = 'thing', a.mention_count = 1
+	falkortest.Exec(t, g, `MERGE (a:Entity {key: $ak}) ON CREATE SET a.name = $a, a.type = 'thing', a.mention_count = 1
 MERGE (b:Entity {key: $bk}) ON CREATE SET b.name = $b, b.type = 'thing', b.mention_count = 1
 MERGE (a)-[r:REL {type: $t}]->(b) ON CREATE SET r.weight = $w, r.last_seen = 1000`,
 		map[string]any{"a": from, "ak": graph.EntityKey(from, "thing"), "b": to, "bk": graph.EntityKey(to, "thing"), "t": typ, "w": w})
@@ -198,10 +180,10 @@ MERGE (a)-[r:REL {type: $t}]->(b) ON CREATE SET r.weight = $w, r.last_seen = 100
 func dump(t *testing.T, g *graph.Graph) string {
 	t.Helper()
 	var lines []string
-	for _, row := range q(t, g, `MATCH (n) RETURN labels(n)[0], n.key, n.name, n.hub`, nil).Rows {
+	for _, row := range falkortest.Exec(t, g, `MATCH (n) RETURN labels(n)[0], n.key, n.name, n.hub`, nil).Rows {
 		lines = append(lines, fmt.Sprint("node ", row))
 	}
-	for _, row := range q(t, g, `MATCH (a)-[r:REL]->(b) RETURN a.name, r.type, b.name, r.weight, r.last_seen, r.organised`, nil).Rows {
+	for _, row := range falkortest.Exec(t, g, `MATCH (a)-[r:REL]->(b) RETURN a.name, r.type, b.name, r.weight, r.last_seen, r.organised`, nil).Rows {
 		lines = append(lines, fmt.Sprint("rel ", row))
 	}
 	slices.Sort(lines)
@@ -215,7 +197,7 @@ var aliceGroups = map[string][]string{
 }
 
 func TestOrganiseGroupsAHubOnceAndNeverNests(t *testing.T) {
-	g := newOrgGraph(t)
+	g := falkortest.Graph(t, true)
 	for _, n := range []string{"Bob", "Carol", "Dave"} {
 		link(t, g, "Alice", "works_with", n, 2)
 	}
@@ -224,7 +206,7 @@ func TestOrganiseGroupsAHubOnceAndNeverNests(t *testing.T) {
 	link(t, g, "Alice", "visited", "Rome", 0.5)
 	link(t, g, "Alice", "knows", "Zed", 0.2)
 	link(t, g, "Bob", "knows", "Carol", 1) // Bob has 2 neighbours: not a hub
-	q(t, g, `MATCH (a:Entity {name: 'Alice'}) CREATE (a)-[:REL {type: 'mentioned_in', weight: 1.0}]->(:Epoch {key: '2026-11-27'})`, nil)
+	falkortest.Exec(t, g, `MATCH (a:Entity {name: 'Alice'}) CREATE (a)-[:REL {type: 'mentioned_in', weight: 1.0}]->(:Epoch {key: '2026-11-27'})`, nil)
 
 	fake := newOrgLLM(t, byName(aliceGroups))
 	o := &Organizer{Graph: g, LLM: llm.New(llm.Options{BaseURL: fake.srv.URL})}
@@ -241,7 +223,7 @@ func TestOrganiseGroupsAHubOnceAndNeverNests(t *testing.T) {
 	if len(shown) != 1 || len(shown[0]) != 6 || shown[0][0] != "Bob" && shown[0][0] != "Carol" && shown[0][0] != "Dave" {
 		t.Errorf("shown %q, want Alice's six entity neighbours, strongest first (no epoch)", shown)
 	}
-	rels := q(t, g, `MATCH (a)-[r:REL]->(b) WHERE r.type IN ['has_category', 'in_category'] RETURN a.name, r.type, b.name, r.weight ORDER BY a.name, b.name`, nil).Rows
+	rels := falkortest.Exec(t, g, `MATCH (a)-[r:REL]->(b) WHERE r.type IN ['has_category', 'in_category'] RETURN a.name, r.type, b.name, r.weight ORDER BY a.name, b.name`, nil).Rows
 	want := [][]any{
 		{"Alice", "has_category", "Colleagues", 2.0},
 		{"Alice", "has_category", "Places", 1.5},
@@ -254,12 +236,12 @@ func TestOrganiseGroupsAHubOnceAndNeverNests(t *testing.T) {
 	if fmt.Sprint(rels) != fmt.Sprint(want) {
 		t.Errorf("category relationships\n%v\nwant\n%v", rels, want)
 	}
-	res := q(t, g, `MATCH (a:Entity {name: 'Alice'})-[r:REL]-(m:Entity) RETURN m.name, r.type, r.organised ORDER BY m.name, r.type`, nil)
+	res := falkortest.Exec(t, g, `MATCH (a:Entity {name: 'Alice'})-[r:REL]-(m:Entity) RETURN m.name, r.type, r.organised ORDER BY m.name, r.type`, nil)
 	wantMarks := "[[Bob works_with true] [Carol mentors true] [Carol works_with true] [Dave works_with true] [Paris visited true] [Rome visited true] [Zed knows false]]"
 	if fmt.Sprint(res.Rows) != wantMarks {
 		t.Errorf("Alice's original relationships %v, want kept and marked %v", res.Rows, wantMarks)
 	}
-	if k := q(t, g, `MATCH (c:Category {name: 'Colleagues'}) RETURN c.key, c.hub`, nil).Rows; len(k) != 1 || k[0][0] != CategoryKey(graph.EntityKey("Alice", "thing"), "Colleagues") || k[0][1] != graph.EntityKey("Alice", "thing") {
+	if k := falkortest.Exec(t, g, `MATCH (c:Category {name: 'Colleagues'}) RETURN c.key, c.hub`, nil).Rows; len(k) != 1 || k[0][0] != CategoryKey(graph.EntityKey("Alice", "thing"), "Colleagues") || k[0][1] != graph.EntityKey("Alice", "thing") {
 		t.Errorf("category node %v", k)
 	}
 
@@ -286,15 +268,15 @@ func TestOrganiseGroupsAHubOnceAndNeverNests(t *testing.T) {
 	if s := fake.Shown(); len(s) != 2 || !slices.Equal(slices.Sorted(slices.Values(s[1])), []string{"Erin", "Milan", "Yan"}) {
 		t.Errorf("shown %q, want only the three new neighbours", s)
 	}
-	if n := q(t, g, `MATCH (c:Category) RETURN count(c)`, nil).Rows[0][0]; n != int64(2) {
+	if n := falkortest.Exec(t, g, `MATCH (c:Category) RETURN count(c)`, nil).Rows[0][0]; n != int64(2) {
 		t.Errorf("%v categories, want still 2", n)
 	}
-	if n := q(t, g, `MATCH (:Category {name: 'Colleagues'})-[:REL {type: 'in_category'}]->(m:Entity {name: 'Erin'}) RETURN count(m)`, nil).Rows[0][0]; n != int64(1) {
+	if n := falkortest.Exec(t, g, `MATCH (:Category {name: 'Colleagues'})-[:REL {type: 'in_category'}]->(m:Entity {name: 'Erin'}) RETURN count(m)`, nil).Rows[0][0]; n != int64(1) {
 		t.Error("Erin is not in the existing Colleagues category")
 	}
 	// Never nested: no category hangs from a category, and no category
 	// is a hub.
-	if n := q(t, g, `MATCH (:Category)-[r:REL]->(:Category) RETURN count(r)`, nil).Rows[0][0]; n != int64(0) {
+	if n := falkortest.Exec(t, g, `MATCH (:Category)-[r:REL]->(:Category) RETURN count(r)`, nil).Rows[0][0]; n != int64(0) {
 		t.Errorf("%v category-to-category relationships", n)
 	}
 	if rep, err := o.Run(context.Background(), opts); err != nil || rep.Hubs != 0 {
@@ -337,7 +319,7 @@ func TestAnUnusableAnswerOrALostLeaseLeavesTheHubAsItWas(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := newOrgGraph(t)
+			g := falkortest.Graph(t, true)
 			for _, n := range []string{"Bob", "Carol", "Dave", "Paris"} {
 				link(t, g, "Alice", "knows", n, 1)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/stargazer/stargazer-jobs/internal/falkortest"
 	"github.com/stargazer/stargazer-jobs/kgmaint"
 )
 
@@ -16,7 +17,7 @@ func TestDefaultBatchesOnA20kEdgeGraph(t *testing.T) {
 		t.Skip("builds a 20k-edge graph")
 	}
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	s := shape{Nodes: 6000, Orphans: 500, Degree: 4, Seed: 7, LastSeen: 1}
 	before := generate(t, g, s)
 	if len(before) != 22_000 {

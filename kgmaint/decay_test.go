@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/falkortest"
 	"github.com/stargazer/stargazer-jobs/kgmaint"
 )
 
@@ -47,8 +48,8 @@ func checkDecayedOnce(t *testing.T, g kgmaint.Graph, before map[[2]int64]float64
 
 func TestDecayMultipliesWeightsAndRemovesExactlyTheEdgesUnderTheThreshold(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
-	mustQuery(t, g, `CREATE (a:Entity {key: 'a'}), (b:Entity {key: 'b'}), (c:Entity {key: 'c'}),
+	g := falkortest.Graph(t, true)
+	falkortest.Exec(t, g, `CREATE (a:Entity {key: 'a'}), (b:Entity {key: 'b'}), (c:Entity {key: 'c'}),
   (e:Epoch {key: '2026-11-27'}), (k:Category {key: 'tools'}),
   (a)-[:REL {type: 'knows', weight: 1.0}]->(b),
   (a)-[:REL {type: 'likes', weight: 0.5}]->(c),
@@ -104,11 +105,11 @@ func TestDecayMultipliesWeightsAndRemovesExactlyTheEdgesUnderTheThreshold(t *tes
 
 func TestDecayNeverWritesMoreThanABatchEvenAroundAHub(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	before := generate(t, g, shape{Nodes: 600, Orphans: 50, Degree: 3, Seed: 1})
 	// A hub: node 10 gets 400 more out-edges, far more than a batch.
 	hub := map[string]any{"hub": int64(10), "n": int64(400)}
-	res := mustQuery(t, g, `MATCH (h) WHERE id(h) = $hub
+	res := falkortest.Exec(t, g, `MATCH (h) WHERE id(h) = $hub
 MATCH (t:Entity) WHERE id(t) <> $hub AND NOT (h)-[:REL]->(t) AND id(t) < 600
 WITH h, t ORDER BY id(t) LIMIT $n
 CREATE (h)-[r:REL {type: 'hub', weight: 0.9}]->(t)
@@ -157,7 +158,7 @@ RETURN collect(id(t)) AS targets`, hub)
 
 func TestDecayRunTwiceWithTheSameRunDecaysOnce(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	before := generate(t, g, shape{Nodes: 300, Degree: 4, Seed: 2})
 	o := kgmaint.DecayOptions{Run: 42, Factor: 0.8, MinWeight: 0.3, BatchSize: 100}
 	first, err := kgmaint.Decay(ctx, g, o)
@@ -206,7 +207,7 @@ func TestDecayResumedAfterACrashDecaysEveryEdgeExactlyOnce(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			g := newGraph(t)
+			g := falkortest.Graph(t, true)
 			before := generate(t, g, shape{Nodes: 400, Degree: 3, Seed: 3})
 			rec := &recorder{Graph: g}
 			tt.crash(rec)
@@ -245,7 +246,7 @@ func failAt(i, at int) error {
 
 func TestDecayStopsBeforeTheNextWriteWhenOwnershipIsLost(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	generate(t, g, shape{Nodes: 300, Degree: 3, Seed: 4})
 	errLost := errors.New("singleton lease lost")
 	rec := &recorder{Graph: g}
@@ -276,9 +277,9 @@ func TestDecayOnAnEmptyGraphDoesNothing(t *testing.T) {
 		{"nodes without edges", "UNWIND range(1, 10) AS i CREATE (:Entity {key: toString(i)})"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			g := newGraph(t)
+			g := falkortest.Graph(t, true)
 			if tt.seed != "" {
-				mustQuery(t, g, tt.seed, nil)
+				falkortest.Exec(t, g, tt.seed, nil)
 			} else if err := g.Delete(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -292,7 +293,7 @@ func TestDecayOnAnEmptyGraphDoesNothing(t *testing.T) {
 
 func TestDecayWithoutAThresholdPrunesNothing(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	before := generate(t, g, shape{Nodes: 100, Degree: 2, Seed: 8})
 	st, err := kgmaint.Decay(ctx, g, kgmaint.DecayOptions{Run: 3, Factor: 0.5})
 	if err != nil || st.Decayed != int64(len(before)) || st.Removed != 0 {

@@ -12,27 +12,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/kgmaint"
 )
 
-// newGraph starts a FalkorDB server for the test and returns graph "kg" on
-// it with the knowledge graph's schema (the indexes make entity writes
-// costlier, as in production).
-func newGraph(tb testing.TB) *graph.Graph {
-	tb.Helper()
-	g := graph.New(falkortest.Start(tb).Client(tb), "kg")
-	if err := graph.EnsureSchema(context.Background(), g); err != nil {
-		tb.Fatal(err)
-	}
-	return g
-}
-
-func mustQuery(tb testing.TB, g kgmaint.Graph, cypher string, params map[string]any) *graph.Result {
-	tb.Helper()
-	res, err := g.Query(context.Background(), cypher, params)
-	if err != nil {
-		tb.Fatalf("%s: %v", cypher, err)
-	}
-	return res
-}
-
 // write is one write query a recorder saw.
 type write struct {
 	params map[string]any
@@ -105,7 +84,7 @@ func generate(tb testing.TB, g kgmaint.Graph, s shape) map[[2]int64]float64 {
 		for i := lo; i < min(lo+batch, s.Nodes); i++ {
 			keys = append(keys, fmt.Sprintf("entity-%d", i))
 		}
-		res := mustQuery(tb, g, `UNWIND $keys AS k
+		res := falkortest.Exec(tb, g, `UNWIND $keys AS k
 CREATE (:Entity {key: k, name: k, normalized_name: k, type: 'topic', mention_count: 1, first_seen: $ts, last_seen: $ts})`,
 			map[string]any{"keys": keys, "ts": s.LastSeen})
 		if res.Stats.NodesCreated != int64(len(keys)) {
@@ -123,7 +102,7 @@ CREATE (:Entity {key: k, name: k, normalized_name: k, type: 'topic', mention_cou
 		if len(rows) == 0 {
 			return
 		}
-		res := mustQuery(tb, g, `UNWIND $rows AS row
+		res := falkortest.Exec(tb, g, `UNWIND $rows AS row
 MATCH (a:Entity {key: 'entity-' + toString(row[0])}), (b:Entity {key: 'entity-' + toString(row[1])})
 CREATE (a)-[:REL {type: 'related_to', weight: row[2], last_seen: $ts}]->(b)`,
 			map[string]any{"rows": rows, "ts": s.LastSeen})

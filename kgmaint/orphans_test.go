@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/falkortest"
 	"github.com/stargazer/stargazer-jobs/kgmaint"
 )
 
@@ -29,10 +30,10 @@ func entityKeys(t *testing.T, g kgmaint.Graph, label string) []string {
 
 func TestCollectOrphansRemovesExactlyTheOldEntitiesWithoutRelationships(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	const now = int64(1_800_000_000_000)
 	const grace = 24 * 3600 * 1000
-	mustQuery(t, g, `CREATE
+	falkortest.Exec(t, g, `CREATE
   (src:Entity {key: 'source', last_seen: $old}), (dst:Entity {key: 'target', last_seen: $old}),
   (src)-[:REL {type: 'knows', weight: 1.0}]->(dst),
   (loop:Entity {key: 'self-loop', last_seen: $old}), (loop)-[:REL {type: 'is', weight: 1.0}]->(loop),
@@ -72,7 +73,7 @@ func TestCollectOrphansRemovesExactlyTheOldEntitiesWithoutRelationships(t *testi
 
 func TestCollectOrphansDeletesAtMostABatchPerWrite(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	generate(t, g, shape{Nodes: 1500, Orphans: 700, Degree: 2, Seed: 5, LastSeen: 1})
 	rec := &recorder{Graph: g}
 	const batch = 50
@@ -97,7 +98,7 @@ func TestCollectOrphansDeletesAtMostABatchPerWrite(t *testing.T) {
 
 func TestCollectOrphansStopsBeforeTheNextWriteWhenOwnershipIsLost(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	generate(t, g, shape{Nodes: 400, Orphans: 300, Degree: 2, Seed: 6, LastSeen: 1})
 	errLost := errors.New("singleton lease lost")
 	rec := &recorder{Graph: g}
@@ -119,7 +120,7 @@ func TestCollectOrphansStopsBeforeTheNextWriteWhenOwnershipIsLost(t *testing.T) 
 
 func TestCollectOrphansOnAnEmptyGraphDoesNothing(t *testing.T) {
 	ctx := context.Background()
-	g := newGraph(t)
+	g := falkortest.Graph(t, true)
 	if err := g.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}

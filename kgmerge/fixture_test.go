@@ -1,7 +1,6 @@
 package kgmerge
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,28 +16,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/llm"
 	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 )
-
-// newTestGraph starts a FalkorDB server and returns graph "kg" on it; with
-// schema, with the production schema (indexes, unique keys).
-func newTestGraph(t *testing.T, schema bool) *graph.Graph {
-	t.Helper()
-	g := graph.New(falkortest.Start(t).Client(t), "kg")
-	if schema {
-		if err := graph.EnsureSchema(context.Background(), g); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return g
-}
-
-func exec(t *testing.T, g *graph.Graph, cypher string, params map[string]any) *graph.Result {
-	t.Helper()
-	res, err := g.Query(context.Background(), cypher, params)
-	if err != nil {
-		t.Fatalf("%s: %v", cypher, err)
-	}
-	return res
-}
 
 // ent is an entity to create; Key defaults to graph.EntityKey(Name, Type).
 type ent struct {
@@ -63,7 +40,7 @@ func addEntities(t *testing.T, g *graph.Graph, es ...ent) {
 		rows[i] = map[string]any{"key": e.key(), "name": e.Name, "norm": graph.NormalizeName(e.Name),
 			"type": graph.NormalizeName(e.Type), "m": e.Mentions, "f": e.First, "l": e.Last}
 	}
-	exec(t, g, `UNWIND $rows AS r CREATE (:Entity {key: r.key, name: r.name, normalized_name: r.norm, type: r.type,
+	falkortest.Exec(t, g, `UNWIND $rows AS r CREATE (:Entity {key: r.key, name: r.name, normalized_name: r.norm, type: r.type,
 mention_count: r.m, first_seen: r.f, last_seen: r.l})`, map[string]any{"rows": rows})
 }
 
@@ -78,7 +55,7 @@ type rel struct {
 func addRels(t *testing.T, g *graph.Graph, rs ...rel) {
 	t.Helper()
 	for _, r := range rs {
-		res := exec(t, g, `MATCH (a {key: $a}), (b {key: $b}) CREATE (a)-[:REL {type: $t, weight: $w, last_seen: $l}]->(b)`,
+		res := falkortest.Exec(t, g, `MATCH (a {key: $a}), (b {key: $b}) CREATE (a)-[:REL {type: $t, weight: $w, last_seen: $l}]->(b)`,
 			map[string]any{"a": r.From, "b": r.To, "t": r.Type, "w": r.Weight, "l": r.Last})
 		if res.Stats.RelationshipsCreated != 1 {
 			t.Fatalf("relationship %+v: created %d (endpoints must exist exactly once)", r, res.Stats.RelationshipsCreated)
@@ -91,11 +68,11 @@ func addRels(t *testing.T, g *graph.Graph, rs ...rel) {
 func snapshot(t *testing.T, g *graph.Graph) string {
 	t.Helper()
 	var lines []string
-	res := exec(t, g, `MATCH (n) RETURN labels(n)[0], n.key, n.name, n.type, n.mention_count, n.first_seen, n.last_seen, n.aliases`, nil)
+	res := falkortest.Exec(t, g, `MATCH (n) RETURN labels(n)[0], n.key, n.name, n.type, n.mention_count, n.first_seen, n.last_seen, n.aliases`, nil)
 	for _, row := range res.Rows {
 		lines = append(lines, fmt.Sprintf("node %v", row))
 	}
-	res = exec(t, g, `MATCH (a)-[r:REL]->(b) RETURN coalesce(a.name, a.key), r.type, coalesce(b.name, b.key), r.weight, r.last_seen, r.organised`, nil)
+	res = falkortest.Exec(t, g, `MATCH (a)-[r:REL]->(b) RETURN coalesce(a.name, a.key), r.type, coalesce(b.name, b.key), r.weight, r.last_seen, r.organised`, nil)
 	for _, row := range res.Rows {
 		lines = append(lines, fmt.Sprintf("rel %v", row))
 	}
@@ -106,7 +83,7 @@ func snapshot(t *testing.T, g *graph.Graph) string {
 // relsOf lists "from -type-> to weight last" of every relationship, sorted.
 func relsOf(t *testing.T, g *graph.Graph) []string {
 	t.Helper()
-	res := exec(t, g, `MATCH (a)-[r:REL]->(b) RETURN a.name, r.type, b.name, r.weight, r.last_seen`, nil)
+	res := falkortest.Exec(t, g, `MATCH (a)-[r:REL]->(b) RETURN a.name, r.type, b.name, r.weight, r.last_seen`, nil)
 	var out []string
 	for _, row := range res.Rows {
 		out = append(out, fmt.Sprintf("%v -%v-> %v %v %v", row[0], row[1], row[2], row[3], row[4]))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/falkortest"
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 	"github.com/stargazer/stargazer-jobs/llm"
 )
@@ -49,7 +50,7 @@ var wantAfterMerge = []string{
 }
 
 func TestMergeMovesEveryRelationshipSumsWeightsAndDropsSelfLoops(t *testing.T) {
-	g := newTestGraph(t, false)
+	g := falkortest.Graph(t, false)
 	buildDuplicates(t, g)
 	e := &Engine{Graph: g}
 	rep, err := e.Merge(context.Background(), Options{})
@@ -59,12 +60,12 @@ func TestMergeMovesEveryRelationshipSumsWeightsAndDropsSelfLoops(t *testing.T) {
 	if got := relsOf(t, g); !slices.Equal(got, wantAfterMerge) {
 		t.Errorf("relationships after merge:\n%q\nwant\n%q", got, wantAfterMerge)
 	}
-	res := exec(t, g, `MATCH (e:Entity {key: 'alice-k'}) RETURN e.name, e.mention_count, e.first_seen, e.last_seen, e.aliases`, nil)
+	res := falkortest.Exec(t, g, `MATCH (e:Entity {key: 'alice-k'}) RETURN e.name, e.mention_count, e.first_seen, e.last_seen, e.aliases`, nil)
 	want := []any{"Alice", int64(7), int64(50), int64(900), []any{"ALICE"}}
 	if len(res.Rows) != 1 || !equalRow(res.Rows[0], want) {
 		t.Errorf("kept entity %v, want %v", res.Rows, want)
 	}
-	if n := exec(t, g, `MATCH (e:Entity {key: 'alice-d'}) RETURN count(e)`, nil).Rows[0][0]; n != int64(0) {
+	if n := falkortest.Exec(t, g, `MATCH (e:Entity {key: 'alice-d'}) RETURN count(e)`, nil).Rows[0][0]; n != int64(0) {
 		t.Errorf("duplicate still there (%v)", n)
 	}
 	if rep.Merged != 1 || rep.ExactMerged != 1 || rep.EdgesMoved != 4 || rep.SelfLoopsDropped != 3 || rep.LLMCalls != 0 {
@@ -117,9 +118,9 @@ var errLost = errors.New("singleton lease lost (test)")
 
 func TestAMergeInterruptedBetweenWritesConvergesOnTheNextRun(t *testing.T) {
 	for _, writes := range []int{1, 2, 4, 6} {
-		g := newTestGraph(t, false)
+		g := falkortest.Graph(t, false)
 		buildDuplicates(t, g)
-		ids := exec(t, g, `MATCH (k:Entity {key: 'alice-k'}), (d:Entity {key: 'alice-d'}) RETURN id(k), id(d)`, nil).Rows[0]
+		ids := falkortest.Exec(t, g, `MATCH (k:Entity {key: 'alice-k'}), (d:Entity {key: 'alice-d'}) RETURN id(k), id(d)`, nil).Rows[0]
 		keep, dup := node{ids[0].(int64), "alice-k"}, node{ids[1].(int64), "alice-d"}
 		// One relationship per write, and the "process dies" (the lease is
 		// lost) after a few writes.
@@ -133,7 +134,7 @@ func TestAMergeInterruptedBetweenWritesConvergesOnTheNextRun(t *testing.T) {
 		if got := relsOf(t, g); !slices.Equal(got, wantAfterMerge) {
 			t.Errorf("interrupted after %d writes, then rerun:\n%q\nwant\n%q", writes, got, wantAfterMerge)
 		}
-		res := exec(t, g, `MATCH (e:Entity {key: 'alice-k'}) RETURN e.mention_count`, nil)
+		res := falkortest.Exec(t, g, `MATCH (e:Entity {key: 'alice-k'}) RETURN e.mention_count`, nil)
 		if res.Rows[0][0] != int64(7) {
 			t.Errorf("interrupted after %d writes: mention_count %v, want 7 (counted once)", writes, res.Rows[0][0])
 		}
@@ -141,7 +142,7 @@ func TestAMergeInterruptedBetweenWritesConvergesOnTheNextRun(t *testing.T) {
 }
 
 func TestAMergeWhoseOwnershipCheckFailsWritesNothing(t *testing.T) {
-	g := newTestGraph(t, false)
+	g := falkortest.Graph(t, false)
 	buildDuplicates(t, g)
 	before := snapshot(t, g)
 	_, err := (&Engine{Graph: g, Verify: failAfter(0)}).Merge(context.Background(), Options{})
@@ -178,7 +179,7 @@ func buildCandidates(t *testing.T, g *graph.Graph) {
 var judgeGroups = [][]string{{"New York City", "New York Cty"}, {"Open AI", "OpenAI"}}
 
 func TestTheLLMJudgesUncertainPairsAndItsVerdictsAreRemembered(t *testing.T) {
-	g := newTestGraph(t, true)
+	g := falkortest.Graph(t, true)
 	buildCandidates(t, g)
 	rdb := redistest.Start(t).Client(t)
 	fake := newFakeLLM(t, sameNames(judgeGroups...))
@@ -193,7 +194,7 @@ func TestTheLLMJudgesUncertainPairsAndItsVerdictsAreRemembered(t *testing.T) {
 	if rep.Candidates != 4 || rep.Judged != 4 || rep.Same != 2 || rep.Merged != 2 || rep.LLMCalls != 1 || rep.LLMErrors != 0 {
 		t.Errorf("report %+v, want 4 candidates judged in one call, 2 merged", rep)
 	}
-	res := exec(t, g, `MATCH (e:Entity) RETURN e.name ORDER BY e.name`, nil)
+	res := falkortest.Exec(t, g, `MATCH (e:Entity) RETURN e.name ORDER BY e.name`, nil)
 	var names []string
 	for _, row := range res.Rows {
 		names = append(names, row[0].(string))
@@ -294,7 +295,7 @@ func TestBadLLMAnswersMergeNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := newTestGraph(t, true)
+			g := falkortest.Graph(t, true)
 			buildCandidates(t, g)
 			rdb := redistest.Start(t).Client(t)
 			fake := newFakeLLM(t, tt.answer)
@@ -334,7 +335,7 @@ func wantNil(t *testing.T, err error) {
 }
 
 func TestPruneDeletesExactlyTheLowValueEntities(t *testing.T) {
-	g := newTestGraph(t, true)
+	g := falkortest.Graph(t, true)
 	const day = int64(24 * time.Hour / time.Millisecond)
 	now := int64(1_800_000_000_000)
 	old, recent := now-40*day, now-2*day
@@ -346,9 +347,9 @@ func TestPruneDeletesExactlyTheLowValueEntities(t *testing.T) {
 		ent{Name: "old linked", Type: "t", Mentions: 1, First: old, Last: old},     // has a relationship
 		ent{Name: "old target", Type: "t", Mentions: 1, First: old, Last: old},     // has a relationship
 	)
-	exec(t, g, `CREATE (:Entity {key: 'undated', name: 'undated', mention_count: 1})`, nil)                                            // unknown age
-	exec(t, g, `CREATE (:Entity {key: 'first only', name: 'first only', mention_count: 1, first_seen: $f})`, map[string]any{"f": old}) // pruned
-	exec(t, g, `CREATE (:Category {key: 'cat', name: 'cat'})`, nil)                                                                    // not an entity
+	falkortest.Exec(t, g, `CREATE (:Entity {key: 'undated', name: 'undated', mention_count: 1})`, nil)                                            // unknown age
+	falkortest.Exec(t, g, `CREATE (:Entity {key: 'first only', name: 'first only', mention_count: 1, first_seen: $f})`, map[string]any{"f": old}) // pruned
+	falkortest.Exec(t, g, `CREATE (:Category {key: 'cat', name: 'cat'})`, nil)                                                                    // not an entity
 	addRels(t, g, rel{graph.EntityKey("old linked", "t"), "about", graph.EntityKey("old target", "t"), 1, old})
 
 	cutoff := time.UnixMilli(now - 30*day)
@@ -359,7 +360,7 @@ func TestPruneDeletesExactlyTheLowValueEntities(t *testing.T) {
 	if n != 3 {
 		t.Errorf("pruned %d, want 3", n)
 	}
-	res := exec(t, g, `MATCH (e) RETURN e.name ORDER BY e.name`, nil)
+	res := falkortest.Exec(t, g, `MATCH (e) RETURN e.name ORDER BY e.name`, nil)
 	var left []string
 	for _, row := range res.Rows {
 		left = append(left, row[0].(string))
@@ -377,8 +378,8 @@ func TestPruneDeletesExactlyTheLowValueEntities(t *testing.T) {
 }
 
 func TestTheScanReadsEveryPageOfIDs(t *testing.T) {
-	g := newTestGraph(t, false)
-	exec(t, g, `UNWIND range(1, $n) AS i CREATE (:Entity {key: 'filler' + toString(i), name: 'filler ' + toString(i), normalized_name: 'filler ' + toString(i), type: 'filler'})`,
+	g := falkortest.Graph(t, false)
+	falkortest.Exec(t, g, `UNWIND range(1, $n) AS i CREATE (:Entity {key: 'filler' + toString(i), name: 'filler ' + toString(i), normalized_name: 'filler ' + toString(i), type: 'filler'})`,
 		map[string]any{"n": 2*scanPage + 10})
 	addEntities(t, g,
 		ent{Name: "Late", Type: "thing", Key: "late-1", Mentions: 2},
@@ -397,15 +398,15 @@ func TestTheScanReadsEveryPageOfIDs(t *testing.T) {
 // moved relationship twice: the moved relationship keeps the newest decay
 // stamp of the ones it replaces.
 func TestAMergeKeepsTheNewestDecayStamp(t *testing.T) {
-	g := newTestGraph(t, false)
+	g := falkortest.Graph(t, false)
 	buildDuplicates(t, g)
-	exec(t, g, `MATCH (:Entity {key: 'alice-d'})-[r:REL {type: 'knows'}]->(:Entity {key: 'mallory'}) SET r.decayed_at = 7`, nil)
-	exec(t, g, `MATCH (:Entity {key: 'alice-k'})-[r:REL {type: 'knows'}]->(:Entity {key: 'mallory'}) SET r.decayed_at = 3`, nil)
-	exec(t, g, `MATCH (:Entity {key: 'alice-d'})-[r:REL {type: 'works_at'}]->() SET r.decayed_at = 5`, nil)
+	falkortest.Exec(t, g, `MATCH (:Entity {key: 'alice-d'})-[r:REL {type: 'knows'}]->(:Entity {key: 'mallory'}) SET r.decayed_at = 7`, nil)
+	falkortest.Exec(t, g, `MATCH (:Entity {key: 'alice-k'})-[r:REL {type: 'knows'}]->(:Entity {key: 'mallory'}) SET r.decayed_at = 3`, nil)
+	falkortest.Exec(t, g, `MATCH (:Entity {key: 'alice-d'})-[r:REL {type: 'works_at'}]->() SET r.decayed_at = 5`, nil)
 	if _, err := (&Engine{Graph: g}).Merge(context.Background(), Options{}); err != nil {
 		t.Fatal(err)
 	}
-	res := exec(t, g, `MATCH (:Entity {key: 'alice-k'})-[r:REL]->(b) WHERE r.type IN ['knows', 'works_at'] RETURN r.type, r.decayed_at ORDER BY r.type`, nil)
+	res := falkortest.Exec(t, g, `MATCH (:Entity {key: 'alice-k'})-[r:REL]->(b) WHERE r.type IN ['knows', 'works_at'] RETURN r.type, r.decayed_at ORDER BY r.type`, nil)
 	if len(res.Rows) != 2 || !equalRow(res.Rows[0], []any{"knows", int64(7)}) || !equalRow(res.Rows[1], []any{"works_at", int64(5)}) {
 		t.Fatalf("decay stamps after the merge: %v, want knows 7 and works_at 5", res.Rows)
 	}

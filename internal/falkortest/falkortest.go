@@ -30,6 +30,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/internal/redistest"
 )
 
@@ -224,4 +225,33 @@ func (s *Server) Stop() {
 		_ = s.cmd.Process.Kill()
 		<-s.done
 	}
+}
+
+// Graph starts a FalkorDB server for the test and returns the graph "kg"
+// on it, with the knowledge graph's schema (indexes, unique keys) when
+// schema is true.
+func Graph(tb testing.TB, schema bool) *graph.Graph {
+	tb.Helper()
+	g := graph.New(Start(tb).Client(tb), "kg")
+	if schema {
+		if err := graph.EnsureSchema(context.Background(), g); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return g
+}
+
+// Querier runs write queries: a *graph.Graph or a wrapper of one.
+type Querier interface {
+	Query(ctx context.Context, cypher string, params map[string]any, opts ...graph.Option) (*graph.Result, error)
+}
+
+// Exec runs cypher on g, failing the test on an error.
+func Exec(tb testing.TB, g Querier, cypher string, params map[string]any) *graph.Result {
+	tb.Helper()
+	res, err := g.Query(context.Background(), cypher, params)
+	if err != nil {
+		tb.Fatalf("%s: %v", cypher, err)
+	}
+	return res
 }
