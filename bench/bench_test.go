@@ -25,13 +25,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/events"
-	"github.com/stargazer/stargazer-jobs/internal/faultproxy"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/app"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
+	"github.com/stargazer/stargazer-jobs/internal/queue/server"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/faultproxy"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
-	"github.com/stargazer/stargazer-jobs/periodic"
-	"github.com/stargazer/stargazer-jobs/worker"
 )
 
 const concurrency = 10
@@ -39,10 +40,10 @@ const concurrency = 10
 var noopSpec = jobs.Spec{Name: "bench_noop", Kind: jobs.Child, Queue: jobs.QueueDefault, MaxRetry: 3,
 	Timeout: time.Minute, NewPayload: func() jobs.Payload { return &jobs.Empty{} }, Summary: "no-op"}
 
-// server returns a started asynq server that counts processed no-op tasks:
-// ours (worker.NewServer and worker.Mux with every middleware: logging,
+// startServer returns a started asynq server that counts processed no-op tasks:
+// ours (server.NewServer and server.Mux with every middleware: logging,
 // metrics, debug events, panic recovery, singleton checks) or bare asynq.
-func server(b *testing.B, addr string, ours bool, processed *atomic.Int64) *asynq.Server {
+func startServer(b *testing.B, addr string, ours bool, processed *atomic.Int64) *asynq.Server {
 	conn := asynq.RedisClientOpt{Addr: addr}
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	b.Cleanup(func() { rdb.Close() })
@@ -50,13 +51,13 @@ func server(b *testing.B, addr string, ours bool, processed *atomic.Int64) *asyn
 	var s *asynq.Server
 	var mux *asynq.ServeMux
 	if ours {
-		o := worker.Options{
+		o := server.Options{
 			Redis: conn, Concurrency: concurrency, ShutdownTimeout: 5 * time.Second,
 			Logger:  slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo})),
 			Metrics: monitor.NewMetrics(prometheus.NewRegistry()), Events: asyncEvents(b, rdb),
 			Catalog: append(jobs.Catalog(), noopSpec), RedisClient: rdb,
 		}
-		s, mux = worker.NewServer(o), worker.Mux(o)
+		s, mux = server.NewServer(o), server.Mux(o)
 	} else {
 		s = asynq.NewServer(conn, asynq.Config{Concurrency: concurrency, Queues: jobs.Queues(), LogLevel: asynq.FatalLevel})
 		mux = asynq.NewServeMux()
@@ -114,7 +115,7 @@ func round(b *testing.B, addr string, rdb *redis.Client, ours bool, n int) round
 	var processed atomic.Int64
 	before := commands(b, rdb)
 	start := time.Now()
-	s := server(b, addr, ours, &processed)
+	s := startServer(b, addr, ours, &processed)
 	for processed.Load() < int64(n) {
 		time.Sleep(time.Millisecond)
 	}
@@ -178,7 +179,7 @@ func median[T any](xs []T, f func(T) float64) float64 {
 }
 
 // BenchmarkIdleCommands measures the Redis commands per second of one idle
-// pod: bare asynq (a server with no work) and our whole worker (worker.Run:
+// pod: bare asynq (a server with no work) and our whole worker (app.Run:
 // server, scheduler with the default catalog, lease recoverer, monitor).
 func BenchmarkIdleCommands(b *testing.B) {
 	const window = 20 * time.Second
@@ -200,7 +201,7 @@ func BenchmarkIdleCommands(b *testing.B) {
 		done := make(chan error, 1)
 		env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": redistest.FreeAddr(b), "WORKER_CONCURRENCY": strconv.Itoa(concurrency), "LOG_LEVEL": "error"}
 		go func() {
-			done <- worker.Run(ctx, worker.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
+			done <- app.Run(ctx, app.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
 		}()
 		time.Sleep(2 * time.Second)
 		c0 = commands(b, rdb)

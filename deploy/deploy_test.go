@@ -241,7 +241,7 @@ type promConfig struct {
 // metrics path it is scraped on.
 func promTargets(t *testing.T) map[string]string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "prometheus.yml"))
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "prometheus", "prometheus.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,2 +1,2 @@
-// Package deploy holds the tests of the deployment files at the repository root (docker-compose.yml, prometheus.yml, Dockerfile).
+// Package deploy holds the tests of the deployment files at the repository root (docker-compose.yml, deploy/prometheus/prometheus.yml, Dockerfile).
 package deploy

@@ -12,11 +12,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/events"
-	"github.com/stargazer/stargazer-jobs/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/msgcache"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // Bounds and names of agentic_kg_bulk_incremental.

@@ -13,10 +13,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/events"
-	"github.com/stargazer/stargazer-jobs/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/msgcache"
 )
 
 // bulkEnv is a kgEnv with a dump directory and debug events on a real

@@ -9,10 +9,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/store/ragstore"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/ragstore"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // Bounds of one anamnesis_digest run.

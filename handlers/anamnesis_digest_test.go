@@ -12,10 +12,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/internal/store/ragstore"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/ragstore"
 )
 
 // lore appends n fragments to the RAG store, numbered from from, and

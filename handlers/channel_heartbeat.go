@@ -9,9 +9,9 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/msgcache"
 )
 
 const (

@@ -11,10 +11,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/embedqueue"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/msgcache"
-	"github.com/stargazer/stargazer-jobs/ratelimit"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
+	"github.com/stargazer/stargazer-jobs/internal/store/embedqueue"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 )
 
 func payloadOf(keys []string) string { return `{"keys":["` + strings.Join(keys, `","`) + `"]}` }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/gemini"
+	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 

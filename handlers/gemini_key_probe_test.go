@@ -13,9 +13,9 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/gemini"
-	"github.com/stargazer/stargazer-jobs/gemini/geminitest"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
+	"github.com/stargazer/stargazer-jobs/internal/clients/gemini/geminitest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 

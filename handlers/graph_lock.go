@@ -6,8 +6,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/extract"
-	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 )
 
 // lockedGraph takes the graph write lock around every write query, so the

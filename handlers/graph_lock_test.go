@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/extract"
-	"github.com/stargazer/stargazer-jobs/graph"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
 
 type countingGraph struct{ writes, reads int }

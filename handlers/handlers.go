@@ -13,13 +13,13 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/events"
-	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/clients/journal"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/platform"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/store/prompts"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/journal"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/platform"
-	"github.com/stargazer/stargazer-jobs/prompts"
 )
 
 // Deps are the handlers' dependencies.

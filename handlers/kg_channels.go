@@ -13,10 +13,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/events"
-	"github.com/stargazer/stargazer-jobs/extract"
-	"github.com/stargazer/stargazer-jobs/msgcache"
-	"github.com/stargazer/stargazer-jobs/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 )
 
 // channelPass is one extraction pass over the new messages of every

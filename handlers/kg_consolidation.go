@@ -8,12 +8,12 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/kg/hubs"
+	"github.com/stargazer/stargazer-jobs/internal/kg/merge"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kghubs"
-	"github.com/stargazer/stargazer-jobs/kgmerge"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 const (
@@ -40,11 +40,11 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 	if d.Graph == nil {
 		return nil, fmt.Errorf("kg consolidation: no knowledge graph configured: %w", asynq.SkipRetry)
 	}
-	rep, err := mergeEngine(d, jobs.KGConsolidation).Merge(ctx, kgmerge.Options{
+	rep, err := mergeEngine(d, jobs.KGConsolidation).Merge(ctx, merge.Options{
 		Model: d.Models.Extraction, MaxJudged: consolidationMaxJudged, Now: d.Now,
 	})
 	pruned := 0
-	var calls *kgmerge.CallErrors
+	var calls *merge.CallErrors
 	if err == nil || errors.As(err, &calls) {
 		// The merge pass went through all its pairs (some calls may have
 		// failed): prune too. A stopped pass (rate limit, lost lease, graph
@@ -54,7 +54,7 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 			age = defaultPruneAge
 		}
 		var perr error
-		pruned, perr = kgmerge.Prune(ctx, withWriteLock(d.Graph, d.Redis), singleton.Verify, d.Now().Add(-age))
+		pruned, perr = merge.Prune(ctx, withWriteLock(d.Graph, d.Redis), singleton.Verify, d.Now().Add(-age))
 		switch {
 		case perr != nil && err != nil:
 			// The prune failure decides how the run is retried.
@@ -90,16 +90,16 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 
 // mergeEngine is the duplicate merge engine over d, checking the run's
 // singleton lease before every write.
-func mergeEngine(d Deps, task string) *kgmerge.Engine {
-	e := &kgmerge.Engine{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", task)}
+func mergeEngine(d Deps, task string) *merge.Engine {
+	e := &merge.Engine{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", task)}
 	if d.Redis != nil {
-		e.Memory = kgmerge.NewMemory(d.Redis, 0)
+		e.Memory = merge.NewMemory(d.Redis, 0)
 	}
 	return e
 }
 
 // mergeResult is a merge report as a task result.
-func mergeResult(r kgmerge.Report) Result {
+func mergeResult(r merge.Report) Result {
 	res := Result{
 		"entities_scanned":   r.Entities,
 		"merged":             r.Merged,
@@ -152,8 +152,8 @@ func graphLLMFailure(what string, err error) error {
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	var calls []error
-	var me *kgmerge.CallErrors
-	var he *kghubs.CallErrors
+	var me *merge.CallErrors
+	var he *hubs.CallErrors
 	switch {
 	case errors.As(err, &me):
 		calls = me.Errs
@@ -163,7 +163,7 @@ func graphLLMFailure(what string, err error) error {
 		return err
 	}
 	for _, e := range calls {
-		if !errors.Is(e, kgmerge.ErrBadAnswer) && !errors.Is(e, kghubs.ErrBadAnswer) && !hopeless(e) {
+		if !errors.Is(e, merge.ErrBadAnswer) && !errors.Is(e, hubs.ErrBadAnswer) && !hopeless(e) {
 			return err
 		}
 	}

@@ -16,14 +16,14 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/events"
-	"github.com/stargazer/stargazer-jobs/graph"
-	"github.com/stargazer/stargazer-jobs/internal/falkortest"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/kg/merge"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kgmerge"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // kgNow is the clock of the graph maintenance tests.
@@ -295,8 +295,8 @@ func TestLimbicDedupBadLLMAnswersMergeNothing(t *testing.T) {
 		is        error
 		skipRetry bool
 	}{
-		{name: "garbage is not retried", reply: completion("They are the same, trust me."), is: kgmerge.ErrBadAnswer, skipRetry: true},
-		{name: "wrong schema is not retried", reply: completion(`{"answer":"same"}`), is: kgmerge.ErrBadAnswer, skipRetry: true},
+		{name: "garbage is not retried", reply: completion("They are the same, trust me."), is: merge.ErrBadAnswer, skipRetry: true},
+		{name: "wrong schema is not retried", reply: completion(`{"answer":"same"}`), is: merge.ErrBadAnswer, skipRetry: true},
 		{name: "a refused request is not retried", reply: scriptedReply{Status: http.StatusBadRequest, Body: `{"error":{"message":"bad model"}}`}, skipRetry: true},
 		{name: "a rate limit is retried after Retry-After", reply: scriptedReply{Status: http.StatusTooManyRequests, RetryAfter: "12", Body: `{}`}},
 		{name: "a timeout is retried", reply: completion("late"), timeout: 50 * time.Millisecond, is: context.DeadlineExceeded},
@@ -336,7 +336,7 @@ func TestLimbicDedupBadLLMAnswersMergeNothing(t *testing.T) {
 			if after := f.dump(t); after != before {
 				t.Errorf("graph changed:\n%s\nwas\n%s", after, before)
 			}
-			if n := f.rdb.HLen(context.Background(), kgmerge.VerdictsKey).Val(); n != 0 {
+			if n := f.rdb.HLen(context.Background(), merge.VerdictsKey).Val(); n != 0 {
 				t.Errorf("%d verdicts remembered from a failed call", n)
 			}
 		})

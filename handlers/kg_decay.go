@@ -9,23 +9,23 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/events"
+	"github.com/stargazer/stargazer-jobs/internal/kg/maint"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kgmaint"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // KGSettings tune the knowledge-graph maintenance tasks (KG_DECAY_FACTOR,
 // KG_DECAY_MIN_WEIGHT, KG_BATCH_SIZE).
 type KGSettings struct {
 	// DecayFactor multiplies every relationship weight once per decay run
-	// (zero: kgmaint.DefaultDecayFactor).
+	// (zero: maint.DefaultDecayFactor).
 	DecayFactor float64
 	// DecayMinWeight: relationships decayed under it are deleted (zero:
 	// none are).
 	DecayMinWeight float64
 	// BatchSize bounds the edges or nodes one graph write touches (zero:
-	// kgmaint.DefaultBatchSize).
+	// maint.DefaultBatchSize).
 	BatchSize int
 }
 
@@ -34,7 +34,7 @@ type KGSettings struct {
 // scheduled occurrence: the run is recorded under the task's ID
 // (kg_decay_task@<due ms>), so a second delivery of the occurrence changes
 // nothing and a retry after a crash decays only what the crashed attempt
-// had not (see kgmaint.RunLog). A run enqueued by hand has its own ID and
+// had not (see maint.RunLog). A run enqueued by hand has its own ID and
 // decays once more, which is what an operator asks for.
 //
 // Like the original it publishes a kg_decay debug event with the number of
@@ -57,19 +57,19 @@ func decayRun(ctx context.Context, d Deps, taskID string) (Result, error) {
 	if d.Redis == nil {
 		return nil, fmt.Errorf("kg decay: no Redis for the run log: %w", asynq.SkipRetry)
 	}
-	runs := kgmaint.NewRunLog(d.Redis)
+	runs := maint.NewRunLog(d.Redis)
 	run, err := runs.Begin(ctx, taskID, occurrenceStamp(taskID, d.Now()), d.Now())
 	if err != nil {
 		return nil, fmt.Errorf("kg decay: %w", err)
 	}
-	if run.State == kgmaint.StateDone {
+	if run.State == maint.StateDone {
 		d.Logger.InfoContext(ctx, "KG decay already applied for this occurrence", "task", jobs.KGDecay, "run", taskID)
 		return Result{"decayed": 0, "removed": 0, "batches": 0, "run": taskID, "already_applied": true}, nil
 	}
 	// The graph write lock keeps each batch out of an extraction batch's
 	// writes: FalkorDB 4.16.3 does not fully serialise concurrent writes,
 	// and a weight reinforced while being decayed could lose an update.
-	st, err := kgmaint.Decay(ctx, withWriteLock(d.Graph, d.Redis), kgmaint.DecayOptions{
+	st, err := maint.Decay(ctx, withWriteLock(d.Graph, d.Redis), maint.DecayOptions{
 		Run: run.Stamp, From: run.Next,
 		Factor: d.KG.DecayFactor, MinWeight: d.KG.DecayMinWeight, BatchSize: d.KG.BatchSize,
 		Verify:   singleton.Verify,

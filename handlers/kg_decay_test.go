@@ -14,13 +14,13 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/events"
-	"github.com/stargazer/stargazer-jobs/graph"
-	"github.com/stargazer/stargazer-jobs/internal/falkortest"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/kg/maint"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kgmaint"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // eventLog records published debug events.
@@ -171,7 +171,7 @@ func TestKGDecayDecaysOncePerScheduledOccurrence(t *testing.T) {
 		t.Errorf("second delivery of the occurrence %v, want nothing done", again)
 	}
 	checkDecayed(t, g, seeded, 0.5, 0.2, 1)
-	if h := rdb.HGetAll(ctx, kgmaint.DecayRunKey).Val(); h["state"] != kgmaint.StateDone || h["stamp"] != "1800000000000" {
+	if h := rdb.HGetAll(ctx, maint.DecayRunKey).Val(); h["state"] != maint.StateDone || h["stamp"] != "1800000000000" {
 		t.Errorf("run record %v", h)
 	}
 
@@ -310,13 +310,13 @@ func TestKGDecayEndToEndOnAWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for rdb.HGet(ctx, kgmaint.DecayRunKey, "state").Val() != kgmaint.StateDone {
+	for rdb.HGet(ctx, maint.DecayRunKey, "state").Val() != maint.StateDone {
 		if time.Now().After(deadline) {
-			t.Fatalf("run record %v", rdb.HGetAll(ctx, kgmaint.DecayRunKey).Val())
+			t.Fatalf("run record %v", rdb.HGetAll(ctx, maint.DecayRunKey).Val())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if h := rdb.HGetAll(ctx, kgmaint.DecayRunKey).Val(); h["task_id"] != id || h["stamp"] != "1234" {
+	if h := rdb.HGetAll(ctx, maint.DecayRunKey).Val(); h["task_id"] != id || h["stamp"] != "1234" {
 		t.Errorf("run record %v", h)
 	}
 	res, err := g.ROQuery(ctx, "MATCH ()-[r:REL]->() RETURN DISTINCT r.decayed_at AS s", nil)

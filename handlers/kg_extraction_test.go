@@ -17,14 +17,14 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/extract"
-	"github.com/stargazer/stargazer-jobs/extract/extracttest"
-	"github.com/stargazer/stargazer-jobs/graph"
-	"github.com/stargazer/stargazer-jobs/internal/falkortest"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/msgcache"
 )
 
 // kgEnv is a real Redis (the message cache and the ledger), a real

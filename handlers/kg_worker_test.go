@@ -17,15 +17,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/stargazer/stargazer-jobs/graph"
 	"github.com/stargazer/stargazer-jobs/handlers"
-	"github.com/stargazer/stargazer-jobs/internal/falkortest"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/llmtest"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/queue/server"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/monitor"
-	"github.com/stargazer/stargazer-jobs/worker"
 )
 
 // verdictServer is an OpenAI-compatible chat/completions fake whose
@@ -123,9 +123,9 @@ func TestGraphMaintenanceOnARealWorker(t *testing.T) {
 	metrics := monitor.NewMetrics(prometheus.NewRegistry())
 	conn := asynq.RedisClientOpt{Addr: rsrv.Addr}
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	opts := worker.Options{Redis: conn, Concurrency: 2, ShutdownTimeout: 5 * time.Second, Logger: logger,
+	opts := server.Options{Redis: conn, Concurrency: 2, ShutdownTimeout: 5 * time.Second, Logger: logger,
 		Metrics: metrics, Catalog: jobs.Catalog(), RedisClient: rdb}
-	mux := worker.Mux(opts)
+	mux := server.Mux(opts)
 	deps := handlers.Deps{Redis: rdb, Graph: g, Logger: logger, Counter: metrics,
 		LLM: llm.New(llm.Options{BaseURL: llmSrv.srv.URL}), Models: handlers.Models{Extraction: "m"}, OrgHubDegree: 1}
 	for _, r := range handlers.Register(mux, deps, jobs.Catalog(), jobs.Redis|jobs.KG|jobs.LLM) {
@@ -133,7 +133,7 @@ func TestGraphMaintenanceOnARealWorker(t *testing.T) {
 			t.Fatalf("%s not registered: %s", r.Task, r.Reason)
 		}
 	}
-	srv := worker.NewServer(opts)
+	srv := server.NewServer(opts)
 	if err := srv.Start(mux); err != nil {
 		t.Fatal(err)
 	}

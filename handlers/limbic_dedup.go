@@ -6,8 +6,8 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/kg/merge"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kgmerge"
 )
 
 // dedupMaxJudged bounds the pairs one dedup pass sends to the LLM: two
@@ -25,7 +25,7 @@ func limbicDedup(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 	if d.Graph == nil {
 		return nil, fmt.Errorf("limbic dedup: no knowledge graph configured: %w", asynq.SkipRetry)
 	}
-	rep, err := mergeEngine(d, jobs.LimbicDedup).Merge(ctx, kgmerge.Options{
+	rep, err := mergeEngine(d, jobs.LimbicDedup).Merge(ctx, merge.Options{
 		Model: d.Models.Extraction, MaxJudged: dedupMaxJudged, Now: d.Now,
 	})
 	res := mergeResult(rep)

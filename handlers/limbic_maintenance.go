@@ -7,9 +7,9 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/kg/maint"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kgmaint"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // orphanGrace spares entities seen this recently from orphan GC. Producers
@@ -31,7 +31,7 @@ func limbicMaintenance(ctx context.Context, d Deps, _ jobs.Payload) (Result, err
 	// Under the graph write lock, which an extraction batch holds from its
 	// entities' write to its relationships', GC never sees an entity that
 	// is about to be linked; the grace period covers writers without it.
-	st, err := kgmaint.CollectOrphans(ctx, withWriteLock(d.Graph, d.Redis), kgmaint.OrphanOptions{
+	st, err := maint.CollectOrphans(ctx, withWriteLock(d.Graph, d.Redis), maint.OrphanOptions{
 		Before:    d.Now().Add(-orphanGrace).UnixMilli(),
 		BatchSize: d.KG.BatchSize,
 		Verify:    singleton.Verify,

@@ -10,9 +10,9 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 func entityKeys(t *testing.T, g Graph) []string {

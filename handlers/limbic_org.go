@@ -6,9 +6,9 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/kg/hubs"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kghubs"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 const (
@@ -22,15 +22,15 @@ const (
 
 // limbicOrg is the Limbic organisation pass, once a loop supervised by a
 // leader: it restructures hub entities (at least ka_org_hub_degree_threshold
-// unorganised neighbours, and at least kghubs.MinUsefulNeighbours) into
+// unorganised neighbours, and at least hubs.MinUsefulNeighbours) into
 // hub -> category -> member hierarchies proposed by the LLM via
 // kg_extraction_model. Writes are preceded by singleton.Verify.
 func limbicOrg(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 	if d.Graph == nil || d.LLM == nil {
 		return nil, fmt.Errorf("limbic org: needs the knowledge graph and an LLM: %w", asynq.SkipRetry)
 	}
-	o := &kghubs.Organizer{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", jobs.LimbicOrg)}
-	rep, err := o.Run(ctx, kghubs.Options{
+	o := &hubs.Organizer{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", jobs.LimbicOrg)}
+	rep, err := o.Run(ctx, hubs.Options{
 		Model: d.Models.Extraction, MinNeighbours: d.OrgHubDegree,
 		MaxHubs: orgMaxHubs, MaxNeighbours: orgMaxNeighbours, Now: d.Now,
 	})

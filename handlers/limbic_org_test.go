@@ -10,9 +10,9 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/kg/hubs"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/kghubs"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // categoriseBy answers an org prompt, putting each shown entity into the
@@ -113,7 +113,7 @@ func TestLimbicOrgGarbageOrALostLeaseLeavesTheGraphAlone(t *testing.T) {
 		buildHub(t, f)
 		before := f.dump(t)
 		_, err := limbicOrg(context.Background(), f.deps(), &jobs.Empty{})
-		if !errors.Is(err, kghubs.ErrBadAnswer) || !errors.Is(err, asynq.SkipRetry) {
+		if !errors.Is(err, hubs.ErrBadAnswer) || !errors.Is(err, asynq.SkipRetry) {
 			t.Errorf("err = %v, want a bad answer, not retried", err)
 		}
 		if f.dump(t) != before {

@@ -11,10 +11,10 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // Names and bounds of limbic_sunset_processor.

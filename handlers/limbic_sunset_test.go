@@ -10,10 +10,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/extract/extracttest"
-	"github.com/stargazer/stargazer-jobs/graph"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 // sunsetDay0 is a UTC midnight.

@@ -10,10 +10,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/clients/journal"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/store/logstore"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/journal"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/logstore"
 )
 
 // log_rag_ingest bounds.

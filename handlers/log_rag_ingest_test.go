@@ -18,11 +18,11 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/journal"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/store/logstore"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/journal"
-	"github.com/stargazer/stargazer-jobs/llm"
-	"github.com/stargazer/stargazer-jobs/logstore"
 )
 
 var ingestNow = time.Date(2026, 5, 4, 12, 0, 0, 0, time.UTC)

@@ -8,10 +8,10 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/embedqueue"
+	"github.com/stargazer/stargazer-jobs/internal/clients/platform"
+	"github.com/stargazer/stargazer-jobs/internal/store/embedqueue"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/msgcache"
-	"github.com/stargazer/stargazer-jobs/platform"
 )
 
 // Backfill defaults, the original's.

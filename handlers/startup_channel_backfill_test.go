@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/msgcache"
-	"github.com/stargazer/stargazer-jobs/platform/discord"
-	"github.com/stargazer/stargazer-jobs/platform/matrix"
+	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
+	"github.com/stargazer/stargazer-jobs/internal/clients/platform/matrix"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 )
 
 var (

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/stargazer/stargazer-jobs/internal/store/wiki"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/wiki"
 )
 
 // starwikiLint is the original's scheduled_lint_public_and_opt_in: it lints

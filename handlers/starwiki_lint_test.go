@@ -16,9 +16,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/handlers"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/store/wiki"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/wiki"
 )
 
 // seedWikis writes four wikis: a public one, a private one that opted in

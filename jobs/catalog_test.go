@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stargazer/stargazer-jobs/internal/original"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/original"
 )
 
 // fromOriginal maps the original's requires_* names onto Requirement.

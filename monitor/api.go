@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/enqueue"
+	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 

@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/stargazer/stargazer-jobs/enqueue"
+	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 

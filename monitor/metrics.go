@@ -9,7 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/stargazer/stargazer-jobs/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 )
 
 // Metrics are the worker's own series, labelled by task name.

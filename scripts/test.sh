@@ -2,7 +2,7 @@
 # Runs the whole test suite. On a fresh machine it first installs what the
 # tests need from the distribution's and npm's packages: a real redis-server,
 # Chromium for the dashboard test, and FalkorDB for the graph tests
-# (valkey-server plus the FalkorDB module, see internal/falkortest).
+# (valkey-server plus the FalkorDB module, see internal/testkit/falkortest).
 #
 #   ./scripts/test.sh                 # install what is missing, then gofmt, vet, test
 #   ./scripts/test.sh --install-only  # only the installs
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # FalkorDB module: the npm package that ships falkordb.so, pinned by version
-# and by the library's checksum. internal/falkortest loads it from
+# and by the library's checksum. internal/testkit/falkortest loads it from
 # $FALKORDB_MODULE or from this path (its DefaultModulePath).
 FALKORDB_VERSION=4.16.3
 FALKORDB_NPM_PACKAGE=@falkordblite/linux-x64@8.2.3-falkordb.$FALKORDB_VERSION

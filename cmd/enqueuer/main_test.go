@@ -11,10 +11,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/internal/original"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/app"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/original"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/worker"
 )
 
 func runCLI(env map[string]string, args ...string) (int, string, string) {
@@ -215,7 +215,7 @@ func startWorker(t *testing.T, srv *redistest.Server) {
 	done := make(chan error, 1)
 	env := map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false", "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
 	go func() {
-		done <- worker.Run(ctx, worker.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
+		done <- app.Run(ctx, app.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 }

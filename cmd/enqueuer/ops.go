@@ -11,10 +11,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/config"
+	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/periodic"
-	"github.com/stargazer/stargazer-jobs/singleton"
 )
 
 type scheduleEntry struct {

@@ -8,8 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/config"
-	"github.com/stargazer/stargazer-jobs/prompts"
+	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/store/prompts"
 )
 
 const promptsUsage = `usage: enqueuer prompts <add|list|cancel> [flags]

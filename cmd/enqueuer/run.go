@@ -12,8 +12,8 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/config"
-	"github.com/stargazer/stargazer-jobs/enqueue"
+	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 

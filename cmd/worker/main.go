@@ -23,8 +23,8 @@ import (
 	// is used when present.
 	_ "time/tzdata"
 
-	"github.com/stargazer/stargazer-jobs/config"
-	"github.com/stargazer/stargazer-jobs/worker"
+	"github.com/stargazer/stargazer-jobs/internal/app"
+	"github.com/stargazer/stargazer-jobs/internal/config"
 )
 
 func main() {
@@ -76,5 +76,5 @@ func healthcheck(addr string, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	return worker.Run(ctx, worker.Params{Args: args, Getenv: getenv, Stdout: stdout, Stderr: stderr})
+	return app.Run(ctx, app.Params{Args: args, Getenv: getenv, Stdout: stdout, Stderr: stderr})
 }

@@ -19,12 +19,12 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/config"
-	"github.com/stargazer/stargazer-jobs/gemini"
-	"github.com/stargazer/stargazer-jobs/gemini/geminitest"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
+	"github.com/stargazer/stargazer-jobs/internal/clients/gemini/geminitest"
+	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/store/prompts"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/prompts"
 )
 
 // syncBuffer collects a worker's log output safely across goroutines.

@@ -21,7 +21,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
 
 var binary string

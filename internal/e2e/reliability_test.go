@@ -20,8 +20,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/internal/faultproxy"
-	"github.com/stargazer/stargazer-jobs/internal/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/faultproxy"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
 
 // enqueueLoad enqueues n e2e_plain tasks with IDs prefix-0..n-1.

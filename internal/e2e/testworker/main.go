@@ -25,10 +25,10 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/config"
+	"github.com/stargazer/stargazer-jobs/internal/app"
+	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/singleton"
-	"github.com/stargazer/stargazer-jobs/worker"
 )
 
 // Keys the tests read.
@@ -106,7 +106,7 @@ func main() {
 	}
 	h := handler(rdb, sleep, runlog)
 	panics := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("e2e_panic always panics") })
-	err = worker.Run(ctx, worker.Params{
+	err = app.Run(ctx, app.Params{
 		Args: os.Args[1:], Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr,
 		Catalog: append(jobs.Catalog(), specs()...),
 		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h, "e2e_panic": panics},

@@ -1,0 +1,175 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/hibiken/asynq"
+	"testing"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+func env(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(env(nil), nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Embedded() || !c.ChatLLMEnabled || c.KAEnabled || !c.KADedupEnabled || !c.SchedulerEnabled {
+		t.Errorf("unexpected defaults %+v", c)
+	}
+	if c.HTTPAddr != "127.0.0.1:8080" || c.ShutdownTimeout != 30*time.Second || c.Concurrency != 10 {
+		t.Errorf("unexpected worker defaults %+v", c)
+	}
+	if c.KGDecayFactor != 0.95 || c.KGDecayMinWeight != 0.1 || c.KGBatchSize != 2000 {
+		t.Errorf("unexpected knowledge-graph maintenance defaults %+v", c)
+	}
+	if c.StarwikiLintIntervalMins != 60 || c.StarwikiStaleDays != 180 || c.KAOrgIntervalSeconds != 600 || c.KAExtractionHTTPTimeout != 120*time.Second {
+		t.Errorf("unexpected task defaults %+v", c)
+	}
+}
+
+func TestLoadRejectsInvalidValuesNamingTheSetting(t *testing.T) {
+	tests := []struct {
+		env, value, want string
+	}{
+		{"REDIS_URL", "http://localhost:6379", "REDIS_URL"},
+		{"REDIS_URL", "redis://s1:26379/0?master_name=", "REDIS_URL"},
+		{"REDIS_URL", "redis://s1:26379/0?master_name=m&bogus=1", "REDIS_URL"},
+		{"KA_ENABLED", "maybe", "KA_ENABLED"},
+		{"STARWIKI_LINT_INTERVAL_MINUTES", "soon", "STARWIKI_LINT_INTERVAL_MINUTES"},
+		{"STARWIKI_STALE_DAYS", "0", "STARWIKI_STALE_DAYS"},
+		{"KA_ORG_INTERVAL_SECONDS", "0", "KA_ORG_INTERVAL_SECONDS"},
+		{"LLM_BASE_URL", "ftp://x", "LLM_BASE_URL"},
+		{"SHUTDOWN_TIMEOUT", "-3s", "SHUTDOWN_TIMEOUT"},
+		{"WORKER_CONCURRENCY", "zero", "WORKER_CONCURRENCY"},
+		{"HTTP_ADDR", "8080", "HTTP_ADDR"},
+		{"LOG_LEVEL", "loud", "LOG_LEVEL"},
+		{"DASHBOARD_PATH", "dash", "DASHBOARD_PATH"},
+		{"BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED", "2", "BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED"},
+		{"DEPLOYMENT_ID", "v1 with spaces", "DEPLOYMENT_ID"},
+		{"EMBEDDINGS_RATE_PER_MINUTE", "-1", "EMBEDDINGS_RATE_PER_MINUTE"},
+		{"DISCORD_API_BASE_URL", "discord.com", "DISCORD_API_BASE_URL"},
+		{"KG_DECAY_FACTOR", "0", "KG_DECAY_FACTOR"},
+		{"KG_DECAY_FACTOR", "1.5", "KG_DECAY_FACTOR"},
+		{"KG_DECAY_MIN_WEIGHT", "-1", "KG_DECAY_MIN_WEIGHT"},
+		{"KG_BATCH_SIZE", "50000", "KG_BATCH_SIZE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env, func(t *testing.T) {
+			_, err := Load(env(map[string]string{tt.env: tt.value}), nil, io.Discard)
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Setting != tt.want {
+				t.Fatalf("err = %v, want a config error naming %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadNeverEchoesSecrets(t *testing.T) {
+	_, err := Load(env(map[string]string{"REDIS_URL": "http://:hunter2@x"}), nil, io.Discard)
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestFlagsOverrideEnvironment(t *testing.T) {
+	c, err := Load(env(map[string]string{"KA_ENABLED": "false", "REDIS_URL": "redis://a:1"}),
+		[]string{"-ka-enabled=true", "-redis-url", "rediss://:pw@b:2/3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.KAEnabled {
+		t.Error("flag did not override KA_ENABLED")
+	}
+	opt, err := c.RedisOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opt.Addr != "b:2" || opt.Password != "pw" || opt.DB != 3 || opt.TLSConfig == nil {
+		t.Errorf("redis options %+v", opt)
+	}
+	_, err = Load(env(nil), []string{"-ka-enabled=perhaps"}, io.Discard)
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Setting != "-ka-enabled" {
+		t.Errorf("err = %v, want one naming -ka-enabled", err)
+	}
+}
+
+func TestGatingEnvReflectsConfiguration(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"FALKORDB_URL": "redis://g:6379", "LLM_BASE_URL": "http://llm/v1", "KA_ENABLED": "1",
+		"BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED": "off",
+	}), nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.GatingEnv(jobs.Catalog(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Available.Has(jobs.Redis|jobs.KG|jobs.LLM) || e.Available.Has(jobs.Platform) {
+		t.Errorf("available = %v", e.Available)
+	}
+	if e.ChatLLMEnabled || !e.Flags["ka_enabled"] {
+		t.Errorf("env = %+v", e)
+	}
+}
+
+func TestReadmeDocumentsEverySetting(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Settings() {
+		if !strings.Contains(string(readme), "| `"+s.Env+"` |") {
+			t.Errorf("README's configuration table lacks %s", s.Env)
+		}
+	}
+}
+
+func TestRedisURLSelectsASingleServerOrSentinel(t *testing.T) {
+	tests := []struct {
+		url      string
+		sentinel bool
+		addrs    []string
+		master   string
+	}{
+		{url: "redis://:pw@10.0.0.1:6380/2"},
+		{url: "redis://s1:26379/0?master_name=mymaster&addr=s2:26379&addr=s3:26379", sentinel: true,
+			addrs: []string{"s1:26379", "s2:26379", "s3:26379"}, master: "mymaster"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			c, err := Load(env(map[string]string{"REDIS_URL": tt.url}), nil, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := c.Redis()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (r.Failover != nil) != tt.sentinel {
+				t.Fatalf("sentinel = %v, want %v", r.Failover != nil, tt.sentinel)
+			}
+			if tt.sentinel {
+				if r.Failover.MasterName != tt.master || strings.Join(r.Failover.SentinelAddrs, ",") != strings.Join(tt.addrs, ",") {
+					t.Fatalf("failover options %+v", r.Failover)
+				}
+				if _, ok := r.Asynq().(asynq.RedisFailoverClientOpt); !ok {
+					t.Fatalf("asynq option %T", r.Asynq())
+				}
+			}
+			if strings.Contains(r.String(), "pw") {
+				t.Fatalf("String() leaks the password: %s", r)
+			}
+		})
+	}
+}

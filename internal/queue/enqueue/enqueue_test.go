@@ -1,0 +1,90 @@
+package enqueue_test
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+func TestPrepare(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	past := now.Add(-time.Hour)
+	future := now.Add(time.Hour)
+	neg, big := -1, 101
+	tests := []struct {
+		name    string
+		body    string
+		at      *time.Time
+		max     *int
+		wantErr string
+		check   func(t *testing.T, p enqueue.Prepared)
+	}{
+		{name: "defaults", body: `{"task":"scheduled_prompt_cleanup"}`, check: func(t *testing.T, p enqueue.Prepared) {
+			if p.Queue != jobs.QueueMaintenance || string(p.Task.Payload()) != `{"days_to_keep":7}` {
+				t.Errorf("queue %s payload %s", p.Queue, p.Task.Payload())
+			}
+		}},
+		{name: "payload and queue override", body: `{"task":"scheduled_prompt_cleanup","payload":{"days_to_keep":2},"queue":"critical"}`, check: func(t *testing.T, p enqueue.Prepared) {
+			if p.Queue != jobs.QueueCritical || string(p.Task.Payload()) != `{"days_to_keep":2}` {
+				t.Errorf("queue %s payload %s", p.Queue, p.Task.Payload())
+			}
+		}},
+		{name: "null payload means defaults", body: `{"task":"kg_decay_task","payload":null}`},
+		{name: "at in the future", body: `{"task":"kg_decay_task"}`, at: &future},
+		{name: "at in the past", body: `{"task":"kg_decay_task"}`, at: &past, wantErr: "in the past"},
+		{name: "negative retries", body: `{"task":"kg_decay_task"}`, max: &neg, wantErr: "max_retry"},
+		{name: "too many retries", body: `{"task":"kg_decay_task"}`, max: &big, wantErr: "max_retry"},
+		{name: "short timeout", body: `{"task":"kg_decay_task","timeout":"10ms"}`, wantErr: "timeout"},
+		{name: "short unique", body: `{"task":"kg_decay_task","unique":"10ms"}`, wantErr: "unique"},
+		{name: "negative delay", body: `{"task":"kg_decay_task","in":"-1m"}`, wantErr: "negative"},
+		{name: "unknown task", body: `{"task":"nope"}`, wantErr: "unknown task"},
+		{name: "node-local task", body: `{"task":"journal_stream"}`, wantErr: "every worker process"},
+		{name: "invalid payload", body: `{"task":"scheduled_prompt_tick","payload":{"limit":-3}}`, wantErr: "limit must be"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r enqueue.Request
+			if err := json.Unmarshal([]byte(tt.body), &r); err != nil {
+				t.Fatal(err)
+			}
+			if tt.at != nil {
+				r.At = tt.at
+			}
+			if tt.max != nil {
+				r.MaxRetry = tt.max
+			}
+			p, err := enqueue.Prepare(jobs.Catalog(), r, now)
+			if tt.wantErr != "" {
+				if !errors.Is(err, enqueue.ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want ErrInvalid mentioning %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, p)
+			}
+		})
+	}
+}
+
+func TestDurationJSON(t *testing.T) {
+	var d enqueue.Duration
+	if err := json.Unmarshal([]byte(`"90s"`), &d); err != nil || time.Duration(d) != 90*time.Second {
+		t.Fatalf("%v %v", d, err)
+	}
+	if err := json.Unmarshal([]byte(`90`), &d); err == nil {
+		t.Error("a bare number was accepted as a duration")
+	}
+	b, _ := json.Marshal(enqueue.Duration(time.Minute))
+	if string(b) != `"1m0s"` {
+		t.Errorf("marshal = %s", b)
+	}
+}
