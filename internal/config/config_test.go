@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"flag"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -123,15 +125,75 @@ func TestGatingEnvReflectsConfiguration(t *testing.T) {
 	}
 }
 
-func TestReadmeDocumentsEverySetting(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+// update rewrites the README's settings table from the code:
+// go test ./internal/config -run TestReadmeSettingsTable -update
+var update = flag.Bool("update", false, "rewrite the README's settings table from Config's tags")
+
+const (
+	tableBegin = "<!-- settings table: generated from internal/config (go test ./internal/config -run TestReadmeSettingsTable -update) -->\n"
+	tableEnd   = "<!-- end of settings table -->\n"
+)
+
+// settingsTable renders Settings as the README's markdown table.
+func settingsTable() string {
+	var b strings.Builder
+	b.WriteString("| Variable | Flag | Default | Meaning |\n|---|---|---|---|\n")
+	for _, s := range Settings() {
+		def := "(empty)"
+		if s.Default != "" {
+			def = "`" + s.Default + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | `-%s` | %s | %s |\n", s.Env, s.Flag(), def, strings.ReplaceAll(s.Help, "|", "\\|"))
+	}
+	return b.String()
+}
+
+func TestReadmeSettingsTableIsGeneratedFromTheCode(t *testing.T) {
+	const path = "../../README.md"
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range Settings() {
-		if !strings.Contains(string(readme), "| `"+s.Env+"` |") {
-			t.Errorf("README's configuration table lacks %s", s.Env)
+	readme := string(data)
+	i, j := strings.Index(readme, tableBegin), strings.Index(readme, tableEnd)
+	if i < 0 || j < i {
+		t.Fatalf("README lacks the settings table markers %q ... %q", tableBegin, tableEnd)
+	}
+	got, want := readme[i+len(tableBegin):j], settingsTable()
+	if got == want {
+		return
+	}
+	if *update {
+		if err := os.WriteFile(path, []byte(readme[:i+len(tableBegin)]+want+readme[j:]), 0o644); err != nil {
+			t.Fatal(err)
 		}
+		return
+	}
+	t.Errorf("README's settings table differs from Config's tags; run go test ./internal/config -run TestReadmeSettingsTable -update\n--- README\n%s\n--- code\n%s", got, want)
+}
+
+func TestConfigErrorsNeverEchoURLCredentials(t *testing.T) {
+	for _, tt := range []struct{ env, value string }{
+		{"REDIS_URL", "redis://:PW-s3cret@host:badport/0"},
+		{"REDIS_URL", "redis://user:PW-s3cret@host:6379/notadb"},
+		{"REDIS_URL", "redis://sentinel:26379/0?master_name=m&password=PW-s3cret&bogus=1"},
+		{"FALKORDB_URL", "redis://:PW-s3cret@host:badport/0"},
+		{"FALKORDB_URL", "http://:PW-s3cret@falkordb:6379"},
+	} {
+		t.Run(tt.value, func(t *testing.T) {
+			_, err := Load(env(map[string]string{tt.env: tt.value}), nil, io.Discard)
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Setting != tt.env {
+				t.Fatalf("err = %v, want a config error naming %s", err, tt.env)
+			}
+			if strings.Contains(err.Error(), "PW-s3cret") || strings.Contains(err.Error(), "s3cret") {
+				t.Fatalf("the error shows the password: %v", err)
+			}
+		})
+	}
+	_, err := Load(env(nil), []string{"-redis-url", "redis://:PW-s3cret@host:badport/0"}, io.Discard)
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("flag: err = %v", err)
 	}
 }
 
