@@ -1,0 +1,188 @@
+package app
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
+	"github.com/stargazer/stargazer-jobs/internal/clients/platform/matrix"
+	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/embeddedredis"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
+	"github.com/stargazer/stargazer-jobs/monitor"
+)
+
+// EmbeddingsRateKey holds the shared embeddings rate limit
+// (EMBEDDINGS_RATE_PER_MINUTE).
+const EmbeddingsRateKey = "sgjobs:ratelimit:embeddings"
+
+// connect opens Redis (the embedded one when none is configured), asynq's
+// client and inspector, and the metrics registry.
+func (a *app) connect() error {
+	if a.cfg.Embedded() {
+		emb, err := embeddedredis.Start()
+		if err != nil {
+			return err
+		}
+		a.stops.push(emb.Close)
+		a.cfg.RedisURL = emb.URL()
+		a.log.Warn("no REDIS_URL set: using an embedded in-process Redis; nothing persists and no other process can share it",
+			"embedded_redis", emb.Addr())
+	}
+	rconf, err := a.cfg.Redis()
+	if err != nil {
+		return err
+	}
+	a.rdb = rconf.NewClient()
+	a.stops.push(func() { a.rdb.Close() })
+	a.connOpt = rconf.Asynq()
+	a.insp = asynq.NewInspector(a.connOpt)
+	a.stops.push(func() { a.insp.Close() })
+	a.client = asynq.NewClient(a.connOpt)
+	a.stops.push(func() { a.client.Close() })
+
+	a.reg = prometheus.NewRegistry()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.metrics = monitor.NewMetrics(a.reg)
+	if a.cfg.QueueMetrics {
+		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))
+	}
+	return nil
+}
+
+// handlerDeps builds what the handlers may use: every client this
+// configuration provides. A client that is not configured stays nil, and
+// handlers.Register leaves out the tasks that need it.
+func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
+	cfg := a.cfg
+	d := handlers.Deps{
+		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit,
+		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
+		Enqueuer: a.client, Events: a.publisher, Counter: a.metrics,
+		Intervals:          map[string]time.Duration{},
+		StarwikiStaleAfter: time.Duration(cfg.StarwikiStaleDays) * 24 * time.Hour,
+		OrgHubDegree:       cfg.KAOrgHubDegreeThreshold,
+		PruneAge:           time.Duration(cfg.KGPruneAgeDays) * 24 * time.Hour,
+		KGBulkDir:          cfg.KGBulkDir,
+	}
+	for _, dec := range a.decisions {
+		d.Intervals[dec.Spec.Name] = dec.Interval
+	}
+	if cfg.FalkorDBURL != "" {
+		g, closeGraph, err := openGraph(ctx, a.log, cfg)
+		if err != nil {
+			return d, err
+		}
+		a.stops.push(closeGraph)
+		d.Graph = g
+		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize}
+	}
+	if cfg.LLMBaseURL != "" {
+		d.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.metrics})
+	}
+	if u := cmp.Or(cfg.EmbeddingsBaseURL, cfg.LLMBaseURL); u != "" {
+		d.Embedder = llm.New(llm.Options{BaseURL: u, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.metrics})
+	}
+	if len(cfg.GeminiAPIKeys) > 0 {
+		prober, err := gemini.NewProber(gemini.NewPool(a.rdb), gemini.ProberOptions{
+			BaseURL: cfg.GeminiBaseURL, Keys: cfg.GeminiAPIKeys, Model: cfg.GeminiEmbeddingModel,
+		})
+		if err != nil {
+			return d, err
+		}
+		d.KeyProber = prober
+	}
+	if cfg.EmbeddingsRatePerMinute > 0 {
+		d.EmbedLimiter = ratelimit.New(a.rdb, EmbeddingsRateKey, cfg.EmbeddingsRatePerMinute, int(cfg.EmbeddingsRatePerMinute/10))
+	}
+	if cfg.DiscordBotToken != "" {
+		d.Platforms = append(d.Platforms, discord.New(discord.Options{BaseURL: cfg.DiscordAPIBaseURL, Token: cfg.DiscordBotToken}))
+	}
+	if cfg.MatrixHomeserverURL != "" && cfg.MatrixAccessToken != "" {
+		d.Platforms = append(d.Platforms, matrix.New(matrix.Options{HomeserverURL: cfg.MatrixHomeserverURL, Token: cfg.MatrixAccessToken}))
+	}
+	return d, nil
+}
+
+// openGraph connects to FalkorDB with a client of its own, configured for
+// long queries: no read timeout (queries are bounded on the server by the
+// graph's own timeout) and no retries (a write retried after a timeout
+// would run twice). It creates the schema in the background: a FalkorDB
+// that is down at startup must not stop the worker, and the graph tasks'
+// writes are keyed MERGEs that stay correct without it.
+func openGraph(ctx context.Context, log *slog.Logger, cfg config.Config) (*graph.Graph, func(), error) {
+	opt, err := redis.ParseURL(cfg.FalkorDBURL)
+	if err != nil {
+		return nil, nil, &config.Error{Setting: "FALKORDB_URL", Reason: "must be a redis:// URL"}
+	}
+	opt.ReadTimeout, opt.MaxRetries = -1, -1
+	rdb := redis.NewClient(opt)
+	g := graph.New(rdb, cfg.FalkorDBGraph, graph.Timeout(graphQueryTimeout))
+	sctx, stop := context.WithCancel(ctx)
+	go ensureSchema(sctx, log, g, cfg.FalkorDBGraph)
+	// Closing the client ends a schema query in flight, so the goroutine
+	// ends with it.
+	return g, func() { stop(); rdb.Close() }, nil
+}
+
+// ensureSchema creates the graph's indexes and constraints, retrying with
+// backoff until it succeeds or ctx ends.
+func ensureSchema(ctx context.Context, log *slog.Logger, g *graph.Graph, name string) {
+	backoff := time.Second
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err := graph.EnsureSchema(sctx, g)
+		cancel()
+		if err == nil {
+			log.Info("knowledge graph schema ensured", "graph", name)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Error("knowledge graph schema not ensured; retrying", "graph", name, "error", err, "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Minute)
+	}
+}
+
+// graphQueryTimeout bounds each read query on the FalkorDB server; the
+// maintenance tasks write in batches sized to finish far below it.
+const graphQueryTimeout = 60 * time.Second
+
+// waitForRedis reports an unreachable Redis and keeps trying with backoff
+// instead of exiting: a crash loop would help nobody, and asynq recovers by
+// itself once Redis is back.
+func waitForRedis(ctx context.Context, log *slog.Logger, rdb *redis.Client) {
+	backoff := 500 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := rdb.Ping(pctx).Err()
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		log.Error("redis unreachable; retrying", "error", err, "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}

@@ -1,0 +1,63 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/monitor"
+)
+
+// serveMonitor starts the HTTP server of the dashboard, the enqueue API,
+// /metrics and the probes. It comes before the asynq server so that probes
+// answer (/readyz with 503) while Redis is still unreachable.
+func (a *app) serveMonitor() error {
+	cfg := a.cfg
+	auth := monitor.Auth{Token: cfg.MonitorToken, User: cfg.MonitorUser, Password: cfg.MonitorPassword}
+	mon := monitor.New(monitor.Options{
+		Gatherer: a.reg, Registerer: a.reg,
+		Redis:        monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }),
+		RedisConnOpt: a.connOpt, DashboardPath: cfg.DashboardPath, ReadOnly: cfg.DashboardReadOnly,
+		Auth: auth, Catalog: a.catalog, Enqueuer: a.client,
+	})
+	a.stops.push(func() { mon.Close() })
+	addr := cfg.HTTPAddr
+	if !auth.Enabled() {
+		addr = loopback(addr)
+		a.log.Warn("no MONITOR_TOKEN or MONITOR_USER/MONITOR_PASSWORD configured: the dashboard and the enqueue API are unauthenticated, so the HTTP server binds to loopback only",
+			"addr", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return &config.Error{Setting: "HTTP_ADDR", Reason: err.Error()}
+	}
+	httpSrv := &http.Server{Handler: mon, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "error", err)
+		}
+	}()
+	a.stops.push(func() {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = httpSrv.Shutdown(shutCtx)
+	})
+	a.log.Info("monitor listening", "addr", ln.Addr().String(), "auth", auth.Enabled(), "read_only", cfg.DashboardReadOnly,
+		"dashboard", "http://"+ln.Addr().String()+cfg.DashboardPath+"/", "metrics", "/metrics", "api", "/api/v1/tasks")
+	return nil
+}
+
+// loopback rewrites addr's host to the loopback address, keeping its port.
+func loopback(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
+		return addr
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
