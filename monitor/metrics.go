@@ -9,7 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
 )
 
 // Metrics are the worker's own series, labelled by task name.
@@ -23,9 +23,6 @@ type Metrics struct {
 	SchedulerLate  *prometheus.HistogramVec
 	SchedulerMiss  *prometheus.CounterVec
 	TaskItems      *prometheus.CounterVec
-	LLMCalls       *prometheus.CounterVec
-	LLMTokens      *prometheus.CounterVec
-	LLMDuration    *prometheus.HistogramVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -70,20 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "stargazer_task_items_total",
 		Help: "Items handled by task runs (the numeric fields of each run's result: fired, merged, pruned, removed...), by task and item.",
 	}, []string{"task", "item"})
-	m.LLMCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stargazer_llm_calls_total",
-		Help: "LLM calls by endpoint (chat, embeddings), model, purpose and outcome (ok, rate_limited, empty, malformed, timeout, http_<code>, error).",
-	}, []string{"endpoint", "model", "purpose", "outcome"})
-	m.LLMTokens = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stargazer_llm_tokens_total",
-		Help: "Tokens reported by the LLM server, by model, purpose and kind (prompt, completion).",
-	}, []string{"model", "purpose", "kind"})
-	m.LLMDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "stargazer_llm_call_duration_seconds",
-		Help:    "Wall time of LLM calls, by endpoint and purpose.",
-		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
-	}, []string{"endpoint", "purpose"})
-	reg.MustRegister(m.TaskItems, m.LLMCalls, m.LLMTokens, m.LLMDuration)
+	reg.MustRegister(m.TaskItems)
 	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
 		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
 	return m
@@ -96,15 +80,38 @@ func (m *Metrics) AddItems(task, item string, n float64) {
 	}
 }
 
-// LLMCall records one LLM call (it implements llm.Observer).
-func (m *Metrics) LLMCall(endpoint, model, purpose, outcome string, elapsed time.Duration, u llm.Usage) {
-	m.LLMCalls.WithLabelValues(endpoint, model, purpose, outcome).Inc()
-	m.LLMDuration.WithLabelValues(endpoint, purpose).Observe(elapsed.Seconds())
-	if u.PromptTokens > 0 {
-		m.LLMTokens.WithLabelValues(model, purpose, "prompt").Add(float64(u.PromptTokens))
+// RunStarted counts a task run that started (server.Observer).
+func (m *Metrics) RunStarted(task string) {
+	m.TaskStarts.WithLabelValues(task).Inc()
+	m.TaskInFlight.WithLabelValues(task).Inc()
+}
+
+// RunFinished counts a finished run by status, and a failed one by error
+// class (server.Observer).
+func (m *Metrics) RunFinished(task, status, class string, elapsed time.Duration) {
+	m.TaskInFlight.WithLabelValues(task).Dec()
+	m.TaskRuns.WithLabelValues(task, status).Inc()
+	m.TaskDuration.WithLabelValues(task).Observe(elapsed.Seconds())
+	if class != "" {
+		m.TaskCrashes.WithLabelValues(task, class).Inc()
 	}
-	if u.CompletionTokens > 0 {
-		m.LLMTokens.WithLabelValues(model, purpose, "completion").Add(float64(u.CompletionTokens))
+}
+
+// lateThreshold separates on-time fires from late ones.
+const lateThreshold = 5 * time.Second
+
+// Fire records how the scheduler handled a due occurrence
+// (periodic.Observer).
+func (m *Metrics) Fire(task, outcome string, late time.Duration, missed int) {
+	if outcome == periodic.OutcomeEnqueued {
+		m.SchedulerLate.WithLabelValues(task).Observe(late.Seconds())
+		if late > lateThreshold {
+			outcome = "late"
+		}
+	}
+	m.SchedulerFires.WithLabelValues(task, outcome).Inc()
+	if missed > 0 {
+		m.SchedulerMiss.WithLabelValues(task).Add(float64(missed))
 	}
 }
 

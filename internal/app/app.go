@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -89,12 +90,13 @@ type app struct {
 	decisions []jobs.Decision
 
 	// set by connect
-	rdb     *redis.Client
-	connOpt asynq.RedisConnOpt
-	insp    *asynq.Inspector
-	client  *asynq.Client
-	reg     *prometheus.Registry
-	metrics *monitor.Metrics
+	rdb        *redis.Client
+	connOpt    asynq.RedisConnOpt
+	insp       *asynq.Inspector
+	client     *asynq.Client
+	reg        *prometheus.Registry
+	metrics    *monitor.Metrics
+	llmMetrics *llm.Metrics
 
 	// set by startServer
 	publisher *events.Publisher

@@ -16,7 +16,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/monitor"
 )
 
 // startBackground enqueues this deployment's startup tasks and starts the
@@ -29,7 +28,7 @@ func (a *app) startBackground(ctx context.Context) error {
 	if cfg.SchedulerEnabled {
 		s, err := periodic.New(periodic.Config{
 			Redis: a.rdb, Enqueuer: a.client, States: periodic.InspectorStates{Inspector: a.insp},
-			Observer: schedulerMetrics{a.metrics}, Logger: a.log.With("component", "scheduler"),
+			Observer: a.metrics, Logger: a.log.With("component", "scheduler"),
 		}, entries(a.decisions))
 		if err != nil {
 			return err
@@ -134,22 +133,4 @@ func entries(ds []jobs.Decision) []periodic.Entry {
 		out = append(out, e)
 	}
 	return out
-}
-
-type schedulerMetrics struct{ m *monitor.Metrics }
-
-// lateThreshold separates on-time fires from late ones in the metrics.
-const lateThreshold = 5 * time.Second
-
-func (s schedulerMetrics) Fire(task, outcome string, late time.Duration, missed int) {
-	if outcome == periodic.OutcomeEnqueued {
-		s.m.SchedulerLate.WithLabelValues(task).Observe(late.Seconds())
-		if late > lateThreshold {
-			outcome = "late"
-		}
-	}
-	s.m.SchedulerFires.WithLabelValues(task, outcome).Inc()
-	if missed > 0 {
-		s.m.SchedulerMiss.WithLabelValues(task).Add(float64(missed))
-	}
 }

@@ -55,6 +55,7 @@ func (a *app) connect() error {
 	a.reg = prometheus.NewRegistry()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.metrics = monitor.NewMetrics(a.reg)
+	a.llmMetrics = llm.NewMetrics(a.reg)
 	if a.cfg.QueueMetrics {
 		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))
 	}
@@ -89,10 +90,10 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize}
 	}
 	if cfg.LLMBaseURL != "" {
-		d.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.metrics})
+		d.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})
 	}
 	if u := cmp.Or(cfg.EmbeddingsBaseURL, cfg.LLMBaseURL); u != "" {
-		d.Embedder = llm.New(llm.Options{BaseURL: u, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.metrics})
+		d.Embedder = llm.New(llm.Options{BaseURL: u, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})
 	}
 	if len(cfg.GeminiAPIKeys) > 0 {
 		prober, err := gemini.NewProber(gemini.NewPool(a.rdb), gemini.ProberOptions{

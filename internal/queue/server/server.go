@@ -18,7 +18,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
-	"github.com/stargazer/stargazer-jobs/monitor"
 )
 
 // Options configure the server.
@@ -27,7 +26,8 @@ type Options struct {
 	Concurrency     int
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
-	Metrics         *monitor.Metrics
+	// Metrics records every run (monitor.Metrics implements it).
+	Metrics Observer
 	// Events receives one scheduler_task_run event per run; nil disables.
 	// The caller runs it (Async.Run).
 	Events *events.Async
@@ -38,6 +38,15 @@ type Options struct {
 	RedisClient redis.UniversalClient
 	// SingletonLease is the lease of a running singleton (0: the default).
 	SingletonLease time.Duration
+}
+
+// Observer records each run, for metrics. Task names are bounded: a type
+// that is not in the catalog is reported as "unknown".
+type Observer interface {
+	RunStarted(task string)
+	// RunFinished reports a run's status and, for a failed run, the class
+	// of its error (timeout, canceled, panic...); class is "" otherwise.
+	RunFinished(task, status, class string, elapsed time.Duration)
 }
 
 // index maps task names to specs, built once so the per-task middleware
@@ -225,8 +234,7 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			}
 			log := o.Logger.With("task", t.Type(), "task_id", id, "queue", queue)
 			log.Debug("task started", "retried", retried)
-			o.Metrics.TaskStarts.WithLabelValues(name).Inc()
-			o.Metrics.TaskInFlight.WithLabelValues(name).Inc()
+			o.Metrics.RunStarted(name)
 			start := time.Now()
 
 			err := next.ProcessTask(ctx, t)
@@ -238,13 +246,12 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 
 			elapsed := time.Since(start)
 			status := classify(err)
-			o.Metrics.TaskInFlight.WithLabelValues(name).Dec()
-			o.Metrics.TaskRuns.WithLabelValues(name, status).Inc()
-			o.Metrics.TaskDuration.WithLabelValues(name).Observe(elapsed.Seconds())
-			errMsg := ""
+			class := ""
 			if err != nil && status != StatusSkipped {
-				o.Metrics.TaskCrashes.WithLabelValues(name, errorClass(ctx, err, status)).Inc()
+				class = errorClass(ctx, err, status)
 			}
+			o.Metrics.RunFinished(name, status, class, elapsed)
+			errMsg := ""
 			if err != nil {
 				errMsg = err.Error()
 				maxRetry, _ := asynq.GetMaxRetry(ctx)
