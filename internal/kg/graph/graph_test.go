@@ -494,3 +494,32 @@ func TestResultAccessors(t *testing.T) {
 		}
 	}
 }
+
+func TestScanReadsColumnsByNameAndRefusesWrongTypes(t *testing.T) {
+	res := &graph.Result{Columns: []string{"id", "name", "w", "tags", "gone"}, Rows: [][]any{
+		{int64(7), "Ada", int64(2), []any{"a"}, nil},
+		{int64(8), int64(42), 0.5, nil, nil},
+	}}
+	var id int64
+	var name string
+	var w float64
+	var tags []any
+	gone := "kept"
+	if err := res.Scan(0, map[string]any{"name": &name, "id": &id, "w": &w, "tags": &tags, "gone": &gone}); err != nil {
+		t.Fatal(err)
+	}
+	if id != 7 || name != "Ada" || w != 2 || len(tags) != 1 || gone != "kept" {
+		t.Fatalf("scanned %d %q %v %v %q", id, name, w, tags, gone)
+	}
+	err := res.Scan(1, map[string]any{"name": &name})
+	if err == nil || !strings.Contains(err.Error(), `"name"`) {
+		t.Fatalf("a number in a string column: err = %v", err)
+	}
+	if err := res.Scan(0, map[string]any{"missing": &name}); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("a missing column: err = %v", err)
+	}
+	var unsupported int
+	if err := res.Scan(0, map[string]any{"id": &unsupported}); err == nil {
+		t.Fatal("an unsupported destination was accepted")
+	}
+}

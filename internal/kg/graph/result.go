@@ -187,3 +187,46 @@ func AsBool(v any) (bool, error) {
 	}
 	return false, fmt.Errorf("value %v (%T) is not a boolean", v, v)
 }
+
+// Scan copies the columns of one row into dest, by column name: each value
+// of dest points to an int64, float64 (an integer converts), string, bool,
+// []any, map[string]any, Node or any. A null leaves the destination as it
+// is; a missing column or a value of another type is an error naming the
+// column, so an unexpected row shape is reported instead of read as zero.
+func (r *Result) Scan(row int, dest map[string]any) error {
+	for column, d := range dest {
+		v, err := r.Value(row, column)
+		if err != nil {
+			return err
+		}
+		if v == nil {
+			continue
+		}
+		ok := true
+		switch d := d.(type) {
+		case *int64:
+			*d, ok = v.(int64)
+		case *float64:
+			f, err := AsFloat64(v)
+			*d, ok = f, err == nil
+		case *string:
+			*d, ok = v.(string)
+		case *bool:
+			*d, ok = v.(bool)
+		case *[]any:
+			*d, ok = v.([]any)
+		case *map[string]any:
+			*d, ok = v.(map[string]any)
+		case *Node:
+			*d, ok = v.(Node)
+		case *any:
+			*d = v
+		default:
+			return fmt.Errorf("column %q: cannot scan into %T", column, d)
+		}
+		if !ok {
+			return fmt.Errorf("column %q: value %v (%T) does not fit %T", column, v, v, d)
+		}
+	}
+	return nil
+}

@@ -123,6 +123,9 @@ type Report struct {
 	LLMCalls     int
 	LLMErrors    int
 	LastLLMError string
+	// BadRows counts graph rows skipped because their properties had
+	// unexpected types.
+	BadRows int
 }
 
 // Run organises up to MaxHubs hubs, the largest first. A hub whose answer
@@ -133,9 +136,9 @@ func (o *Organizer) Run(ctx context.Context, opts Options) (Report, error) {
 	opts = opts.withDefaults()
 	var rep Report
 	if o.LLM == nil || opts.Model == "" {
-		return rep, errors.New("kghubs: no LLM to propose categories")
+		return rep, errors.New("hubs: no LLM to propose categories")
 	}
-	hubs, err := o.findHubs(ctx, opts)
+	hubs, err := o.findHubs(ctx, opts, &rep.BadRows)
 	if err != nil {
 		return rep, err
 	}
@@ -195,9 +198,9 @@ type hub struct {
 const findHubsQuery = `MATCH (h:Entity) WHERE indegree(h) + outdegree(h) >= $min
 MATCH (h)-[r:REL]-(m:Entity) WHERE r.organised IS NULL AND m <> h
 WITH h, count(DISTINCT m) AS n WHERE n >= $min
-RETURN id(h), h.key, h.name, h.type, n ORDER BY n DESC, h.key LIMIT $hubs`
+RETURN id(h) AS id, h.key AS key, h.name AS name, h.type AS type, n ORDER BY n DESC, h.key LIMIT $hubs`
 
-func (o *Organizer) findHubs(ctx context.Context, opts Options) ([]hub, error) {
+func (o *Organizer) findHubs(ctx context.Context, opts Options, bad *int) ([]hub, error) {
 	res, err := o.Graph.ROQuery(ctx, findHubsQuery, map[string]any{"min": opts.MinNeighbours, "hubs": opts.MaxHubs})
 	if errors.Is(err, graph.ErrNoGraph) {
 		return nil, nil
@@ -206,17 +209,12 @@ func (o *Organizer) findHubs(ctx context.Context, opts Options) ([]hub, error) {
 		return nil, fmt.Errorf("finding hubs: %w", err)
 	}
 	var out []hub
-	for _, row := range res.Rows {
+	for i := range res.Rows {
 		h := hub{}
-		var err1, err2 error
-		h.ID, err1 = graph.AsInt64(row[0])
-		h.Key, err2 = graph.AsString(row[1])
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("finding hubs: %w", err)
+		if err := res.Scan(i, map[string]any{"id": &h.ID, "key": &h.Key, "name": &h.Name, "type": &h.Type, "n": &h.Unexamined}); err != nil || h.Key == "" {
+			*bad++ // the bot writes to the graph too: one odd node is skipped, not fatal
+			continue
 		}
-		h.Name, _ = row[2].(string)
-		h.Type, _ = row[3].(string)
-		h.Unexamined, _ = row[4].(int64)
 		out = append(out, h)
 	}
 	return out, nil
@@ -236,38 +234,32 @@ const neighboursQuery = `MATCH (h:Entity) WHERE id(h) = $h AND h.key = $hk
 MATCH (h)-[r:REL]-(m:Entity) WHERE r.organised IS NULL AND m <> h
 WITH h, m, collect(DISTINCT CASE WHEN startNode(r) = h THEN r.type ELSE '<-' + r.type END) AS rels,
   max(coalesce(r.weight, 1.0)) AS w, max(r.last_seen) AS ls
-RETURN id(m), m.key, m.name, m.type, rels, w, ls ORDER BY w DESC, m.key LIMIT $n`
+RETURN id(m) AS id, m.key AS key, m.name AS name, m.type AS type, rels, w, ls ORDER BY w DESC, m.key LIMIT $n`
 
 const categoriesQuery = `MATCH (h:Entity) WHERE id(h) = $h AND h.key = $hk
 MATCH (h)-[:REL {type: 'has_category'}]->(c:Category)
-RETURN c.key, c.name`
+RETURN c.key AS key, c.name AS name`
 
-func (o *Organizer) neighbours(ctx context.Context, opts Options, h *hub) ([]neighbour, error) {
+func (o *Organizer) neighbours(ctx context.Context, opts Options, h *hub, bad *int) ([]neighbour, error) {
 	params := map[string]any{"h": h.ID, "hk": h.Key, "n": opts.MaxNeighbours}
 	res, err := o.Graph.ROQuery(ctx, neighboursQuery, params)
 	if err != nil {
 		return nil, fmt.Errorf("reading neighbours of %s: %w", h.Key, err)
 	}
 	var out []neighbour
-	for _, row := range res.Rows {
+	for i := range res.Rows {
 		n := neighbour{}
-		var err1, err2 error
-		n.ID, err1 = graph.AsInt64(row[0])
-		n.Key, err2 = graph.AsString(row[1])
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("reading neighbours of %s: %w", h.Key, err)
+		var rels []any
+		if err := res.Scan(i, map[string]any{"id": &n.ID, "key": &n.Key, "name": &n.Name, "type": &n.Type,
+			"rels": &rels, "w": &n.Weight, "ls": &n.LastSeen}); err != nil || n.Key == "" {
+			*bad++
+			continue
 		}
-		n.Name, _ = row[2].(string)
-		n.Type, _ = row[3].(string)
-		if list, ok := row[4].([]any); ok {
-			for _, v := range list {
-				if s, ok := v.(string); ok {
-					n.Rels = append(n.Rels, s)
-				}
+		for _, v := range rels {
+			if s, ok := v.(string); ok {
+				n.Rels = append(n.Rels, s)
 			}
 		}
-		n.Weight, _ = graph.AsFloat64(row[5])
-		n.LastSeen = row[6]
 		out = append(out, n)
 	}
 	res, err = o.Graph.ROQuery(ctx, categoriesQuery, params)
@@ -275,9 +267,12 @@ func (o *Organizer) neighbours(ctx context.Context, opts Options, h *hub) ([]nei
 		return nil, fmt.Errorf("reading categories of %s: %w", h.Key, err)
 	}
 	h.ExistingCategory = map[string]category{}
-	for _, row := range res.Rows {
-		key, _ := row[0].(string)
-		name, _ := row[1].(string)
+	for i := range res.Rows {
+		var key, name string
+		if err := res.Scan(i, map[string]any{"key": &key, "name": &name}); err != nil {
+			*bad++
+			continue
+		}
 		if norm := graph.NormalizeName(name); key != "" && norm != "" {
 			h.ExistingCategory[norm] = category{Key: key, Name: name, Existing: true}
 		}
@@ -287,7 +282,7 @@ func (o *Organizer) neighbours(ctx context.Context, opts Options, h *hub) ([]nei
 
 // organise asks the model about one hub and applies its answer.
 func (o *Organizer) organise(ctx context.Context, opts Options, h hub, rep *Report) error {
-	ns, err := o.neighbours(ctx, opts, &h)
+	ns, err := o.neighbours(ctx, opts, &h, &rep.BadRows)
 	if err != nil {
 		return err
 	}

@@ -122,6 +122,9 @@ type Report struct {
 	// Vanished counts merges skipped because an entity disappeared
 	// meanwhile (merged or deleted by someone else).
 	Vanished int
+	// BadRows counts entities left out because their properties had
+	// unexpected types.
+	BadRows int
 	// LastLLMError describes the last failed call, for the task's result.
 	LastLLMError string
 }
@@ -157,7 +160,8 @@ func (e *Engine) Merge(ctx context.Context, o Options) (Report, error) {
 			return r.rep, err
 		}
 	}
-	es, err := scanEntities(ctx, e.Graph)
+	es, bad, err := scanEntities(ctx, e.Graph)
+	r.rep.BadRows = bad
 	if err != nil {
 		return r.rep, err
 	}

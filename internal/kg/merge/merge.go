@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 )
 
 // node names a node for the length of a run: its internal id, for fast
@@ -141,10 +140,10 @@ func (m merger) dupEdges(ctx context.Context, dup node) ([]dupEdge, error) {
 	}{
 		{`MATCH (d:Entity) WHERE id(d) = $d AND d.key = $dk
 MATCH (d)-[r:REL]->(o)
-RETURN id(r), id(o), coalesce(o.key, ''), coalesce(r.type, 'related_to') LIMIT $n`, true},
+RETURN id(r) AS rel, id(o) AS other, coalesce(o.key, '') AS other_key, coalesce(r.type, 'related_to') AS type LIMIT $n`, true},
 		{`MATCH (d:Entity) WHERE id(d) = $d AND d.key = $dk
 MATCH (o)-[r:REL]->(d)
-RETURN id(r), id(o), coalesce(o.key, ''), coalesce(r.type, 'related_to') LIMIT $n`, false},
+RETURN id(r) AS rel, id(o) AS other, coalesce(o.key, '') AS other_key, coalesce(r.type, 'related_to') AS type LIMIT $n`, false},
 	} {
 		if len(out) >= m.batch {
 			break
@@ -153,12 +152,12 @@ RETURN id(r), id(o), coalesce(o.key, ''), coalesce(r.type, 'related_to') LIMIT $
 		if err != nil {
 			return nil, fmt.Errorf("reading relationships of %s: %w", dup.Key, err)
 		}
-		for _, row := range res.Rows {
-			rid, err1 := graph.AsInt64(row[0])
-			oid, err2 := graph.AsInt64(row[1])
-			okey, err3 := graph.AsString(row[2])
-			typ, err4 := graph.AsString(row[3])
-			if err := errors.Join(err1, err2, err3, err4); err != nil {
+		for i := range res.Rows {
+			var rid, oid int64
+			var okey, typ string
+			// A relationship that cannot be read cannot be moved: the merge
+			// stops rather than lose it.
+			if err := res.Scan(i, map[string]any{"rel": &rid, "other": &oid, "other_key": &okey, "type": &typ}); err != nil {
 				return nil, fmt.Errorf("reading relationships of %s: %w", dup.Key, err)
 			}
 			if seen[rid] || len(out) >= m.batch {
@@ -261,9 +260,9 @@ func (m merger) move(ctx context.Context, rows, drops []map[string]any) (moved, 
 	if len(res.Rows) != 1 {
 		return 0, 0, fmt.Errorf("moving relationships: %d result rows", len(res.Rows))
 	}
-	mv, err1 := graph.AsFloat64(res.Rows[0][0]) // sum() is a float in FalkorDB
-	dr, err2 := graph.AsInt64(res.Rows[0][1])
-	if err := errors.Join(err1, err2); err != nil {
+	var mv float64 // sum() is a float in FalkorDB
+	var dr int64
+	if err := res.Scan(0, map[string]any{"moved": &mv, "dropped": &dr}); err != nil {
 		return 0, 0, fmt.Errorf("moving relationships: %w", err)
 	}
 	return int(mv), int(dr), nil
@@ -296,11 +295,18 @@ func (m merger) fold(ctx context.Context, keep, dup node) (bool, error) {
 func (m merger) bothExist(ctx context.Context, keep, dup node) error {
 	res, err := m.g.ROQuery(ctx, `OPTIONAL MATCH (k:Entity) WHERE id(k) = $k AND k.key = $kk
 OPTIONAL MATCH (d:Entity) WHERE id(d) = $d AND d.key = $dk
-RETURN count(k), count(d)`, map[string]any{"k": keep.ID, "kk": keep.Key, "d": dup.ID, "dk": dup.Key})
+RETURN count(k) AS k, count(d) AS d`, map[string]any{"k": keep.ID, "kk": keep.Key, "d": dup.ID, "dk": dup.Key})
 	if err != nil {
 		return fmt.Errorf("checking entities %s and %s: %w", keep.Key, dup.Key, err)
 	}
-	if len(res.Rows) != 1 || res.Rows[0][0] != int64(1) || res.Rows[0][1] != int64(1) {
+	var k, d int64
+	if len(res.Rows) != 1 {
+		return errVanished
+	}
+	if err := res.Scan(0, map[string]any{"k": &k, "d": &d}); err != nil {
+		return fmt.Errorf("checking entities %s and %s: %w", keep.Key, dup.Key, err)
+	}
+	if k != 1 || d != 1 {
 		return errVanished
 	}
 	return nil

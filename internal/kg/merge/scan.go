@@ -14,41 +14,38 @@ import (
 const scanPage = 5000
 
 // scanEntities reads every Entity node's identity and the facts candidate
-// search and keep choice need, page by page.
-func scanEntities(ctx context.Context, g Graph) ([]entity, error) {
+// search and keep choice need, page by page. A node whose properties have
+// unexpected types (the bot writes to the graph too) is left out and
+// counted in bad, so one bad node never stops the pass.
+func scanEntities(ctx context.Context, g Graph) (out []entity, bad int, err error) {
 	res, err := g.ROQuery(ctx, "MATCH (e:Entity) RETURN max(id(e)) AS top", nil)
 	if errors.Is(err, graph.ErrNoGraph) {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("scanning entities: %w", err)
+		return nil, 0, fmt.Errorf("scanning entities: %w", err)
 	}
-	if len(res.Rows) == 0 || res.Rows[0][0] == nil {
-		return nil, nil
+	var top int64 = -1
+	if len(res.Rows) == 1 {
+		if err := res.Scan(0, map[string]any{"top": &top}); err != nil {
+			return nil, 0, fmt.Errorf("scanning entities: %w", err)
+		}
 	}
-	top, err := graph.AsInt64(res.Rows[0][0])
-	if err != nil {
-		return nil, fmt.Errorf("scanning entities: max id: %w", err)
-	}
-	var out []entity
 	for lo := int64(0); lo <= top; lo += scanPage {
 		res, err := g.ROQuery(ctx, `MATCH (e:Entity) WHERE id(e) >= $lo AND id(e) < $hi
-RETURN id(e), e.key, e.name, e.normalized_name, e.type, e.mention_count, indegree(e) + outdegree(e)`,
+RETURN id(e) AS id, e.key AS key, e.name AS name, e.normalized_name AS norm, e.type AS type,
+  e.mention_count AS mentions, indegree(e) + outdegree(e) AS degree`,
 			map[string]any{"lo": lo, "hi": lo + scanPage})
 		if err != nil {
-			return nil, fmt.Errorf("scanning entities %d-%d: %w", lo, lo+scanPage, err)
+			return nil, bad, fmt.Errorf("scanning entities %d-%d: %w", lo, lo+scanPage, err)
 		}
-		for _, row := range res.Rows {
+		for i := range res.Rows {
 			e := entity{}
-			if e.ID, err = graph.AsInt64(row[0]); err != nil {
-				return nil, fmt.Errorf("scanning entities: id: %w", err)
+			if err := res.Scan(i, map[string]any{"id": &e.ID, "key": &e.Key, "name": &e.Name, "norm": &e.Norm,
+				"type": &e.Type, "mentions": &e.Mentions, "degree": &e.Degree}); err != nil {
+				bad++
+				continue
 			}
-			e.Key, _ = row[1].(string)
-			e.Name, _ = row[2].(string)
-			e.Norm, _ = row[3].(string)
-			e.Type, _ = row[4].(string)
-			e.Mentions, _ = row[5].(int64)
-			e.Degree, _ = row[6].(int64)
 			if e.Norm == "" {
 				e.Norm = graph.NormalizeName(e.Name)
 			}
@@ -58,7 +55,7 @@ RETURN id(e), e.key, e.name, e.normalized_name, e.type, e.mention_count, indegre
 			out = append(out, e)
 		}
 	}
-	return out, nil
+	return out, bad, nil
 }
 
 // relatedLimit is how many relationships of each entity a prompt shows.
@@ -76,14 +73,17 @@ WITH i MATCH (e) WHERE id(e) = i
 OPTIONAL MATCH (e)-[r:REL]-(m)
 WITH i, r, m ORDER BY coalesce(r.weight, 0) DESC
 WITH i, collect(coalesce(r.type, 'related_to') + ' ' + coalesce(m.name, m.key)) AS rel
-RETURN i, rel[0..$n]`, map[string]any{"ids": ids, "n": relatedLimit})
+RETURN i AS id, rel[0..$n] AS rel`, map[string]any{"ids": ids, "n": relatedLimit})
 	if err != nil {
 		return nil, fmt.Errorf("reading context of %d entities: %w", len(ids), err)
 	}
 	out := make(map[int64][]string, len(res.Rows))
-	for _, row := range res.Rows {
-		id, _ := row[0].(int64)
-		list, _ := row[1].([]any)
+	for i := range res.Rows {
+		var id int64
+		var list []any
+		if err := res.Scan(i, map[string]any{"id": &id, "rel": &list}); err != nil {
+			continue // context is a hint to the model; a bad row only shortens it
+		}
 		for _, v := range list {
 			if s, ok := v.(string); ok {
 				out[id] = append(out[id], clipRunes(s, 80))
