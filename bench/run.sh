@@ -9,4 +9,4 @@ command -v redis-server >/dev/null 2>&1 || { echo "redis-server missing: run ./s
 go test -run '^$' -bench 'NoopThroughput' -benchtime 10x -timeout 30m ./bench/
 go test -run '^$' -bench 'IdleCommands|SchedulerLateness|WorkerRSS' -benchtime 1x -timeout 30m ./bench/
 # Knowledge-graph maintenance on a 200k-edge graph (needs the FalkorDB module: ./scripts/test.sh installs it).
-go test -run '^$' -bench 'KGMaintenance200k|KGDecay200kUnbatched' -benchtime 1x -count 3 -timeout 30m ./kgmaint/
+go test -run '^$' -bench 'KGMaintenance200k|KGDecay200kUnbatched' -benchtime 1x -count 3 -timeout 30m ./internal/kg/maint/

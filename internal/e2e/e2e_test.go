@@ -6,6 +6,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -27,6 +28,13 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every scenario here runs several worker processes for tens of
+		// seconds; the -short path is for unit tests.
+		fmt.Println("e2e: multi-process scenarios skipped in -short mode")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "e2e")
 	if err != nil {
 		panic(err)

@@ -1,4 +1,4 @@
-// Package embedded runs an in-process Redis (miniredis) so the worker starts
+// Package embeddedredis runs an in-process Redis (miniredis) so the worker starts
 // on a machine with nothing installed. It is a demo and development aid:
 // nothing persists and nothing outside the process can share it.
 package embeddedredis

@@ -33,7 +33,7 @@ func corpus(prefix string, n int) []extract.Fragment {
 // BenchmarkExtract10kMessages runs 10,000 short messages through the engine
 // against a real Redis and FalkorDB, with the LLM faked (it answers at
 // once: the figures are the engine's own cost, not a model's latency).
-// Run with: go test -run '^$' -bench Extract10k -benchtime 3x ./extract/
+// Run with: go test -run '^$' -bench Extract10k -benchtime 3x ./internal/kg/extract/
 func BenchmarkExtract10kMessages(b *testing.B) {
 	const n = 10_000
 	v := newEnv(b)

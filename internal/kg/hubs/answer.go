@@ -15,7 +15,7 @@ import (
 
 // ErrBadAnswer is an LLM answer that is not the JSON the task asked for.
 // The hub is left as it was and asked about on a later run.
-var ErrBadAnswer = errors.New("kghubs: the model's answer is not the requested JSON")
+var ErrBadAnswer = errors.New("hubs: the model's answer is not the requested JSON")
 
 // category is a validated category of one hub.
 type category struct {

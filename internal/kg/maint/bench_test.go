@@ -85,7 +85,7 @@ func (e *execTimes) Query(ctx context.Context, cypher string, params map[string]
 // connection). Run with -benchtime 1x; docs/performance.md records the
 // figures:
 //
-//	go test -run '^$' -bench KGMaintenance200k -benchtime 1x -timeout 30m ./kgmaint/
+//	go test -run '^$' -bench KGMaintenance200k -benchtime 1x -timeout 30m ./internal/kg/maint/
 func BenchmarkKGMaintenance200k(b *testing.B) {
 	srv := falkortest.Start(b)
 	rdb := srv.Client(b)

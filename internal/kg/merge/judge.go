@@ -13,7 +13,7 @@ import (
 // ErrBadAnswer is an LLM answer that is not the JSON the task asked for.
 // Asking again at once rarely helps; the pairs stay unjudged and are asked
 // about on a later run.
-var ErrBadAnswer = errors.New("kgmerge: the model's answer is not the requested JSON")
+var ErrBadAnswer = errors.New("merge: the model's answer is not the requested JSON")
 
 // judgement is the LLM's valid verdict on one pair.
 type judgement struct {

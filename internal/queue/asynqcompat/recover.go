@@ -1,3 +1,10 @@
+// Package asynqcompat holds every use of asynq's private Redis layout (key
+// names and value formats that asynq keeps in an internal package): the
+// lease recoverer that requeues the tasks of dead workers. Keeping them in
+// one place, with contract tests against a real asynq server, is what makes
+// an asynq upgrade safe to check.
+//
+// It imports nothing of ours.
 package asynqcompat
 
 import (

@@ -1,4 +1,4 @@
-// Package worker assembles the asynq server that runs Stargazer's tasks:
+// Package server assembles the asynq server that runs Stargazer's tasks:
 // queue weights, retry policy, and the middleware every run goes through
 // (panic recovery, structured logs, metrics, debug events).
 package server

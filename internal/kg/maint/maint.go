@@ -1,4 +1,4 @@
-// Package kgmaint maintains the knowledge graph without an LLM: it decays
+// Package maint maintains the knowledge graph without an LLM: it decays
 // relationship weights and prunes the edges that fall under a threshold
 // (Decay), and deletes entities left without any relationship
 // (CollectOrphans).

@@ -1,4 +1,4 @@
-// Package kgmerge keeps the knowledge graph free of duplicate entities: it
+// Package merge keeps the knowledge graph free of duplicate entities: it
 // finds candidate pairs, has the LLM judge the uncertain ones, and merges
 // duplicates into one node without losing a relationship. It also prunes
 // the entities that carry almost nothing (prune.go). kg_consolidation_task

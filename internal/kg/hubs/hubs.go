@@ -1,4 +1,4 @@
-// Package kghubs organises the knowledge graph's hubs: an entity linked to
+// Package hubs organises the knowledge graph's hubs: an entity linked to
 // many others gets a level of named categories between it and them, which
 // the LLM proposes, so that the bot can walk "Alice → Colleagues → Bob"
 // instead of a flat list of hundreds of neighbours. limbic_org_task runs
