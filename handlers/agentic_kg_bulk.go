@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,7 +15,6 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
-	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
@@ -52,11 +52,26 @@ const (
 // cursor moves, over the settled prefix of its messages, only after that
 // channel's results file is written, so a run that dies mid-way redoes
 // that channel and the ledger makes the redo free.
-func agenticKGBulk(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
-	b := &bulkRun{d: d, start: d.Now(), cache: msgcache.New(d.Redis)}
-	res, err := b.run(ctx, p.(*jobs.ChannelBatch).MaxChannels)
+type agenticKGBulk struct {
+	engine extract.Config
+	cache  *msgcache.Store
+	// dir is KG_BULK_DIR, where runs are dumped.
+	dir    string
+	now    func() time.Time
+	log    *slog.Logger
+	events EventPublisher
+}
+
+func newAgenticKGBulk(k kit) Worker[*jobs.ChannelBatch] {
+	return &agenticKGBulk{engine: k.extraction(), cache: msgcache.New(k.Redis()), dir: cmp.Or(k.KGBulkDir, DefaultKGBulkDir),
+		now: k.Now, log: k.Logger, events: k.Events}
+}
+
+func (h *agenticKGBulk) Work(ctx context.Context, p *jobs.ChannelBatch) (Result, error) {
+	b := &bulkRun{h: h, start: h.now(), cache: h.cache}
+	res, err := b.run(ctx, p.MaxChannels)
 	if err != nil {
-		d.Logger.WarnContext(ctx, "agentic_kg_bulk_incremental failed", "task", jobs.AgenticKGBulkIncremental,
+		h.log.WarnContext(ctx, "agentic_kg_bulk_incremental failed", "task", jobs.AgenticKGBulkIncremental,
 			"error", err, "out_dir", b.outDir)
 		b.emit(ctx, "error", err)
 		return nil, extractionFailure(err)
@@ -64,8 +79,9 @@ func agenticKGBulk(ctx context.Context, d Deps, p jobs.Payload) (Result, error) 
 	return res, nil
 }
 
+// bulkRun is one run of agentic_kg_bulk_incremental.
 type bulkRun struct {
-	d      Deps
+	h      *agenticKGBulk
 	start  time.Time
 	cache  *msgcache.Store
 	outDir string
@@ -114,17 +130,12 @@ type bulkResults struct {
 
 func (b *bulkRun) run(ctx context.Context, maxChannels int) (Result, error) {
 	task := jobs.AgenticKGBulkIncremental
-	if b.d.LLM == nil || b.d.Graph == nil {
-		b.d.Logger.DebugContext(ctx, "agentic_kg_bulk_incremental: skip (LLM or graph missing)", "task", task)
-		b.emit(ctx, "skipped", nil)
-		return Result{"status": "skipped"}, nil
-	}
 	chans, err := b.cache.ActiveChannels(ctx, maxChannels)
 	if err != nil {
 		return nil, err
 	}
 	if len(chans) == 0 {
-		b.d.Logger.InfoContext(ctx, "agentic_kg_bulk_incremental: no active channels", "task", task)
+		b.h.log.InfoContext(ctx, "agentic_kg_bulk_incremental: no active channels", "task", task)
 		b.emit(ctx, "skipped", nil)
 		return Result{"status": "skipped"}, nil
 	}
@@ -132,7 +143,7 @@ func (b *bulkRun) run(ctx context.Context, maxChannels int) (Result, error) {
 		return nil, err
 	}
 	if b.read == 0 {
-		b.d.Logger.InfoContext(ctx, fmt.Sprintf("agentic_kg_bulk_incremental: no new messages for %d channel(s)", len(b.chans)),
+		b.h.log.InfoContext(ctx, fmt.Sprintf("agentic_kg_bulk_incremental: no new messages for %d channel(s)", len(b.chans)),
 			"task", task, "bootstrapped", b.bootstrapped)
 		b.emit(ctx, "no_new_messages", nil)
 		return b.result("no_new_messages"), nil
@@ -140,10 +151,7 @@ func (b *bulkRun) run(ctx context.Context, maxChannels int) (Result, error) {
 	if err := b.dump(); err != nil {
 		return nil, err
 	}
-	eng, err := extract.New(extract.Config{
-		LLM: b.d.LLM, Model: b.d.Models.Extraction, Graph: b.d.Graph, Redis: b.d.Redis,
-		Verify: singleton.Verify, Now: b.d.Now, Logger: b.d.Logger.With("task", task),
-	})
+	eng, err := extract.New(b.h.engine)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +173,7 @@ func (b *bulkRun) run(ctx context.Context, maxChannels int) (Result, error) {
 		status = "error"
 	}
 	summary := map[string]any{
-		"status": status, "started_at": b.start.UTC(), "finished_at": b.d.Now().UTC(),
+		"status": status, "started_at": b.start.UTC(), "finished_at": b.h.now().UTC(),
 		"channels": summaries, "totals": b.totals, "messages_processed": b.read,
 		"cursors_moved": b.moved, "cursors_bootstrapped": b.bootstrapped,
 	}
@@ -178,7 +186,7 @@ func (b *bulkRun) run(ctx context.Context, maxChannels int) (Result, error) {
 	if runErr != nil {
 		return nil, runErr
 	}
-	b.d.Logger.InfoContext(ctx, fmt.Sprintf("agentic_kg_bulk_incremental: processed %d message(s) -> %s", b.read, b.outDir),
+	b.h.log.InfoContext(ctx, fmt.Sprintf("agentic_kg_bulk_incremental: processed %d message(s) -> %s", b.read, b.outDir),
 		"task", task, "entities_added", b.totals.EntitiesAdded, "relationships_added", b.totals.RelationshipsAdded)
 	b.emit(ctx, "ok", nil)
 	return b.result("ok"), nil
@@ -206,7 +214,7 @@ func (b *bulkRun) collect(ctx context.Context, chans []msgcache.Channel) error {
 			if latest == (msgcache.Position{}) {
 				continue
 			}
-			moved, err := b.cache.SetCursor(ctx, ch.key, msgcache.Position{}, latest, b.d.Now().UnixMilli())
+			moved, err := b.cache.SetCursor(ctx, ch.key, msgcache.Position{}, latest, b.h.now().UnixMilli())
 			if err != nil {
 				return err
 			}
@@ -227,7 +235,7 @@ func (b *bulkRun) collect(ctx context.Context, chans []msgcache.Channel) error {
 		ch.Count = len(page.Messages)
 		if ch.Count == 0 && page.End != cursors[i] {
 			// Only members whose message is gone: move past them, nothing to dump.
-			if _, err := b.cache.SetCursor(ctx, ch.key, cursors[i], page.End, b.d.Now().UnixMilli()); err != nil {
+			if _, err := b.cache.SetCursor(ctx, ch.key, cursors[i], page.End, b.h.now().UnixMilli()); err != nil {
 				return err
 			}
 		}
@@ -242,7 +250,7 @@ func (b *bulkRun) collect(ctx context.Context, chans []msgcache.Channel) error {
 
 // dump creates the run's directory and writes its working set.
 func (b *bulkRun) dump() error {
-	root := cmp.Or(b.d.KGBulkDir, DefaultKGBulkDir)
+	root := b.h.dir
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return fmt.Errorf("creating the bulk dump directory: %w", err)
 	}
@@ -285,8 +293,8 @@ func (b *bulkRun) extractChannel(ctx context.Context, eng *extract.Engine, ch *b
 	settled := make([]bool, len(frags))
 	var exErr error
 	for lo := 0; lo < len(frags); lo += kgBulkChunk {
-		if b.d.Now().Sub(b.start) > kgBulkBudget {
-			b.d.Logger.InfoContext(ctx, "bulk extraction out of time; the next run goes on from the cursors",
+		if b.h.now().Sub(b.start) > kgBulkBudget {
+			b.h.log.InfoContext(ctx, "bulk extraction out of time; the next run goes on from the cursors",
 				"task", jobs.AgenticKGBulkIncremental, "channel", ch.c.String())
 			break
 		}
@@ -319,7 +327,7 @@ func (b *bulkRun) extractChannel(ctx context.Context, eng *extract.Engine, ch *b
 		return r, errors.Join(exErr, err) // the cursor stays: the next run redoes the channel
 	}
 	if ch.CursorBefore.Before(r.CursorTo) {
-		moved, err := b.cache.SetCursor(ctx, ch.key, ch.CursorBefore, r.CursorTo, b.d.Now().UnixMilli())
+		moved, err := b.cache.SetCursor(ctx, ch.key, ch.CursorBefore, r.CursorTo, b.h.now().UnixMilli())
 		if err != nil {
 			return r, errors.Join(exErr, err)
 		}
@@ -341,7 +349,7 @@ func (b *bulkRun) result(status string) Result {
 
 // emit publishes the original's kg_bulk_incremental debug event.
 func (b *bulkRun) emit(ctx context.Context, status string, err error) {
-	if b.d.Events == nil {
+	if b.h.events == nil {
 		return
 	}
 	channels := len(b.chans)
@@ -357,10 +365,10 @@ func (b *bulkRun) emit(ctx context.Context, status string, err error) {
 		payload["error"] = err.Error()
 		preview = "error=" + clip(err.Error(), 100)
 	}
-	_ = b.d.Events.Publish(ctx, events.Event{
+	_ = b.h.events.Publish(ctx, events.Event{
 		Topic: kgBulkTopic, Source: "background_tasks", Status: status,
-		DurationMS: float64(b.d.Now().Sub(b.start).Microseconds()) / 1000, Preview: preview,
-		Payload: payload, TS: float64(b.d.Now().UnixMilli()) / 1000,
+		DurationMS: float64(b.h.now().Sub(b.start).Microseconds()) / 1000, Preview: preview,
+		Payload: payload, TS: float64(b.h.now().UnixMilli()) / 1000,
 	})
 }
 

@@ -31,7 +31,7 @@ func bulkEnv(t *testing.T) (*kgEnv, Deps, func() []events.Event) {
 }
 
 func runBulk(ctx context.Context, d Deps) (Result, error) {
-	return agenticKGBulk(ctx, d, &jobs.ChannelBatch{MaxChannels: 10})
+	return work(ctx, d, jobs.AgenticKGBulkIncremental, &jobs.ChannelBatch{MaxChannels: 10})
 }
 
 func readJSON(t *testing.T, name string, v any) {
@@ -289,28 +289,29 @@ func TestAgenticKGBulkMovesACursorOnlyAfterItsChannelsResultsAreWritten(t *testi
 }
 
 func TestAgenticKGBulkSkipsWithItsEvent(t *testing.T) {
-	tests := []struct {
-		name  string
-		setup func(t *testing.T, v *kgEnv, d *Deps)
-	}{
-		{"without an LLM", func(t *testing.T, v *kgEnv, d *Deps) {
-			d.LLM = nil
-			chatter(t, v.rdb, guildChan, v.now, 0, 3)
-		}},
-		{"without active channels", func(*testing.T, *kgEnv, *Deps) {}},
+	v, d, received := bulkEnv(t)
+	res, err := runBulk(context.Background(), d) // no active channels
+	if err != nil || res["status"] != "skipped" {
+		t.Fatalf("%v, %v", res, err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			v, d, received := bulkEnv(t)
-			tt.setup(t, v, &d)
-			res, err := runBulk(context.Background(), d)
-			if err != nil || res["status"] != "skipped" {
-				t.Fatalf("%v, %v", res, err)
-			}
-			oneEvent(t, received, "skipped")
-			if n, _ := v.rdb.Exists(context.Background(), KGBulkCursorPrefix+guildChan.String()).Result(); n != 0 || len(dumps(t, d.KGBulkDir)) != 0 {
-				t.Error("a skipped run set a cursor or dumped")
-			}
-		})
+	oneEvent(t, received, "skipped")
+	if n, _ := v.rdb.Exists(context.Background(), KGBulkCursorPrefix+guildChan.String()).Result(); n != 0 || len(dumps(t, d.KGBulkDir)) != 0 {
+		t.Error("a skipped run set a cursor or dumped")
+	}
+}
+
+// Without an LLM the task is not registered (its catalog spec requires
+// one); a handler built anyway refuses to run, once and for all, and
+// touches nothing.
+func TestAgenticKGBulkWithoutAnLLMRefusesToRun(t *testing.T) {
+	v, d, _ := bulkEnv(t)
+	d.LLM = nil
+	chatter(t, v.rdb, guildChan, v.now, 0, 3)
+	res, err := runBulk(context.Background(), d)
+	if res != nil || !errors.Is(err, asynq.SkipRetry) || !strings.Contains(err.Error(), "no LLM client") {
+		t.Fatalf("%v, %v; want a SkipRetry error naming the LLM", res, err)
+	}
+	if n, _ := v.rdb.Exists(context.Background(), KGBulkCursorPrefix+guildChan.String()).Result(); n != 0 || len(dumps(t, d.KGBulkDir)) != 0 {
+		t.Error("a refused run set a cursor or dumped")
 	}
 }

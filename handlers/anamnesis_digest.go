@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
-	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/internal/store/ragstore"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
@@ -40,30 +40,33 @@ const (
 // It does not wrap around: every fragment is already in the graph, and
 // once the ledger has forgotten it (30 days) a second pass would count its
 // mentions twice.
-func anamnesisDigest(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
+type anamnesisDigest struct {
+	engine extract.Config
+	store  *ragstore.Store
+	log    *slog.Logger
+}
+
+func newAnamnesisDigest(k kit) Worker[*jobs.Empty] {
+	return &anamnesisDigest{engine: k.extraction(), store: ragstore.New(k.Redis()), log: k.Logger}
+}
+
+func (h *anamnesisDigest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
 	const task = jobs.AnamnesisDigest
-	if d.LLM == nil || d.Graph == nil {
-		return nil, fmt.Errorf("%s: needs an LLM and the knowledge graph: %w", task, asynq.SkipRetry)
-	}
-	eng, err := extract.New(extract.Config{
-		LLM: d.LLM, Model: d.Models.Extraction, Graph: d.Graph, Redis: d.Redis,
-		Verify: singleton.Verify, Now: d.Now, Logger: d.Logger.With("task", task),
-	})
+	eng, err := extract.New(h.engine)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", task, err, asynq.SkipRetry)
 	}
-	store := ragstore.New(d.Redis)
-	dg := digest{store: store, eng: eng}
-	if err := dg.read(ctx, d); err != nil {
+	dg := digest{store: h.store, eng: eng}
+	if err := dg.read(ctx, h.log); err != nil {
 		return nil, fmt.Errorf("%s: %w", task, err)
 	}
-	err = dg.run(ctx, d)
+	err = dg.run(ctx)
 	if total := dg.c.EntitiesAdded + dg.c.RelationshipsAdded; total > 0 {
-		d.Logger.InfoContext(ctx, fmt.Sprintf("Anamnesis digest: +%d entities/rels (cursor %d/%d, %.1f%%)",
+		h.log.InfoContext(ctx, fmt.Sprintf("Anamnesis digest: +%d entities/rels (cursor %d/%d, %.1f%%)",
 			total, dg.cursor, dg.total, dg.progress()), "task", task, "fragments", dg.c.Fragments)
 	}
 	if err != nil {
-		d.Logger.WarnContext(ctx, "Anamnesis digest failed", "task", task, "error", err,
+		h.log.WarnContext(ctx, "Anamnesis digest failed", "task", task, "error", err,
 			"cursor", dg.cursor, "fragments_extracted", dg.c.Fragments)
 		return nil, extractionFailure(fmt.Errorf("%s: %w", task, err))
 	}
@@ -81,7 +84,7 @@ type digest struct {
 	lost          bool // another run moved the cursor
 }
 
-func (g *digest) read(ctx context.Context, d Deps) error {
+func (g *digest) read(ctx context.Context, log *slog.Logger) error {
 	var err error
 	if g.cursor, err = g.store.Cursor(ctx, AnamnesisCursorKey); err != nil {
 		return err
@@ -92,7 +95,7 @@ func (g *digest) read(ctx context.Context, d Deps) error {
 	if g.cursor > g.total || g.cursor < 0 {
 		// The store was rebuilt shorter: start over. The ledger skips what
 		// was already digested without asking the LLM.
-		d.Logger.WarnContext(ctx, "anamnesis cursor is past the end of the fragment store; starting over",
+		log.WarnContext(ctx, "anamnesis cursor is past the end of the fragment store; starting over",
 			"task", jobs.AnamnesisDigest, "cursor", g.cursor, "total", g.total)
 		moved, err := g.store.MoveCursor(ctx, AnamnesisCursorKey, g.cursor, 0)
 		if err != nil {
@@ -106,7 +109,7 @@ func (g *digest) read(ctx context.Context, d Deps) error {
 	return nil
 }
 
-func (g *digest) run(ctx context.Context, d Deps) error {
+func (g *digest) run(ctx context.Context) error {
 	frags, err := g.store.Range(ctx, g.cursor, anamnesisPerRun)
 	if err != nil {
 		return err

@@ -61,7 +61,7 @@ func TestAnamnesisDigestWalksTheCorpusOnceAndStaysAtItsEnd(t *testing.T) {
 	d := v.deps()
 	texts := lore(t, v, 0, 70)
 
-	res, err := anamnesisDigest(ctx, d, &jobs.Empty{})
+	res, err := work(ctx, d, jobs.AnamnesisDigest, &jobs.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,14 +81,14 @@ func TestAnamnesisDigestWalksTheCorpusOnceAndStaysAtItsEnd(t *testing.T) {
 		t.Fatalf("mentions %v, want %v", got, want)
 	}
 
-	res, err = anamnesisDigest(ctx, d, &jobs.Empty{})
+	res, err = work(ctx, d, jobs.AnamnesisDigest, &jobs.Empty{})
 	if err != nil || res["fragments_read"] != 10 || num(t, res, "cursor") != "70" || num(t, res, "progress_pct") != "100.0" {
 		t.Fatalf("second run %v, %v", res, err)
 	}
 
 	t.Run("at the end, a run reads nothing and changes nothing", func(t *testing.T) {
 		before, calls := graphSnapshot(t, v.g), len(v.llm.Calls())
-		res, err := anamnesisDigest(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.AnamnesisDigest, &jobs.Empty{})
 		if err != nil || res["fragments_read"] != 0 || res["entities_added"] != 0 || num(t, res, "cursor") != "70" {
 			t.Fatalf("run at the end %v, %v", res, err)
 		}
@@ -99,7 +99,7 @@ func TestAnamnesisDigestWalksTheCorpusOnceAndStaysAtItsEnd(t *testing.T) {
 
 	t.Run("fragments appended later are picked up", func(t *testing.T) {
 		more := lore(t, v, 70, 5)
-		res, err := anamnesisDigest(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.AnamnesisDigest, &jobs.Empty{})
 		if err != nil || res["fragments_extracted"] != 5 || num(t, res, "cursor") != "75" || num(t, res, "total_store") != "75" {
 			t.Fatalf("run after appending %v, %v", res, err)
 		}
@@ -126,7 +126,7 @@ func TestAnamnesisDigestResumesAfterAFailureWithoutRepeatingOrSkipping(t *testin
 		}
 		return nil
 	})
-	_, err := anamnesisDigest(ctx, d, &jobs.Empty{})
+	_, err := work(ctx, d, jobs.AnamnesisDigest, &jobs.Empty{})
 	var se *llm.StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("error %v, want the 503, retried", err)
@@ -139,7 +139,7 @@ func TestAnamnesisDigestResumesAfterAFailureWithoutRepeatingOrSkipping(t *testin
 	}
 
 	v.llm.SetHook(nil)
-	res, err := anamnesisDigest(ctx, d, &jobs.Empty{})
+	res, err := work(ctx, d, jobs.AnamnesisDigest, &jobs.Empty{})
 	if err != nil || res["fragments_read"] != 50-anamnesisChunk || res["fragments_extracted"] != 50-anamnesisChunk ||
 		num(t, res, "cursor") != "50" || num(t, res, "progress_pct") != "100.0" {
 		t.Fatalf("resumed run %v, %v", res, err)
@@ -163,7 +163,7 @@ func TestAnamnesisDigestStartsOverWhenTheStoreWasRebuiltShorter(t *testing.T) {
 	if err := v.rdb.Set(ctx, AnamnesisCursorKey, 40, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := anamnesisDigest(ctx, v.deps(), &jobs.Empty{})
+	res, err := work(ctx, v.deps(), jobs.AnamnesisDigest, &jobs.Empty{})
 	if err != nil || res["fragments_extracted"] != 5 || num(t, res, "cursor") != "5" {
 		t.Fatalf("run %v, %v", res, err)
 	}

@@ -29,16 +29,20 @@ var autoKGPass = channelPass{
 // extractor, opt-in with legacy_kg_extraction). It shares the extraction
 // ledger with limbic_anchoring_worker, so with both enabled each message is
 // still extracted once.
-func autoKGExtraction(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	start := d.Now()
-	st, err := autoKGPass.run(ctx, d)
-	publishExtraction(ctx, d, "kg_extraction", start, st, err)
+type autoKGExtraction struct{ passDeps }
+
+func newAutoKGExtraction(k kit) Worker[*jobs.Empty] { return &autoKGExtraction{newPassDeps(k)} }
+
+func (h *autoKGExtraction) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	start := h.now()
+	st, err := autoKGPass.run(ctx, h.passDeps)
+	publishExtraction(ctx, h.passDeps, "kg_extraction", start, st, err)
 	if total := st.EntitiesAdded + st.RelationshipsAdded; total > 0 {
-		d.Logger.InfoContext(ctx, fmt.Sprintf("KG extraction added %d entities/relationships", total),
+		h.log.InfoContext(ctx, fmt.Sprintf("KG extraction added %d entities/relationships", total),
 			"task", jobs.AutoKGExtraction, "messages", st.Fragments, "channels", st.channelsWithNew)
 	}
 	if err != nil {
-		d.Logger.WarnContext(ctx, "KG extraction failed", "task", jobs.AutoKGExtraction,
+		h.log.WarnContext(ctx, "KG extraction failed", "task", jobs.AutoKGExtraction,
 			"error", err, "messages_extracted", st.Fragments)
 		return nil, extractionFailure(err)
 	}

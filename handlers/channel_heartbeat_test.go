@@ -31,7 +31,7 @@ func TestChannelHeartbeatChannelWritesANoteOnlyWhenThereIsSomethingNew(t *testin
 	ref := &jobs.ChannelRef{Platform: guildChan.Platform, ChannelID: guildChan.ID}
 	cache := msgcache.New(rdb)
 
-	res, err := channelHeartbeatChannel(ctx, d, ref)
+	res, err := work(ctx, d, jobs.ChannelHeartbeatChannel, ref)
 	if err != nil || res["notes_written"] != 0 || len(f.Calls()) != 0 {
 		t.Fatalf("empty channel: %v, %v after %d calls", res, err, len(f.Calls()))
 	}
@@ -40,7 +40,7 @@ func TestChannelHeartbeatChannelWritesANoteOnlyWhenThereIsSomethingNew(t *testin
 	if _, err := cache.SetSummary(ctx, guildChan, msgcache.Summary{Text: "The team runs weekly deploys.", LastMessageTS: 1}); err != nil {
 		t.Fatal(err)
 	}
-	res, err = channelHeartbeatChannel(ctx, d, ref)
+	res, err = work(ctx, d, jobs.ChannelHeartbeatChannel, ref)
 	if err != nil || res["notes_written"] != 1 || res["messages_read"] != 3 {
 		t.Fatalf("first heartbeat = %v, %v", res, err)
 	}
@@ -58,7 +58,7 @@ func TestChannelHeartbeatChannelWritesANoteOnlyWhenThereIsSomethingNew(t *testin
 	}
 
 	now = now.Add(time.Hour)
-	res, err = channelHeartbeatChannel(ctx, d, ref)
+	res, err = work(ctx, d, jobs.ChannelHeartbeatChannel, ref)
 	if err != nil || res["notes_written"] != 0 || len(f.Calls()) != 1 {
 		t.Fatalf("second run = %v, %v after %d calls; want no call", res, err, len(f.Calls()))
 	}
@@ -67,7 +67,7 @@ func TestChannelHeartbeatChannelWritesANoteOnlyWhenThereIsSomethingNew(t *testin
 	}
 
 	seed(t, rdb, guildChan, now, "restarted, all green")
-	if res, err := channelHeartbeatChannel(ctx, d, ref); err != nil || res["notes_written"] != 1 {
+	if res, err := work(ctx, d, jobs.ChannelHeartbeatChannel, ref); err != nil || res["notes_written"] != 1 {
 		t.Fatalf("run after a new message = %v, %v", res, err)
 	}
 	if h := hash(t, rdb, msgcache.HeartbeatKey(guildChan)); h["note"] != "note #2" {
@@ -103,7 +103,7 @@ func TestChannelHeartbeatChannelFailuresStoreNothing(t *testing.T) {
 			f := newScriptedLLM(t, func(string) scriptedReply { return tt.reply })
 			now := testBase.Add(time.Hour)
 			seed(t, rdb, roomChan, testBase, "hello")
-			_, err := channelHeartbeatChannel(ctx, summaryDeps(rdb, f, &now), &jobs.ChannelRef{Platform: roomChan.Platform, ChannelID: roomChan.ID})
+			_, err := work(ctx, summaryDeps(rdb, f, &now), jobs.ChannelHeartbeatChannel, &jobs.ChannelRef{Platform: roomChan.Platform, ChannelID: roomChan.ID})
 			if err == nil || !tt.check(err) || errors.Is(err, asynq.SkipRetry) != tt.skipRetry || !strings.Contains(err.Error(), roomChan.String()) {
 				t.Fatalf("error = %v; want SkipRetry=%v and the channel named", err, tt.skipRetry)
 			}
@@ -144,7 +144,7 @@ func TestChannelHeartbeatFansOutOneChildPerChannelSpreadOverTheInterval(t *testi
 	period := now.UnixMilli() / interval.Milliseconds() * interval.Milliseconds()
 
 	before := time.Now()
-	res, err := channelHeartbeat(ctx, d, &jobs.Empty{})
+	res, err := work(ctx, d, jobs.ChannelHeartbeat, &jobs.Empty{})
 	after := time.Now()
 	if err != nil || res["enqueued"] != 3 || res["already_enqueued"] != 0 || res["skipped_invalid"] != 1 || res["spread_over"] != "3h0m0s" {
 		t.Fatalf("fan-out = %v, %v", res, err)
@@ -199,7 +199,7 @@ func TestChannelHeartbeatFansOutOneChildPerChannelSpreadOverTheInterval(t *testi
 
 	t.Run("a re-run in the same period enqueues nothing", func(t *testing.T) {
 		now = now.Add(30 * time.Minute)
-		res, err := channelHeartbeat(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.ChannelHeartbeat, &jobs.Empty{})
 		if err != nil || res["enqueued"] != 0 || res["already_enqueued"] != 3 {
 			t.Fatalf("re-run = %v, %v", res, err)
 		}
@@ -213,7 +213,7 @@ func TestChannelHeartbeatFansOutOneChildPerChannelSpreadOverTheInterval(t *testi
 
 	t.Run("the next period fans out again", func(t *testing.T) {
 		now = now.Add(interval)
-		res, err := channelHeartbeat(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.ChannelHeartbeat, &jobs.Empty{})
 		if err != nil || res["enqueued"] != 3 || len(children()) != 6 {
 			t.Fatalf("next period = %v, %v with %d children", res, err, len(children()))
 		}
@@ -221,7 +221,7 @@ func TestChannelHeartbeatFansOutOneChildPerChannelSpreadOverTheInterval(t *testi
 }
 
 func TestChannelHeartbeatSpreadsOverTheCatalogIntervalByDefault(t *testing.T) {
-	if got := heartbeatInterval(Deps{}); got != 24*time.Hour {
+	if got := heartbeatInterval(nil); got != 24*time.Hour {
 		t.Fatalf("interval = %s, want the catalog's 24h", got)
 	}
 }

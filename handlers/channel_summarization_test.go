@@ -160,7 +160,7 @@ func TestChannelSummarizationFoldsOnlyNewMessagesIntoRollingSummaries(t *testing
 		t.Fatal(err)
 	}
 
-	res, err := channelSummarization(ctx, d, &jobs.Empty{})
+	res, err := work(ctx, d, jobs.ChannelSummarization, &jobs.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestChannelSummarizationFoldsOnlyNewMessagesIntoRollingSummaries(t *testing
 			before[c.String()] = hash(t, rdb, msgcache.SummaryKey(c))
 		}
 		now = now.Add(6 * time.Hour)
-		res, err := channelSummarization(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.ChannelSummarization, &jobs.Empty{})
 		if err != nil || res["channels_processed"] != 0 || res["channels_unchanged"] != 2 {
 			t.Fatalf("second run = %v, %v", res, err)
 		}
@@ -219,7 +219,7 @@ func TestChannelSummarizationFoldsOnlyNewMessagesIntoRollingSummaries(t *testing
 		prev := hash(t, rdb, msgcache.SummaryKey(guildChan))["summary"]
 		last := seed(t, rdb, guildChan, now, "tests passed, shipping")
 		now = now.Add(time.Hour)
-		res, err := channelSummarization(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.ChannelSummarization, &jobs.Empty{})
 		if err != nil || res["channels_processed"] != 1 || res["messages_summarized"] != 1 {
 			t.Fatalf("third run = %v, %v", res, err)
 		}
@@ -248,7 +248,7 @@ func TestChannelSummarizationRateLimitStopsTheRunAndCarriesRetryAfter(t *testing
 	seed(t, rdb, guildChan, testBase, "one")
 	seed(t, rdb, roomChan, testBase, "two")
 
-	_, err := channelSummarization(ctx, summaryDeps(rdb, f, &now), &jobs.Empty{})
+	_, err := work(ctx, summaryDeps(rdb, f, &now), jobs.ChannelSummarization, &jobs.Empty{})
 	var rl *llm.RateLimitError
 	if !errors.As(err, &rl) || rl.RetryAfter() != 30*time.Second {
 		t.Fatalf("error = %v, want a RateLimitError with Retry-After 30s", err)
@@ -294,7 +294,7 @@ func TestChannelSummarizationBadAnswerLosesOnlyThatChannel(t *testing.T) {
 			seed(t, rdb, roomChan, testBase.Add(time.Minute), "the room talks")
 			seed(t, rdb, guildChan, testBase, "the guild talks")
 
-			_, err := channelSummarization(ctx, d, &jobs.Empty{})
+			_, err := work(ctx, d, jobs.ChannelSummarization, &jobs.Empty{})
 			if !errors.Is(err, tt.is) || !strings.Contains(err.Error(), roomChan.String()) || errors.Is(err, asynq.SkipRetry) != tt.skipRetry {
 				t.Fatalf("error = %v; want %v naming %s, SkipRetry=%v", err, tt.is, roomChan, tt.skipRetry)
 			}
@@ -307,7 +307,7 @@ func TestChannelSummarizationBadAnswerLosesOnlyThatChannel(t *testing.T) {
 
 			// The retry only calls for the channel that failed.
 			f.setReply(func(string) scriptedReply { return completion("room summary") })
-			res, err := channelSummarization(ctx, d, &jobs.Empty{})
+			res, err := work(ctx, d, jobs.ChannelSummarization, &jobs.Empty{})
 			if err != nil || res["channels_processed"] != 1 || len(f.Calls()) != 3 {
 				t.Fatalf("retry = %v, %v after %d calls in all", res, err, len(f.Calls()))
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"time"
@@ -30,13 +31,23 @@ const maxDeferral = time.Hour
 // limit has no token, the batch is rescheduled for when one will be free
 // (spread over the backlog) and this run ends without a call: a throttled
 // batch neither holds a worker nor uses up its retries.
-func embedMessages(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
-	if d.Embedder == nil {
-		return nil, fmt.Errorf("embed_messages: no embeddings endpoint configured: %w", asynq.SkipRetry)
-	}
-	keys := p.(*jobs.EmbedBatch).Keys
-	store := msgcache.New(d.Redis)
-	queue := embedqueue.New(d.Redis, d.Enqueuer)
+type embedMessages struct {
+	store    *msgcache.Store
+	queue    *embedqueue.Queue
+	embedder Embedder
+	model    string
+	limiter  Limiter
+	log      *slog.Logger
+}
+
+func newEmbedMessages(k kit) Worker[*jobs.EmbedBatch] {
+	return &embedMessages{store: msgcache.New(k.Redis()), queue: embedqueue.New(k.Redis(), k.Enqueuer),
+		embedder: k.Embedder(), model: k.Models.Embeddings, limiter: k.EmbedLimiter, log: k.Logger}
+}
+
+func (h *embedMessages) Work(ctx context.Context, p *jobs.EmbedBatch) (Result, error) {
+	keys := p.Keys
+	store, queue := h.store, h.queue
 	var embedded, already, missing, changed int
 	result := func() Result {
 		return Result{"embedded": embedded, "already_embedded": already, "missing": missing, "changed": changed}
@@ -79,13 +90,13 @@ func embedMessages(ctx context.Context, d Deps, p jobs.Payload) (Result, error) 
 		return result(), queue.Done(ctx, keys)
 	}
 
-	if d.EmbedLimiter != nil {
-		wait, err := d.EmbedLimiter.Take(ctx)
+	if h.limiter != nil {
+		wait, err := h.limiter.Take(ctx)
 		if err != nil {
 			return nil, err
 		}
 		if wait > 0 {
-			in := deferral(ctx, queue, d.EmbedLimiter, wait)
+			in := deferral(ctx, queue, h.limiter, wait)
 			todoKeys := make([]string, len(todo))
 			for i, m := range todo {
 				todoKeys[i] = m.Key
@@ -96,7 +107,7 @@ func embedMessages(ctx context.Context, d Deps, p jobs.Payload) (Result, error) 
 			if err := queue.Done(ctx, without(keys, todoKeys)); err != nil {
 				return nil, err
 			}
-			d.Logger.DebugContext(ctx, "embedding batch throttled; rescheduled", "task", jobs.EmbedMessages,
+			h.log.DebugContext(ctx, "embedding batch throttled; rescheduled", "task", jobs.EmbedMessages,
 				"messages", len(todo), "in", in.String())
 			res := result()
 			res["deferred"] = len(todo)
@@ -109,7 +120,7 @@ func embedMessages(ctx context.Context, d Deps, p jobs.Payload) (Result, error) 
 	for i, m := range todo {
 		texts[i] = truncateRunes(m.Text, maxEmbedRunes)
 	}
-	vecs, _, err := d.Embedder.Embed(ctx, d.Models.Embeddings, texts)
+	vecs, _, err := h.embedder.Embed(ctx, h.model, texts)
 	if err == nil {
 		err = checkVectors(vecs, len(texts))
 	}
@@ -117,7 +128,7 @@ func embedMessages(ctx context.Context, d Deps, p jobs.Payload) (Result, error) 
 		return nil, embedFailure(ctx, queue, keys, err)
 	}
 	for i, m := range todo {
-		ok, err := store.SetEmbeddingForText(ctx, m.Key, m.Text, vecs[i], d.Models.Embeddings)
+		ok, err := store.SetEmbeddingForText(ctx, m.Key, m.Text, vecs[i], h.model)
 		if err != nil {
 			return nil, err
 		}

@@ -291,8 +291,8 @@ func (e *testEnv) deps(t *testing.T, emb *httptest.Server) Deps {
 	return d
 }
 
-// run runs task name with payload through the handler table, as the
-// worker would after decoding.
+// run runs task name with payload through the registry, as the worker
+// would after decoding.
 func run(t *testing.T, ctx context.Context, d Deps, name, payload string) (Result, error) {
 	t.Helper()
 	spec, ok := jobs.Lookup(name)
@@ -303,7 +303,21 @@ func run(t *testing.T, ctx context.Context, d Deps, name, payload string) (Resul
 	if err != nil {
 		t.Fatal(err)
 	}
-	return builders()[name](ctx, d, p)
+	return work(ctx, d, name, p)
+}
+
+// work runs task name on p with a handler built from d, as Register builds
+// it. It does not fail the test itself, so goroutines may call it.
+func work(ctx context.Context, d Deps, name string, p jobs.Payload) (Result, error) {
+	spec, ok := jobs.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("no spec %s", name)
+	}
+	b, ok := builders()[name]
+	if !ok {
+		return nil, fmt.Errorf("no handler for %s", name)
+	}
+	return b.handler(newKit(d, spec))(ctx, p)
 }
 
 // embedTasks returns the key lists of the embed_messages tasks waiting in

@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
-
-	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -20,11 +19,18 @@ type KeyProber interface {
 // geminiKeyProbe keeps the pool's exhausted/invalid marks current so the
 // bot and the workers route around keys that would fail. Keys appear only
 // by fingerprint in logs and the result.
-func geminiKeyProbe(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	if d.KeyProber == nil {
-		return nil, fmt.Errorf("%s: no Gemini key pool configured (GEMINI_API_KEYS): %w", jobs.GeminiKeyProbe, asynq.SkipRetry)
-	}
-	rep, err := d.KeyProber.Probe(ctx, d.Now())
+type geminiKeyProbe struct {
+	prober KeyProber
+	now    func() time.Time
+	log    *slog.Logger
+}
+
+func newGeminiKeyProbe(k kit) Worker[*jobs.Empty] {
+	return &geminiKeyProbe{prober: k.KeyProber(), now: k.Now, log: k.Logger}
+}
+
+func (h *geminiKeyProbe) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	rep, err := h.prober.Probe(ctx, h.now())
 	for _, o := range rep.Outcomes {
 		attrs := []any{"task", jobs.GeminiKeyProbe, "key_fingerprint", o.Fingerprint, "status", string(o.Status)}
 		if !o.Until.IsZero() && o.Status == gemini.Exhausted {
@@ -32,13 +38,13 @@ func geminiKeyProbe(ctx context.Context, d Deps, _ jobs.Payload) (Result, error)
 		}
 		switch {
 		case o.Err != "":
-			d.Logger.WarnContext(ctx, "gemini key probe inconclusive; key state unchanged", append(attrs, "reason", o.Err)...)
+			h.log.WarnContext(ctx, "gemini key probe inconclusive; key state unchanged", append(attrs, "reason", o.Err)...)
 		case o.Recovered:
-			d.Logger.InfoContext(ctx, "gemini key recovered", append(attrs, "was", string(o.Was))...)
+			h.log.InfoContext(ctx, "gemini key recovered", append(attrs, "was", string(o.Was))...)
 		case o.Was != o.Status:
-			d.Logger.InfoContext(ctx, "gemini key state changed", append(attrs, "was", string(o.Was), "reason", o.Reason)...)
+			h.log.InfoContext(ctx, "gemini key state changed", append(attrs, "was", string(o.Was), "reason", o.Reason)...)
 		default:
-			d.Logger.DebugContext(ctx, "gemini key probed", attrs...)
+			h.log.DebugContext(ctx, "gemini key probed", attrs...)
 		}
 	}
 	res := Result{

@@ -45,7 +45,7 @@ func TestGeminiKeyProbeReportsThePoolWithoutEverShowingAKey(t *testing.T) {
 	ctx := context.Background()
 	run := func() Result {
 		t.Helper()
-		res, err := geminiKeyProbe(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.GeminiKeyProbe, &jobs.Empty{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +101,7 @@ func TestGeminiKeyProbeRetriesOnlyWhatRetryingCanFix(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	d := Deps{Redis: rdb, Now: time.Now, Logger: slog.New(slog.DiscardHandler)}
-	if _, err := geminiKeyProbe(context.Background(), d, &jobs.Empty{}); !errors.Is(err, asynq.SkipRetry) {
+	if _, err := work(context.Background(), d, jobs.GeminiKeyProbe, &jobs.Empty{}); !errors.Is(err, asynq.SkipRetry) {
 		t.Errorf("without a pool: err = %v, want SkipRetry", err)
 	}
 	fake := geminitest.NewServer(t, map[string]string{"AIzaSyHANDLER-down": geminitest.ServerError})
@@ -110,7 +110,7 @@ func TestGeminiKeyProbeRetriesOnlyWhatRetryingCanFix(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.KeyProber = prober
-	_, err = geminiKeyProbe(context.Background(), d, &jobs.Empty{})
+	_, err = work(context.Background(), d, jobs.GeminiKeyProbe, &jobs.Empty{})
 	if !errors.Is(err, gemini.ErrAllProbesFailed) || errors.Is(err, asynq.SkipRetry) {
 		t.Errorf("Gemini down: err = %v, want a retryable ErrAllProbesFailed", err)
 	}

@@ -38,3 +38,7 @@ func (l lockedGraph) Query(ctx context.Context, cypher string, params map[string
 	defer release()
 	return l.Graph.Query(ctx, cypher, params, opts...)
 }
+
+// writeLockedGraph is the knowledge graph with its writes under the graph write
+// lock, for a task that declares the graph and Redis.
+func (k kit) writeLockedGraph() Graph { return withWriteLock(k.Graph(), k.Redis()) }

@@ -1,5 +1,3 @@
-// Package handlers does the work of each task. Register wires into an asynq
-// mux the handlers whose dependencies this deployment has.
 package handlers
 
 import (
@@ -18,11 +16,12 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
-	"github.com/stargazer/stargazer-jobs/internal/store/prompts"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
-// Deps are the handlers' dependencies.
+// Deps is what a deployment offers the handlers; the process wiring fills
+// it. Workers never see it: each is built from a kit that hands out only
+// the dependencies its task declares in the catalog.
 type Deps struct {
 	Redis  redis.UniversalClient
 	Logger *slog.Logger
@@ -153,36 +152,9 @@ type Counter interface {
 // result (visible in the dashboard) and logged.
 type Result map[string]any
 
-type handlerFunc func(ctx context.Context, d Deps, p jobs.Payload) (Result, error)
-
-// builders lists the tasks this build can run.
-func builders() map[string]handlerFunc {
-	return map[string]handlerFunc{
-		jobs.ScheduledPromptTick:      promptTick,
-		jobs.ScheduledPromptCleanup:   promptCleanup,
-		jobs.ChannelSummarization:     channelSummarization,
-		jobs.ChannelHeartbeat:         channelHeartbeat,
-		jobs.ChannelHeartbeatChannel:  channelHeartbeatChannel,
-		jobs.KGConsolidation:          kgConsolidation,
-		jobs.LimbicDedup:              limbicDedup,
-		jobs.LimbicOrg:                limbicOrg,
-		jobs.StarwikiLint:             starwikiLint,
-		jobs.GeminiKeyProbe:           geminiKeyProbe,
-		jobs.LogRAGIngest:             logRAGIngest,
-		jobs.StartupChannelBackfill:   startupChannelBackfill,
-		jobs.EmbedMessages:            embedMessages,
-		jobs.AutoKGExtraction:         autoKGExtraction,
-		jobs.LimbicAnchoringWorker:    limbicAnchoring,
-		jobs.KGDecay:                  kgDecay,
-		jobs.LimbicMaintenance:        limbicMaintenance,
-		jobs.AnamnesisDigest:          anamnesisDigest,
-		jobs.AgenticKGBulkIncremental: agenticKGBulk,
-		jobs.LimbicSunsetProcessor:    limbicSunset,
-	}
-}
-
 // Implemented is the set of tasks this build has handlers for, queued or
-// node-local.
+// node-local. Every task of jobs.Catalog is one (a test holds that); the set
+// matters to callers that gate a catalog extended with tasks of their own.
 func Implemented() map[string]bool {
 	out := map[string]bool{}
 	for name := range builders() {
@@ -228,19 +200,14 @@ type Registration struct {
 // Register adds to mux a handler for every catalog task that is implemented
 // and whose dependencies are in available. Tasks switched off by flags are
 // still registered so an operator can run them by hand; only a handler that
-// cannot work is left out.
+// cannot work is left out. Each handler is built from d through its task's
+// spec, so it gets only what the catalog says the task uses.
 func Register(mux *asynq.ServeMux, d Deps, catalog []jobs.Spec, available jobs.Requirement) []Registration {
-	if d.Now == nil {
-		d.Now = time.Now
-	}
-	if d.Logger == nil {
-		d.Logger = slog.Default()
-	}
 	var regs []Registration
 	fns := builders()
 	local := NodeLocal(d)
 	for _, spec := range catalog {
-		fn, ok := fns[spec.Name]
+		b, ok := fns[spec.Name]
 		switch missing := spec.Missing(available); {
 		case local[spec.Name] != nil:
 			regs = append(regs, Registration{Task: spec.Name, Reason: "node-local: runs inside every worker process, not from the queue"})
@@ -249,28 +216,29 @@ func Register(mux *asynq.ServeMux, d Deps, catalog []jobs.Spec, available jobs.R
 		case missing != 0:
 			regs = append(regs, Registration{Task: spec.Name, Reason: "missing dependency: " + missing.String()})
 		default:
-			mux.Handle(spec.Name, typed(spec, d, fn))
+			mux.Handle(spec.Name, typed(spec, d.Counter, b.handler(newKit(d, spec))))
 			regs = append(regs, Registration{Task: spec.Name, Registered: true})
 		}
 	}
 	return regs
 }
 
-// typed decodes and validates the payload before calling fn. A payload that
-// does not validate can never succeed, so it is archived at once with the
-// reason (asynq.SkipRetry) instead of being retried.
-func typed(spec jobs.Spec, d Deps, fn handlerFunc) asynq.Handler {
+// typed decodes and validates the payload before calling run. A payload
+// that does not validate can never succeed, so it is archived at once with
+// the reason (asynq.SkipRetry) instead of being retried. The result is
+// stored with the task and its counts go to c.
+func typed(spec jobs.Spec, c Counter, run runFunc) asynq.Handler {
 	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 		p, err := jobs.DecodePayload(spec, t.Payload())
 		if err != nil {
 			return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 		}
-		res, err := fn(ctx, d, p)
+		res, err := run(ctx, p)
 		if err != nil {
 			return err
 		}
 		if res != nil {
-			countItems(d.Counter, spec.Name, res)
+			countItems(c, spec.Name, res)
 			if b, err := json.Marshal(res); err == nil {
 				// The result is informational; failing to store it (for
 				// example on a lost lease) must not fail a run that did its
@@ -280,31 +248,6 @@ func typed(spec jobs.Spec, d Deps, fn handlerFunc) asynq.Handler {
 		}
 		return nil
 	})
-}
-
-func promptTick(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
-	limit := p.(*jobs.PromptTick).Limit
-	fired, err := prompts.NewStore(d.Redis).Tick(ctx, d.Now(), limit)
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range fired {
-		d.Logger.InfoContext(ctx, "scheduled prompt fired", "prompt_id", f.PromptID,
-			"occurrence", f.Occurrence, "scheduled_for", f.ScheduledFor, "stream_id", f.StreamID)
-	}
-	return Result{"fired": len(fired), "more_due": len(fired) == limit}, nil
-}
-
-func promptCleanup(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
-	days := p.(*jobs.PromptCleanup).DaysToKeep
-	n, err := prompts.NewStore(d.Redis).Cleanup(ctx, d.Now(), time.Duration(days)*24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	if n > 0 {
-		d.Logger.InfoContext(ctx, "scheduled prompts cleaned up", "deleted", n, "days_to_keep", days)
-	}
-	return Result{"deleted": n, "days_to_keep": days}, nil
 }
 
 // countItems passes a result's numeric values to c: every count a handler

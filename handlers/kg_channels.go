@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
-	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 )
 
@@ -45,6 +45,19 @@ type channelPass struct {
 	chunk int
 	// budget: no new chunk starts after this long.
 	budget time.Duration
+}
+
+// passDeps are what a channel pass works with.
+type passDeps struct {
+	engine extract.Config
+	cache  *msgcache.Store
+	now    func() time.Time
+	log    *slog.Logger
+	events EventPublisher
+}
+
+func newPassDeps(k kit) passDeps {
+	return passDeps{engine: k.extraction(), cache: msgcache.New(k.Redis()), now: k.Now, log: k.Logger, events: k.Events}
 }
 
 // passStats are a pass's counts, beyond the engine's.
@@ -91,20 +104,14 @@ type channelWork struct {
 	moved  bool  // this pass moved the cursor
 }
 
-func (p channelPass) run(ctx context.Context, d Deps) (passStats, error) {
+func (p channelPass) run(ctx context.Context, d passDeps) (passStats, error) {
 	var st passStats
-	if d.LLM == nil || d.Graph == nil {
-		return st, fmt.Errorf("%s: needs an LLM and the knowledge graph: %w", p.task, asynq.SkipRetry)
-	}
-	eng, err := extract.New(extract.Config{
-		LLM: d.LLM, Model: d.Models.Extraction, Graph: d.Graph, Redis: d.Redis,
-		Verify: singleton.Verify, Now: d.Now, Logger: d.Logger.With("task", p.task),
-	})
+	eng, err := extract.New(d.engine)
 	if err != nil {
 		return st, fmt.Errorf("%s: %w: %w", p.task, err, asynq.SkipRetry)
 	}
-	start := d.Now()
-	cache := msgcache.New(d.Redis)
+	start := d.now()
+	cache := d.cache
 	work, frags, err := p.read(ctx, d, cache, &st)
 	if err != nil {
 		return st, err
@@ -114,8 +121,8 @@ func (p channelPass) run(ctx context.Context, d Deps) (passStats, error) {
 	}
 	settled := make([]bool, len(frags))
 	for lo := 0; lo < len(frags); lo += p.chunk {
-		if d.Now().Sub(start) > p.budget {
-			d.Logger.InfoContext(ctx, "extraction pass out of time; the next pass goes on from the cursors",
+		if d.now().Sub(start) > p.budget {
+			d.log.InfoContext(ctx, "extraction pass out of time; the next pass goes on from the cursors",
 				"task", p.task, "left", len(frags)-lo)
 			break
 		}
@@ -137,7 +144,7 @@ func (p channelPass) run(ctx context.Context, d Deps) (passStats, error) {
 // read discovers the channels, reads their cursors and the messages after
 // them (the channels furthest behind first), and turns the messages into
 // fragments.
-func (p channelPass) read(ctx context.Context, d Deps, cache *msgcache.Store, st *passStats) ([]*channelWork, []extract.Fragment, error) {
+func (p channelPass) read(ctx context.Context, d passDeps, cache *msgcache.Store, st *passStats) ([]*channelWork, []extract.Fragment, error) {
 	chans, err := cache.DiscoverChannels(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -155,7 +162,7 @@ func (p channelPass) read(ctx context.Context, d Deps, cache *msgcache.Store, st
 	if err != nil {
 		return nil, nil, err
 	}
-	floor := msgcache.Position{TS: d.Now().Add(-p.lookback).UnixMilli()}
+	floor := msgcache.Position{TS: d.now().Add(-p.lookback).UnixMilli()}
 	var work []*channelWork
 	for i, c := range chans {
 		from := cursors[i]
@@ -212,7 +219,7 @@ func (p channelPass) read(ctx context.Context, d Deps, cache *msgcache.Store, st
 // messages that is settled. A message that is not extracted (the bot's)
 // counts as settled; a channel settled to its end moves to the page's end,
 // past members whose message is gone.
-func (p channelPass) moveCursors(ctx context.Context, d Deps, cache *msgcache.Store, work []*channelWork, settled []bool, st *passStats) error {
+func (p channelPass) moveCursors(ctx context.Context, d passDeps, cache *msgcache.Store, work []*channelWork, settled []bool, st *passStats) error {
 	for _, w := range work {
 		if w.lost {
 			continue
@@ -231,7 +238,7 @@ func (p channelPass) moveCursors(ctx context.Context, d Deps, cache *msgcache.St
 		if !w.stored.Before(to) {
 			continue
 		}
-		moved, err := cache.SetCursor(ctx, w.key, w.stored, to, d.Now().UnixMilli())
+		moved, err := cache.SetCursor(ctx, w.key, w.stored, to, d.now().UnixMilli())
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.task, err)
 		}
@@ -251,8 +258,8 @@ func (p channelPass) moveCursors(ctx context.Context, d Deps, cache *msgcache.St
 	return nil
 }
 
-func publishExtraction(ctx context.Context, d Deps, topic string, start time.Time, st passStats, err error) {
-	if d.Events == nil {
+func publishExtraction(ctx context.Context, d passDeps, topic string, start time.Time, st passStats, err error) {
+	if d.events == nil {
 		return
 	}
 	status, preview := "ok", fmt.Sprintf("messages=%d entities_added=%d relationships_added=%d", st.Fragments, st.EntitiesAdded, st.RelationshipsAdded)
@@ -261,9 +268,9 @@ func publishExtraction(ctx context.Context, d Deps, topic string, start time.Tim
 		status = "error"
 		payload["error"] = err.Error()
 	}
-	_ = d.Events.Publish(ctx, events.Event{
+	_ = d.events.Publish(ctx, events.Event{
 		Topic: topic, Source: "background_tasks", Status: status,
-		DurationMS: float64(d.Now().Sub(start).Microseconds()) / 1000, Preview: preview,
-		Payload: payload, TS: float64(d.Now().UnixMilli()) / 1000,
+		DurationMS: float64(d.now().Sub(start).Microseconds()) / 1000, Preview: preview,
+		Payload: payload, TS: float64(d.now().UnixMilli()) / 1000,
 	})
 }

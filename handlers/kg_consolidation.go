@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -35,13 +36,30 @@ const (
 // Deps.PruneAge are deleted. Every write is preceded by singleton.Verify.
 // Like the original it publishes a kg_consolidation debug event with the
 // counts, or with the error.
-func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	start := time.Now()
-	if d.Graph == nil {
-		return nil, fmt.Errorf("kg consolidation: no knowledge graph configured: %w", asynq.SkipRetry)
+type kgConsolidation struct {
+	merger   *merge.Engine
+	graph    Graph // under the graph write lock
+	model    string
+	pruneAge time.Duration
+	now      func() time.Time
+	log      *slog.Logger
+	events   EventPublisher
+	counter  Counter
+}
+
+func newKGConsolidation(k kit) Worker[*jobs.Empty] {
+	age := k.PruneAge
+	if age <= 0 {
+		age = defaultPruneAge
 	}
-	rep, err := mergeEngine(d, jobs.KGConsolidation).Merge(ctx, merge.Options{
-		Model: d.Models.Extraction, MaxJudged: consolidationMaxJudged, Now: d.Now,
+	return &kgConsolidation{merger: k.mergeEngine(), graph: k.writeLockedGraph(), model: k.Models.Extraction, pruneAge: age,
+		now: k.Now, log: k.Logger, events: k.Events, counter: k.Counter}
+}
+
+func (h *kgConsolidation) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	start := time.Now()
+	rep, err := h.merger.Merge(ctx, merge.Options{
+		Model: h.model, MaxJudged: consolidationMaxJudged, Now: h.now,
 	})
 	pruned := 0
 	var calls *merge.CallErrors
@@ -49,12 +67,8 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 		// The merge pass went through all its pairs (some calls may have
 		// failed): prune too. A stopped pass (rate limit, lost lease, graph
 		// error) prunes on its retry.
-		age := d.PruneAge
-		if age <= 0 {
-			age = defaultPruneAge
-		}
 		var perr error
-		pruned, perr = merge.Prune(ctx, withWriteLock(d.Graph, d.Redis), singleton.Verify, d.Now().Add(-age))
+		pruned, perr = merge.Prune(ctx, h.graph, singleton.Verify, h.now().Add(-h.pruneAge))
 		switch {
 		case perr != nil && err != nil:
 			// The prune failure decides how the run is retried.
@@ -66,7 +80,7 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 	res := mergeResult(rep)
 	res["pruned_entities"] = pruned
 	if rep.Merged > 0 || pruned > 0 {
-		d.Logger.InfoContext(ctx, fmt.Sprintf("KG consolidation: merged=%d pruned=%d", rep.Merged, pruned),
+		h.log.InfoContext(ctx, fmt.Sprintf("KG consolidation: merged=%d pruned=%d", rep.Merged, pruned),
 			"task", jobs.KGConsolidation, "edges_moved", rep.EdgesMoved, "llm_calls", rep.LLMCalls, "llm_errors", rep.LLMErrors)
 	}
 	ev := events.Event{Topic: consolidationTopic, Source: "background_tasks", Status: "ok",
@@ -75,27 +89,25 @@ func kgConsolidation(ctx context.Context, d Deps, _ jobs.Payload) (Result, error
 		Payload:    map[string]any{"merged": rep.Merged, "pruned_entities": pruned, "llm_errors": rep.LLMErrors},
 	}
 	if err != nil {
-		d.Logger.ErrorContext(ctx, "KG consolidation failed", "task", jobs.KGConsolidation, "error", err,
+		h.log.ErrorContext(ctx, "KG consolidation failed", "task", jobs.KGConsolidation, "error", err,
 			"merged", rep.Merged, "pruned", pruned)
 		ev.Status, ev.Preview = "error", "error="+clip(err.Error(), 100)
 		ev.Payload = map[string]any{"error": err.Error(), "merged": rep.Merged, "pruned_entities": pruned, "llm_errors": rep.LLMErrors}
 	}
-	publishEvent(ctx, d, ev)
+	publishEvent(ctx, h.events, h.log, ev)
 	if err != nil {
-		countItems(d.Counter, jobs.KGConsolidation, res) // what was merged before the failure stays merged
+		countItems(h.counter, jobs.KGConsolidation, res) // what was merged before the failure stays merged
 		return nil, graphLLMFailure("kg consolidation", err)
 	}
 	return res, nil
 }
 
-// mergeEngine is the duplicate merge engine over d, checking the run's
-// singleton lease before every write.
-func mergeEngine(d Deps, task string) *merge.Engine {
-	e := &merge.Engine{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", task)}
-	if d.Redis != nil {
-		e.Memory = merge.NewMemory(d.Redis, 0)
-	}
-	return e
+// mergeEngine is the duplicate merge engine of the task, checking the
+// run's singleton lease before every write and remembering verdicts in
+// Redis.
+func (k kit) mergeEngine() *merge.Engine {
+	return &merge.Engine{Graph: k.writeLockedGraph(), LLM: k.LLM(), Memory: merge.NewMemory(k.Redis(), 0),
+		Verify: singleton.Verify, Logger: k.Logger.With("task", k.spec.Name)}
 }
 
 // mergeResult is a merge report as a task result.
@@ -121,12 +133,13 @@ func mergeResult(r merge.Report) Result {
 	return res
 }
 
-func publishEvent(ctx context.Context, d Deps, e events.Event) {
-	if d.Events == nil {
+// publishEvent sends a debug event, best effort (pub may be nil).
+func publishEvent(ctx context.Context, pub EventPublisher, log *slog.Logger, e events.Event) {
+	if pub == nil {
 		return
 	}
-	if err := d.Events.Publish(context.WithoutCancel(ctx), e); err != nil {
-		d.Logger.DebugContext(ctx, "debug event not published", "topic", e.Topic, "error", err)
+	if err := pub.Publish(context.WithoutCancel(ctx), e); err != nil {
+		log.DebugContext(ctx, "debug event not published", "topic", e.Topic, "error", err)
 	}
 }
 

@@ -220,7 +220,7 @@ func TestKGConsolidationMergesPrunesAndPublishesItsCounts(t *testing.T) {
 	received := subscribe(t, f.rdb, "debug-events")
 	ctx := singleton.WithLease(context.Background(), lease(t, f.rdb, jobs.KGConsolidation, "run-1"))
 
-	res, err := kgConsolidation(ctx, d, &jobs.Empty{})
+	res, err := work(ctx, d, jobs.KGConsolidation, &jobs.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestKGConsolidationMergesPrunesAndPublishesItsCounts(t *testing.T) {
 	}
 
 	before := f.dump(t)
-	res, err = kgConsolidation(ctx, d, &jobs.Empty{})
+	res, err = work(ctx, d, jobs.KGConsolidation, &jobs.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +275,7 @@ func TestKGConsolidationWithALostLeaseWritesNothing(t *testing.T) {
 	lease(t, f.rdb, jobs.KGConsolidation, "run-1") // a retry of the same run takes the lease over
 	before := f.dump(t)
 
-	_, err := kgConsolidation(singleton.WithLease(context.Background(), ours), d, &jobs.Empty{})
+	_, err := work(singleton.WithLease(context.Background(), ours), d, jobs.KGConsolidation, &jobs.Empty{})
 	if !errors.Is(err, singleton.ErrLost) || !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want a lost lease, not retried", err)
 	}
@@ -316,7 +316,7 @@ func TestLimbicDedupBadLLMAnswersMergeNothing(t *testing.T) {
 				d.LLM = llm.New(llm.Options{BaseURL: f.llm.srv.URL + "/v1", Timeout: tt.timeout})
 			}
 			before := f.dump(t)
-			_, err := limbicDedup(context.Background(), d, &jobs.Empty{})
+			_, err := work(context.Background(), d, jobs.LimbicDedup, &jobs.Empty{})
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -347,7 +347,7 @@ func TestLimbicDedupMergesJudgedDuplicatesOnce(t *testing.T) {
 	f := newKGFixture(t, judgeBySets([]string{"New York City", "New York Cty"}))
 	buildConsolidationGraph(t, f)
 	d := f.deps()
-	res, err := limbicDedup(context.Background(), d, &jobs.Empty{})
+	res, err := work(context.Background(), d, jobs.LimbicDedup, &jobs.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +358,7 @@ func TestLimbicDedupMergesJudgedDuplicatesOnce(t *testing.T) {
 		t.Errorf("entities %q: want the duplicate merged and nothing pruned (dedup does not prune)", got)
 	}
 	before := f.dump(t)
-	res, err = limbicDedup(context.Background(), d, &jobs.Empty{})
+	res, err = work(context.Background(), d, jobs.LimbicDedup, &jobs.Empty{})
 	if err != nil || res["merged"] != 0 || res["llm_calls"] != 0 || f.dump(t) != before {
 		t.Errorf("second run: %v, %v; want nothing to do", res, err)
 	}

@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -39,52 +40,61 @@ type KGSettings struct {
 //
 // Like the original it publishes a kg_decay debug event with the number of
 // relationships removed, or the error.
-func kgDecay(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
+type kgDecay struct {
+	graph    Graph // under the graph write lock
+	runs     *maint.RunLog
+	settings KGSettings
+	now      func() time.Time
+	log      *slog.Logger
+	events   EventPublisher
+}
+
+func newKGDecay(k kit) Worker[*jobs.Empty] {
+	// The graph write lock keeps each batch out of an extraction batch's
+	// writes: FalkorDB 4.16.3 does not fully serialise concurrent writes,
+	// and a weight reinforced while being decayed could lose an update.
+	return &kgDecay{graph: k.writeLockedGraph(), runs: maint.NewRunLog(k.Redis()), settings: k.KG,
+		now: k.Now, log: k.Logger, events: k.Events}
+}
+
+func (h *kgDecay) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
 	start := time.Now()
 	id, ok := asynq.GetTaskID(ctx)
 	if !ok { // called outside a worker: a run of its own
-		id = "direct-" + strconv.FormatInt(d.Now().UnixNano(), 10)
+		id = "direct-" + strconv.FormatInt(h.now().UnixNano(), 10)
 	}
-	res, err := decayRun(ctx, d, id)
-	publishDecayEvent(ctx, d, time.Since(start), res, err)
+	res, err := h.run(ctx, id)
+	h.publishEvent(ctx, time.Since(start), res, err)
 	return res, err
 }
 
-func decayRun(ctx context.Context, d Deps, taskID string) (Result, error) {
-	if d.Graph == nil {
-		return nil, fmt.Errorf("kg decay: no knowledge graph configured: %w", asynq.SkipRetry)
-	}
-	if d.Redis == nil {
-		return nil, fmt.Errorf("kg decay: no Redis for the run log: %w", asynq.SkipRetry)
-	}
-	runs := maint.NewRunLog(d.Redis)
-	run, err := runs.Begin(ctx, taskID, occurrenceStamp(taskID, d.Now()), d.Now())
+// run decays once for the occurrence taskID names.
+func (h *kgDecay) run(ctx context.Context, taskID string) (Result, error) {
+	runs := h.runs
+	run, err := runs.Begin(ctx, taskID, occurrenceStamp(taskID, h.now()), h.now())
 	if err != nil {
 		return nil, fmt.Errorf("kg decay: %w", err)
 	}
 	if run.State == maint.StateDone {
-		d.Logger.InfoContext(ctx, "KG decay already applied for this occurrence", "task", jobs.KGDecay, "run", taskID)
+		h.log.InfoContext(ctx, "KG decay already applied for this occurrence", "task", jobs.KGDecay, "run", taskID)
 		return Result{"decayed": 0, "removed": 0, "batches": 0, "run": taskID, "already_applied": true}, nil
 	}
-	// The graph write lock keeps each batch out of an extraction batch's
-	// writes: FalkorDB 4.16.3 does not fully serialise concurrent writes,
-	// and a weight reinforced while being decayed could lose an update.
-	st, err := maint.Decay(ctx, withWriteLock(d.Graph, d.Redis), maint.DecayOptions{
+	st, err := maint.Decay(ctx, h.graph, maint.DecayOptions{
 		Run: run.Stamp, From: run.Next,
-		Factor: d.KG.DecayFactor, MinWeight: d.KG.DecayMinWeight, BatchSize: d.KG.BatchSize,
+		Factor: h.settings.DecayFactor, MinWeight: h.settings.DecayMinWeight, BatchSize: h.settings.BatchSize,
 		Verify:   singleton.Verify,
 		Progress: func(ctx context.Context, next int64) error { return runs.Advance(ctx, run, next) },
 	})
 	if err != nil {
-		d.Logger.WarnContext(ctx, "KG relationship decay failed", "task", jobs.KGDecay, "run", taskID,
+		h.log.WarnContext(ctx, "KG relationship decay failed", "task", jobs.KGDecay, "run", taskID,
 			"decayed", st.Decayed, "removed", st.Removed, "batches", st.Batches, "error", err)
 		return nil, fmt.Errorf("kg decay: %w", err)
 	}
-	if err := runs.Finish(ctx, run, st, d.Now()); err != nil {
+	if err := runs.Finish(ctx, run, st, h.now()); err != nil {
 		return nil, fmt.Errorf("kg decay: %w", err)
 	}
 	if st.Removed > 0 {
-		d.Logger.InfoContext(ctx, fmt.Sprintf("KG decay removed %d weak relationships", st.Removed),
+		h.log.InfoContext(ctx, fmt.Sprintf("KG decay removed %d weak relationships", st.Removed),
 			"task", jobs.KGDecay, "run", taskID, "decayed", st.Decayed, "batches", st.Batches, "resumed", run.Resumed)
 	}
 	// The counts are this attempt's, so that the Prometheus counters fed
@@ -104,10 +114,10 @@ func occurrenceStamp(taskID string, now time.Time) int64 {
 	return now.UnixMilli()
 }
 
-// publishDecayEvent sends the original's kg_decay debug event. Events are
+// publishEvent sends the original's kg_decay debug event. Events are
 // best-effort: a failure is logged, never fails the run.
-func publishDecayEvent(ctx context.Context, d Deps, took time.Duration, res Result, runErr error) {
-	if d.Events == nil {
+func (h *kgDecay) publishEvent(ctx context.Context, took time.Duration, res Result, runErr error) {
+	if h.events == nil {
 		return
 	}
 	e := events.Event{Topic: "kg_decay", Source: "background_tasks", Status: "ok",
@@ -120,7 +130,7 @@ func publishDecayEvent(ctx context.Context, d Deps, took time.Duration, res Resu
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := d.Events.Publish(pctx, e); err != nil {
-		d.Logger.WarnContext(ctx, "kg_decay debug event not published", "task", jobs.KGDecay, "error", err)
+	if err := h.events.Publish(pctx, e); err != nil {
+		h.log.WarnContext(ctx, "kg_decay debug event not published", "task", jobs.KGDecay, "error", err)
 	}
 }

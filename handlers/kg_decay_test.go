@@ -88,6 +88,12 @@ func kgDeps(t *testing.T, now time.Time) (Deps, *graph.Graph, *redis.Client, *ev
 	}, g, rdb, ev
 }
 
+// decayRun runs kg_decay_task, built from d, as the occurrence taskID.
+func decayRun(ctx context.Context, d Deps, taskID string) (Result, error) {
+	spec, _ := jobs.Lookup(jobs.KGDecay)
+	return newKGDecay(newKit(d, spec)).(*kgDecay).run(ctx, taskID)
+}
+
 // seedChain creates entities e0..e(n-1) and an edge e(i) -> e(i+1) of
 // weight (i+1)/n, and returns the weights by source key.
 func seedChain(t *testing.T, g *graph.Graph, n int) map[string]float64 {
@@ -185,7 +191,7 @@ func TestKGDecayDecaysOncePerScheduledOccurrence(t *testing.T) {
 	checkDecayed(t, g, seeded, 0.5, 0.2, 2)
 
 	// The handler publishes the original's event for every run.
-	if _, err := kgDecay(ctx, d, &jobs.Empty{}); err != nil {
+	if _, err := work(ctx, d, jobs.KGDecay, &jobs.Empty{}); err != nil {
 		t.Fatal(err)
 	}
 	evs := ev.All()
@@ -225,7 +231,7 @@ func TestKGDecayRetryAfterACrashResumesAndDecaysEachEdgeOnce(t *testing.T) {
 	checkDecayed(t, g, seeded, 0.5, 0.2, 1)
 
 	d.Graph = &hookedGraph{Graph: g, afterWrite: func(int) error { return crash }}
-	if _, err := kgDecay(ctx, d, &jobs.Empty{}); err == nil {
+	if _, err := work(ctx, d, jobs.KGDecay, &jobs.Empty{}); err == nil {
 		t.Fatal("no error")
 	}
 	evs := ev.All()
@@ -264,7 +270,7 @@ func TestKGDecayWritesNothingMoreOnceTheSingletonLeaseIsLost(t *testing.T) {
 
 func TestKGDecayWithoutAGraphIsNotRetried(t *testing.T) {
 	d := Deps{Logger: slog.New(slog.DiscardHandler), Now: time.Now, Redis: redistest.Start(t).Client(t)}
-	_, err := kgDecay(context.Background(), d, &jobs.Empty{})
+	_, err := work(context.Background(), d, jobs.KGDecay, &jobs.Empty{})
 	if !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want SkipRetry", err)
 	}

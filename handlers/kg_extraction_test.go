@@ -197,15 +197,14 @@ func posOf(m msgcache.Message) msgcache.Position {
 
 type extractionTask struct {
 	name   string
-	run    handlerFunc
 	cursor string // cursor key prefix
 	// since is where messages must start to be read on a first run.
 	since time.Duration
 }
 
 var extractionTasks = []extractionTask{
-	{jobs.AutoKGExtraction, autoKGExtraction, "sgjobs:kgx:cursor:", 24 * time.Hour},
-	{jobs.LimbicAnchoringWorker, limbicAnchoring, "sg:ka:cursor:", time.Hour},
+	{jobs.AutoKGExtraction, "sgjobs:kgx:cursor:", 24 * time.Hour},
+	{jobs.LimbicAnchoringWorker, "sg:ka:cursor:", time.Hour},
 }
 
 func TestExtractionTasksExtractNewMessagesOnceAndMoveTheirCursors(t *testing.T) {
@@ -219,7 +218,7 @@ func TestExtractionTasksExtractNewMessagesOnceAndMoveTheirCursors(t *testing.T) 
 			guild := chatter(t, v.rdb, guildChan, start, 10, 25)
 			room := chatter(t, v.rdb, roomChan, start, 0, 15)
 
-			res, err := task.run(ctx, d, &jobs.Empty{})
+			res, err := work(ctx, d, task.name, &jobs.Empty{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -264,7 +263,7 @@ func TestExtractionTasksExtractNewMessagesOnceAndMoveTheirCursors(t *testing.T) 
 			t.Run("a second run calls nothing and changes nothing", func(t *testing.T) {
 				before, calls := graphSnapshot(t, v.g), len(v.llm.Calls())
 				v.now = v.now.Add(time.Minute)
-				res, err := task.run(ctx, d, &jobs.Empty{})
+				res, err := work(ctx, d, task.name, &jobs.Empty{})
 				if err != nil || res["messages_read"] != 0 || res["messages_extracted"] != 0 || res["llm_calls"] != 0 {
 					t.Fatalf("second run %v, %v", res, err)
 				}
@@ -288,7 +287,7 @@ func TestExtractionTasksExtractNewMessagesOnceAndMoveTheirCursors(t *testing.T) 
 					}
 				}
 				more := chatter(t, v.rdb, guildChan, start, 35, 5)
-				res, err := task.run(ctx, d, &jobs.Empty{})
+				res, err := work(ctx, d, task.name, &jobs.Empty{})
 				if err != nil || res["messages_read"] != 6 || res["llm_calls"] != 1 {
 					t.Fatalf("third run %v, %v", res, err)
 				}
@@ -319,7 +318,7 @@ func TestExtractionCursorsResumeAfterAFailedBatchWithoutRepeatingOrSkipping(t *t
 				}
 				return nil
 			})
-			_, err := task.run(ctx, d, &jobs.Empty{})
+			_, err := work(ctx, d, task.name, &jobs.Empty{})
 			var se *llm.StatusError
 			if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || errors.Is(err, asynq.SkipRetry) {
 				t.Fatalf("error %v, want the 503, retried", err)
@@ -344,7 +343,7 @@ func TestExtractionCursorsResumeAfterAFailedBatchWithoutRepeatingOrSkipping(t *t
 			}
 
 			v.llm.SetHook(nil)
-			res, err := task.run(ctx, d, &jobs.Empty{})
+			res, err := work(ctx, d, task.name, &jobs.Empty{})
 			if err != nil || res["messages_extracted"] != 30 || res["llm_calls"] != 1 {
 				t.Fatalf("resumed run %v, %v", res, err)
 			}
@@ -406,14 +405,14 @@ func TestLimbicAnchoringRacingPassesAnchorEachMessageOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := limbicAnchoring(ctx, d, &jobs.Empty{}); err != nil {
+			if _, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err != nil {
 				t.Error(err)
 			}
 		}()
 	}
 	wg.Wait()
 	// A later pass finishes whatever the racers left to each other.
-	if _, err := limbicAnchoring(ctx, d, &jobs.Empty{}); err != nil {
+	if _, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err != nil {
 		t.Fatal(err)
 	}
 	sent := sentCounts(v.llm.Calls())
@@ -460,7 +459,7 @@ func TestExtractionTasksWriteNothingOfAnUnusableAnswer(t *testing.T) {
 				v := newKGEnv(t)
 				chatter(t, v.rdb, guildChan, v.now.Add(-10*time.Minute), 0, 5)
 				v.llm.SetHook(func(int, extracttest.Call) *extracttest.Reply { return &tt.reply })
-				_, err := task.run(ctx, v.deps(), &jobs.Empty{})
+				_, err := work(ctx, v.deps(), task.name, &jobs.Empty{})
 				if err == nil || (tt.is != nil && !errors.Is(err, tt.is)) || errors.Is(err, asynq.SkipRetry) != tt.skipRetry {
 					t.Fatalf("error %v; want %v, SkipRetry=%v", err, tt.is, tt.skipRetry)
 				}
@@ -484,7 +483,7 @@ func TestExtractionTasksRateLimitCarriesRetryAfter(t *testing.T) {
 			v.llm.SetHook(func(int, extracttest.Call) *extracttest.Reply {
 				return &extracttest.Reply{Status: http.StatusTooManyRequests, RetryAfter: "30", Body: `{"error":{"message":"slow down"}}`}
 			})
-			_, err := task.run(ctx, v.deps(), &jobs.Empty{})
+			_, err := work(ctx, v.deps(), task.name, &jobs.Empty{})
 			var rl *llm.RateLimitError
 			if !errors.As(err, &rl) || rl.RetryAfter() != 30*time.Second || errors.Is(err, asynq.SkipRetry) {
 				t.Fatalf("error %v, want a retried RateLimitError with Retry-After 30s", err)

@@ -33,19 +33,23 @@ var anchoringPass = channelPass{
 // near real time: the original's long-running anchoring loop as a periodic
 // one-pass singleton (docs/scheduling.md). Messages of several channels
 // share an LLM call, so a minute of scattered chatter costs one call.
-func limbicAnchoring(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	start := d.Now()
-	st, err := anchoringPass.run(ctx, d)
+type limbicAnchoring struct{ passDeps }
+
+func newLimbicAnchoring(k kit) Worker[*jobs.Empty] { return &limbicAnchoring{newPassDeps(k)} }
+
+func (h *limbicAnchoring) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	start := h.now()
+	st, err := anchoringPass.run(ctx, h.passDeps)
 	if st.Fragments > 0 || err != nil {
-		publishExtraction(ctx, d, "knowledge_anchoring", start, st, err)
+		publishExtraction(ctx, h.passDeps, "knowledge_anchoring", start, st, err)
 	}
 	if st.Fragments > 0 {
-		d.Logger.InfoContext(ctx, fmt.Sprintf("Knowledge anchoring: anchored %d message(s) from %d channel(s)", st.Fragments, st.channelsWithNew),
+		h.log.InfoContext(ctx, fmt.Sprintf("Knowledge anchoring: anchored %d message(s) from %d channel(s)", st.Fragments, st.channelsWithNew),
 			"task", jobs.LimbicAnchoringWorker, "entities_added", st.EntitiesAdded, "relationships_added", st.RelationshipsAdded,
 			"llm_calls", st.LLMCalls)
 	}
 	if err != nil {
-		d.Logger.WarnContext(ctx, "Knowledge anchoring failed", "task", jobs.LimbicAnchoringWorker,
+		h.log.WarnContext(ctx, "Knowledge anchoring failed", "task", jobs.LimbicAnchoringWorker,
 			"error", err, "outcome", llm.Outcome(err), "messages_extracted", st.Fragments)
 		return nil, extractionFailure(err)
 	}

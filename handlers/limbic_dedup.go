@@ -2,9 +2,8 @@ package handlers
 
 import (
 	"context"
-	"fmt"
-
-	"github.com/hibiken/asynq"
+	"log/slog"
+	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/merge"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -21,20 +20,29 @@ const dedupMaxJudged = 40
 // duplicates at once, uncertain pairs judged by the LLM via
 // kg_extraction_model), run often with a small budget so that duplicates
 // the anchoring worker creates are merged within minutes, without pruning.
-func limbicDedup(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	if d.Graph == nil {
-		return nil, fmt.Errorf("limbic dedup: no knowledge graph configured: %w", asynq.SkipRetry)
-	}
-	rep, err := mergeEngine(d, jobs.LimbicDedup).Merge(ctx, merge.Options{
-		Model: d.Models.Extraction, MaxJudged: dedupMaxJudged, Now: d.Now,
+type limbicDedup struct {
+	merger  *merge.Engine
+	model   string
+	now     func() time.Time
+	log     *slog.Logger
+	counter Counter
+}
+
+func newLimbicDedup(k kit) Worker[*jobs.Empty] {
+	return &limbicDedup{merger: k.mergeEngine(), model: k.Models.Extraction, now: k.Now, log: k.Logger, counter: k.Counter}
+}
+
+func (h *limbicDedup) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	rep, err := h.merger.Merge(ctx, merge.Options{
+		Model: h.model, MaxJudged: dedupMaxJudged, Now: h.now,
 	})
 	res := mergeResult(rep)
 	if rep.Merged > 0 {
-		d.Logger.InfoContext(ctx, "limbic dedup merged duplicate entities", "task", jobs.LimbicDedup,
+		h.log.InfoContext(ctx, "limbic dedup merged duplicate entities", "task", jobs.LimbicDedup,
 			"merged", rep.Merged, "edges_moved", rep.EdgesMoved, "llm_calls", rep.LLMCalls)
 	}
 	if err != nil {
-		countItems(d.Counter, jobs.LimbicDedup, res)
+		countItems(h.counter, jobs.LimbicDedup, res)
 		return nil, graphLLMFailure("limbic dedup", err)
 	}
 	return res, nil

@@ -3,9 +3,8 @@ package handlers
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
-
-	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/maint"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
@@ -24,25 +23,30 @@ const orphanGrace = 24 * time.Hour
 // pruned their last one, or an extraction that never linked them). A pure
 // graph operation, so it is not gated on the chat LLM (the original's
 // F9-4); ka_enabled gates its schedule.
-func limbicMaintenance(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	if d.Graph == nil {
-		return nil, fmt.Errorf("limbic maintenance: no knowledge graph configured: %w", asynq.SkipRetry)
-	}
-	// Under the graph write lock, which an extraction batch holds from its
-	// entities' write to its relationships', GC never sees an entity that
-	// is about to be linked; the grace period covers writers without it.
-	st, err := maint.CollectOrphans(ctx, withWriteLock(d.Graph, d.Redis), maint.OrphanOptions{
-		Before:    d.Now().Add(-orphanGrace).UnixMilli(),
-		BatchSize: d.KG.BatchSize,
+type limbicMaintenance struct {
+	graph     Graph // under the graph write lock
+	batchSize int
+	now       func() time.Time
+	log       *slog.Logger
+}
+
+func newLimbicMaintenance(k kit) Worker[*jobs.Empty] {
+	return &limbicMaintenance{graph: k.writeLockedGraph(), batchSize: k.KG.BatchSize, now: k.Now, log: k.Logger}
+}
+
+func (h *limbicMaintenance) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	st, err := maint.CollectOrphans(ctx, h.graph, maint.OrphanOptions{
+		Before:    h.now().Add(-orphanGrace).UnixMilli(),
+		BatchSize: h.batchSize,
 		Verify:    singleton.Verify,
 	})
 	if err != nil {
-		d.Logger.WarnContext(ctx, "orphan GC failed", "task", jobs.LimbicMaintenance,
+		h.log.WarnContext(ctx, "orphan GC failed", "task", jobs.LimbicMaintenance,
 			"orphans_removed", st.Removed, "batches", st.Batches, "error", err)
 		return nil, fmt.Errorf("limbic maintenance: %w", err)
 	}
 	if st.Removed > 0 {
-		d.Logger.InfoContext(ctx, fmt.Sprintf("Limbic maintenance removed %d orphan entities", st.Removed),
+		h.log.InfoContext(ctx, fmt.Sprintf("Limbic maintenance removed %d orphan entities", st.Removed),
 			"task", jobs.LimbicMaintenance, "batches", st.Batches)
 	}
 	return Result{"orphans_removed": st.Removed, "batches": st.Batches}, nil

@@ -41,7 +41,7 @@ func TestLimbicMaintenanceCollectsOldOrphansOnce(t *testing.T) {
 	}
 	want := []string{"linked-a", "linked-b", "orphan-new"}
 	for i, wantRemoved := range []int64{2, 0} { // the second run finds nothing
-		res, err := limbicMaintenance(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.LimbicMaintenance, &jobs.Empty{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,7 +69,7 @@ func TestLimbicMaintenanceStopsWhenTheSingletonLeaseIsLost(t *testing.T) {
 		return rdb.Del(ctx, singleton.KeyPrefix+jobs.LimbicMaintenance).Err() // the lease expired
 	}}
 	d.Graph = hooked
-	if _, err := limbicMaintenance(singleton.WithLease(ctx, le), d, &jobs.Empty{}); !errors.Is(err, singleton.ErrLost) {
+	if _, err := work(singleton.WithLease(ctx, le), d, jobs.LimbicMaintenance, &jobs.Empty{}); !errors.Is(err, singleton.ErrLost) {
 		t.Fatalf("err = %v, want the lost lease", err)
 	}
 	if hooked.Writes() != 1 || len(entityKeys(t, g)) != 40 {
@@ -79,7 +79,7 @@ func TestLimbicMaintenanceStopsWhenTheSingletonLeaseIsLost(t *testing.T) {
 
 func TestLimbicMaintenanceWithoutAGraphIsNotRetried(t *testing.T) {
 	d := Deps{Logger: slog.New(slog.DiscardHandler), Now: time.Now}
-	if _, err := limbicMaintenance(context.Background(), d, &jobs.Empty{}); !errors.Is(err, asynq.SkipRetry) {
+	if _, err := work(context.Background(), d, jobs.LimbicMaintenance, &jobs.Empty{}); !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want SkipRetry", err)
 	}
 }
@@ -98,7 +98,7 @@ func TestLimbicMaintenanceWaitsForTheGraphWriteLock(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := limbicMaintenance(ctx, d, &jobs.Empty{})
+		_, err := work(ctx, d, jobs.LimbicMaintenance, &jobs.Empty{})
 		done <- err
 	}()
 	select {

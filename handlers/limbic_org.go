@@ -2,9 +2,7 @@ package handlers
 
 import (
 	"context"
-	"fmt"
-
-	"github.com/hibiken/asynq"
+	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/hubs"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
@@ -25,14 +23,26 @@ const (
 // unorganised neighbours, and at least hubs.MinUsefulNeighbours) into
 // hub -> category -> member hierarchies proposed by the LLM via
 // kg_extraction_model. Writes are preceded by singleton.Verify.
-func limbicOrg(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	if d.Graph == nil || d.LLM == nil {
-		return nil, fmt.Errorf("limbic org: needs the knowledge graph and an LLM: %w", asynq.SkipRetry)
+type limbicOrg struct {
+	organizer *hubs.Organizer
+	model     string
+	// hubDegree is ka_org_hub_degree_threshold.
+	hubDegree int
+	now       func() time.Time
+	counter   Counter
+}
+
+func newLimbicOrg(k kit) Worker[*jobs.Empty] {
+	return &limbicOrg{
+		organizer: &hubs.Organizer{Graph: k.writeLockedGraph(), LLM: k.LLM(), Verify: singleton.Verify, Logger: k.Logger.With("task", jobs.LimbicOrg)},
+		model:     k.Models.Extraction, hubDegree: k.OrgHubDegree, now: k.Now, counter: k.Counter,
 	}
-	o := &hubs.Organizer{Graph: withWriteLock(d.Graph, d.Redis), LLM: d.LLM, Verify: singleton.Verify, Logger: d.Logger.With("task", jobs.LimbicOrg)}
-	rep, err := o.Run(ctx, hubs.Options{
-		Model: d.Models.Extraction, MinNeighbours: d.OrgHubDegree,
-		MaxHubs: orgMaxHubs, MaxNeighbours: orgMaxNeighbours, Now: d.Now,
+}
+
+func (h *limbicOrg) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	rep, err := h.organizer.Run(ctx, hubs.Options{
+		Model: h.model, MinNeighbours: h.hubDegree,
+		MaxHubs: orgMaxHubs, MaxNeighbours: orgMaxNeighbours, Now: h.now,
 	})
 	res := Result{
 		"hubs_examined":        rep.Hubs,
@@ -48,7 +58,7 @@ func limbicOrg(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 		res["last_llm_error"] = rep.LastLLMError
 	}
 	if err != nil {
-		countItems(d.Counter, jobs.LimbicOrg, res)
+		countItems(h.counter, jobs.LimbicOrg, res)
 		return nil, graphLLMFailure("limbic org", err)
 	}
 	return res, nil

@@ -68,7 +68,7 @@ func TestLimbicOrgOrganisesEachHubOnce(t *testing.T) {
 	d.OrgHubDegree = 6 // Alice has exactly six neighbours
 	ctx := singleton.WithLease(context.Background(), lease(t, f.rdb, jobs.LimbicOrg, "run-1"))
 
-	res, err := limbicOrg(ctx, d, &jobs.Empty{})
+	res, err := work(ctx, d, jobs.LimbicOrg, &jobs.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ RETURN h.name + ' > ' + c.name + ' > ' + m.name ORDER BY c.name, m.name`, nil).R
 	}
 
 	before := f.dump(t)
-	res, err = limbicOrg(ctx, d, &jobs.Empty{})
+	res, err = work(ctx, d, jobs.LimbicOrg, &jobs.Empty{})
 	if err != nil || res["hubs_examined"] != 0 || len(f.llm.Calls()) != 1 {
 		t.Errorf("second run: %v, %v after %d calls; want nothing to do", res, err, len(f.llm.Calls()))
 	}
@@ -101,7 +101,7 @@ func TestLimbicOrgBelowTheThresholdAsksNothing(t *testing.T) {
 	buildHub(t, f)
 	d := f.deps()
 	d.OrgHubDegree = 7
-	res, err := limbicOrg(context.Background(), d, &jobs.Empty{})
+	res, err := work(context.Background(), d, jobs.LimbicOrg, &jobs.Empty{})
 	if err != nil || res["hubs_examined"] != 0 || len(f.llm.Calls()) != 0 {
 		t.Errorf("%v, %v, %d calls; want no hub (Alice has six neighbours)", res, err, len(f.llm.Calls()))
 	}
@@ -112,7 +112,7 @@ func TestLimbicOrgGarbageOrALostLeaseLeavesTheGraphAlone(t *testing.T) {
 		f := newKGFixture(t, func(string) scriptedReply { return completion("Colleagues: Bob, Carol, Dave") })
 		buildHub(t, f)
 		before := f.dump(t)
-		_, err := limbicOrg(context.Background(), f.deps(), &jobs.Empty{})
+		_, err := work(context.Background(), f.deps(), jobs.LimbicOrg, &jobs.Empty{})
 		if !errors.Is(err, hubs.ErrBadAnswer) || !errors.Is(err, asynq.SkipRetry) {
 			t.Errorf("err = %v, want a bad answer, not retried", err)
 		}
@@ -126,7 +126,7 @@ func TestLimbicOrgGarbageOrALostLeaseLeavesTheGraphAlone(t *testing.T) {
 		before := f.dump(t)
 		ours := lease(t, f.rdb, jobs.LimbicOrg, "run-1")
 		lease(t, f.rdb, jobs.LimbicOrg, "run-1")
-		_, err := limbicOrg(singleton.WithLease(context.Background(), ours), f.deps(), &jobs.Empty{})
+		_, err := work(singleton.WithLease(context.Background(), ours), f.deps(), jobs.LimbicOrg, &jobs.Empty{})
 		if !errors.Is(err, singleton.ErrLost) || !errors.Is(err, asynq.SkipRetry) {
 			t.Errorf("err = %v, want a lost lease, not retried", err)
 		}

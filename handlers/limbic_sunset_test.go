@@ -85,7 +85,7 @@ CREATE (a)-[:REL {type: 'works_with', weight: 0.8, last_seen: $at}]->(b)`, map[s
 	}
 	d := v.deps()
 
-	res, err := limbicSunset(ctx, d, &jobs.Empty{})
+	res, err := work(ctx, d, jobs.LimbicSunsetProcessor, &jobs.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ CREATE (a)-[:REL {type: 'works_with', weight: 0.8, last_seen: $at}]->(b)`, map[s
 	t.Run("a second pass does nothing", func(t *testing.T) {
 		before, n := epochs(t, v.g), len(v.llm.Calls())
 		v.now = v.now.Add(time.Hour)
-		res, err := limbicSunset(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.LimbicSunsetProcessor, &jobs.Empty{})
 		if err != nil || res["days_processed"] != 0 || res["days_empty"] != 0 || res["llm_calls"] != 0 {
 			t.Fatalf("second pass %v, %v", res, err)
 		}
@@ -128,7 +128,7 @@ CREATE (a)-[:REL {type: 'works_with', weight: 0.8, last_seen: $at}]->(b)`, map[s
 			t.Fatal(err)
 		}
 		*summary = "A second look at the day."
-		res, err := limbicSunset(ctx, d, &jobs.Empty{})
+		res, err := work(ctx, d, jobs.LimbicSunsetProcessor, &jobs.Empty{})
 		if err != nil || res["epochs_created"] != 0 || res["epochs_updated"] != 1 || res["links_created"] != 1 || res["entities_linked"] != 3 {
 			t.Fatalf("re-run %v, %v", res, err)
 		}
@@ -155,7 +155,7 @@ func TestLimbicSunsetWaitsForTheDayToEnd(t *testing.T) {
 	}
 	for _, tt := range tests {
 		v.now = tt.now
-		if _, err := limbicSunset(ctx, v.deps(), &jobs.Empty{}); err != nil {
+		if _, err := work(ctx, v.deps(), jobs.LimbicSunsetProcessor, &jobs.Empty{}); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
 		if got := epochs(t, v.g); got != tt.want {
@@ -172,7 +172,7 @@ func TestLimbicSunsetWithALostLeaseWritesNothing(t *testing.T) {
 	ours := lease(t, v.rdb, jobs.LimbicSunsetProcessor, "run-1")
 	lease(t, v.rdb, jobs.LimbicSunsetProcessor, "run-1") // a retry of the same run takes the lease over
 
-	_, err := limbicSunset(singleton.WithLease(context.Background(), ours), v.deps(), &jobs.Empty{})
+	_, err := work(singleton.WithLease(context.Background(), ours), v.deps(), jobs.LimbicSunsetProcessor, &jobs.Empty{})
 	if !errors.Is(err, singleton.ErrLost) || !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want a lost lease, not retried", err)
 	}
@@ -192,7 +192,7 @@ func TestLimbicSunsetUnusableAnswerWritesNothingAndIsRetried(t *testing.T) {
 		r := extracttest.Completion(c.Prompt, `{"summary": "   "}`)
 		return &r
 	})
-	_, err := limbicSunset(context.Background(), v.deps(), &jobs.Empty{})
+	_, err := work(context.Background(), v.deps(), jobs.LimbicSunsetProcessor, &jobs.Empty{})
 	if !errors.Is(err, errSunsetAnswer) || errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want a retried bad answer", err)
 	}

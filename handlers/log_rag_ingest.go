@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -43,24 +44,37 @@ const (
 // opt-in, so a node that cannot do it is a misconfiguration that must show
 // as a failed run, not a green one, and retrying on the same node cannot
 // help.
-func logRAGIngest(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
+type logRAGIngest struct {
+	store    *logstore.Store
+	embedder Embedder
+	model    string
+	limiter  Limiter
+	// unit is the systemd unit read; command overrides journalctl (tests).
+	unit, command string
+	now           func() time.Time
+	log           *slog.Logger
+}
+
+func newLogRAGIngest(k kit) Worker[*jobs.Empty] {
+	return &logRAGIngest{store: logstore.New(k.Redis()), embedder: k.Embedder(), model: k.Models.Embeddings,
+		limiter: k.EmbedLimiter, unit: cmp.Or(k.JournalUnit, "stargazer"), command: k.JournalCommand, now: k.Now, log: k.Logger}
+}
+
+func (h *logRAGIngest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
 	const task = jobs.LogRAGIngest
-	if d.Embedder == nil {
-		return nil, fmt.Errorf("%s: no embeddings endpoint configured: %w", task, asynq.SkipRetry)
-	}
-	unit := cmp.Or(d.JournalUnit, "stargazer")
+	unit := h.unit
 	host, err := os.Hostname()
 	if err != nil {
 		return nil, fmt.Errorf("%s: naming this node: %w", task, err)
 	}
-	now := d.Now()
-	store := logstore.New(d.Redis)
+	now := h.now()
+	store := h.store
 	cur, err := store.Cursor(ctx, host, unit)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", task, err)
 	}
 	opts := journal.ReadOptions{
-		Command: d.JournalCommand, Unit: unit,
+		Command: h.command, Unit: unit,
 		AfterCursor: cur.After, StopAt: cur.PendingEnd, Limit: logRAGMaxLines,
 	}
 	if cur.After == "" {
@@ -85,10 +99,10 @@ func logRAGIngest(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 			task, batch.Lines, asynq.SkipRetry)
 	}
 	if batch.Last != "" {
-		stored, existing, chunks, err := storeLogChunks(ctx, d, store, host, unit, batch, now)
+		stored, existing, chunks, err := h.storeChunks(ctx, host, unit, batch, now)
 		res["chunks"], res["stored"], res["already_stored"] = chunks, stored, existing
 		if err != nil {
-			d.Logger.WarnContext(ctx, "log ingest stopped before the cursor; the next run resumes it",
+			h.log.WarnContext(ctx, "log ingest stopped before the cursor; the next run resumes it",
 				"task", task, "host", host, "unit", unit, "stored", stored, "chunks", chunks, "error", err)
 			return nil, fmt.Errorf("%s: %w", task, err)
 		}
@@ -99,17 +113,18 @@ func logRAGIngest(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 	}
 	res["pruned"] = pruned
 	if batch.Truncated {
-		d.Logger.WarnContext(ctx, "journal has more lines than one run reads; the rest waits for the next run",
+		h.log.WarnContext(ctx, "journal has more lines than one run reads; the rest waits for the next run",
 			"task", task, "host", host, "unit", unit, "max_lines", logRAGMaxLines)
 	}
-	d.Logger.InfoContext(ctx, "journal ingested into stargazer_logs", "task", task, "host", host, "unit", unit,
+	h.log.InfoContext(ctx, "journal ingested into stargazer_logs", "task", task, "host", host, "unit", unit,
 		"lines", batch.Lines, "chunks", res["chunks"], "stored", res["stored"], "pruned", pruned)
 	return res, nil
 }
 
-// storeLogChunks chunks the batch, embeds and stores the chunks not stored
+// storeChunks chunks the batch, embeds and stores the chunks not stored
 // yet, then advances the cursor to the batch's end.
-func storeLogChunks(ctx context.Context, d Deps, store *logstore.Store, host, unit string, batch journal.Batch, now time.Time) (stored, existing, total int, err error) {
+func (h *logRAGIngest) storeChunks(ctx context.Context, host, unit string, batch journal.Batch, now time.Time) (stored, existing, total int, err error) {
+	store := h.store
 	lines := make([]logstore.Line, len(batch.Entries))
 	for i, e := range batch.Entries {
 		lines[i] = logstore.Line{Cursor: e.Cursor, Time: e.Time, Priority: e.Priority, Message: e.Message}
@@ -142,10 +157,10 @@ func storeLogChunks(ctx context.Context, d Deps, store *logstore.Store, host, un
 		for i, c := range part {
 			texts[i] = c.Text
 		}
-		if err := awaitToken(ctx, d.EmbedLimiter); err != nil {
+		if err := awaitToken(ctx, h.limiter); err != nil {
 			return stored, existing, len(chunks), err
 		}
-		vecs, _, err := d.Embedder.Embed(ctx, d.Models.Embeddings, texts)
+		vecs, _, err := h.embedder.Embed(ctx, h.model, texts)
 		if err == nil && len(vecs) != len(part) {
 			err = fmt.Errorf("%w: %d embeddings for %d chunks", llm.ErrMalformed, len(vecs), len(part))
 		}
@@ -156,7 +171,7 @@ func storeLogChunks(ctx context.Context, d Deps, store *logstore.Store, host, un
 		if err != nil {
 			return stored, existing, len(chunks), fmt.Errorf("embedding log chunks: %w", err)
 		}
-		if err := store.Put(ctx, part, vecs, d.Models.Embeddings, now); err != nil {
+		if err := store.Put(ctx, part, vecs, h.model, now); err != nil {
 			return stored, existing, len(chunks), err
 		}
 		stored += len(part)

@@ -177,7 +177,7 @@ func newIngestEnv(t *testing.T) *ingestEnv {
 
 func (e *ingestEnv) run(t *testing.T) (Result, error) {
 	t.Helper()
-	return logRAGIngest(context.Background(), e.d, &jobs.Empty{})
+	return work(context.Background(), e.d, jobs.LogRAGIngest, &jobs.Empty{})
 }
 
 func (e *ingestEnv) mustRun(t *testing.T) Result {

@@ -36,10 +36,33 @@ type readyPlatform struct {
 // without an embedding are queued for one. Everything is matched by the
 // platform's message id, so a second run caches, repairs and queues
 // nothing new.
-func startupChannelBackfill(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
-	maxChannels := p.(*jobs.ChannelBatch).MaxChannels
-	log := d.Logger.With("task", jobs.StartupChannelBackfill)
-	store := msgcache.New(d.Redis)
+type startupChannelBackfill struct {
+	store *msgcache.Store
+	// queue is the embedding queue, nil where no embeddings endpoint
+	// serves it: there its tasks would be archived unrun.
+	queue     *embedqueue.Queue
+	platforms []Platform
+	// readyTimeout bounds the wait for platforms to answer, readyPoll is
+	// how often they are asked.
+	readyTimeout, readyPoll time.Duration
+	now                     func() time.Time
+	log                     *slog.Logger
+}
+
+func newStartupChannelBackfill(k kit) Worker[*jobs.ChannelBatch] {
+	h := &startupChannelBackfill{store: msgcache.New(k.Redis()), platforms: k.Platforms(),
+		readyTimeout: cmp.Or(k.PlatformReadyTimeout, defaultPlatformReadyTimeout),
+		readyPoll:    cmp.Or(k.PlatformReadyPoll, defaultPlatformReadyPoll),
+		now:          k.Now, log: k.Logger.With("task", jobs.StartupChannelBackfill)}
+	if k.offers(jobs.Embeddings) {
+		h.queue = embedqueue.New(k.Redis(), k.Enqueuer)
+	}
+	return h
+}
+
+func (h *startupChannelBackfill) Work(ctx context.Context, p *jobs.ChannelBatch) (Result, error) {
+	maxChannels := p.MaxChannels
+	log, store := h.log, h.store
 	var processed, failed, cached, repaired, enqueued int
 	result := func() Result {
 		return Result{"channels_processed": processed, "channels_failed": failed, "messages_cached": cached,
@@ -49,7 +72,7 @@ func startupChannelBackfill(ctx context.Context, d Deps, p jobs.Payload) (Result
 	// 0. Give platforms still coming up a bounded window to answer, so the
 	// backfill does not silently skip them; a platform that stays down
 	// cannot stall it.
-	ready := waitForPlatforms(ctx, d, log)
+	ready := h.waitForPlatforms(ctx)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -86,12 +109,7 @@ func startupChannelBackfill(ctx context.Context, d Deps, p jobs.Payload) (Result
 		return result(), nil
 	}
 
-	var queue *embedqueue.Queue
-	if d.Embedder != nil {
-		// Only a deployment with an embeddings endpoint has a handler for
-		// the queue; elsewhere its tasks would be archived unrun.
-		queue = embedqueue.New(d.Redis, d.Enqueuer)
-	}
+	queue := h.queue
 	for _, c := range channels {
 		rp, ok := byName[c.Platform]
 		if !ok {
@@ -100,7 +118,7 @@ func startupChannelBackfill(ctx context.Context, d Deps, p jobs.Payload) (Result
 		// Recorded so recall does not fail closed on an unknown channel.
 		if meta, ok := catalog[c]; ok {
 			m := msgcache.Meta{Name: meta.Name, GuildID: meta.GuildID, GuildName: meta.GuildName, IsDM: meta.IsDM}
-			if err := store.RecordMeta(ctx, c, m, d.Now()); err != nil {
+			if err := store.RecordMeta(ctx, c, m, h.now()); err != nil {
 				return nil, err
 			}
 		}
@@ -140,16 +158,17 @@ func startupChannelBackfill(ctx context.Context, d Deps, p jobs.Payload) (Result
 
 // waitForPlatforms asks each platform for its identity until all answer,
 // the wait runs out, or ctx ends, and returns the ones that answered, in
-// d.Platforms order. A platform that refuses the credentials is given up
+// configuration order. A platform that refuses the credentials is given up
 // at once: waiting cannot fix a bad token.
-func waitForPlatforms(ctx context.Context, d Deps, log *slog.Logger) []readyPlatform {
-	deadline := time.Now().Add(cmp.Or(d.PlatformReadyTimeout, defaultPlatformReadyTimeout))
-	poll := cmp.Or(d.PlatformReadyPoll, defaultPlatformReadyPoll)
-	ids := make([]*platform.Identity, len(d.Platforms))
-	errs := make([]error, len(d.Platforms))
+func (h *startupChannelBackfill) waitForPlatforms(ctx context.Context) []readyPlatform {
+	log := h.log
+	deadline := time.Now().Add(h.readyTimeout)
+	poll := h.readyPoll
+	ids := make([]*platform.Identity, len(h.platforms))
+	errs := make([]error, len(h.platforms))
 	for {
 		waiting := 0
-		for i, p := range d.Platforms {
+		for i, p := range h.platforms {
 			if ids[i] != nil || platform.Unauthorized(errs[i]) {
 				continue
 			}
@@ -175,7 +194,7 @@ func waitForPlatforms(ctx context.Context, d Deps, log *slog.Logger) []readyPlat
 	}
 	var ready []readyPlatform
 	var notReady []string
-	for i, p := range d.Platforms {
+	for i, p := range h.platforms {
 		if ids[i] == nil {
 			notReady = append(notReady, p.Name())
 			log.WarnContext(ctx, "Startup backfill: platform not ready", "platform", p.Name(), "error", fmt.Sprint(errs[i]))

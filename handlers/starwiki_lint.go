@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/store/wiki"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -14,14 +16,25 @@ import (
 // report per wiki for the bot. A private wiki that did not opt in is never
 // read past its metadata, and a report left from when it was lintable is
 // deleted so it stops showing the wiki's pages.
-func starwikiLint(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
-	store := wiki.New(d.Redis)
+type starwikiLint struct {
+	store      *wiki.Store
+	staleAfter time.Duration
+	now        func() time.Time
+	log        *slog.Logger
+}
+
+func newStarwikiLint(k kit) Worker[*jobs.Empty] {
+	return &starwikiLint{store: wiki.New(k.Redis()), staleAfter: k.StarwikiStaleAfter, now: k.Now, log: k.Logger}
+}
+
+func (h *starwikiLint) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
+	store := h.store
 	ids, err := store.Wikis(ctx)
 	if err != nil {
 		return nil, err
 	}
-	now := d.Now()
-	opts := wiki.LintOptions{Now: now, StaleAfter: d.StarwikiStaleAfter}
+	now := h.now()
+	opts := wiki.LintOptions{Now: now, StaleAfter: h.staleAfter}
 	var linted, skipped, written, removed int
 	var total wiki.Counts
 	for _, id := range ids {
@@ -37,7 +50,7 @@ func starwikiLint(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 			}
 			if gone {
 				removed++
-				d.Logger.InfoContext(ctx, "starwiki lint report removed: wiki no longer lintable",
+				h.log.InfoContext(ctx, "starwiki lint report removed: wiki no longer lintable",
 					"task", jobs.StarwikiLint, "wiki", id)
 			}
 			continue
@@ -59,7 +72,7 @@ func starwikiLint(ctx context.Context, d Deps, _ jobs.Payload) (Result, error) {
 		total.Malformed += c.Malformed
 		if changed {
 			written++
-			d.Logger.InfoContext(ctx, "starwiki lint report updated", "task", jobs.StarwikiLint, "wiki", id,
+			h.log.InfoContext(ctx, "starwiki lint report updated", "task", jobs.StarwikiLint, "wiki", id,
 				"pages", c.Pages, "broken_links", c.BrokenLinks, "orphans", c.Orphans,
 				"empty", c.Empty, "stale", c.Stale, "malformed", c.Malformed)
 		}

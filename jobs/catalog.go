@@ -77,7 +77,7 @@ func Catalog() []Spec {
 		{
 			Name: KGConsolidation, Kind: Periodic,
 			Interval: sec(86_400), InitialDelay: sec(1800),
-			Requires: KG | LLM | ChatLLM, Singleton: true,
+			Requires: KG | LLM | ChatLLM, Needs: Redis, Singleton: true,
 			Queue: QueueMaintenance, MaxRetry: 3, Timeout: 2 * time.Hour,
 			NewPayload: empty,
 			Summary:    "Merge duplicate entities and prune low-value ones in the knowledge graph.",
@@ -85,7 +85,7 @@ func Catalog() []Spec {
 		{
 			Name: KGDecay, Kind: Periodic,
 			Interval: sec(86_400), InitialDelay: sec(3600),
-			Requires: KG, Singleton: true,
+			Requires: KG, Needs: Redis, Singleton: true,
 			Queue: QueueMaintenance, MaxRetry: 3, Timeout: time.Hour,
 			NewPayload: empty,
 			Summary:    "Decay relationship weights and delete edges below the threshold.",
@@ -166,7 +166,7 @@ func Catalog() []Spec {
 		{
 			Name: LimbicMaintenance, Kind: Periodic,
 			Interval: sec(604_800), InitialDelay: sec(7200),
-			Requires: BotRuntime, Needs: KG, EnabledBy: "ka_enabled", Singleton: true,
+			Requires: BotRuntime, Needs: Redis | KG, EnabledBy: "ka_enabled", Singleton: true,
 			Queue: QueueMaintenance, MaxRetry: 3, Timeout: 2 * time.Hour,
 			NewPayload: empty,
 			Summary:    "Garbage-collect orphan entity nodes (no LLM; not gated on chat_llm).",
@@ -174,7 +174,7 @@ func Catalog() []Spec {
 		{
 			Name: LimbicDedup, Kind: Supervised,
 			Interval: sec(DefaultDedupIntervalSecs),
-			Requires: BotRuntime | KG | LLM | Config, EnabledBy: "ka_dedup_enabled", Singleton: true,
+			Requires: BotRuntime | KG | LLM | Config, Needs: Redis, EnabledBy: "ka_dedup_enabled", Singleton: true,
 			Queue: QueueMaintenance, MaxRetry: 6, Timeout: 30 * time.Minute,
 			NewPayload: empty,
 			Summary:    "Merge duplicate graph entities judged by the LLM (was a leader-elected loop).",
@@ -182,7 +182,7 @@ func Catalog() []Spec {
 		{
 			Name: LimbicOrg, Kind: Supervised,
 			Interval: sec(DefaultOrgIntervalSecs),
-			Requires: BotRuntime | KG | LLM | Config, EnabledBy: "ka_org_enabled", Singleton: true,
+			Requires: BotRuntime | KG | LLM | Config, Needs: Redis, EnabledBy: "ka_org_enabled", Singleton: true,
 			Queue: QueueMaintenance, MaxRetry: 6, Timeout: 30 * time.Minute,
 			NewPayload: empty,
 			Summary:    "Group hub entities' neighbours into named categories (was a leader-elected loop).",

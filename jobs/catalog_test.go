@@ -111,3 +111,17 @@ func TestCatalogSpecsAreWellFormed(t *testing.T) {
 		}
 	}
 }
+
+func TestSpecDeclaresWhatItRequiresOrNeeds(t *testing.T) {
+	s := Spec{Requires: KG | ChatLLM, Needs: Redis}
+	for _, tt := range []struct {
+		r    Requirement
+		want bool
+	}{
+		{KG, true}, {Redis, true}, {KG | Redis, true}, {LLM, false}, {Redis | LLM, false},
+	} {
+		if got := s.Declares(tt.r); got != tt.want {
+			t.Errorf("Declares(%v) = %v, want %v", tt.r, got, tt.want)
+		}
+	}
+}

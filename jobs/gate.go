@@ -73,7 +73,7 @@ func (s Spec) Missing(available Requirement) Requirement {
 
 func skipReason(s Spec, env Env) string {
 	if missing := s.Missing(env.Available); missing != 0 {
-		return "missing dependency: " + describeMissing(missing)
+		return "missing dependency: " + strings.Join(missing.Describe(), ", ")
 	}
 	if s.Requires.Has(ChatLLM) && !env.ChatLLMEnabled {
 		return "chat-LLM tasks are disabled (BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED=false)"
@@ -103,14 +103,20 @@ var dependencySettings = map[Requirement]string{
 	Embeddings: "embeddings endpoint (EMBEDDINGS_BASE_URL or LLM_BASE_URL)",
 }
 
-func describeMissing(missing Requirement) string {
+// Describe names each dependency in r with the settings that provide it,
+// for messages that tell an operator what to configure.
+func (r Requirement) Describe() []string {
 	var parts []string
 	for _, n := range requirementNames {
-		if missing.Has(n.r) {
-			parts = append(parts, dependencySettings[n.r])
+		if r.Has(n.r) {
+			if d, ok := dependencySettings[n.r]; ok {
+				parts = append(parts, d)
+			} else {
+				parts = append(parts, n.name)
+			}
 		}
 	}
-	return strings.Join(parts, ", ")
+	return parts
 }
 
 func effectiveInterval(s Spec, env Env) time.Duration {

@@ -148,6 +148,11 @@ type Spec struct {
 // All returns every dependency the task needs, original and Go-side.
 func (s Spec) All() Requirement { return s.Requires | s.Needs }
 
+// Declares reports whether the task declares every dependency of r, in
+// Requires or Needs: the handlers may use only what their task declares, so
+// gating and registration know everything a handler reaches for.
+func (s Spec) Declares(r Requirement) bool { return s.All().Has(r) }
+
 // UniqueTTL is how long asynq's enqueue lock of a singleton lasts: long
 // enough to cover every attempt and a crash recovery. The worker releases it
 // early when a run ends for good, and asynq releases it on success.
