@@ -10,7 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/writelock"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
@@ -92,7 +92,7 @@ func TestLimbicMaintenanceWaitsForTheGraphWriteLock(t *testing.T) {
 	if _, err := g.Query(ctx, "CREATE (:Entity {key: 'just-written', last_seen: 1})", nil); err != nil {
 		t.Fatal(err)
 	}
-	release, err := extract.LockGraphWrites(ctx, rdb, time.Minute)
+	release, _, err := writelock.Acquire(ctx, rdb, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

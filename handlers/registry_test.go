@@ -14,6 +14,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -172,4 +173,17 @@ func TestWorkersWithoutTheirDependenciesRefuseToRun(t *testing.T) {
 			t.Errorf("%s: err = %v, want a SkipRetry error naming what is missing", name, err)
 		}
 	}
+}
+
+// countingGraph is a graph that answers every query with nothing.
+type countingGraph struct{ writes, reads int }
+
+func (c *countingGraph) Query(context.Context, string, map[string]any, ...graph.Option) (*graph.Result, error) {
+	c.writes++
+	return &graph.Result{}, nil
+}
+
+func (c *countingGraph) ROQuery(context.Context, string, map[string]any, ...graph.Option) (*graph.Result, error) {
+	c.reads++
+	return &graph.Result{}, nil
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/kg/writelock"
 )
 
 // Keys of the extraction ledger in Redis (docs/data-model.md, "Knowledge
@@ -30,10 +32,6 @@ const (
 	// written (JSON), kept until the write is committed, so a crashed
 	// write is finished from it instead of asking the LLM again.
 	BatchKeyPrefix = "sgjobs:kgx:batch:"
-	// WriteLockKey serializes the engine's graph writes across processes
-	// (value: a random token, PX DefaultWriteLockTTL): FalkorDB 4.16.3 lets
-	// two concurrent relationship MERGEs both create the same edge.
-	WriteLockKey = "sgjobs:kgx:write-lock"
 	// poisonedKept bounds PoisonedKey to the newest entries.
 	poisonedKept = 10_000
 	// statusChunk bounds the IDs per ZMSCORE/HMGET.
@@ -295,44 +293,10 @@ func (l ledger) expire(ctx context.Context, batch string, ids []string, drop boo
 	return nil
 }
 
-// unlockScript deletes the write lock if it still holds our token.
-var unlockScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`)
-
 // lockWrites waits for the graph write lock and returns its release.
 func (l ledger) lockWrites(ctx context.Context, ttl time.Duration) (func(), error) {
-	return LockGraphWrites(ctx, l.rdb, ttl)
-}
-
-// LockGraphWrites waits for the graph write lock (WriteLockKey) and
-// returns its release. Every writer that MERGEs relationships takes it:
-// FalkorDB 4.16.3 can create a relationship twice when two queries MERGE it
-// at once. The lock lapses after ttl, so a writer that died or froze holds
-// the others up for at most that long.
-func LockGraphWrites(ctx context.Context, rdb redis.UniversalClient, ttl time.Duration) (func(), error) {
-	token := newBatchID()
-	wait := 2 * time.Millisecond
-	for {
-		ok, err := rdb.SetNX(ctx, WriteLockKey, token, ttl).Result()
-		if err != nil {
-			return nil, fmt.Errorf("extract: taking the graph write lock: %w", err)
-		}
-		if ok {
-			return func() {
-				rctx, cancel := cleanupContext(ctx)
-				defer cancel()
-				_ = unlockScript.Run(rctx, rdb, []string{WriteLockKey}, token).Err() // else it lapses at ttl
-			}, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("extract: waiting for the graph write lock: %w", context.Cause(ctx))
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 50*time.Millisecond)
-	}
+	release, _, err := writelock.Acquire(ctx, l.rdb, ttl)
+	return release, err
 }
 
 func anys(ss []string) []any {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-
 )
 
 // node names a node for the length of a run: its internal id, for fast
