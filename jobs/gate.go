@@ -18,8 +18,10 @@ type Env struct {
 	// Flags holds boolean config values by their original (lower-case)
 	// name: opt-in flags and the ka_* switches. A missing flag is false.
 	Flags map[string]bool
-	// StarwikiLintIntervalMinutes is starwiki_lint_interval_minutes.
-	StarwikiLintIntervalMinutes float64
+	// StarwikiLintIntervalMinutes is starwiki_lint_interval_minutes; nil
+	// means its default. Like the original, any value (0 included) is
+	// floored at 300 s.
+	StarwikiLintIntervalMinutes *float64
 	// KAOrgIntervalSeconds is ka_org_interval_seconds.
 	KAOrgIntervalSeconds float64
 	// KADedupIntervalSeconds paces limbic_dedup_task (a Go-port setting: the
@@ -121,19 +123,18 @@ func (r Requirement) Describe() []string {
 
 func effectiveInterval(s Spec, env Env) time.Duration {
 	if d, ok := env.Intervals[s.Name]; ok && d > 0 {
+		if s.Name == StarwikiLint {
+			return max(d, minStarwikiLintInterval) // the original's floor holds for overrides too
+		}
 		return d
 	}
 	switch s.Name {
 	case StarwikiLint:
-		minutes := env.StarwikiLintIntervalMinutes
-		if minutes == 0 {
-			minutes = DefaultStarwikiLintMinute
+		minutes := float64(DefaultStarwikiLintMinute)
+		if env.StarwikiLintIntervalMinutes != nil {
+			minutes = *env.StarwikiLintIntervalMinutes
 		}
-		d := seconds(minutes * 60)
-		if d < minStarwikiLintInterval {
-			d = minStarwikiLintInterval
-		}
-		return d
+		return max(seconds(minutes*60), minStarwikiLintInterval)
 	case LimbicOrg:
 		if env.KAOrgIntervalSeconds > 0 {
 			return seconds(env.KAOrgIntervalSeconds)

@@ -7,6 +7,8 @@ import (
 	"time"
 )
 
+func ptr[T any](v T) *T { return &v }
+
 func fullEnv() Env {
 	return Env{
 		Available:      Redis | KG | LLM | Platform | GeminiKeys | Embeddings,
@@ -66,8 +68,10 @@ func TestGate(t *testing.T) {
 		{"ka_org off drops org", func(e *Env) { e.Flags["ka_org_enabled"] = false }, LimbicOrg, false, "KA_ORG_ENABLED", 0},
 		{"platform missing drops backfill", func(e *Env) { e.Available &^= Platform }, StartupChannelBackfill, false, "DISCORD_BOT_TOKEN", 0},
 		{"gemini keys missing drops probe", func(e *Env) { e.Available &^= GeminiKeys }, GeminiKeyProbe, false, "GEMINI_API_KEYS", 0},
-		{"starwiki interval from minutes", func(e *Env) { e.StarwikiLintIntervalMinutes = 30 }, StarwikiLint, true, "", 30 * time.Minute},
-		{"starwiki interval floor is 300s", func(e *Env) { e.StarwikiLintIntervalMinutes = 1 }, StarwikiLint, true, "", 300 * time.Second},
+		{"starwiki interval from minutes", func(e *Env) { e.StarwikiLintIntervalMinutes = ptr(30.0) }, StarwikiLint, true, "", 30 * time.Minute},
+		{"starwiki interval floor is 300s", func(e *Env) { e.StarwikiLintIntervalMinutes = ptr(1.0) }, StarwikiLint, true, "", 300 * time.Second},
+		{"starwiki interval of 0 minutes is the 300s floor, as in the original", func(e *Env) { e.StarwikiLintIntervalMinutes = ptr(0.0) }, StarwikiLint, true, "", 300 * time.Second},
+		{"starwiki TASK_INTERVALS override is floored at 300s too", func(e *Env) { e.Intervals = map[string]time.Duration{StarwikiLint: time.Minute} }, StarwikiLint, true, "", 300 * time.Second},
 		{"starwiki default interval is an hour", func(e *Env) {}, StarwikiLint, true, "", time.Hour},
 		{"org interval from ka_org_interval_seconds", func(e *Env) { e.KAOrgIntervalSeconds = 900 }, LimbicOrg, true, "", 900 * time.Second},
 		{"unimplemented handler is skipped", func(e *Env) { e.Implemented = map[string]bool{ScheduledPromptTick: true} }, KGDecay, false, "no handler", 0},

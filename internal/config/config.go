@@ -49,7 +49,7 @@ type Config struct {
 	LogRAGIngestEnabled      bool    `env:"BACKGROUND_SCHEDULER_LOG_RAG_INGEST_ENABLED" default:"false" help:"Opt-in for log_rag_ingest."`
 	LegacyKGExtraction       bool    `env:"LEGACY_KG_EXTRACTION" default:"false" help:"Opt-in for auto_kg_extraction."`
 	StarwikiEnabled          bool    `env:"STARWIKI_ENABLED" default:"false" help:"Opt-in for starwiki_lint."`
-	StarwikiLintIntervalMins float64 `env:"STARWIKI_LINT_INTERVAL_MINUTES" default:"60" min:"0" help:"starwiki_lint interval in minutes (floor: 5 minutes)."`
+	StarwikiLintIntervalMins float64 `env:"STARWIKI_LINT_INTERVAL_MINUTES" default:"60" min:"0" help:"starwiki_lint interval in minutes; like the original, anything under 5 minutes (0 included, and a TASK_INTERVALS override) runs every 5 minutes."`
 	StarwikiStaleDays        int     `env:"STARWIKI_STALE_DAYS" default:"180" min:"1" help:"starwiki_lint reports a page not updated for this many days as stale."`
 	KAEnabled                bool    `env:"KA_ENABLED" default:"false" help:"Knowledge anchoring: limbic_anchoring_worker, limbic_sunset_processor, limbic_maintenance."`
 	KADedupEnabled           bool    `env:"KA_DEDUP_ENABLED" default:"true" help:"limbic_dedup_task."`

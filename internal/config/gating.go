@@ -52,7 +52,7 @@ func (c Config) GatingEnv(catalog []jobs.Spec, implemented map[string]bool) (job
 			"ka_dedup_enabled":                            c.KADedupEnabled,
 			"ka_org_enabled":                              c.KAOrgEnabled,
 		},
-		StarwikiLintIntervalMinutes: c.StarwikiLintIntervalMins,
+		StarwikiLintIntervalMinutes: &c.StarwikiLintIntervalMins,
 		KAOrgIntervalSeconds:        c.KAOrgIntervalSeconds,
 		KADedupIntervalSeconds:      c.KADedupIntervalSeconds,
 		Implemented:                 implemented,
