@@ -352,12 +352,17 @@ func (b *bulkRun) emit(ctx context.Context, status string, err error) {
 	if b.h.events == nil {
 		return
 	}
-	channels := len(b.chans)
-	if status == "skipped" {
-		channels = 0
+	// The original's counts per milestone: a skip reports nothing, "no new
+	// messages" only the channels looked at, the others what was scanned.
+	channels, zsets := len(b.chans), len(b.chans)
+	switch status {
+	case "skipped":
+		channels, zsets = 0, 0
+	case "no_new_messages":
+		zsets = 0
 	}
 	payload := map[string]any{
-		"channels_processed": channels, "messages_processed": b.read, "n_zsets": len(b.chans),
+		"channels_processed": channels, "messages_processed": b.read, "n_zsets": zsets,
 		"out_dir": b.outDir, "error": "",
 	}
 	preview := fmt.Sprintf("channels=%d messages=%d out_dir=%s", channels, b.read, b.outDir)
@@ -366,7 +371,7 @@ func (b *bulkRun) emit(ctx context.Context, status string, err error) {
 		preview = "error=" + clip(err.Error(), 100)
 	}
 	_ = b.h.events.Publish(ctx, events.Event{
-		Topic: kgBulkTopic, Source: "background_tasks", Status: status,
+		Topic: kgBulkTopic, Source: "background_tasks", Phase: "pipeline", Status: status,
 		DurationMS: float64(b.h.now().Sub(b.start).Microseconds()) / 1000, Preview: preview,
 		Payload: payload, TS: float64(b.h.now().UnixMilli()) / 1000,
 	})

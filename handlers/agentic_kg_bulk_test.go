@@ -57,8 +57,9 @@ func dumps(t *testing.T, root string) []string {
 func oneEvent(t *testing.T, received func() []events.Event, status string) events.Event {
 	t.Helper()
 	evs := received()
-	if len(evs) != 1 || evs[0].Topic != "kg_bulk_incremental" || evs[0].Source != "background_tasks" || evs[0].Status != status {
-		t.Fatalf("events %+v, want one kg_bulk_incremental %q event", evs, status)
+	if len(evs) != 1 || evs[0].Topic != "kg_bulk_incremental" || evs[0].Source != "background_tasks" || evs[0].Status != status ||
+		evs[0].Phase != "pipeline" {
+		t.Fatalf("events %+v, want one kg_bulk_incremental %q event of phase pipeline", evs, status)
 	}
 	return evs[0]
 }
@@ -79,7 +80,8 @@ func TestAgenticKGBulkBootstrapsLatestThenExtractsOnlyNewMessages(t *testing.T) 
 	if len(v.llm.Calls()) != 0 || len(dumps(t, d.KGBulkDir)) != 0 {
 		t.Fatal("the bootstrap run extracted or dumped something")
 	}
-	if e := oneEvent(t, received, "no_new_messages"); e.Payload["channels_processed"] != 2.0 {
+	// As the original: the channels looked at, and no sorted sets scanned.
+	if e := oneEvent(t, received, "no_new_messages"); e.Payload["channels_processed"] != 2.0 || e.Payload["n_zsets"] != 0.0 {
 		t.Errorf("event %+v", e)
 	}
 	boot := map[msgcache.Channel]msgcache.Position{guildChan: posOf(history[9]), roomChan: posOf(history[17])}

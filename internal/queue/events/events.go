@@ -16,8 +16,11 @@ import (
 // Event mirrors the original publish_debug_event(topic, source, status,
 // duration_ms, preview, payload).
 type Event struct {
-	Topic      string         `json:"topic"`
-	Source     string         `json:"source"`
+	Topic  string `json:"topic"`
+	Source string `json:"source"`
+	// Phase is the step of a multi-step task the event reports (the
+	// original's phase argument, e.g. "pipeline"); empty for most topics.
+	Phase      string         `json:"phase,omitempty"`
 	Status     string         `json:"status"`
 	DurationMS float64        `json:"duration_ms"`
 	Preview    string         `json:"preview"`
