@@ -60,11 +60,13 @@ type agenticKGBulk struct {
 	now    func() time.Time
 	log    *slog.Logger
 	events EventPublisher
+	// keyMissing: the endpoint has no API key (see Deps.LLMKeyMissing).
+	keyMissing bool
 }
 
 func newAgenticKGBulk(k kit) Worker[*jobs.ChannelBatch] {
 	return &agenticKGBulk{engine: k.extraction(), cache: msgcache.New(k.Redis()), dir: cmp.Or(k.KGBulkDir, DefaultKGBulkDir),
-		now: k.Now, log: k.Logger, events: k.Events}
+		now: k.Now, log: k.Logger, events: k.Events, keyMissing: k.LLMKeyMissing}
 }
 
 func (h *agenticKGBulk) Work(ctx context.Context, p *jobs.ChannelBatch) (Result, error) {
@@ -130,6 +132,13 @@ type bulkResults struct {
 
 func (b *bulkRun) run(ctx context.Context, maxChannels int) (Result, error) {
 	task := jobs.AgenticKGBulkIncremental
+	if b.h.keyMissing {
+		// The original skipped without an api_key; a keyless endpoint is
+		// used only when configured for extraction on purpose.
+		b.h.log.DebugContext(ctx, "agentic_kg_bulk_incremental: skip (api_key missing)", "task", task)
+		b.emit(ctx, "skipped", nil)
+		return Result{"status": "skipped", "reason": "no API_KEY for the LLM endpoint (set API_KEY, or EXTRACTION_LLM_BASE_URL for a keyless endpoint)"}, nil
+	}
 	chans, err := b.cache.ActiveChannels(ctx, maxChannels)
 	if err != nil {
 		return nil, err

@@ -302,6 +302,27 @@ func TestAgenticKGBulkSkipsWithItsEvent(t *testing.T) {
 	}
 }
 
+// Without an API key for the shared endpoint the run skips with the
+// original's event, calling nothing and moving nothing.
+func TestAgenticKGBulkSkipsWithoutAnAPIKeyAsTheOriginalDid(t *testing.T) {
+	v, d, received := bulkEnv(t)
+	d.LLMKeyMissing = true
+	chatter(t, v.rdb, guildChan, v.now, 0, 3)
+	res, err := runBulk(context.Background(), d)
+	if err != nil || res["status"] != "skipped" {
+		t.Fatalf("%v, %v", res, err)
+	}
+	if e := oneEvent(t, received, "skipped"); e.Payload["channels_processed"] != 0.0 || e.Payload["n_zsets"] != 0.0 {
+		t.Errorf("event %+v", e)
+	}
+	if len(v.llm.Calls()) != 0 || len(dumps(t, d.KGBulkDir)) != 0 {
+		t.Error("a skipped run called the LLM or dumped")
+	}
+	if n, _ := v.rdb.Exists(context.Background(), KGBulkCursorPrefix+guildChan.String()).Result(); n != 0 {
+		t.Error("a skipped run set a cursor")
+	}
+}
+
 // Without an LLM the task is not registered (its catalog spec requires
 // one); a handler built anyway refuses to run, once and for all, and
 // touches nothing.

@@ -32,8 +32,18 @@ type Deps struct {
 	// JournalCommand overrides the journalctl binary (tests).
 	JournalCommand string
 
-	// LLM answers chat/completions calls (nil without LLM_BASE_URL).
+	// LLM answers chat/completions calls (nil without LLM_BASE_URL): the
+	// chat endpoint of summaries, heartbeats, the merge judge, hub
+	// categories and epoch summaries.
 	LLM ChatModel
+	// ExtractionLLM answers the knowledge-extraction calls when they have
+	// an endpoint of their own (EXTRACTION_LLM_BASE_URL: the original sent
+	// them to a keyless local proxy); nil means LLM.
+	ExtractionLLM ChatModel
+	// LLMKeyMissing is true when extraction goes to the shared endpoint
+	// and API_KEY is empty: agentic_kg_bulk_incremental then skips, as the
+	// original did without an api_key.
+	LLMKeyMissing bool
 	// Embedder turns texts into vectors (nil without an embeddings URL).
 	Embedder Embedder
 	// Models names the model each kind of call uses.

@@ -112,6 +112,7 @@ type kit struct {
 	redis     redis.UniversalClient
 	graph     Graph
 	llm       ChatModel
+	extractor ChatModel
 	embedder  Embedder
 	keyProber KeyProber
 	platforms []Platform
@@ -125,9 +126,12 @@ func newKit(d Deps, spec jobs.Spec) kit {
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
-	k := kit{spec: spec, redis: d.Redis, graph: d.Graph, llm: d.LLM, embedder: d.Embedder,
+	k := kit{spec: spec, redis: d.Redis, graph: d.Graph, llm: d.LLM, extractor: d.ExtractionLLM, embedder: d.Embedder,
 		keyProber: d.KeyProber, platforms: d.Platforms}
-	d.Redis, d.Graph, d.LLM, d.Embedder, d.KeyProber, d.Platforms = nil, nil, nil, nil, nil, nil
+	if k.extractor == nil {
+		k.extractor = d.LLM
+	}
+	d.Redis, d.Graph, d.LLM, d.ExtractionLLM, d.Embedder, d.KeyProber, d.Platforms = nil, nil, nil, nil, nil, nil, nil
 	k.Deps = d
 	return k
 }
@@ -152,6 +156,10 @@ func (k kit) Graph() Graph { k.need(jobs.KG); return k.graph }
 
 // LLM is the chat/completions client (jobs.LLM).
 func (k kit) LLM() ChatModel { k.need(jobs.LLM); return k.llm }
+
+// ExtractionLLM is the client of knowledge-extraction calls: their own
+// endpoint if configured, else the chat client (jobs.LLM).
+func (k kit) ExtractionLLM() ChatModel { k.need(jobs.LLM); return k.extractor }
 
 // Embedder is the embeddings client (jobs.Embeddings).
 func (k kit) Embedder() Embedder { k.need(jobs.Embeddings); return k.embedder }
@@ -195,7 +203,7 @@ func (k kit) offers(r jobs.Requirement) bool { return k.present().Has(r) }
 // must declare the LLM, the graph and Redis (the engine's ledger).
 func (k kit) extraction() extract.Config {
 	return extract.Config{
-		LLM: k.LLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Redis(),
+		LLM: k.ExtractionLLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Redis(),
 		Verify: singleton.Verify, Now: k.Now, Logger: k.Logger.With("task", k.spec.Name),
 	}
 }

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"cmp"
 	"context"
 	"log/slog"
 	"time"
@@ -89,11 +88,17 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.Graph = g
 		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize}
 	}
-	if cfg.LLMBaseURL != "" {
-		d.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})
-	}
-	if u := cmp.Or(cfg.EmbeddingsBaseURL, cfg.LLMBaseURL); u != "" {
-		d.Embedder = llm.New(llm.Options{BaseURL: u, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})
+	for _, e := range cfg.LLMEndpoints() {
+		c := llm.New(llm.Options{BaseURL: e.BaseURL, APIKey: e.APIKey, Timeout: e.Timeout, Observer: a.llmMetrics})
+		switch e.Purpose {
+		case config.PurposeChat:
+			d.LLM = c
+		case config.PurposeExtraction:
+			d.ExtractionLLM = c
+			d.LLMKeyMissing = e.APIKey == "" && !e.Own
+		case config.PurposeEmbeddings:
+			d.Embedder = c
+		}
 	}
 	if len(cfg.GeminiAPIKeys) > 0 {
 		prober, err := gemini.NewProber(gemini.NewPool(a.rdb), gemini.ProberOptions{

@@ -28,13 +28,18 @@ type Config struct {
 	FalkorDBURL   string `env:"FALKORDB_URL" secret:"true" check:"falkordb_url" help:"FalkorDB (knowledge graph) as redis://host:port. Empty: graph tasks are not scheduled."`
 	FalkorDBGraph string `env:"FALKORDB_GRAPH" default:"stargazer" help:"Name of the knowledge graph in FalkorDB."`
 
-	LLMBaseURL              string        `env:"LLM_BASE_URL" check:"http_url" help:"OpenAI-compatible chat/completions base URL (OpenRouter or the local proxy). Empty: LLM tasks are not scheduled."`
-	APIKey                  string        `env:"API_KEY" secret:"true" help:"Bearer key for LLM_BASE_URL. Never logged."`
+	LLMBaseURL              string        `env:"LLM_BASE_URL" check:"http_url" help:"OpenAI-compatible chat/completions base URL (OpenRouter or the local proxy): summaries, heartbeats, the merge judge, hub categories, epoch summaries, and every other LLM call without an endpoint of its own. Empty: LLM tasks are not scheduled."`
+	APIKey                  string        `env:"API_KEY" secret:"true" help:"Bearer key for LLM_BASE_URL, and for the extraction and embeddings calls only while they go to LLM_BASE_URL too (a key is never sent to another endpoint). Never logged."`
+	LLMTimeout              time.Duration `env:"LLM_TIMEOUT_SECONDS" default:"120" help:"Timeout of one chat call to LLM_BASE_URL (the connect timeout is 10 s)."`
+	ExtractionLLMBaseURL    string        `env:"EXTRACTION_LLM_BASE_URL" check:"http_url" help:"Endpoint of the knowledge-extraction calls (auto_kg_extraction, limbic_anchoring_worker, anamnesis_digest, agentic_kg_bulk_incremental), e.g. the keyless local proxy the original used. Empty: LLM_BASE_URL with API_KEY."`
+	ExtractionAPIKey        string        `env:"EXTRACTION_API_KEY" secret:"true" help:"Bearer key for EXTRACTION_LLM_BASE_URL; empty sends no Authorization header (keyless proxies). Never logged."`
 	LLMModel                string        `env:"LLM_MODEL" default:"google/gemini-2.5-flash" help:"Default chat model (channel summaries)."`
 	KGExtractionModel       string        `env:"KG_EXTRACTION_MODEL" default:"google/gemini-2.5-flash" help:"Model for knowledge extraction, dedup, org and sunset calls."`
 	FlashModel              string        `env:"FLASH_MODEL" default:"google/gemini-2.5-flash-lite" help:"Cheap model for channel heartbeats."`
-	KAExtractionHTTPTimeout time.Duration `env:"KA_EXTRACTION_HTTP_TIMEOUT_SECONDS" default:"120" help:"Timeout of one extraction LLM call (the connect timeout is 10 s)."`
-	EmbeddingsBaseURL       string        `env:"EMBEDDINGS_BASE_URL" check:"http_url" help:"OpenAI-compatible embeddings base URL. Empty: LLM_BASE_URL."`
+	KAExtractionHTTPTimeout time.Duration `env:"KA_EXTRACTION_HTTP_TIMEOUT_SECONDS" default:"120" help:"Timeout of one knowledge-extraction LLM call (the connect timeout is 10 s)."`
+	EmbeddingsBaseURL       string        `env:"EMBEDDINGS_BASE_URL" check:"http_url" help:"OpenAI-compatible embeddings base URL. Empty: LLM_BASE_URL with API_KEY."`
+	EmbeddingsAPIKey        string        `env:"EMBEDDINGS_API_KEY" secret:"true" help:"Bearer key for EMBEDDINGS_BASE_URL; empty sends no Authorization header. Never logged."`
+	EmbeddingsTimeout       time.Duration `env:"EMBEDDINGS_TIMEOUT_SECONDS" default:"60" help:"Timeout of one embeddings call (the connect timeout is 10 s)."`
 	EmbeddingsModel         string        `env:"EMBEDDINGS_MODEL" default:"text-embedding-3-small" help:"Embeddings model."`
 	EmbeddingsRatePerMinute float64       `env:"EMBEDDINGS_RATE_PER_MINUTE" default:"60" min:"0" help:"Embeddings calls per minute (one call embeds up to 64 messages) shared by all workers through Redis, so a backfill cannot exhaust the endpoint's quota; bursts of up to a tenth of it. A throttled batch is rescheduled, not failed. 0: no limit."`
 	GeminiAPIKeys           []string      `env:"GEMINI_API_KEYS" secret:"true" help:"Comma-separated shared Gemini key pool probed by gemini_key_probe. Never logged."`

@@ -235,3 +235,50 @@ func TestRedisURLSelectsASingleServerOrSentinel(t *testing.T) {
 		})
 	}
 }
+
+func TestEachLLMPurposeSendsOnlyItsOwnKey(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want map[string]LLMEndpoint
+	}{
+		{"one shared endpoint", map[string]string{"LLM_BASE_URL": "https://or/api/v1", "API_KEY": "sk"}, map[string]LLMEndpoint{
+			PurposeChat:       {Purpose: PurposeChat, BaseURL: "https://or/api/v1", APIKey: "sk", Timeout: 120 * time.Second},
+			PurposeExtraction: {Purpose: PurposeExtraction, BaseURL: "https://or/api/v1", APIKey: "sk", Timeout: 120 * time.Second},
+			PurposeEmbeddings: {Purpose: PurposeEmbeddings, BaseURL: "https://or/api/v1", APIKey: "sk", Timeout: 60 * time.Second},
+		}},
+		{"a keyless extraction proxy never gets the chat key", map[string]string{
+			"LLM_BASE_URL": "https://or/api/v1", "API_KEY": "sk", "EXTRACTION_LLM_BASE_URL": "http://proxy:8000/v1",
+			"KA_EXTRACTION_HTTP_TIMEOUT_SECONDS": "30", "LLM_TIMEOUT_SECONDS": "45",
+		}, map[string]LLMEndpoint{
+			PurposeChat:       {Purpose: PurposeChat, BaseURL: "https://or/api/v1", APIKey: "sk", Timeout: 45 * time.Second},
+			PurposeExtraction: {Purpose: PurposeExtraction, BaseURL: "http://proxy:8000/v1", Timeout: 30 * time.Second, Own: true},
+			PurposeEmbeddings: {Purpose: PurposeEmbeddings, BaseURL: "https://or/api/v1", APIKey: "sk", Timeout: 60 * time.Second},
+		}},
+		{"embeddings elsewhere with their own key", map[string]string{
+			"EMBEDDINGS_BASE_URL": "https://emb/v1", "EMBEDDINGS_API_KEY": "ek", "EMBEDDINGS_TIMEOUT_SECONDS": "5",
+		}, map[string]LLMEndpoint{
+			PurposeEmbeddings: {Purpose: PurposeEmbeddings, BaseURL: "https://emb/v1", APIKey: "ek", Timeout: 5 * time.Second, Own: true},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(env(tt.env), nil, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]LLMEndpoint{}
+			for _, e := range c.LLMEndpoints() {
+				got[e.Purpose] = e
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("endpoints %+v, want %+v", got, tt.want)
+			}
+			for p, w := range tt.want {
+				if got[p] != w {
+					t.Errorf("%s: %+v, want %+v", p, got[p], w)
+				}
+			}
+		})
+	}
+}

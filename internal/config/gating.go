@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
@@ -58,4 +59,53 @@ func (c Config) GatingEnv(catalog []jobs.Spec, implemented map[string]bool) (job
 		Implemented:                 implemented,
 		Intervals:                   c.TaskIntervals,
 	}, nil
+}
+
+// LLM call purposes, each with its own endpoint.
+const (
+	PurposeChat       = "chat"
+	PurposeExtraction = "extraction"
+	PurposeEmbeddings = "embeddings"
+)
+
+// LLMEndpoint is where one purpose's LLM calls go.
+type LLMEndpoint struct {
+	Purpose string
+	BaseURL string
+	// APIKey is sent as a bearer token; empty sends none.
+	APIKey  string
+	Timeout time.Duration
+	// Own is true when the purpose has an endpoint of its own rather than
+	// sharing LLM_BASE_URL.
+	Own bool
+}
+
+// LLMEndpoints resolves the endpoint of each purpose that has one. A
+// purpose without a base URL of its own shares LLM_BASE_URL and API_KEY;
+// one with its own URL sends only its own key (possibly none), so a key is
+// never sent to an endpoint it was not configured for.
+func (c Config) LLMEndpoints() []LLMEndpoint {
+	resolve := func(purpose, url, key string, timeout time.Duration) (LLMEndpoint, bool) {
+		if url != "" {
+			return LLMEndpoint{Purpose: purpose, BaseURL: url, APIKey: key, Timeout: timeout, Own: true}, true
+		}
+		if c.LLMBaseURL == "" {
+			return LLMEndpoint{}, false
+		}
+		return LLMEndpoint{Purpose: purpose, BaseURL: c.LLMBaseURL, APIKey: c.APIKey, Timeout: timeout}, true
+	}
+	var out []LLMEndpoint
+	for _, e := range []struct {
+		purpose, url, key string
+		timeout           time.Duration
+	}{
+		{PurposeChat, "", "", c.LLMTimeout},
+		{PurposeExtraction, c.ExtractionLLMBaseURL, c.ExtractionAPIKey, c.KAExtractionHTTPTimeout},
+		{PurposeEmbeddings, c.EmbeddingsBaseURL, c.EmbeddingsAPIKey, c.EmbeddingsTimeout},
+	} {
+		if ep, ok := resolve(e.purpose, e.url, e.key, e.timeout); ok {
+			out = append(out, ep)
+		}
+	}
+	return out
 }

@@ -35,6 +35,8 @@ type Call struct {
 	ResponseFormat string // response_format.type
 	// Messages are the texts of the prompt's message lines, in order.
 	Messages []string
+	// Authorization is the request's Authorization header ("" if none).
+	Authorization string
 }
 
 // Reply is an HTTP answer.
@@ -106,7 +108,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := Call{Model: req.Model, Prompt: req.Messages[len(req.Messages)-1].Content,
-		Temperature: req.Temperature, MaxTokens: req.MaxTokens}
+		Temperature: req.Temperature, MaxTokens: req.MaxTokens, Authorization: r.Header.Get("Authorization")}
 	if req.ResponseFormat != nil {
 		c.ResponseFormat = req.ResponseFormat.Type
 	}
