@@ -106,7 +106,8 @@ func Run(ctx context.Context, p Params) error {
 
 	client := asynq.NewClient(connOpt)
 	defer client.Close()
-	auth := monitor.Auth{Token: cfg.MonitorToken, User: cfg.MonitorUser, Password: cfg.MonitorPassword}
+	auth := monitor.Auth{Token: cfg.MonitorToken, User: cfg.MonitorUser, Password: cfg.MonitorPassword,
+		ViewToken: cfg.MonitorViewToken, ViewUser: cfg.MonitorViewUser, ViewPassword: cfg.MonitorViewPassword}
 	mon := monitor.New(monitor.Options{
 		Gatherer: reg, Registerer: reg,
 		Redis:        monitor.PingFunc(func(ctx context.Context) error { return rdb.Ping(ctx).Err() }),
@@ -120,11 +121,10 @@ func Run(ctx context.Context, p Params) error {
 		log.Warn("no MONITOR_TOKEN or MONITOR_USER/MONITOR_PASSWORD configured: the dashboard and the enqueue API are unauthenticated, so the HTTP server binds to loopback only",
 			"addr", addr)
 	}
-	ln, err := net.Listen("tcp", addr)
+	httpSrv, ln, err := monitor.NewHTTPServer(addr, cfg.HTTPMaxConnections, mon, log)
 	if err != nil {
 		return &config.Error{Setting: "HTTP_ADDR", Reason: err.Error()}
 	}
-	httpSrv := &http.Server{Handler: mon, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server stopped", "error", err)

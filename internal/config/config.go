@@ -87,6 +87,14 @@ type Config struct {
 	// TaskIntervals overrides periodic tasks' intervals by task name; a zero
 	// duration disables the task.
 	TaskIntervals map[string]time.Duration
+
+	// MonitorViewToken, MonitorViewUser and MonitorViewPassword are the
+	// view-only credential: dashboard read, no state change.
+	MonitorViewToken    string
+	MonitorViewUser     string
+	MonitorViewPassword string
+	// HTTPMaxConnections caps the monitor's concurrent connections.
+	HTTPMaxConnections int
 }
 
 // Error is a configuration error. It names the setting so the operator
@@ -321,6 +329,10 @@ func Settings() []Setting {
 		{Env: "MONITOR_TOKEN", Help: "Bearer token for the dashboard and POST /api/v1/tasks. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorToken })},
 		{Env: "MONITOR_USER", Help: "Basic-auth user for the dashboard and the API (with MONITOR_PASSWORD).", set: str(func(c *Config) *string { return &c.MonitorUser })},
 		{Env: "MONITOR_PASSWORD", Help: "Basic-auth password. Never logged. With no token and no user/password, the HTTP server binds to loopback only.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorPassword })},
+		{Env: "MONITOR_VIEW_TOKEN", Help: "View-only bearer token: reads the dashboard, gets 403 on every state change (dashboard actions, POST /api/v1/tasks). Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorViewToken })},
+		{Env: "MONITOR_VIEW_USER", Help: "View-only basic-auth user (with MONITOR_VIEW_PASSWORD).", set: str(func(c *Config) *string { return &c.MonitorViewUser })},
+		{Env: "MONITOR_VIEW_PASSWORD", Help: "View-only basic-auth password. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorViewPassword })},
+		{Env: "HTTP_MAX_CONNECTIONS", Default: "256", Help: "Most connections the HTTP server holds open at once; more wait in the kernel's accept queue without holding a descriptor of the process.", set: integer(func(c *Config) *int { return &c.HTTPMaxConnections }, 1)},
 		{Env: "LOG_LEVEL", Default: "info", Help: "debug, info, warn or error.",
 			set: func(c *Config, v string) error {
 				if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
@@ -419,6 +431,15 @@ func Load(getenv func(string) string, args []string, usage io.Writer) (Config, e
 	}
 	if (c.MonitorUser == "") != (c.MonitorPassword == "") {
 		return c, &Error{Setting: "MONITOR_USER", Reason: "MONITOR_USER and MONITOR_PASSWORD must be set together"}
+	}
+	if (c.MonitorViewUser == "") != (c.MonitorViewPassword == "") {
+		return c, &Error{Setting: "MONITOR_VIEW_USER", Reason: "MONITOR_VIEW_USER and MONITOR_VIEW_PASSWORD must be set together"}
+	}
+	if c.MonitorViewToken != "" && c.MonitorViewToken == c.MonitorToken {
+		return c, &Error{Setting: "MONITOR_VIEW_TOKEN", Reason: "must differ from MONITOR_TOKEN"}
+	}
+	if c.MonitorViewUser != "" && c.MonitorViewUser == c.MonitorUser {
+		return c, &Error{Setting: "MONITOR_VIEW_USER", Reason: "must differ from MONITOR_USER"}
 	}
 	return c, nil
 }
