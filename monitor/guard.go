@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -76,14 +77,38 @@ func (g *guard) protect(area string, next http.Handler) http.Handler {
 	})
 }
 
-// refuse answers with an error before the body was read. The connection
-// is closed after the answer: otherwise the server would first read (up to
-// 256 KiB of) the unread body, at whatever pace the client sends it.
+// refuse answers with an error before the body was read, and closes the
+// connection at once: otherwise the server would read (up to 256 KiB of)
+// the unread body first, at whatever pace the client sends it.
 func refuse(w http.ResponseWriter, r *http.Request, code int, msg string) {
-	if r.ContentLength != 0 {
+	unread := r.ContentLength != 0
+	if unread {
 		w.Header().Set("Connection", "close")
 	}
 	writeJSON(w, code, apiError{msg})
+	if unread {
+		// The answer is written before the server drains the body; a read
+		// deadline in the past makes that drain fail at once.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
+}
+
+// maxPageSize bounds the dashboard API's page size: asynqmon reads a whole
+// page from Redis into memory, and takes any size it is given.
+const maxPageSize = 1000
+
+// boundedPages refuses dashboard API listings of more than maxPageSize
+// tasks.
+func boundedPages(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s := r.URL.Query().Get("size"); s != "" {
+			if n, err := strconv.Atoi(s); err != nil || n < 1 || n > maxPageSize {
+				refuse(w, r, http.StatusBadRequest, fmt.Sprintf("size must be from 1 to %d", maxPageSize))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // crossOrigin refuses state-changing requests a browser sent from another

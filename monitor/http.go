@@ -90,7 +90,7 @@ func New(o Options) *Server {
 		PayloadFormatter: asynqmon.PayloadFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
 		ResultFormatter:  asynqmon.ResultFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
 	})
-	mux.Handle(o.DashboardPath+"/", g.protect("dashboard", mon))
+	mux.Handle(o.DashboardPath+"/", g.protect("dashboard", boundedPages(mon)))
 	// The browser fetches the web manifest without credentials; it holds
 	// nothing but the app's name.
 	mux.Handle("GET "+o.DashboardPath+"/manifest.json", mon)
