@@ -1,7 +1,7 @@
 package monitor_test
 
 import (
-		"fmt"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -68,8 +68,8 @@ func TestConnectionsAreClosedByTheServerWithinItsTimeouts(t *testing.T) {
 		answer string
 	}{
 		{name: "slow body without credentials is refused at once",
-			send:   "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{\"task\":",
-			max:    slack, answer: "HTTP/1.1 401"},
+			send: "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{\"task\":",
+			max:  slack, answer: "HTTP/1.1 401"},
 		{name: "slow body with credentials is cut at the read timeout",
 			send: "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + adminToken + "\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{\"task\":",
 			min:  monitor.ReadTimeout - time.Second, max: monitor.ReadTimeout + slack},
@@ -226,7 +226,7 @@ func TestCrossOriginStateChangesAreRefused(t *testing.T) {
 		{"delete a task from another site", request{"DELETE", "/dashboard/api/queues/default/pending_tasks/" + pending.ID, "", hdr("Sec-Fetch-Site", "cross-site")}, 403},
 		{"text/plain from a non-browser client", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "text/plain")}, 415},
 		{"enqueue from the dashboard's own origin", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "application/json", "Sec-Fetch-Site", "same-origin")}, 201},
-		{"enqueue from an old browser on the same origin", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "application/json", "Origin", "http://" + w.addr)}, 201},
+		{"enqueue from an old browser on the same origin", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "application/json", "Origin", "http://"+w.addr)}, 201},
 		{"reading from another site is not a state change", request{"GET", "/dashboard/api/queues", "", hdr("Sec-Fetch-Site", "cross-site")}, 200},
 	}
 	for _, tt := range tests {
@@ -258,7 +258,9 @@ var (
 	viewUser, viewPassword   = "viewer", "viewer-password"
 )
 
-func bearerHeader(tok string) map[string]string { return map[string]string{"Authorization": "Bearer " + tok} }
+func bearerHeader(tok string) map[string]string {
+	return map[string]string{"Authorization": "Bearer " + tok}
+}
 
 func basicHeader(u, p string) map[string]string {
 	r, _ := http.NewRequest("GET", "/", nil)
