@@ -241,4 +241,3 @@ Finished tasks enqueued by hand are kept for a day.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
 	return cmd
 }
-
