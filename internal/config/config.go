@@ -316,8 +316,8 @@ func Settings() []Setting {
 				c.DashboardPath = strings.TrimSuffix(v, "/")
 				return nil
 			}},
-		{Env: "DASHBOARD_READ_ONLY", Default: "false", Help: "Hide the dashboard's delete, run, archive and pause actions (asynqmon refuses non-GET API calls).", set: boolean(func(c *Config) *bool { return &c.DashboardReadOnly })},
-		{Env: "QUEUE_METRICS", Default: "true", Help: "Export asynq queue sizes and latency on /metrics. Each scrape reads every queue from Redis, so in a fleet turn it off on the workers and leave it on the monitor.", set: boolean(func(c *Config) *bool { return &c.QueueMetrics })},
+		{Env: "DASHBOARD_READ_ONLY", Default: "false", Help: "Hide the dashboard's delete, run, archive and pause actions and refuse every state change with 403, POST /api/v1/tasks included, whatever the credential.", set: boolean(func(c *Config) *bool { return &c.DashboardReadOnly })},
+		{Env: "QUEUE_METRICS", Default: "true", Help: "Export asynq queue sizes and latency on /metrics. They are read from Redis at most once per 10 s per process (about 130 commands for four queues), whatever the scrape rate; in a fleet turn it off on the workers and leave it on the monitor.", set: boolean(func(c *Config) *bool { return &c.QueueMetrics })},
 		{Env: "ROLE", Default: "worker", Help: "worker: run tasks, the scheduler and the monitor; monitor: serve only the dashboard, the enqueue API and metrics.",
 			set: func(c *Config, v string) error {
 				if v != RoleWorker && v != RoleMonitor {
@@ -326,8 +326,8 @@ func Settings() []Setting {
 				c.Role = v
 				return nil
 			}},
-		{Env: "MONITOR_TOKEN", Help: "Bearer token for the dashboard and POST /api/v1/tasks. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorToken })},
-		{Env: "MONITOR_USER", Help: "Basic-auth user for the dashboard and the API (with MONITOR_PASSWORD).", set: str(func(c *Config) *string { return &c.MonitorUser })},
+		{Env: "MONITOR_TOKEN", Help: "Admin bearer token for the dashboard and POST /api/v1/tasks. Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorToken })},
+		{Env: "MONITOR_USER", Help: "Admin basic-auth user for the dashboard and the API (with MONITOR_PASSWORD).", set: str(func(c *Config) *string { return &c.MonitorUser })},
 		{Env: "MONITOR_PASSWORD", Help: "Basic-auth password. Never logged. With no token and no user/password, the HTTP server binds to loopback only.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorPassword })},
 		{Env: "MONITOR_VIEW_TOKEN", Help: "View-only bearer token: reads the dashboard, gets 403 on every state change (dashboard actions, POST /api/v1/tasks). Never logged.", Secret: true, set: str(func(c *Config) *string { return &c.MonitorViewToken })},
 		{Env: "MONITOR_VIEW_USER", Help: "View-only basic-auth user (with MONITOR_VIEW_PASSWORD).", set: str(func(c *Config) *string { return &c.MonitorViewUser })},
