@@ -1,11 +1,11 @@
 package monitor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
+	"mime"
 	"net/http"
 	"time"
 
@@ -33,19 +33,24 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// enqueueAPI serves POST /api/v1/tasks: the body is an enqueue.Request,
-// validated exactly as the enqueuer CLI validates it.
+// enqueueAPI serves POST /api/v1/tasks: the body is one JSON
+// enqueue.Request, validated exactly as the enqueuer CLI validates it. It
+// runs after the guard, so nothing reads a body before authentication.
 func enqueueAPI(catalog []jobs.Spec, c enqueue.Enqueuer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBytes))
-		if err != nil {
-			writeJSON(w, http.StatusRequestEntityTooLarge, apiError{"request body too large or unreadable: " + err.Error()})
+		// A JSON content type also makes a browser preflight the request,
+		// which this server never approves.
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			refuse(w, r, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
 			return
 		}
-		var req enqueue.Request
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		req, err := enqueue.DecodeRequest(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			writeJSON(w, http.StatusRequestEntityTooLarge, apiError{fmt.Sprintf("request body too large (at most %d bytes)", tooBig.Limit)})
+			return
+		case err != nil:
 			writeJSON(w, http.StatusBadRequest, apiError{"request body is not a valid enqueue request: " + err.Error()})
 			return
 		}

@@ -5,20 +5,42 @@ import (
 	"crypto/subtle"
 	"net/http"
 	"strings"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Auth holds the credentials that protect the dashboard and the API: a
-// bearer token, basic-auth credentials, or both.
+// Auth holds the credentials that protect the dashboard and the API, for
+// two roles. The admin credential (a bearer token, basic-auth credentials,
+// or both) may do everything; the view-only one may read the dashboard and
+// gets 403 on every state change (the dashboard's actions and POST
+// /api/v1/tasks).
 type Auth struct {
 	Token    string
 	User     string
 	Password string
+
+	ViewToken    string
+	ViewUser     string
+	ViewPassword string
 }
 
-// Enabled reports whether any credential is configured.
-func (a Auth) Enabled() bool { return a.Token != "" || (a.User != "" && a.Password != "") }
+// Enabled reports whether any credential is configured. Without one every
+// client is an admin, so the worker binds to loopback only.
+func (a Auth) Enabled() bool {
+	return a.Token != "" || (a.User != "" && a.Password != "") ||
+		a.ViewToken != "" || (a.ViewUser != "" && a.ViewPassword != "")
+}
+
+// basic reports whether a basic-auth credential is configured, so a
+// refusal offers the browser's login prompt.
+func (a Auth) basic() bool { return a.User != "" || a.ViewUser != "" }
+
+// role is what a request's credentials allow.
+type role int
+
+const (
+	roleNone role = iota
+	roleView
+	roleAdmin
+)
 
 // equal compares in constant time, whatever the lengths.
 func equal(a, b string) bool {
@@ -26,37 +48,37 @@ func equal(a, b string) bool {
 	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
 }
 
-func (a Auth) allows(r *http.Request) bool {
-	if !a.Enabled() {
-		return true
+// bearer returns the token of an "Authorization: Bearer" header; the
+// scheme is case-insensitive (RFC 9110, section 11.1).
+func bearer(r *http.Request) (string, bool) {
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
 	}
-	if a.Token != "" {
-		if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") && equal(strings.TrimPrefix(h, "Bearer "), a.Token) {
-			return true
-		}
-	}
-	if a.User != "" && a.Password != "" {
-		if u, p, ok := r.BasicAuth(); ok && equal(u, a.User) && equal(p, a.Password) {
-			return true
-		}
-	}
-	return false
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
 }
 
-// protect refuses requests without valid credentials with 401 and counts
-// them under area.
-func (a Auth) protect(area string, refused *prometheus.CounterVec, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.allows(r) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		refused.WithLabelValues(area).Inc()
-		if a.User != "" {
-			w.Header().Set("WWW-Authenticate", `Basic realm="stargazer-jobs", charset="UTF-8"`)
-		} else {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="stargazer-jobs"`)
-		}
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
-	})
+// role checks every configured credential (no early exit, so the time
+// taken does not tell which one nearly matched). The admin credential wins
+// over the view-only one.
+func (a Auth) role(r *http.Request) role {
+	if !a.Enabled() {
+		return roleAdmin
+	}
+	admin, view := false, false
+	if tok, ok := bearer(r); ok {
+		admin = a.Token != "" && equal(tok, a.Token)
+		view = a.ViewToken != "" && equal(tok, a.ViewToken)
+	} else if u, p, ok := r.BasicAuth(); ok {
+		admin = a.User != "" && a.Password != "" && equal(u, a.User) && equal(p, a.Password)
+		view = a.ViewUser != "" && a.ViewPassword != "" && equal(u, a.ViewUser) && equal(p, a.ViewPassword)
+	}
+	switch {
+	case admin:
+		return roleAdmin
+	case view:
+		return roleView
+	}
+	return roleNone
 }

@@ -19,7 +19,7 @@ import (
 // Options configure the handler tree.
 type Options struct {
 	// Gatherer is served on /metrics; Registerer receives the monitor's own
-	// counters (unauthorized requests).
+	// counters (refused requests).
 	Gatherer   prometheus.Gatherer
 	Registerer prometheus.Registerer
 	// Redis is pinged by /readyz.
@@ -28,7 +28,9 @@ type Options struct {
 	RedisConnOpt asynq.RedisConnOpt
 	// DashboardPath is where asynqmon is mounted, e.g. "/dashboard".
 	DashboardPath string
-	// ReadOnly hides the dashboard's delete/run/pause actions.
+	// ReadOnly hides the dashboard's delete/run/pause actions and refuses
+	// every state change, POST /api/v1/tasks included, whatever the
+	// credential.
 	ReadOnly bool
 	// Auth protects the dashboard and the API.
 	Auth Auth
@@ -46,14 +48,23 @@ type Server struct {
 
 // New builds the handler tree. /healthz, /readyz and /metrics are open (for
 // probes and scrapers); the dashboard and /api/v1/ require Auth when it is
-// enabled.
+// enabled, and a state change requires its admin credential. Every
+// state-changing request a browser sends from another site is refused.
 func New(o Options) *Server {
-	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stargazer_http_unauthorized_total",
-		Help: "HTTP requests refused for missing or wrong credentials, by area (dashboard, api).",
-	}, []string{"area"})
+	g := &guard{
+		auth: o.Auth, readOnly: o.ReadOnly,
+		throttle: newThrottle(AuthFailureBurst, AuthFailureRate, authThrottleAddrs),
+		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargazer_http_unauthorized_total",
+			Help: "HTTP requests refused for missing or wrong credentials, by area (dashboard, api).",
+		}, []string{"area"}),
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargazer_http_auth_throttled_total",
+			Help: "HTTP requests refused with 429 because their address failed authentication too often, by area (dashboard, api).",
+		}, []string{"area"}),
+	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(refused)
+		o.Registerer.MustRegister(g.unauthorized, g.throttled)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -70,7 +81,7 @@ func New(o Options) *Server {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	if o.Enqueuer != nil {
-		mux.Handle("POST /api/v1/tasks", o.Auth.protect("api", refused, enqueueAPI(o.Catalog, o.Enqueuer)))
+		mux.Handle("POST /api/v1/tasks", g.protect("api", enqueueAPI(o.Catalog, o.Enqueuer)))
 	}
 	mon := asynqmon.New(asynqmon.Options{
 		RootPath:         o.DashboardPath,
@@ -79,14 +90,13 @@ func New(o Options) *Server {
 		PayloadFormatter: asynqmon.PayloadFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
 		ResultFormatter:  asynqmon.ResultFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
 	})
-	dash := o.Auth.protect("dashboard", refused, mon)
-	mux.Handle(o.DashboardPath+"/", dash)
+	mux.Handle(o.DashboardPath+"/", g.protect("dashboard", boundedPages(mon)))
 	// The browser fetches the web manifest without credentials; it holds
 	// nothing but the app's name.
 	mux.Handle("GET "+o.DashboardPath+"/manifest.json", mon)
 	mux.Handle(o.DashboardPath, http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
 	mux.Handle("GET /{$}", http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
-	return &Server{Handler: mux, mon: mon}
+	return &Server{Handler: crossOrigin(mux), mon: mon}
 }
 
 // printable shows payloads and results as text: they are JSON by

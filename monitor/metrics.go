@@ -4,6 +4,7 @@
 package monitor
 
 import (
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -115,25 +116,42 @@ func (m *Metrics) Fire(task, outcome string, late time.Duration, missed int) {
 	}
 }
 
-// QueueCollector exports asynq's queue sizes and latency. It asks Redis on
-// every scrape, so register it in one process per deployment or accept the
-// (small) per-scrape cost.
+// QueueMetricsMaxAge is how long the queue metrics are served from memory
+// before a scrape reads Redis again. Reading every queue costs about 160
+// Redis commands (asynq samples each queue's memory); with the cache, any
+// number of scrapers costs that much at most once per period.
+const QueueMetricsMaxAge = 10 * time.Second
+
+// QueueCollector exports asynq's queue sizes and latency, read from Redis
+// at most once per MaxAge whatever the scrape rate. Concurrent scrapes wait
+// for one read instead of each making their own.
 type QueueCollector struct {
+	// MaxAge overrides QueueMetricsMaxAge (tests); set it before the first
+	// scrape.
+	MaxAge time.Duration
+
 	insp    *asynq.Inspector
 	size    *prometheus.Desc
 	latency *prometheus.Desc
 	paused  *prometheus.Desc
 	up      *prometheus.Desc
+	age     *prometheus.Desc
+
+	mu     sync.Mutex
+	readAt time.Time
+	cached []prometheus.Metric
 }
 
 // NewQueueCollector reads queue state through insp.
 func NewQueueCollector(insp *asynq.Inspector) *QueueCollector {
 	return &QueueCollector{
+		MaxAge:  QueueMetricsMaxAge,
 		insp:    insp,
 		size:    prometheus.NewDesc("stargazer_queue_tasks", "Tasks in each asynq queue by state.", []string{"queue", "state"}, nil),
 		latency: prometheus.NewDesc("stargazer_queue_latency_seconds", "Age of the oldest pending task.", []string{"queue"}, nil),
 		paused:  prometheus.NewDesc("stargazer_queue_paused", "1 if the queue is paused.", []string{"queue"}, nil),
 		up:      prometheus.NewDesc("stargazer_queue_scrape_ok", "1 if queue state could be read from Redis.", nil, nil),
+		age:     prometheus.NewDesc("stargazer_queue_metrics_age_seconds", "Age of the queue metrics: they are read from Redis at most once per 10 s.", nil, nil),
 	}
 }
 
@@ -143,15 +161,31 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.latency
 	ch <- c.paused
 	ch <- c.up
+	ch <- c.age
 }
 
 // Collect implements prometheus.Collector.
 func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	if c.cached == nil || time.Since(c.readAt) >= c.MaxAge {
+		c.cached, c.readAt = c.read(), time.Now()
+	}
+	ms, at := c.cached, c.readAt
+	c.mu.Unlock()
+	for _, m := range ms {
+		ch <- m
+	}
+	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, time.Since(at).Seconds())
+}
+
+// read asks Redis for every queue's state. A failed read is cached too, so
+// an unreachable Redis is not asked harder by more scrapers.
+func (c *QueueCollector) read() []prometheus.Metric {
 	queues, err := c.insp.Queues()
 	if err != nil {
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
-		return
+		return []prometheus.Metric{prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)}
 	}
+	var ms []prometheus.Metric
 	ok := 1.0
 	for _, q := range queues {
 		info, err := c.insp.GetQueueInfo(q)
@@ -163,14 +197,14 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 			"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled,
 			"retry": info.Retry, "archived": info.Archived, "completed": info.Completed,
 		} {
-			ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(n), q, state)
+			ms = append(ms, prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(n), q, state))
 		}
-		ch <- prometheus.MustNewConstMetric(c.latency, prometheus.GaugeValue, info.Latency.Seconds(), q)
+		ms = append(ms, prometheus.MustNewConstMetric(c.latency, prometheus.GaugeValue, info.Latency.Seconds(), q))
 		paused := 0.0
 		if info.Paused {
 			paused = 1
 		}
-		ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, paused, q)
+		ms = append(ms, prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, paused, q))
 	}
-	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, ok)
+	return append(ms, prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, ok))
 }

@@ -113,6 +113,9 @@ func (f *apiFixture) do(t *testing.T, method, path, body string, setAuth func(*h
 	if err != nil {
 		t.Fatal(err)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if setAuth != nil {
 		setAuth(req)
 	}

@@ -1,17 +1,14 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
-	"io"
+	"slices"
 	"sort"
-	"text/tabwriter"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/spf13/cobra"
 
-	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -35,73 +32,82 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func schedules(ctx context.Context, cfg config.Config, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("schedules", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "print a JSON array")
-	fs.Usage = func() { fmt.Fprintln(stderr, "usage: enqueuer schedules [--json]") }
-	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
-	}
-	rdb, code := connect(ctx, cfg, stderr)
-	if code != exitOK {
-		return code
-	}
-	defer rdb.Close()
-	insp := asynq.NewInspectorFromRedisClient(rdb)
-	defer insp.Close()
-	var out []scheduleEntry
-	for _, spec := range jobs.Catalog() {
-		st, found, err := periodic.ReadState(ctx, rdb, spec.Name)
-		if err != nil {
-			fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-			return exitFailure
-		}
-		if !found {
-			continue
-		}
-		e := scheduleEntry{
-			Name: spec.Name, Interval: st.Interval.Seconds(), Next: timePtr(st.Next),
-			LastRun: timePtr(st.LastRun), LastTaskID: st.LastTaskID, LastOutcome: st.LastOutcome,
-		}
-		if st.LastTaskID != "" {
-			if info, err := insp.GetTaskInfo(spec.Queue, st.LastTaskID); err == nil {
-				e.LastStatus, e.LastError = info.State.String(), info.LastErr
-			} else {
-				e.LastStatus = "gone"
+func (c *cli) schedulesCmd() *cobra.Command {
+	var asJSON, wide bool
+	cmd := &cobra.Command{
+		Use:   "schedules",
+		Short: "Each periodic task's next run, last run and last status",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			rdb, err := c.connect(ctx)
+			if err != nil {
+				return err
 			}
-		}
-		out = append(out, e)
+			defer rdb.Close()
+			insp := asynq.NewInspectorFromRedisClient(rdb)
+			defer insp.Close()
+			var out []scheduleEntry
+			for _, spec := range jobs.Catalog() {
+				st, found, err := periodic.ReadState(ctx, rdb, spec.Name)
+				if err != nil {
+					return failure("%v", err)
+				}
+				if !found {
+					continue
+				}
+				e := scheduleEntry{
+					Name: spec.Name, Interval: st.Interval.Seconds(), Next: timePtr(st.Next),
+					LastRun: timePtr(st.LastRun), LastTaskID: st.LastTaskID, LastOutcome: st.LastOutcome,
+				}
+				if st.LastTaskID != "" {
+					if info, err := insp.GetTaskInfo(spec.Queue, st.LastTaskID); err == nil {
+						e.LastStatus, e.LastError = info.State.String(), info.LastErr
+					} else {
+						e.LastStatus = "gone"
+					}
+				}
+				out = append(out, e)
+			}
+			if asJSON {
+				return c.printJSON(out)
+			}
+			if len(out) == 0 {
+				fmt.Fprintln(c.stdout, "no schedules yet: no scheduler has run against this Redis")
+				return nil
+			}
+			now := time.Now()
+			var rows [][]string
+			for _, e := range out {
+				next, last := "-", "-"
+				if e.Next != nil {
+					next = "in " + short(e.Next.Sub(now))
+					if wide {
+						next = fmt.Sprintf("%s (%s)", e.Next.Format(time.RFC3339), next)
+					}
+				}
+				if e.LastRun != nil {
+					last = short(now.Sub(*e.LastRun)) + " ago"
+					if wide {
+						last = fmt.Sprintf("%s (%s)", e.LastRun.Format(time.RFC3339), last)
+					}
+				}
+				status := e.LastStatus
+				if e.LastOutcome != "" && e.LastOutcome != periodic.OutcomeEnqueued {
+					status += " (last occurrence: " + e.LastOutcome + ")"
+				}
+				if e.LastError != "" {
+					status += ": " + e.LastError
+				}
+				rows = append(rows, []string{e.Name, short(time.Duration(e.Interval * float64(time.Second))), next, last, status})
+			}
+			table(c.stdout, wide, []string{"NAME", "EVERY", "NEXT RUN", "LAST RUN", "LAST STATUS"}, rows)
+			return nil
+		},
 	}
-	if *asJSON {
-		return printJSON(stdout, stderr, out)
-	}
-	if len(out) == 0 {
-		fmt.Fprintln(stdout, "no schedules yet: no scheduler has run against this Redis")
-		return exitOK
-	}
-	now := time.Now()
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tEVERY\tNEXT RUN\tLAST RUN\tLAST STATUS")
-	for _, e := range out {
-		next, last := "-", "-"
-		if e.Next != nil {
-			next = fmt.Sprintf("%s (in %s)", e.Next.Format(time.RFC3339), e.Next.Sub(now).Round(time.Second))
-		}
-		if e.LastRun != nil {
-			last = fmt.Sprintf("%s (%s ago)", e.LastRun.Format(time.RFC3339), now.Sub(*e.LastRun).Round(time.Second))
-		}
-		status := e.LastStatus
-		if e.LastOutcome != "" && e.LastOutcome != periodic.OutcomeEnqueued {
-			status += " (last occurrence: " + e.LastOutcome + ")"
-		}
-		if e.LastError != "" {
-			status += ": " + e.LastError
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Name, time.Duration(e.Interval*float64(time.Second)), next, last, status)
-	}
-	tw.Flush()
-	return exitOK
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	cmd.Flags().BoolVar(&wide, "wide", false, "full times and errors, lines not cut to 100 columns")
+	return cmd
 }
 
 func singletonQueues() map[string]string {
@@ -114,59 +120,76 @@ func singletonQueues() map[string]string {
 	return m
 }
 
-func locks(ctx context.Context, cfg config.Config, args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		fmt.Fprintln(stderr, "usage: enqueuer locks")
-		return exitUsage
+func (c *cli) locksCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "locks",
+		Short: "Who holds each singleton's locks, and for how long",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			rdb, err := c.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			hs, err := singleton.List(ctx, rdb, singletonQueues())
+			if err != nil {
+				return failure("%v", err)
+			}
+			if len(hs) == 0 {
+				fmt.Fprintln(c.stdout, "no singleton locks held")
+				return nil
+			}
+			sort.Slice(hs, func(i, j int) bool { return hs[i].Task+hs[i].Kind < hs[j].Task+hs[j].Kind })
+			var rows [][]string
+			for _, h := range hs {
+				kind := "run lease (running)"
+				if h.Kind == "unique" {
+					kind = "enqueue lock (queued or running)"
+				}
+				rows = append(rows, []string{h.Task, kind, h.TTL.Round(time.Second).String(), h.TaskID})
+			}
+			table(c.stdout, false, []string{"TASK", "LOCK", "EXPIRES IN", "HELD BY TASK ID"}, rows)
+			return nil
+		},
 	}
-	rdb, code := connect(ctx, cfg, stderr)
-	if code != exitOK {
-		return code
-	}
-	defer rdb.Close()
-	hs, err := singleton.List(ctx, rdb, singletonQueues())
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-		return exitFailure
-	}
-	if len(hs) == 0 {
-		fmt.Fprintln(stdout, "no singleton locks held")
-		return exitOK
-	}
-	sort.Slice(hs, func(i, j int) bool { return hs[i].Task+hs[i].Kind < hs[j].Task+hs[j].Kind })
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TASK\tLOCK\tHELD BY TASK ID\tEXPIRES IN")
-	for _, h := range hs {
-		kind := "run lease (running)"
-		if h.Kind == "unique" {
-			kind = "enqueue lock (queued or running)"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", h.Task, kind, h.TaskID, h.TTL.Round(time.Second))
-	}
-	tw.Flush()
-	return exitOK
 }
 
-func unlock(ctx context.Context, cfg config.Config, args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: enqueuer unlock NAME")
-		return exitUsage
+func (c *cli) unlockCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "unlock NAME",
+		Short: "Force-release the locks of singleton NAME",
+		Long: `Force-release the locks of singleton NAME. A run still in progress fails its
+next ownership check (singleton.Verify) instead of finishing its work.`,
+		Args: cobra.ExactArgs(1),
+		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			if len(args) > 0 {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var out []cobra.Completion
+			for name := range singletonQueues() {
+				out = append(out, name)
+			}
+			slices.Sort(out)
+			return out, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			queue, ok := singletonQueues()[name]
+			if !ok {
+				return usageError("%q is not a singleton task; `enqueuer list` shows the catalog", name)
+			}
+			rdb, err := c.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			n, err := singleton.ForceRelease(cmd.Context(), rdb, name, queue)
+			if err != nil {
+				return failure("%v", err)
+			}
+			fmt.Fprintf(c.stdout, "released %d lock(s) of %s; a run still in progress will fail its next ownership check\n", n, name)
+			return nil
+		},
 	}
-	queue, ok := singletonQueues()[args[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "enqueuer: %q is not a singleton task; `enqueuer list` shows the catalog\n", args[0])
-		return exitUsage
-	}
-	rdb, code := connect(ctx, cfg, stderr)
-	if code != exitOK {
-		return code
-	}
-	defer rdb.Close()
-	n, err := singleton.ForceRelease(ctx, rdb, args[0], queue)
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-		return exitFailure
-	}
-	fmt.Fprintf(stdout, "released %d lock(s) of %s; a run still in progress will fail its next ownership check\n", n, args[0])
-	return exitOK
 }

@@ -4,177 +4,163 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/spf13/cobra"
 
-	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
-// durationFlag is an optional duration flag.
-type durationFlag struct{ d *time.Duration }
+// timeValue is an optional RFC 3339 time flag.
+type timeValue struct{ t **time.Time }
 
-func (f durationFlag) String() string {
-	if f.d == nil {
+func (v timeValue) String() string {
+	if *v.t == nil {
 		return ""
 	}
-	return f.d.String()
+	return (*v.t).Format(time.RFC3339)
 }
 
-func (f durationFlag) Set(v string) error {
-	d, err := time.ParseDuration(v)
+func (v timeValue) Set(s string) error {
+	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
-		return err
+		return fmt.Errorf("want RFC 3339, e.g. 2026-12-01T09:00:00Z")
 	}
-	*f.d = d
+	*v.t = &t
 	return nil
 }
 
-// timeFlag is an optional RFC 3339 time flag.
-type timeFlag struct{ t **time.Time }
+func (timeValue) Type() string { return "time" }
 
-func (f timeFlag) String() string {
-	if f.t == nil || *f.t == nil {
-		return ""
+// completeTasks offers the catalog's enqueueable task names.
+func completeTasks(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	return (*f.t).Format(time.RFC3339)
-}
-
-func (f timeFlag) Set(v string) error {
-	t, err := time.Parse(time.RFC3339, v)
-	if err != nil {
-		return fmt.Errorf("want RFC 3339, e.g. 2026-12-01T09:00:00Z: %w", err)
-	}
-	*f.t = &t
-	return nil
-}
-
-// intFlag is an optional int flag.
-type intFlag struct{ n **int }
-
-func (f intFlag) String() string {
-	if f.n == nil || *f.n == nil {
-		return ""
-	}
-	return fmt.Sprint(**f.n)
-}
-
-func (f intFlag) Set(v string) error {
-	var n int
-	if _, err := fmt.Sscan(v, &n); err != nil {
-		return err
-	}
-	*f.n = &n
-	return nil
-}
-
-func runTask(ctx context.Context, cfg config.Config, args []string, stdout, stderr io.Writer) int {
-	var (
-		req                 enqueue.Request
-		payload             string
-		in, unique, timeout time.Duration
-		wait                bool
-		waitTimeout         time.Duration
-	)
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&payload, "payload", "", "task payload as a JSON object (default: the task's defaults)")
-	fs.StringVar(&req.Queue, "queue", "", "queue to use instead of the task's (critical, default, maintenance)")
-	fs.Var(durationFlag{&in}, "in", "run after this delay, e.g. 10m")
-	fs.Var(timeFlag{&req.At}, "at", "run at this time (RFC 3339)")
-	fs.Var(durationFlag{&unique}, "unique", "refuse while a copy with the same payload is queued or running, for this long (singletons always are)")
-	fs.Var(intFlag{&req.MaxRetry}, "max-retry", "retries before the task is archived (default: the task's)")
-	fs.Var(durationFlag{&timeout}, "timeout", "time limit of one attempt (default: the task's)")
-	fs.BoolVar(&wait, "wait", false, "block until the task finishes; print its status and result; exit 1 if it failed")
-	fs.DurationVar(&waitTimeout, "wait-timeout", time.Hour, "give up waiting after this long (exit 1)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: enqueuer run NAME [flags]\n\nEnqueue one run of a catalog task and print its ID.\n\nFlags:")
-		fs.PrintDefaults()
-	}
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
-	}
-	if name == "" && fs.NArg() > 0 {
-		name = fs.Arg(0)
-	}
-	if name == "" {
-		fs.Usage()
-		return exitUsage
-	}
-	req.Task, req.Payload = name, json.RawMessage(payload)
-	req.In, req.Unique, req.Timeout = enqueue.Duration(in), enqueue.Duration(unique), enqueue.Duration(timeout)
-	prep, err := enqueue.Prepare(jobs.Catalog(), req, time.Now())
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: %v\n", err)
-		if errors.Is(err, enqueue.ErrUnknownTask) {
-			fmt.Fprintln(stderr, "`enqueuer list` shows the catalog")
+	var out []cobra.Completion
+	for _, s := range jobs.Catalog() {
+		if s.Kind != jobs.NodeLocal {
+			out = append(out, cobra.CompletionWithDesc(s.Name, s.Summary))
 		}
-		return exitUsage
 	}
-	rdb, code := connect(ctx, cfg, stderr)
-	if code != exitOK {
-		return code
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+func completeQueues(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	var out []cobra.Completion
+	for q := range jobs.Queues() {
+		out = append(out, q)
 	}
-	defer rdb.Close()
-	client := asynq.NewClientFromRedisClient(rdb)
-	defer client.Close()
-	ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	info, err := enqueue.Submit(ectx, client, prep)
-	if errors.Is(err, enqueue.ErrSingletonBusy) {
-		fmt.Fprintf(stderr, "enqueuer: refused: %s is a singleton or unique task and a copy is already queued or running; `enqueuer locks` shows it\n", name)
-		return exitFailure
+	slices.Sort(out)
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+func (c *cli) runCmd() *cobra.Command {
+	var (
+		req         enqueue.Request
+		payload     string
+		in, unique  time.Duration
+		timeout     time.Duration
+		maxRetry    int
+		wait        bool
+		waitTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "run NAME",
+		Short: "Enqueue one run of a catalog task and print its ID",
+		Long: `Enqueue one run of a catalog task and print its ID. The request is validated
+exactly as POST /api/v1/tasks validates it. A singleton (or --unique) task
+that is already queued or running is refused (exit 1).
+
+Bounds: --in and --at at most 30 days ahead, --unique at most 7 days
+(168h), --timeout at most 24h.`,
+		Example: `  enqueuer run scheduled_prompt_cleanup --payload '{"days_to_keep":3}'
+  enqueuer run kg_decay_task --in 10m --max-retry 0
+  enqueuer run channel_summarization --wait`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeTasks,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			req.Task, req.Payload = name, json.RawMessage(payload)
+			req.In, req.Unique, req.Timeout = enqueue.Duration(in), enqueue.Duration(unique), enqueue.Duration(timeout)
+			if cmd.Flags().Changed("max-retry") {
+				req.MaxRetry = &maxRetry
+			}
+			prep, err := enqueue.Prepare(jobs.Catalog(), req, time.Now())
+			if err != nil {
+				if errors.Is(err, enqueue.ErrUnknownTask) {
+					return usageError("%v\n`enqueuer list` shows the catalog", err)
+				}
+				return usageError("%v", err)
+			}
+			rdb, err := c.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			client := asynq.NewClientFromRedisClient(rdb)
+			defer client.Close()
+			ectx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			info, err := enqueue.Submit(ectx, client, prep)
+			if errors.Is(err, enqueue.ErrSingletonBusy) {
+				return failure("refused: %s is a singleton or unique task and a copy is already queued or running; `enqueuer locks` shows it", name)
+			}
+			if err != nil {
+				return failure("could not enqueue %s on Redis at %s: %v", name, rdb.Options().Addr, err)
+			}
+			fmt.Fprintln(c.stdout, info.ID)
+			if !wait {
+				return nil
+			}
+			insp := asynq.NewInspectorFromRedisClient(rdb)
+			defer insp.Close()
+			return waitFor(cmd.Context(), insp, info.Queue, info.ID, waitTimeout, c.stdout)
+		},
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: could not enqueue %s on Redis at %s: %v\n", name, rdb.Options().Addr, err)
-		return exitFailure
-	}
-	fmt.Fprintln(stdout, info.ID)
-	if !wait {
-		return exitOK
-	}
-	insp := asynq.NewInspectorFromRedisClient(rdb)
-	defer insp.Close()
-	return waitFor(ctx, insp, info.Queue, info.ID, waitTimeout, stdout, stderr)
+	f := cmd.Flags()
+	f.StringVar(&payload, "payload", "", "task payload as a JSON object (default: the task's defaults)")
+	f.StringVar(&req.Queue, "queue", "", "queue to use instead of the task's (critical, default, embeddings, maintenance)")
+	f.DurationVar(&in, "in", 0, "run after this delay, e.g. 10m (at most 720h)")
+	f.Var(timeValue{&req.At}, "at", "run at this time (RFC 3339), at most 30 days ahead")
+	f.DurationVar(&unique, "unique", 0, "refuse while a copy with the same payload is queued or running, for this long (at most 168h; singletons always are)")
+	f.IntVar(&maxRetry, "max-retry", 0, "retries before the task is archived, 0-100 (default: the task's)")
+	f.DurationVar(&timeout, "timeout", 0, "time limit of one attempt, at most 24h (default: the task's)")
+	f.BoolVar(&wait, "wait", false, "block until the task finishes; print its status and result; exit 1 if it failed")
+	f.DurationVar(&waitTimeout, "wait-timeout", time.Hour, "give up waiting after this long (exit 1)")
+	_ = cmd.RegisterFlagCompletionFunc("queue", completeQueues)
+	return cmd
 }
 
 // waitFor polls the task until it completes or is archived.
-func waitFor(ctx context.Context, insp *asynq.Inspector, queue, id string, limit time.Duration, stdout, stderr io.Writer) int {
+func waitFor(ctx context.Context, insp *asynq.Inspector, queue, id string, limit time.Duration, stdout io.Writer) error {
 	deadline := time.Now().Add(limit)
 	for {
 		ti, err := insp.GetTaskInfo(queue, id)
 		switch {
 		case errors.Is(err, asynq.ErrTaskNotFound):
-			fmt.Fprintf(stderr, "enqueuer: task %s disappeared (deleted from the dashboard?)\n", id)
-			return exitFailure
+			return failure("task %s disappeared (deleted from the dashboard?)", id)
 		case err != nil:
-			fmt.Fprintf(stderr, "enqueuer: reading task %s: %v\n", id, err)
-			return exitFailure
+			return failure("reading task %s: %v", id, err)
 		case ti.State == asynq.TaskStateCompleted:
 			printStatus(stdout, ti)
-			return exitOK
+			return nil
 		case ti.State == asynq.TaskStateArchived:
 			printStatus(stdout, ti)
-			return exitFailure
+			return failure("task %s failed", id)
 		}
 		if time.Now().After(deadline) {
 			printStatus(stdout, ti)
-			fmt.Fprintf(stderr, "enqueuer: gave up waiting after %v; the task is still %s\n", limit, ti.State)
-			return exitFailure
+			return failure("gave up waiting after %v; the task is still %s", limit, ti.State)
 		}
 		select {
 		case <-ctx.Done():
-			return exitFailure
+			return failure("%v", ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -197,33 +183,61 @@ func printStatus(w io.Writer, ti *asynq.TaskInfo) {
 	}
 }
 
-func status(ctx context.Context, cfg config.Config, args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprintln(stderr, "usage: enqueuer status ID\n\nPrint a task's state, retries, last error and result.")
-		if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
-			return exitOK
-		}
-		return exitUsage
+type taskStatus struct {
+	ID          string          `json:"id"`
+	Task        string          `json:"task"`
+	Queue       string          `json:"queue"`
+	State       string          `json:"state"`
+	Retried     int             `json:"retried"`
+	MaxRetry    int             `json:"max_retry"`
+	LastError   string          `json:"last_error,omitempty"`
+	NextRunAt   *time.Time      `json:"next_run_at,omitempty"`
+	CompletedAt *time.Time      `json:"completed_at,omitempty"`
+	Result      json.RawMessage `json:"result,omitempty"`
+}
+
+func (c *cli) statusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status ID",
+		Short: "A task's state, retries, last error and result",
+		Long: `A task's state, retries, last error and result, looked up in every queue.
+Finished tasks enqueued by hand are kept for a day.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rdb, err := c.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			insp := asynq.NewInspectorFromRedisClient(rdb)
+			defer insp.Close()
+			queues, err := insp.Queues()
+			if err != nil {
+				return failure("listing queues: %v", err)
+			}
+			for _, q := range queues {
+				ti, err := insp.GetTaskInfo(q, args[0])
+				if err != nil {
+					continue
+				}
+				if !asJSON {
+					printStatus(c.stdout, ti)
+					return nil
+				}
+				st := taskStatus{ID: ti.ID, Task: ti.Type, Queue: ti.Queue, State: ti.State.String(),
+					Retried: ti.Retried, MaxRetry: ti.MaxRetry, LastError: ti.LastErr, CompletedAt: timePtr(ti.CompletedAt)}
+				if ti.State != asynq.TaskStateCompleted && ti.State != asynq.TaskStateArchived {
+					st.NextRunAt = timePtr(ti.NextProcessAt)
+				}
+				if json.Valid(ti.Result) {
+					st.Result = ti.Result
+				}
+				return c.printJSON(st)
+			}
+			return failure("no task %s in any queue (finished tasks are kept for a day when enqueued by hand)", args[0])
+		},
 	}
-	rdb, code := connect(ctx, cfg, stderr)
-	if code != exitOK {
-		return code
-	}
-	defer rdb.Close()
-	insp := asynq.NewInspectorFromRedisClient(rdb)
-	defer insp.Close()
-	queues, err := insp.Queues()
-	if err != nil {
-		fmt.Fprintf(stderr, "enqueuer: listing queues: %v\n", err)
-		return exitFailure
-	}
-	for _, q := range queues {
-		ti, err := insp.GetTaskInfo(q, args[0])
-		if err == nil {
-			printStatus(stdout, ti)
-			return exitOK
-		}
-	}
-	fmt.Fprintf(stderr, "enqueuer: no task %s in any queue (finished tasks are kept for a day when enqueued by hand)\n", args[0])
-	return exitFailure
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
+	return cmd
 }

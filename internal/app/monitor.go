@@ -16,7 +16,8 @@ import (
 // answer (/readyz with 503) while Redis is still unreachable.
 func (a *app) serveMonitor() error {
 	cfg := a.cfg
-	auth := monitor.Auth{Token: cfg.MonitorToken, User: cfg.MonitorUser, Password: cfg.MonitorPassword}
+	auth := monitor.Auth{Token: cfg.MonitorToken, User: cfg.MonitorUser, Password: cfg.MonitorPassword,
+		ViewToken: cfg.MonitorViewToken, ViewUser: cfg.MonitorViewUser, ViewPassword: cfg.MonitorViewPassword}
 	mon := monitor.New(monitor.Options{
 		Gatherer: a.reg, Registerer: a.reg,
 		Redis:        monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }),
@@ -30,11 +31,10 @@ func (a *app) serveMonitor() error {
 		a.log.Warn("no MONITOR_TOKEN or MONITOR_USER/MONITOR_PASSWORD configured: the dashboard and the enqueue API are unauthenticated, so the HTTP server binds to loopback only",
 			"addr", addr)
 	}
-	ln, err := net.Listen("tcp", addr)
+	httpSrv, ln, err := monitor.NewHTTPServer(addr, cfg.HTTPMaxConnections, mon, a.log)
 	if err != nil {
 		return &config.Error{Setting: "HTTP_ADDR", Reason: err.Error()}
 	}
-	httpSrv := &http.Server{Handler: mon, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("http server stopped", "error", err)

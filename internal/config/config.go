@@ -72,12 +72,18 @@ type Config struct {
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" default:"30s" help:"On SIGTERM/SIGINT, how long in-flight tasks may run before they go back to the queue."`
 	HTTPAddr          string        `env:"HTTP_ADDR" default:"127.0.0.1:8080" check:"host_port" help:"Address of the dashboard, /metrics, /healthz and /readyz."`
 	DashboardPath     string        `env:"DASHBOARD_PATH" default:"/dashboard" check:"dashboard_path" help:"Root path of the asynqmon dashboard."`
-	DashboardReadOnly bool          `env:"DASHBOARD_READ_ONLY" default:"false" help:"Hide the dashboard's delete, run, archive and pause actions (asynqmon refuses non-GET API calls)."`
-	QueueMetrics      bool          `env:"QUEUE_METRICS" default:"true" help:"Export asynq queue sizes and latency on /metrics. Each scrape reads every queue from Redis, so in a fleet turn it off on the workers and leave it on the monitor."`
+	DashboardReadOnly bool          `env:"DASHBOARD_READ_ONLY" default:"false" help:"Hide the dashboard's delete, run, archive and pause actions and refuse every state change with 403, POST /api/v1/tasks included, whatever the credential."`
+	QueueMetrics      bool          `env:"QUEUE_METRICS" default:"true" help:"Export asynq queue sizes and latency on /metrics. They are read from Redis at most once per 10 s per process (about 130 commands for four queues), whatever the scrape rate; in a fleet turn it off on the workers and leave it on the monitor."`
 	Role              string        `env:"ROLE" default:"worker" oneof:"worker,monitor" help:"worker: run tasks, the scheduler and the monitor; monitor: serve only the dashboard, the enqueue API and metrics."`
-	MonitorToken      string        `env:"MONITOR_TOKEN" secret:"true" help:"Bearer token for the dashboard and POST /api/v1/tasks. Never logged."`
-	MonitorUser       string        `env:"MONITOR_USER" help:"Basic-auth user for the dashboard and the API (with MONITOR_PASSWORD)."`
+	MonitorToken      string        `env:"MONITOR_TOKEN" secret:"true" help:"Admin bearer token for the dashboard and POST /api/v1/tasks. Never logged."`
+	MonitorUser       string        `env:"MONITOR_USER" help:"Admin basic-auth user for the dashboard and the API (with MONITOR_PASSWORD)."`
 	MonitorPassword   string        `env:"MONITOR_PASSWORD" secret:"true" help:"Basic-auth password. Never logged. With no token and no user/password, the HTTP server binds to loopback only."`
+	// MonitorViewToken, MonitorViewUser and MonitorViewPassword are the
+	// view-only credential: dashboard read, no state change.
+	MonitorViewToken    string `env:"MONITOR_VIEW_TOKEN" secret:"true" help:"View-only bearer token: reads the dashboard, gets 403 on every state change (dashboard actions, POST /api/v1/tasks). Never logged."`
+	MonitorViewUser     string `env:"MONITOR_VIEW_USER" help:"View-only basic-auth user (with MONITOR_VIEW_PASSWORD)."`
+	MonitorViewPassword string `env:"MONITOR_VIEW_PASSWORD" secret:"true" help:"View-only basic-auth password. Never logged."`
+	HTTPMaxConnections  int    `env:"HTTP_MAX_CONNECTIONS" default:"256" min:"1" help:"Most connections the HTTP server holds open at once; more wait in the kernel's accept queue without holding a descriptor of the process."`
 	LogLevel          slog.Level    `env:"LOG_LEVEL" default:"info" help:"debug, info, warn or error."`
 	SchedulerEnabled  bool          `env:"SCHEDULER_ENABLED" default:"true" help:"Run the periodic scheduler in this process. Safe on every replica: each due run is enqueued once."`
 	// TaskIntervals overrides periodic tasks' intervals by task name; a zero

@@ -107,6 +107,15 @@ func Load(getenv func(string) string, args []string, usage io.Writer) (Config, e
 	if (c.MonitorUser == "") != (c.MonitorPassword == "") {
 		return c, &Error{Setting: "MONITOR_USER", Reason: "MONITOR_USER and MONITOR_PASSWORD must be set together"}
 	}
+	if (c.MonitorViewUser == "") != (c.MonitorViewPassword == "") {
+		return c, &Error{Setting: "MONITOR_VIEW_USER", Reason: "MONITOR_VIEW_USER and MONITOR_VIEW_PASSWORD must be set together"}
+	}
+	if c.MonitorViewToken != "" && c.MonitorViewToken == c.MonitorToken {
+		return c, &Error{Setting: "MONITOR_VIEW_TOKEN", Reason: "must differ from MONITOR_TOKEN"}
+	}
+	if c.MonitorViewUser != "" && c.MonitorViewUser == c.MonitorUser {
+		return c, &Error{Setting: "MONITOR_VIEW_USER", Reason: "must differ from MONITOR_USER"}
+	}
 	return c, nil
 }
 

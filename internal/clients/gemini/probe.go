@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/redact"
 )
 
 // Defaults of the prober.
@@ -395,14 +397,6 @@ func cmpString(s, fallback string) string {
 }
 
 // short makes a reason safe to store and log: the key removed (in case a
-// transport or server echoed it) and the text bounded.
-func short(key, s string) string {
-	if key != "" {
-		s = strings.ReplaceAll(s, key, "[REDACTED]")
-	}
-	s = strings.TrimSpace(s)
-	if r := []rune(s); len(r) > 200 {
-		s = string(r[:200]) + "…"
-	}
-	return s
-}
+// transport or server echoed it), then the text bounded, in that order so
+// a key echoed near the cut is never left half visible.
+func short(key, s string) string { return redact.Excerpt([]byte(s), 200, key) }

@@ -19,6 +19,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/redact"
 )
 
 // Extraction defaults of the original: a low temperature for stable
@@ -216,7 +218,7 @@ func (c *Client) Chat(ctx context.Context, r Request) (*Response, error) {
 	if err == nil {
 		switch {
 		case out.Error != nil:
-			err = fmt.Errorf("%w: error in a 200 answer: %s", ErrMalformed, excerpt([]byte(out.Error.Message)))
+			err = fmt.Errorf("%w: error in a 200 answer: %s", ErrMalformed, c.excerpt([]byte(out.Error.Message)))
 		case len(out.Choices) == 0:
 			err = fmt.Errorf("%w: no choices", ErrMalformed)
 		case out.Choices[0].Message.Content == nil || strings.TrimSpace(*out.Choices[0].Message.Content) == "":
@@ -313,10 +315,10 @@ func (c *Client) post(ctx context.Context, path string, in, out any) error {
 	case resp.StatusCode == http.StatusTooManyRequests:
 		return &RateLimitError{Endpoint: path, After: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		return &StatusError{Endpoint: path, Code: resp.StatusCode, Body: c.redactString(excerpt(data))}
+		return &StatusError{Endpoint: path, Code: resp.StatusCode, Body: c.excerpt(data)}
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%w: %s: %v: %s", ErrMalformed, path, err, c.redactString(excerpt(data)))
+		return fmt.Errorf("%w: %s: %v: %s", ErrMalformed, path, c.redact(err), c.excerpt(data))
 	}
 	return nil
 }
@@ -370,37 +372,16 @@ func retryAfter(v string, now time.Time) time.Duration {
 	return 0
 }
 
-func excerpt(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if r := []rune(s); len(r) > 300 {
-		return string(r[:300]) + "…"
-	}
-	return s
-}
+// excerptRunes bounds how much of an answer an error quotes.
+const excerptRunes = 300
+
+// excerpt quotes the start of an answer with the API key redacted first,
+// so a key echoed near the cut cannot be left half visible.
+func (c *Client) excerpt(b []byte) string { return redact.Excerpt(b, excerptRunes, c.apiKey) }
 
 // redact removes the API key from err's text: some transports echo
 // request details, and keys must never reach logs or task results.
-func (c *Client) redact(err error) error {
-	if c.apiKey == "" || !strings.Contains(err.Error(), c.apiKey) {
-		return err
-	}
-	return redactedError{msg: c.redactString(err.Error()), err: err}
-}
-
-func (c *Client) redactString(s string) string {
-	if c.apiKey == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, c.apiKey, "[REDACTED]")
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e redactedError) Error() string { return e.msg }
-func (e redactedError) Unwrap() error { return e.err }
+func (c *Client) redact(err error) error { return redact.Error(err, c.apiKey) }
 
 // StripFence removes one Markdown code fence around a JSON answer, which
 // some models add even in JSON mode ("```json ... ```"); anything else

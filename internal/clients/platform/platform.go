@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/redact"
 )
 
 // Identity is the bot's own account on a platform.
@@ -162,10 +164,10 @@ func (a *API) GetJSON(ctx context.Context, path string, query url.Values, out an
 		}
 		return &RateLimitError{Platform: a.Platform, Endpoint: path, After: after}
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		return &StatusError{Platform: a.Platform, Endpoint: path, Code: resp.StatusCode, Body: a.redact(excerpt(body))}
+		return &StatusError{Platform: a.Platform, Endpoint: path, Code: resp.StatusCode, Body: a.excerpt(body)}
 	}
 	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("%w: %s %s: %v: %s", ErrMalformed, a.Platform, path, err, a.redact(excerpt(body)))
+		return fmt.Errorf("%w: %s %s: %v: %s", ErrMalformed, a.Platform, path, a.redactErr(err), a.excerpt(body))
 	}
 	return nil
 }
@@ -180,34 +182,13 @@ func HeaderRetryAfter(h http.Header) time.Duration {
 	return time.Duration(s * float64(time.Second))
 }
 
-func (a *API) redact(s string) string {
-	if a.Secret == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, a.Secret, "[REDACTED]")
-}
+// excerptRunes bounds how much of an answer an error quotes.
+const excerptRunes = 300
+
+// excerpt quotes the start of an answer with the token redacted first, so
+// a token echoed near the cut cannot be left half visible.
+func (a *API) excerpt(b []byte) string { return redact.Excerpt(b, excerptRunes, a.Secret) }
 
 // redactErr hides the token in err's text while keeping err in the chain
 // (context.DeadlineExceeded and friends stay detectable).
-func (a *API) redactErr(err error) error {
-	if a.Secret == "" || !strings.Contains(err.Error(), a.Secret) {
-		return err
-	}
-	return redactedError{msg: a.redact(err.Error()), err: err}
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e redactedError) Error() string { return e.msg }
-func (e redactedError) Unwrap() error { return e.err }
-
-func excerpt(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if r := []rune(s); len(r) > 300 {
-		return string(r[:300]) + "…"
-	}
-	return s
-}
+func (a *API) redactErr(err error) error { return redact.Error(err, a.Secret) }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -25,6 +26,19 @@ var (
 	// ErrSingletonBusy means the task is a singleton and an instance is
 	// already queued or running.
 	ErrSingletonBusy = errors.New("singleton already queued or running")
+)
+
+// Upper bounds of a hand-enqueued task's durations. Without them a typo
+// (or a hostile caller) could park a task, or a unique lock that blocks a
+// periodic task's every occurrence, for centuries.
+const (
+	// MaxDelay bounds in, and at's distance from now.
+	MaxDelay = 30 * 24 * time.Hour
+	// MaxUnique bounds unique: longer than any catalog interval's worth of
+	// blocking an operator could mean.
+	MaxUnique = 7 * 24 * time.Hour
+	// MaxTimeout bounds timeout: the longest catalog task needs an hour.
+	MaxTimeout = 24 * time.Hour
 )
 
 // DefaultRetention keeps a hand-enqueued task's result and state readable
@@ -120,8 +134,8 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 	}
 	timeout := spec.Timeout
 	if r.Timeout != 0 {
-		if time.Duration(r.Timeout) < time.Second {
-			return Prepared{}, fmt.Errorf("%w: timeout must be at least 1s", ErrInvalid)
+		if time.Duration(r.Timeout) < time.Second || time.Duration(r.Timeout) > MaxTimeout {
+			return Prepared{}, fmt.Errorf("%w: timeout must be between 1s and %s", ErrInvalid, hours(MaxTimeout))
 		}
 		timeout = time.Duration(r.Timeout)
 	}
@@ -131,17 +145,22 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 		return Prepared{}, fmt.Errorf("%w: give at most one of in and at", ErrInvalid)
 	case r.In < 0:
 		return Prepared{}, fmt.Errorf("%w: in must not be negative", ErrInvalid)
+	case time.Duration(r.In) > MaxDelay:
+		return Prepared{}, fmt.Errorf("%w: in must be at most %s (30 days)", ErrInvalid, hours(MaxDelay))
 	case r.In > 0:
 		opts = append(opts, asynq.ProcessIn(time.Duration(r.In)))
 	case r.At != nil:
 		if r.At.Before(now.Add(-time.Minute)) {
 			return Prepared{}, fmt.Errorf("%w: at %s is in the past", ErrInvalid, r.At.Format(time.RFC3339))
 		}
+		if r.At.After(now.Add(MaxDelay)) {
+			return Prepared{}, fmt.Errorf("%w: at %s is more than 30 days ahead", ErrInvalid, r.At.Format(time.RFC3339))
+		}
 		opts = append(opts, asynq.ProcessAt(*r.At))
 	}
 	unique := time.Duration(r.Unique)
-	if r.Unique != 0 && unique < time.Second {
-		return Prepared{}, fmt.Errorf("%w: unique must be at least 1s", ErrInvalid)
+	if r.Unique != 0 && (unique < time.Second || unique > MaxUnique) {
+		return Prepared{}, fmt.Errorf("%w: unique must be between 1s and %s (7 days)", ErrInvalid, hours(MaxUnique))
 	}
 	if spec.Singleton && unique == 0 {
 		unique = spec.UniqueTTL()
@@ -150,6 +169,25 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 		opts = append(opts, asynq.Unique(unique))
 	}
 	return Prepared{Spec: spec, Task: asynq.NewTask(spec.Name, data), Options: opts, Queue: queue}, nil
+}
+
+// hours writes a bound the way an operator types it ("720h").
+func hours(d time.Duration) string { return fmt.Sprintf("%dh", int(d.Hours())) }
+
+// DecodeRequest reads one JSON request from r: unknown fields and anything
+// but white space after the object are refused, so a request that is not
+// what the caller meant ("{...}{...}") is never half-applied.
+func DecodeRequest(r io.Reader) (Request, error) {
+	var req Request
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return Request{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Request{}, fmt.Errorf("%w: data after the JSON object", ErrInvalid)
+	}
+	return req, nil
 }
 
 // Enqueuer is the part of asynq.Client Submit uses.

@@ -15,6 +15,7 @@ func TestPrepare(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	past := now.Add(-time.Hour)
 	future := now.Add(time.Hour)
+	farFuture := now.Add(enqueue.MaxDelay + time.Second)
 	neg, big := -1, 101
 	tests := []struct {
 		name    string
@@ -43,6 +44,14 @@ func TestPrepare(t *testing.T) {
 		{name: "short unique", body: `{"task":"kg_decay_task","unique":"10ms"}`, wantErr: "unique"},
 		{name: "negative delay", body: `{"task":"kg_decay_task","in":"-1m"}`, wantErr: "negative"},
 		{name: "unknown task", body: `{"task":"nope"}`, wantErr: "unknown task"},
+		{name: "delay at the bound", body: `{"task":"kg_decay_task","in":"720h"}`},
+		{name: "delay past the bound", body: `{"task":"kg_decay_task","in":"720h1s"}`, wantErr: "at most 720h"},
+		{name: "delay of 292 years", body: `{"task":"gemini_key_probe","in":"2562047h"}`, wantErr: "at most 720h"},
+		{name: "at past the bound", body: `{"task":"kg_decay_task"}`, at: &farFuture, wantErr: "more than 30 days ahead"},
+		{name: "unique at the bound", body: `{"task":"kg_decay_task","unique":"168h"}`},
+		{name: "unique past the bound", body: `{"task":"gemini_key_probe","unique":"2562047h"}`, wantErr: "between 1s and 168h"},
+		{name: "timeout at the bound", body: `{"task":"kg_decay_task","timeout":"24h"}`},
+		{name: "timeout past the bound", body: `{"task":"kg_decay_task","timeout":"24h1s"}`, wantErr: "between 1s and 24h"},
 		{name: "node-local task", body: `{"task":"journal_stream"}`, wantErr: "every worker process"},
 		{name: "invalid payload", body: `{"task":"scheduled_prompt_tick","payload":{"limit":-3}}`, wantErr: "limit must be"},
 	}
@@ -86,5 +95,34 @@ func TestDurationJSON(t *testing.T) {
 	b, _ := json.Marshal(enqueue.Duration(time.Minute))
 	if string(b) != `"1m0s"` {
 		t.Errorf("marshal = %s", b)
+	}
+}
+
+func TestDecodeRequestRefusesWhatIsNotExactlyOneRequest(t *testing.T) {
+	tests := []struct {
+		name, body, wantErr string
+	}{
+		{"one object", `{"task":"kg_decay_task"}`, ""},
+		{"trailing white space", "{\"task\":\"kg_decay_task\"}\n\t ", ""},
+		{"a second object", `{"task":"kg_decay_task"}{"task":"limbic_org_task"}`, "data after the JSON object"},
+		{"trailing garbage", `{"task":"kg_decay_task"} x`, "data after the JSON object"},
+		{"trailing comma", `{"task":"kg_decay_task"},`, "data after the JSON object"},
+		{"unknown field", `{"task":"kg_decay_task","priority":1}`, "unknown field"},
+		{"not an object", `[1]`, "cannot unmarshal"},
+		{"empty", ``, "EOF"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := enqueue.DecodeRequest(strings.NewReader(tt.body))
+			if tt.wantErr == "" {
+				if err != nil || req.Task != "kg_decay_task" {
+					t.Fatalf("= %+v, %v", req, err)
+				}
+				return
+			}
+			if !errors.Is(err, enqueue.ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want ErrInvalid mentioning %q", err, tt.wantErr)
+			}
+		})
 	}
 }
