@@ -161,7 +161,7 @@ type Enqueuer interface {
 // recorded once, with the time it was enqueued. A failure to record is
 // logged and does not fail the enqueue.
 func RecordEnqueues(next Enqueuer, rdb redis.UniversalClient, log *slog.Logger) Enqueuer {
-	return recorder{next: next, rdb: rdb, log: log}
+	return recorder{next: next, rdb: rdb, log: log.With("component", "scheduler")}
 }
 
 type recorder struct {
@@ -188,6 +188,7 @@ func (r recorder) EnqueueContext(ctx context.Context, task *asynq.Task, opts ...
 // visible for EntryTTL.
 func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, interval time.Duration,
 	source func(context.Context) ([]SchedulerEntry, error)) {
+	log = log.With("component", "asynqmon-schedules")
 	t := time.NewTimer(min(interval, 2*time.Second))
 	defer t.Stop()
 	failing := false
