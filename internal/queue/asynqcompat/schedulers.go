@@ -183,13 +183,16 @@ func (r recorder) EnqueueContext(ctx context.Context, task *asynq.Task, opts ...
 
 // RunSchedulePublisher publishes the entries that source returns every
 // interval until ctx ends. The first publish waits a little, so that the
-// scheduler has created the schedule state of each task. Errors are logged
-// and retried at the next interval; the entries already published stay
-// visible for EntryTTL.
+// scheduler has created the schedule state of each task. A task that comes
+// due before the next publish brings it forward to just after its due time
+// (nextPublish), so the page shows the new next and previous times within
+// about a second of each occurrence instead of "now" for up to an interval.
+// Errors are logged and retried at the next interval; the entries already
+// published stay visible for EntryTTL.
 func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, interval time.Duration,
 	source func(context.Context) ([]SchedulerEntry, error)) {
 	log = log.With("component", "asynqmon-schedules")
-	t := time.NewTimer(min(interval, 2*time.Second))
+	t := time.NewTimer(min(interval, firstPublish))
 	defer t.Stop()
 	failing := false
 	for {
@@ -198,11 +201,12 @@ func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.Unive
 			return
 		case <-t.C:
 		}
-		t.Reset(interval)
 		entries, err := source(ctx)
+		now := time.Now()
 		if err == nil {
-			err = PublishSchedulerEntries(ctx, rdb, entries, EntryTTL, time.Now())
+			err = PublishSchedulerEntries(ctx, rdb, entries, EntryTTL, now)
 		}
+		t.Reset(nextPublish(entries, now, interval))
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
 			log.Warn("asynqmon scheduler entries not published; retrying", "error", err, "retry_every", interval.String())
@@ -212,6 +216,29 @@ func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.Unive
 			failing = false
 		}
 	}
+}
+
+const (
+	// firstPublish leaves the scheduler, which starts with up to a second
+	// of jitter, time to create each task's schedule state.
+	firstPublish = 2 * time.Second
+	// settle is how long after a due time the scheduler has normally moved
+	// the schedule on (it polls every second).
+	settle = 1500 * time.Millisecond
+)
+
+// nextPublish is how long to wait before the next publish: interval, or
+// until settle after the earliest due time that comes before it. A due
+// time already more than settle past (the scheduler is late or stopped)
+// does not bring publishes forward, so this never spins.
+func nextPublish(entries []SchedulerEntry, now time.Time, interval time.Duration) time.Duration {
+	wait := interval
+	for _, e := range entries {
+		if d := e.Next.Add(settle).Sub(now); d > 0 && d < wait {
+			wait = d
+		}
+	}
+	return wait
 }
 
 // encodeEntry is proto.Marshal of asynq's pb.SchedulerEntry:

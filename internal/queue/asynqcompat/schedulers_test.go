@@ -355,3 +355,26 @@ func TestPublisherRepublishesUntilCancelledAndSurvivesSourceErrors(t *testing.T)
 		t.Fatal("publisher did not stop when its context ended")
 	}
 }
+
+func TestPublishComesForwardToJustAfterTheEarliestDueTime(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	at := func(d time.Duration) SchedulerEntry { return SchedulerEntry{Next: now.Add(d)} }
+	for _, tt := range []struct {
+		name    string
+		entries []SchedulerEntry
+		want    time.Duration
+	}{
+		{"no entries", nil, PublishEvery},
+		{"nothing due before the next publish", []SchedulerEntry{at(time.Hour), at(PublishEvery)}, PublishEvery},
+		{"one due in a second", []SchedulerEntry{at(time.Hour), at(time.Second)}, time.Second + settle},
+		{"the earliest of several", []SchedulerEntry{at(3 * time.Second), at(time.Second), at(2 * time.Second)}, time.Second + settle},
+		{"due a moment ago, not yet moved on", []SchedulerEntry{at(-time.Second)}, settle - time.Second},
+		{"overdue past settle: the scheduler is late, no spinning", []SchedulerEntry{at(-settle), at(-time.Hour)}, PublishEvery},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := nextPublish(tt.entries, now, PublishEvery); got != tt.want {
+				t.Errorf("nextPublish = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
