@@ -54,6 +54,7 @@ const (
 	historyPrefix     = "asynq:scheduler_history:"
 	historyMax        = 1000 // asynq's maxEvents
 	historyTTL        = 30 * 24 * time.Hour
+	recordTimeout     = 2 * time.Second
 )
 
 // SchedulerEntry is one periodic task as asynq's Inspector reports it.
@@ -175,7 +176,10 @@ func (r recorder) EnqueueContext(ctx context.Context, task *asynq.Task, opts ...
 	if err != nil {
 		return info, err
 	}
-	if rerr := RecordEnqueueEvent(ctx, r.rdb, task.Type(), info.ID, time.Now()); rerr != nil {
+	// The task is enqueued: record it even if the scheduler is stopping.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if rerr := RecordEnqueueEvent(rctx, r.rdb, task.Type(), info.ID, time.Now()); rerr != nil {
 		r.log.Warn("scheduler history: enqueue not recorded for asynqmon", "task", task.Type(), "task_id", info.ID, "error", rerr)
 	}
 	return info, nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
@@ -376,5 +377,22 @@ func TestPublishComesForwardToJustAfterTheEarliestDueTime(t *testing.T) {
 				t.Errorf("nextPublish = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestAFailureToRecordTheEventDoesNotFailTheEnqueue(t *testing.T) {
+	srv := redistest.Start(t)
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer client.Close()
+	gone := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1})
+	defer gone.Close()
+	var logs bytes.Buffer
+	e := RecordEnqueues(client, gone, slog.New(slog.NewTextHandler(&logs, nil)))
+	info, err := e.EnqueueContext(context.Background(), asynq.NewTask("t", nil), asynq.TaskID("t@1"))
+	if err != nil || info == nil || info.ID != "t@1" {
+		t.Fatalf("enqueue = %v, %v; want it accepted", info, err)
+	}
+	if !strings.Contains(logs.String(), "enqueue not recorded") || !strings.Contains(logs.String(), "task_id=t@1") {
+		t.Errorf("the lost event is not logged: %s", logs.String())
 	}
 }
