@@ -27,7 +27,7 @@ func (a *app) startBackground(ctx context.Context) error {
 	var sched *periodic.Scheduler
 	if cfg.SchedulerEnabled {
 		s, err := periodic.New(periodic.Config{
-			Redis: a.rdb, Enqueuer: a.client, States: periodic.InspectorStates{Inspector: a.insp},
+			Redis: a.rdb, Enqueuer: asynqcompat.RecordEnqueues(a.client, a.rdb, a.log), States: periodic.InspectorStates{Inspector: a.insp},
 			Observer: a.metrics, Logger: a.log.With("component", "scheduler"),
 		}, entries(a.decisions))
 		if err != nil {
@@ -47,6 +47,9 @@ func (a *app) startBackground(ctx context.Context) error {
 	}
 	if sched != nil {
 		wg.Go(func() { sched.Run(bg) })
+		wg.Go(func() {
+			asynqcompat.RunSchedulePublisher(bg, a.log, a.rdb, asynqcompat.PublishEvery, schedules(a.rdb, entries(a.decisions)))
+		})
 		a.log.Info("scheduler started")
 	} else {
 		a.log.Info("scheduler disabled (SCHEDULER_ENABLED=false): this process only runs tasks")

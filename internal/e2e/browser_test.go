@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -87,16 +88,7 @@ func TestDashboardShowsQueuesAndTasksInABrowser(t *testing.T) {
 		t.Errorf("dashboard without credentials = %d, want 401", resp.StatusCode)
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium(t)), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 900),
-	)
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
+	ctx := browser(t, 1400, 900)
 
 	// Without credentials the browser gets the refusal too. (The first Run
 	// starts the browser, so its context carries no timeout.)
@@ -130,28 +122,121 @@ func TestDashboardShowsQueuesAndTasksInABrowser(t *testing.T) {
 		t.Run(pg.name, func(t *testing.T) {
 			cond := "(() => { const t = document.body.innerText; return " +
 				strings.Join(quoteAll(pg.want), " && ") + "; })()"
-			pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
-			defer cancel()
-			if err := chromedp.Do(pctx, chromedp.Navigate(base+pg.path)); err != nil {
-				t.Fatal(err)
-			}
-			ok, err := chromedp.Run(pctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(30*time.Second)))
-			if err != nil || !ok {
-				text, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
-				t.Fatalf("page %s never showed %v: %v\npage text: %.600s", pg.path, pg.want, err, text)
-			}
-			shot, err := chromedp.Run(pctx, chromedp.CaptureScreenshot())
-			if err != nil {
-				t.Fatal(err)
-			}
-			name := filepath.Join(dir, "dashboard-"+pg.name+".png")
-			if err := os.WriteFile(name, shot, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("screenshot: %s", name)
+			showPage(t, ctx, base+pg.path, cond, filepath.Join(dir, "dashboard-"+pg.name+".png"))
 		})
 	}
 	p.term()
+}
+
+func TestSchedulersPageShowsEveryPeriodicTaskInABrowser(t *testing.T) {
+	srv := redistest.Start(t)
+	p := start(t, srv.URL(), map[string]string{"MONITOR_TOKEN": "browser-token", "TASK_INTERVALS": "e2e_plain=1m,e2e_single=90s"})
+	want := scheduledTasks(t, p)
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	// Both test tasks (no initial delay) have run once: every row has a
+	// next time, and theirs a previous one too.
+	waitEntries(t, insp, "every task published", 20*time.Second, func(es map[string]*asynq.SchedulerEntry) bool {
+		return len(es) == len(want) && es["e2e_plain"] != nil && !es["e2e_plain"].Prev.IsZero() &&
+			es["e2e_single"] != nil && !es["e2e_single"].Prev.IsZero()
+	})
+	var enqueued []string
+	for len(enqueued) == 0 {
+		enqueued = eventIDs(t, insp, "e2e_plain")
+	}
+
+	// Wide enough for asynqmon's table to show the Next and Prev columns
+	// next to the long option lists.
+	ctx := browser(t, 2000, 1000)
+	if _, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders,
+		network.SetExtraHTTPHeadersParams{Headers: network.Headers{"Authorization": "Bearer browser-token"}}); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := json.Marshal(want)
+	// One row per task, each with a next time ("in 58s"); the two that ran
+	// with a previous one ("2s ago") and their TASK_INTERVALS spec.
+	rows := `const rows = [...document.querySelectorAll("tbody tr")].map(r => r.innerText);
+		const matching = n => rows.filter(r => r.split(/\s+/).includes(n));
+		const row = n => matching(n)[0] || "";`
+	cond := `(() => { ` + rows + `
+		return ` + string(names) + `.every(n => matching(n).length === 1 && /\bin \d/.test(row(n))) &&
+			["e2e_plain", "e2e_single"].every(n => /\d+s ago/.test(row(n))) &&
+			row("e2e_plain").includes("@every 1m") && row("e2e_single").includes("@every 1m30s"); })()`
+	dir := artifacts(t)
+	pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := chromedp.Do(pctx, chromedp.Navigate("http://"+p.addr+"/dashboard/schedulers")); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := chromedp.Run(pctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(30*time.Second))); err != nil || !ok {
+		text, _ := chromedp.Run(pctx, chromedp.Text(chromedp.CSS("body")))
+		t.Fatalf("the Schedulers page never listed %v with next and previous times: %v\npage text: %.1500s", want, err, text)
+	}
+	// asynqmon caps its content at 1280 px and scrolls the table sideways;
+	// lift the cap so the screenshot shows the Next and Prev columns beside
+	// the task names.
+	if _, err := chromedp.Run(pctx, chromedp.Evaluate[bool](`(() => { document.querySelectorAll(".MuiContainer-maxWidthLg").forEach(e => e.style.maxWidth = "none"); return true; })()`)); err != nil {
+		t.Fatal(err)
+	}
+	waitShot(t, pctx, cond, filepath.Join(dir, "dashboard-schedulers.png"))
+
+	// The history of e2e_plain lists the task ID the scheduler enqueued.
+	clicked, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { `+rows+`
+		const tr = [...document.querySelectorAll("tbody tr")].find(r => r.innerText.split(/\s+/).includes("e2e_plain"));
+		const b = tr && tr.querySelector("button"); if (b) b.click(); return !!b; })()`))
+	if err != nil || !clicked {
+		t.Fatalf("no history button on the e2e_plain row: %v", err)
+	}
+	waitShot(t, ctx, `document.body.innerText.includes(`+jsString(enqueued[len(enqueued)-1])+`)`,
+		filepath.Join(dir, "dashboard-scheduler-history.png"))
+	p.term()
+}
+
+// browser starts a headless Chromium for the test, with a window of
+// width×height pixels.
+func browser(t *testing.T, width, height int) context.Context {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(width, height),
+	)
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// showPage opens url, waits until the JavaScript expression cond is true
+// and saves a screenshot to shot.
+func showPage(t *testing.T, ctx context.Context, url, cond, shot string) {
+	t.Helper()
+	pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := chromedp.Do(pctx, chromedp.Navigate(url)); err != nil {
+		t.Fatal(err)
+	}
+	waitShot(t, pctx, cond, shot)
+}
+
+// waitShot waits until the JavaScript expression cond is true on the
+// current page and saves a screenshot to shot.
+func waitShot(t *testing.T, ctx context.Context, cond, shot string) {
+	t.Helper()
+	ok, err := chromedp.Run(ctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(30*time.Second)))
+	if err != nil || !ok {
+		text, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
+		t.Fatalf("page never satisfied %s: %v\npage text: %.1500s", cond, err, text)
+	}
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", shot)
 }
 
 func quoteAll(words []string) []string {
