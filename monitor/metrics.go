@@ -4,6 +4,7 @@
 package monitor
 
 import (
+	"context"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -26,6 +27,15 @@ type Metrics struct {
 	LLMCalls       *prometheus.CounterVec
 	LLMTokens      *prometheus.CounterVec
 	LLMDuration    *prometheus.HistogramVec
+
+	// What the alerting rules (deploy/prometheus/alerts.yml) need beyond
+	// counts of runs.
+	TaskLastSuccess  *prometheus.GaugeVec
+	TaskInterval     *prometheus.GaugeVec
+	TaskArchived     *prometheus.CounterVec
+	SingletonHeld    *prometheus.GaugeVec
+	SingletonTimeout *prometheus.GaugeVec
+	LeaseRecoveries  prometheus.Counter
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -83,10 +93,64 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help:    "Wall time of LLM calls, by endpoint and purpose.",
 		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
 	}, []string{"endpoint", "purpose"})
+	m.TaskLastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_task_last_success_timestamp_seconds",
+		Help: "Unix time of the last successful run of each task in this process.",
+	}, []string{"task"})
+	m.TaskInterval = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_task_interval_seconds",
+		Help: "Effective interval of each periodic task this process schedules (after TASK_INTERVALS and the interval settings).",
+	}, []string{"task"})
+	m.TaskArchived = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargazer_task_archived_total",
+		Help: "Task runs that failed for good (no retry left, or not retryable) and were archived, by task.",
+	}, []string{"task"})
+	m.SingletonHeld = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_singleton_held_since_timestamp_seconds",
+		Help: "Unix time at which the singleton run in progress in this process took its lease, by task; absent when none runs here.",
+	}, []string{"task"})
+	m.SingletonTimeout = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_singleton_timeout_seconds",
+		Help: "Timeout of the singleton run in progress in this process, by task; absent when none runs here.",
+	}, []string{"task"})
+	m.LeaseRecoveries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stargazer_lease_recoveries_total",
+		Help: "Tasks of dead workers (task lease expired) this process put back on their queue (FAST_LEASE_RECOVERY).",
+	})
 	reg.MustRegister(m.TaskItems, m.LLMCalls, m.LLMTokens, m.LLMDuration)
+	reg.MustRegister(m.TaskLastSuccess, m.TaskInterval, m.TaskArchived, m.SingletonHeld, m.SingletonTimeout, m.LeaseRecoveries)
 	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
 		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
 	return m
+}
+
+// Periodic records the effective interval of a periodic task this process
+// schedules, and creates its scheduler series at zero: an alert on the
+// increase of a counter cannot see the increment that creates the series.
+func (m *Metrics) Periodic(task string, interval time.Duration) {
+	m.TaskInterval.WithLabelValues(task).Set(interval.Seconds())
+	m.SchedulerMiss.WithLabelValues(task)
+	for _, outcome := range []string{"overlap", "late", "error"} {
+		m.SchedulerFires.WithLabelValues(task, outcome)
+	}
+}
+
+// NewRedisUp returns the stargazer_redis_up gauge: 1 if p answers a ping
+// within a second when Prometheus scrapes, else 0. Asking at scrape time
+// keeps it true in every role and while the worker still waits for Redis at
+// startup; it costs one PING per scrape.
+func NewRedisUp(p Pinger) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "stargazer_redis_up",
+		Help: "1 if this process reached Redis (PING) when scraped, else 0.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if p.Ping(ctx) != nil {
+			return 0
+		}
+		return 1
+	})
 }
 
 // AddItems counts items a task run handled.
@@ -117,6 +181,7 @@ type QueueCollector struct {
 	latency *prometheus.Desc
 	paused  *prometheus.Desc
 	up      *prometheus.Desc
+	workers *prometheus.Desc
 }
 
 // NewQueueCollector reads queue state through insp.
@@ -127,6 +192,7 @@ func NewQueueCollector(insp *asynq.Inspector) *QueueCollector {
 		latency: prometheus.NewDesc("stargazer_queue_latency_seconds", "Age of the oldest pending task.", []string{"queue"}, nil),
 		paused:  prometheus.NewDesc("stargazer_queue_paused", "1 if the queue is paused.", []string{"queue"}, nil),
 		up:      prometheus.NewDesc("stargazer_queue_scrape_ok", "1 if queue state could be read from Redis.", nil, nil),
+		workers: prometheus.NewDesc("stargazer_queue_workers", "Worker processes serving the queues: asynq servers whose heartbeat in Redis is live.", nil, nil),
 	}
 }
 
@@ -136,6 +202,7 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.latency
 	ch <- c.paused
 	ch <- c.up
+	ch <- c.workers
 }
 
 // Collect implements prometheus.Collector.
@@ -146,6 +213,11 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ok := 1.0
+	if servers, err := c.insp.Servers(); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.workers, prometheus.GaugeValue, float64(len(servers)))
+	} else {
+		ok = 0
+	}
 	for _, q := range queues {
 		info, err := c.insp.GetQueueInfo(q)
 		if err != nil {

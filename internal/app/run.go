@@ -96,6 +96,7 @@ func Run(ctx context.Context, p Params) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := monitor.NewMetrics(reg)
+	reg.MustRegister(monitor.NewRedisUp(monitor.PingFunc(func(ctx context.Context) error { return rdb.Ping(ctx).Err() })))
 	insp := asynq.NewInspector(connOpt)
 	defer insp.Close()
 	if cfg.QueueMetrics {
@@ -230,8 +231,11 @@ func Run(ctx context.Context, p Params) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			asynqcompat.RunRecoverer(schedCtx, log.With("component", "recoverer"), rdb, slices.Sorted(maps.Keys(jobs.Queues())), asynqcompat.RecoverEvery)
+			asynqcompat.RunRecoverer(schedCtx, log.With("component", "recoverer"), rdb, slices.Sorted(maps.Keys(jobs.Queues())), asynqcompat.RecoverEvery, metrics.LeaseRecoveries.Inc)
 		}()
+	}
+	for _, e := range entries(decisions) {
+		metrics.Periodic(e.Name, e.Interval)
 	}
 	if cfg.SchedulerEnabled {
 		sched, err := periodic.New(periodic.Config{

@@ -105,6 +105,11 @@ func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
 // are added by the caller.
 func Mux(o Options) *asynq.ServeMux {
 	specs := index(o.Catalog)
+	for name := range specs {
+		// At zero from the start, so that the first archived run is an
+		// increase an alert can see.
+		o.Metrics.TaskArchived.WithLabelValues(name)
+	}
 	mux := asynq.NewServeMux()
 	mux.Use(observe(o, specs), recoverPanics(o.Logger), singletons(o, specs))
 	return mux
@@ -161,6 +166,17 @@ func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			if err != nil {
 				return err
 			}
+			held := time.Now()
+			timeout := spec.Timeout
+			if dl, ok := ctx.Deadline(); ok {
+				timeout = dl.Sub(held)
+			}
+			o.Metrics.SingletonHeld.WithLabelValues(spec.Name).Set(float64(held.UnixMilli()) / 1000)
+			o.Metrics.SingletonTimeout.WithLabelValues(spec.Name).Set(timeout.Seconds())
+			defer func() {
+				o.Metrics.SingletonHeld.DeleteLabelValues(spec.Name)
+				o.Metrics.SingletonTimeout.DeleteLabelValues(spec.Name)
+			}()
 			err = next.ProcessTask(singleton.WithLease(ctx, le), t)
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
@@ -242,14 +258,21 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			o.Metrics.TaskRuns.WithLabelValues(name, status).Inc()
 			o.Metrics.TaskDuration.WithLabelValues(name).Observe(elapsed.Seconds())
 			errMsg := ""
+			archived := err != nil && status != StatusSkipped && final(ctx, err)
 			if err != nil && status != StatusSkipped {
 				o.Metrics.TaskCrashes.WithLabelValues(name, errorClass(ctx, err, status)).Inc()
+			}
+			if archived {
+				o.Metrics.TaskArchived.WithLabelValues(name).Inc()
+			}
+			if status == StatusOK {
+				o.Metrics.TaskLastSuccess.WithLabelValues(name).SetToCurrentTime()
 			}
 			if err != nil {
 				errMsg = err.Error()
 				maxRetry, _ := asynq.GetMaxRetry(ctx)
 				log.Warn("task finished", "status", status, "duration_ms", elapsed.Milliseconds(), "error", errMsg,
-					"retried", retried, "max_retry", maxRetry, "archived", status != StatusSkipped && final(ctx, err))
+					"retried", retried, "max_retry", maxRetry, "archived", archived)
 			} else {
 				log.Info("task finished", "status", status, "duration_ms", elapsed.Milliseconds())
 			}
