@@ -129,6 +129,19 @@ func TestComposeRedisPersistsToNamedVolume(t *testing.T) {
 	}
 }
 
+func TestComposeFalkorDBBoundsWrites(t *testing.T) {
+	args := strings.Fields(envValue(t, service(t, mustLoadCompose(t), "falkordb"), "FALKORDB_ARGS"))
+	i := slices.Index(args, "TIMEOUT_MAX")
+	if i < 0 || i+1 >= len(args) {
+		t.Fatalf("FALKORDB_ARGS %v does not set TIMEOUT_MAX: graph writes would never time out", args)
+	}
+	// internal/app bounds every graph query to 60 s; FalkorDB refuses a
+	// query TIMEOUT above TIMEOUT_MAX.
+	if ms, err := strconv.Atoi(args[i+1]); err != nil || ms < 60000 {
+		t.Errorf("TIMEOUT_MAX %s ms, want at least 60000 (the workers' per-query timeout)", args[i+1])
+	}
+}
+
 func TestComposeEveryServiceButPrometheusHasAHealthcheck(t *testing.T) {
 	p := mustLoadCompose(t)
 	for name, s := range p.Services {
