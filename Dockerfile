@@ -14,6 +14,22 @@ FROM gcr.io/distroless/static-debian12:nonroot AS enqueuer
 COPY --from=build /out/enqueuer /enqueuer
 ENTRYPOINT ["/enqueuer"]
 
+# The node agent (ROLE=node): the worker binary plus journalctl, from Debian's
+# systemd package, to read the host's journal mounted read-only.
+# docker build --target node .
+FROM debian:bookworm-slim AS node
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends systemd \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/worker /worker
+# The nonroot user of the distroless images; group adm (4) reads the journal
+# through its ACLs (compose: group_add, Kubernetes: supplementalGroups).
+USER 65532:65532
+EXPOSE 8080
+ENV HTTP_ADDR=0.0.0.0:8080
+HEALTHCHECK CMD ["/worker", "healthcheck"]
+ENTRYPOINT ["/worker"]
+
 # The worker (also the monitor with ROLE=monitor). Last, so it is the default target.
 FROM gcr.io/distroless/static-debian12:nonroot AS worker
 COPY --from=build /out/worker /worker

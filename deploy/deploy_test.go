@@ -89,7 +89,7 @@ func envValue(t *testing.T, s types.ServiceConfig, key string) string {
 
 func TestComposeDefinesEveryService(t *testing.T) {
 	p := mustLoadCompose(t)
-	for _, name := range []string{"redis", "falkordb", "worker", "monitor", "prometheus"} {
+	for _, name := range []string{"redis", "falkordb", "worker", "node", "monitor", "prometheus", "grafana"} {
 		if _, err := p.GetService(name); err != nil {
 			t.Errorf("service %q missing: %v", name, err)
 		}
@@ -129,6 +129,19 @@ func TestComposeRedisPersistsToNamedVolume(t *testing.T) {
 	}
 }
 
+func TestComposeFalkorDBBoundsWrites(t *testing.T) {
+	args := strings.Fields(envValue(t, service(t, mustLoadCompose(t), "falkordb"), "FALKORDB_ARGS"))
+	i := slices.Index(args, "TIMEOUT_MAX")
+	if i < 0 || i+1 >= len(args) {
+		t.Fatalf("FALKORDB_ARGS %v does not set TIMEOUT_MAX: graph writes would never time out", args)
+	}
+	// internal/app bounds every graph query to 60 s; FalkorDB refuses a
+	// query TIMEOUT above TIMEOUT_MAX.
+	if ms, err := strconv.Atoi(args[i+1]); err != nil || ms < 60000 {
+		t.Errorf("TIMEOUT_MAX %s ms, want at least 60000 (the workers' per-query timeout)", args[i+1])
+	}
+}
+
 func TestComposeEveryServiceButPrometheusHasAHealthcheck(t *testing.T) {
 	p := mustLoadCompose(t)
 	for name, s := range p.Services {
@@ -143,7 +156,7 @@ func TestComposeEveryServiceButPrometheusHasAHealthcheck(t *testing.T) {
 
 func TestComposeWorkerAndMonitorUseTheRedisService(t *testing.T) {
 	p := mustLoadCompose(t)
-	for _, name := range []string{"worker", "monitor"} {
+	for _, name := range []string{"worker", "node", "monitor"} {
 		t.Run(name, func(t *testing.T) {
 			raw := envValue(t, service(t, p, name), "REDIS_URL")
 			u, err := url.Parse(raw)
@@ -166,6 +179,10 @@ func TestComposeEnvironment(t *testing.T) {
 		{"worker", "ROLE", "worker"},
 		{"worker", "HTTP_ADDR", "0.0.0.0:8080"},
 		{"worker", "QUEUE_METRICS", "false"},
+		{"node", "ROLE", "node"},
+		{"node", "HTTP_ADDR", "0.0.0.0:8080"},
+		{"node", "QUEUE_METRICS", "false"},
+		{"node", "MONITOR_TOKEN", testMonitorToken},
 		{"monitor", "ROLE", "monitor"},
 		{"monitor", "MONITOR_TOKEN", testMonitorToken},
 		{"monitor", "MONITOR_PASSWORD", testMonitorPassword},
@@ -192,17 +209,92 @@ func TestComposeMonitorPublishes8080(t *testing.T) {
 }
 
 func TestComposeWorkerStopGraceOutlastsShutdownTimeout(t *testing.T) {
-	w := service(t, mustLoadCompose(t), "worker")
-	if w.StopGracePeriod == nil {
-		t.Fatal("worker has no stop_grace_period (docker's default is 10s)")
+	for _, name := range []string{"worker", "node"} {
+		t.Run(name, func(t *testing.T) {
+			w := service(t, mustLoadCompose(t), name)
+			if w.StopGracePeriod == nil {
+				t.Fatalf("%s has no stop_grace_period (docker's default is 10s)", name)
+			}
+			raw := envValue(t, w, "SHUTDOWN_TIMEOUT")
+			shutdown, err := time.ParseDuration(raw)
+			if err != nil {
+				t.Fatalf("SHUTDOWN_TIMEOUT %q: %v", raw, err)
+			}
+			if grace := time.Duration(*w.StopGracePeriod); grace <= shutdown {
+				t.Errorf("stop_grace_period %v is not longer than SHUTDOWN_TIMEOUT %v: in-flight tasks would be SIGKILLed", grace, shutdown)
+			}
+		})
 	}
-	raw := envValue(t, w, "SHUTDOWN_TIMEOUT")
-	shutdown, err := time.ParseDuration(raw)
+}
+
+// TestComposeEnvironmentIsWorkerSettings: every variable given to a
+// stargazer-jobs container is a setting the worker reads.
+func TestComposeEnvironmentIsWorkerSettings(t *testing.T) {
+	settings := settingsByEnv()
+	for _, name := range []string{"worker", "node", "monitor"} {
+		for key := range service(t, mustLoadCompose(t), name).Environment {
+			if _, ok := settings[key]; !ok {
+				t.Errorf("%s: %s is set but the worker reads no such setting", name, key)
+			}
+		}
+	}
+}
+
+func TestComposeNodeAgentReadsTheHostJournalReadOnly(t *testing.T) {
+	n := service(t, mustLoadCompose(t), "node")
+	if n.Build == nil || n.Build.Target != "node" {
+		t.Errorf("node builds %+v, want the Dockerfile's node target (it has journalctl)", n.Build)
+	}
+	mounts := map[string]types.ServiceVolumeConfig{}
+	for _, v := range n.Volumes {
+		mounts[v.Target] = v
+	}
+	for _, path := range []string{"/var/log/journal", "/run/log/journal", "/etc/machine-id"} {
+		v, ok := mounts[path]
+		if !ok || v.Type != types.VolumeTypeBind || v.Source != path || !v.ReadOnly {
+			t.Errorf("%s: want the host's %s bind-mounted read-only at the same path, got %+v", path, path, v)
+		}
+	}
+	if v := mounts["/var/log/journal"]; v.Bind == nil || v.Bind.CreateHostPath {
+		t.Error("/var/log/journal would be created on a host without one (switching its journald to persistent storage)")
+	}
+	if !n.ReadOnly || !slices.Contains(n.CapDrop, "ALL") {
+		t.Error("node: want a read-only root filesystem and every capability dropped")
+	}
+}
+
+func TestComposePrometheusLoadsTheAlertRules(t *testing.T) {
+	p := service(t, mustLoadCompose(t), "prometheus")
+	var cfg struct {
+		RuleFiles []string `yaml:"rule_files"`
+	}
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "prometheus", "prometheus.yml"))
 	if err != nil {
-		t.Fatalf("SHUTDOWN_TIMEOUT %q: %v", raw, err)
+		t.Fatal(err)
 	}
-	if grace := time.Duration(*w.StopGracePeriod); grace <= shutdown {
-		t.Errorf("stop_grace_period %v is not longer than SHUTDOWN_TIMEOUT %v: in-flight tasks would be SIGKILLed", grace, shutdown)
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	mounted := map[string]string{} // container path -> host path
+	for _, v := range p.Volumes {
+		mounted[v.Target] = v.Source
+	}
+	cfgDir := ""
+	for target, source := range mounted {
+		if strings.HasSuffix(source, filepath.Join("deploy", "prometheus", "prometheus.yml")) {
+			cfgDir = filepath.Dir(target)
+		}
+	}
+	want, _ := filepath.Abs(alertsFile)
+	if len(cfg.RuleFiles) != 1 {
+		t.Fatalf("rule_files = %v, want alerts.yml", cfg.RuleFiles)
+	}
+	path := cfg.RuleFiles[0]
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(cfgDir, path) // relative to the configuration file
+	}
+	if mounted[path] != want {
+		t.Errorf("prometheus loads %s, where the compose file mounts %q, not %s", path, mounted[path], want)
 	}
 }
 
@@ -271,7 +363,7 @@ func promTargets(t *testing.T) map[string]string {
 
 func TestPrometheusScrapesWorkersAndMonitor(t *testing.T) {
 	targets := promTargets(t)
-	for _, want := range []string{"worker:8080", "monitor:8080"} {
+	for _, want := range []string{"worker:8080", "node:8080", "monitor:8080"} {
 		path, ok := targets[want]
 		if !ok {
 			t.Errorf("prometheus.yml does not scrape %s (targets: %v)", want, targets)
@@ -433,7 +525,7 @@ func TestDockerfileEntrypointsRunBuiltBinaries(t *testing.T) {
 	stages := parseDockerfile(t)
 	built := builtBinaries(t, stages)
 	copyRe := regexp.MustCompile(`^--from=build\s+(\S+)\s+(\S+)$`)
-	for _, name := range []string{"worker", "enqueuer"} {
+	for _, name := range []string{"worker", "node", "enqueuer"} {
 		t.Run(name, func(t *testing.T) {
 			copied := map[string]string{} // destination in the image -> built binary
 			var entrypoints []string
@@ -461,5 +553,32 @@ func TestDockerfileEntrypointsRunBuiltBinaries(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDockerfileNodeImageHasJournalctlAndRunsAsNonRoot: the node agent's
+// image installs Debian's systemd package (journalctl) and runs as a
+// numeric non-root user (runAsNonRoot can verify only a numeric one).
+func TestDockerfileNodeImageHasJournalctlAndRunsAsNonRoot(t *testing.T) {
+	st := stageNamed(t, parseDockerfile(t), "node")
+	var installs, user string
+	for _, in := range st.instrs {
+		switch in[0] {
+		case "FROM":
+			if !strings.HasPrefix(in[1], "debian:bookworm") {
+				t.Errorf("node stage FROM %s, want debian:bookworm (the systemd package's journalctl)", in[1])
+			}
+		case "RUN":
+			installs += in[1] + " "
+		case "USER":
+			user = in[1]
+		}
+	}
+	if !regexp.MustCompile(`apt-get install\b[^&]*\bsystemd\b`).MatchString(installs) {
+		t.Errorf("node stage does not install the systemd package: %s", installs)
+	}
+	uid, _, _ := strings.Cut(user, ":")
+	if n, err := strconv.Atoi(uid); err != nil || n == 0 {
+		t.Errorf("node stage USER %q, want a numeric non-root user", user)
 	}
 }

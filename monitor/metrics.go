@@ -4,6 +4,7 @@
 package monitor
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
+	"github.com/stargazer/stargazer-jobs/internal/queue/server"
+	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
 // Metrics are the worker's own series, labelled by task name.
@@ -24,6 +27,15 @@ type Metrics struct {
 	SchedulerLate  *prometheus.HistogramVec
 	SchedulerMiss  *prometheus.CounterVec
 	TaskItems      *prometheus.CounterVec
+
+	// What the alerting rules (deploy/prometheus/alerts.yml) need beyond
+	// counts of runs.
+	TaskLastSuccess  *prometheus.GaugeVec
+	TaskInterval     *prometheus.GaugeVec
+	TaskArchived     *prometheus.CounterVec
+	SingletonSince   *prometheus.GaugeVec
+	SingletonTimeout *prometheus.GaugeVec
+	LeaseRecoveries  prometheus.Counter
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -68,10 +80,77 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "stargazer_task_items_total",
 		Help: "Items handled by task runs (the numeric fields of each run's result: fired, merged, pruned, removed...), by task and item.",
 	}, []string{"task", "item"})
+	m.TaskLastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_task_last_success_timestamp_seconds",
+		Help: "Unix time of the last successful run of each task in this process.",
+	}, []string{"task"})
+	m.TaskInterval = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_task_interval_seconds",
+		Help: "Effective interval of each periodic task this process schedules (after TASK_INTERVALS and the interval settings).",
+	}, []string{"task"})
+	m.TaskArchived = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargazer_task_archived_total",
+		Help: "Task runs that failed for good (no retry left, or not retryable) and were archived, by task.",
+	}, []string{"task"})
+	m.SingletonSince = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_singleton_held_since_timestamp_seconds",
+		Help: "Unix time at which the singleton run in progress in this process took its lease, by task; absent when none runs here.",
+	}, []string{"task"})
+	m.SingletonTimeout = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "stargazer_singleton_timeout_seconds",
+		Help: "Timeout of the singleton run in progress in this process, by task; absent when none runs here.",
+	}, []string{"task"})
+	m.LeaseRecoveries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stargazer_lease_recoveries_total",
+		Help: "Tasks of dead workers (task lease expired) this process put back on their queue (FAST_LEASE_RECOVERY).",
+	})
 	reg.MustRegister(m.TaskItems)
+	reg.MustRegister(m.TaskLastSuccess, m.TaskInterval, m.TaskArchived, m.SingletonSince, m.SingletonTimeout, m.LeaseRecoveries)
 	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
 		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
 	return m
+}
+
+// Periodic records the effective interval of a periodic task this process
+// schedules, and creates its scheduler series at zero: an alert on the
+// increase of a counter cannot see the increment that creates the series.
+func (m *Metrics) Periodic(task string, interval time.Duration) {
+	m.TaskInterval.WithLabelValues(task).Set(interval.Seconds())
+	m.SchedulerMiss.WithLabelValues(task)
+	for _, outcome := range []string{"overlap", "late", "error"} {
+		m.SchedulerFires.WithLabelValues(task, outcome)
+	}
+}
+
+// NewRedisUp returns the stargazer_redis_up gauge: 1 if p answered a ping
+// within a second, else 0. It asks at scrape time, so it holds in every
+// role and while the worker still waits for Redis at startup, but at most
+// once per QueueMetricsMaxAge: like the queue metrics, any number of
+// scrapers costs Redis one PING per period, and concurrent scrapes share it.
+func NewRedisUp(p Pinger) prometheus.Collector {
+	var (
+		mu      sync.Mutex
+		askedAt time.Time
+		up      float64
+	)
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "stargazer_redis_up",
+		Help: "1 if this process reached Redis (PING) when last asked (at scrape time, at most every 10 s), else 0.",
+	}, func() float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(askedAt) < QueueMetricsMaxAge {
+			return up
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		up = 1
+		if p.Ping(ctx) != nil {
+			up = 0
+		}
+		askedAt = time.Now()
+		return up
+	})
 }
 
 // AddItems counts items a task run handled.
@@ -87,14 +166,39 @@ func (m *Metrics) RunStarted(task string) {
 	m.TaskInFlight.WithLabelValues(task).Inc()
 }
 
-// RunFinished counts a finished run by status, and a failed one by error
-// class (server.Observer).
-func (m *Metrics) RunFinished(task, status, class string, elapsed time.Duration) {
-	m.TaskInFlight.WithLabelValues(task).Dec()
-	m.TaskRuns.WithLabelValues(task, status).Inc()
-	m.TaskDuration.WithLabelValues(task).Observe(elapsed.Seconds())
-	if class != "" {
-		m.TaskCrashes.WithLabelValues(task, class).Inc()
+// RunFinished counts a finished run by status, a failed one by error
+// class, an archived one, and stamps a success (server.Observer).
+func (m *Metrics) RunFinished(r server.Run) {
+	m.TaskInFlight.WithLabelValues(r.Task).Dec()
+	m.TaskRuns.WithLabelValues(r.Task, r.Status).Inc()
+	m.TaskDuration.WithLabelValues(r.Task).Observe(r.Elapsed.Seconds())
+	if r.Class != "" {
+		m.TaskCrashes.WithLabelValues(r.Task, r.Class).Inc()
+	}
+	if r.Archived {
+		m.TaskArchived.WithLabelValues(r.Task).Inc()
+	}
+	if r.Status == server.StatusOK {
+		m.TaskLastSuccess.WithLabelValues(r.Task).SetToCurrentTime()
+	}
+}
+
+// SingletonHeld exports when a singleton run took its lease and its
+// timeout, until it ends (server.Observer).
+func (m *Metrics) SingletonHeld(task string, timeout time.Duration) func() {
+	m.SingletonSince.WithLabelValues(task).SetToCurrentTime()
+	m.SingletonTimeout.WithLabelValues(task).Set(timeout.Seconds())
+	return func() {
+		m.SingletonSince.DeleteLabelValues(task)
+		m.SingletonTimeout.DeleteLabelValues(task)
+	}
+}
+
+// Catalog creates each task's archived-runs series at zero, so that the
+// first archived run is an increase an alert can see.
+func (m *Metrics) Catalog(specs []jobs.Spec) {
+	for _, s := range specs {
+		m.TaskArchived.WithLabelValues(s.Name)
 	}
 }
 
@@ -136,6 +240,7 @@ type QueueCollector struct {
 	paused  *prometheus.Desc
 	up      *prometheus.Desc
 	age     *prometheus.Desc
+	workers *prometheus.Desc
 
 	mu     sync.Mutex
 	readAt time.Time
@@ -152,6 +257,7 @@ func NewQueueCollector(insp *asynq.Inspector) *QueueCollector {
 		paused:  prometheus.NewDesc("stargazer_queue_paused", "1 if the queue is paused.", []string{"queue"}, nil),
 		up:      prometheus.NewDesc("stargazer_queue_scrape_ok", "1 if queue state could be read from Redis.", nil, nil),
 		age:     prometheus.NewDesc("stargazer_queue_metrics_age_seconds", "Age of the queue metrics: they are read from Redis at most once per 10 s.", nil, nil),
+		workers: prometheus.NewDesc("stargazer_queue_workers", "Worker processes serving the queues: asynq servers whose heartbeat in Redis is live.", nil, nil),
 	}
 }
 
@@ -162,6 +268,7 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.paused
 	ch <- c.up
 	ch <- c.age
+	ch <- c.workers
 }
 
 // Collect implements prometheus.Collector.
@@ -187,6 +294,11 @@ func (c *QueueCollector) read() []prometheus.Metric {
 	}
 	var ms []prometheus.Metric
 	ok := 1.0
+	if servers, err := c.insp.Servers(); err == nil {
+		ms = append(ms, prometheus.MustNewConstMetric(c.workers, prometheus.GaugeValue, float64(len(servers))))
+	} else {
+		ok = 0
+	}
 	for _, q := range queues {
 		info, err := c.insp.GetQueueInfo(q)
 		if err != nil {

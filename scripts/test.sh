@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh machine it first installs what the
 # tests need from the distribution's and npm's packages: a real redis-server,
-# Chromium for the dashboard test, and FalkorDB for the graph tests
-# (valkey-server plus the FalkorDB module, see internal/testkit/falkortest).
+# Chromium for the dashboard test, FalkorDB for the graph tests (valkey-server
+# plus the FalkorDB module, see internal/testkit/falkortest), and Prometheus
+# for the alerting test in deploy/ (it scrapes a real worker and evaluates
+# deploy/prometheus/alerts.yml).
 #
 #   ./scripts/test.sh                 # install what is missing, then gofmt, vet, test
 #   ./scripts/test.sh --install-only  # only the installs
@@ -34,6 +36,7 @@ codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 need_install=()
 command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_install+=(chromium)
+command -v prometheus >/dev/null 2>&1 || need_install+=(prometheus)
 # The module links OpenMP dynamically; the Go image has it, a slim one may not.
 /sbin/ldconfig -p | grep -q 'libgomp\.so\.1' || need_install+=(libgomp1)
 if [ -z "${FALKORDB_SERVER:-}" ] && ! command -v valkey-server >/dev/null 2>&1; then
@@ -62,8 +65,8 @@ command -v npm >/dev/null 2>&1 || [ -f "$falkordb_module" ] || need_install+=(np
 
 if ((${#need_install[@]})); then
   echo "installing: ${need_install[*]}"
-  # The valkey-server package would start a system-wide server on port 6379;
-  # the tests start their own. Where nothing forbids service starts yet,
+  # The valkey-server and prometheus packages would start system-wide servers
+  # (ports 6379 and 9090); the tests start their own. Where nothing forbids service starts yet,
   # forbid them for this install (the Debian policy-rc.d mechanism).
   policy=/usr/sbin/policy-rc.d
   made_policy=""
@@ -81,8 +84,11 @@ if ((${#need_install[@]})); then
   [ -z "$made_policy" ] || $SUDO rm -f "$policy"
   [ "$status" -eq 0 ] || { echo "could not install ${need_install[*]}" >&2; exit 1; }
   # ...and keep it from starting at the next boot.
-  if [[ " ${need_install[*]} " == *" valkey-server"* ]] && command -v systemctl >/dev/null 2>&1; then
-    $SUDO systemctl disable --quiet valkey-server.service >/dev/null 2>&1 || true
+  if command -v systemctl >/dev/null 2>&1; then
+    [[ " ${need_install[*]} " != *" valkey-server"* ]] ||
+      $SUDO systemctl disable --quiet valkey-server.service >/dev/null 2>&1 || true
+    [[ " ${need_install[*]} " != *" prometheus "* ]] ||
+      $SUDO systemctl disable --quiet prometheus.service prometheus-node-exporter.service >/dev/null 2>&1 || true
   fi
 fi
 

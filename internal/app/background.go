@@ -24,6 +24,9 @@ import (
 // the server shuts down.
 func (a *app) startBackground(ctx context.Context) error {
 	cfg := a.cfg
+	for _, e := range entries(a.decisions) {
+		a.metrics.Periodic(e.Name, e.Interval)
+	}
 	var sched *periodic.Scheduler
 	if cfg.SchedulerEnabled {
 		s, err := periodic.New(periodic.Config{
@@ -42,7 +45,7 @@ func (a *app) startBackground(ctx context.Context) error {
 	a.stops.push(func() { stop(); wg.Wait() })
 	if cfg.FastLeaseRecovery {
 		wg.Go(func() {
-			asynqcompat.RunRecoverer(bg, a.log.With("component", "recoverer"), a.rdb, slices.Sorted(maps.Keys(jobs.Queues())), asynqcompat.RecoverEvery)
+			asynqcompat.RunRecoverer(bg, a.log.With("component", "recoverer"), a.rdb, slices.Sorted(maps.Keys(jobs.Queues())), asynqcompat.RecoverEvery, a.metrics.LeaseRecoveries.Inc)
 		})
 	}
 	if sched != nil {

@@ -54,6 +54,8 @@ func (a *app) connect() error {
 	a.reg = prometheus.NewRegistry()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.metrics = monitor.NewMetrics(a.reg)
+	a.metrics.Catalog(a.catalog)
+	a.reg.MustRegister(monitor.NewRedisUp(monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() })))
 	a.llmMetrics = llm.NewMetrics(a.reg)
 	if a.cfg.QueueMetrics {
 		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))

@@ -80,12 +80,12 @@ type Config struct {
 	MonitorPassword   string        `env:"MONITOR_PASSWORD" secret:"true" help:"Basic-auth password. Never logged. With no token and no user/password, the HTTP server binds to loopback only."`
 	// MonitorViewToken, MonitorViewUser and MonitorViewPassword are the
 	// view-only credential: dashboard read, no state change.
-	MonitorViewToken    string `env:"MONITOR_VIEW_TOKEN" secret:"true" help:"View-only bearer token: reads the dashboard, gets 403 on every state change (dashboard actions, POST /api/v1/tasks). Never logged."`
-	MonitorViewUser     string `env:"MONITOR_VIEW_USER" help:"View-only basic-auth user (with MONITOR_VIEW_PASSWORD)."`
-	MonitorViewPassword string `env:"MONITOR_VIEW_PASSWORD" secret:"true" help:"View-only basic-auth password. Never logged."`
-	HTTPMaxConnections  int    `env:"HTTP_MAX_CONNECTIONS" default:"256" min:"1" help:"Most connections the HTTP server holds open at once; more wait in the kernel's accept queue without holding a descriptor of the process."`
-	LogLevel          slog.Level    `env:"LOG_LEVEL" default:"info" help:"debug, info, warn or error."`
-	SchedulerEnabled  bool          `env:"SCHEDULER_ENABLED" default:"true" help:"Run the periodic scheduler in this process. Safe on every replica: each due run is enqueued once."`
+	MonitorViewToken    string     `env:"MONITOR_VIEW_TOKEN" secret:"true" help:"View-only bearer token: reads the dashboard, gets 403 on every state change (dashboard actions, POST /api/v1/tasks). Never logged."`
+	MonitorViewUser     string     `env:"MONITOR_VIEW_USER" help:"View-only basic-auth user (with MONITOR_VIEW_PASSWORD)."`
+	MonitorViewPassword string     `env:"MONITOR_VIEW_PASSWORD" secret:"true" help:"View-only basic-auth password. Never logged."`
+	HTTPMaxConnections  int        `env:"HTTP_MAX_CONNECTIONS" default:"256" min:"1" help:"Most connections the HTTP server holds open at once; more wait in the kernel's accept queue without holding a descriptor of the process."`
+	LogLevel            slog.Level `env:"LOG_LEVEL" default:"info" help:"debug, info, warn or error."`
+	SchedulerEnabled    bool       `env:"SCHEDULER_ENABLED" default:"true" help:"Run the periodic scheduler in this process. Safe on every replica: each due run is enqueued once."`
 	// TaskIntervals overrides periodic tasks' intervals by task name; a zero
 	// duration disables the task.
 	TaskIntervals map[string]time.Duration `env:"TASK_INTERVALS" help:"Per-task schedule overrides: comma-separated NAME=DURATION (\"kg_decay_task=12h\") or NAME=off to disable a task. Wins over STARWIKI_LINT_INTERVAL_MINUTES and KA_ORG_INTERVAL_SECONDS."`

@@ -85,7 +85,8 @@ func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []str
 }
 
 // RunRecoverer recovers lease-expired tasks every interval until ctx ends.
-func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, queues []string, interval time.Duration) {
+// recovered, if not nil, is called once per task put back (a metric).
+func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, queues []string, interval time.Duration, recovered func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -100,6 +101,9 @@ func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClie
 		}
 		for _, id := range ids {
 			log.Warn("task recovered from a dead worker (lease expired); requeued at the head of its queue", "task_id", id)
+			if recovered != nil {
+				recovered()
+			}
 		}
 	}
 }

@@ -44,9 +44,21 @@ type Options struct {
 // that is not in the catalog is reported as "unknown".
 type Observer interface {
 	RunStarted(task string)
-	// RunFinished reports a run's status and, for a failed run, the class
-	// of its error (timeout, canceled, panic...); class is "" otherwise.
-	RunFinished(task, status, class string, elapsed time.Duration)
+	RunFinished(r Run)
+	// SingletonHeld reports that a singleton run of task took its lease,
+	// to be released within timeout; the returned func reports its end.
+	SingletonHeld(task string, timeout time.Duration) (released func())
+}
+
+// Run is a finished run, as an Observer sees it.
+type Run struct {
+	Task, Status string
+	// Class is the class of a failed run's error (timeout, canceled,
+	// panic...); "" for a run that did not fail.
+	Class string
+	// Archived: the run failed for good (no retry left, or not retryable).
+	Archived bool
+	Elapsed  time.Duration
 }
 
 // index maps task names to specs, built once so the per-task middleware
@@ -170,6 +182,11 @@ func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			if err != nil {
 				return err
 			}
+			timeout := spec.Timeout
+			if dl, ok := ctx.Deadline(); ok {
+				timeout = time.Until(dl)
+			}
+			defer o.Metrics.SingletonHeld(spec.Name, timeout)()
 			err = next.ProcessTask(singleton.WithLease(ctx, le), t)
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
@@ -246,17 +263,19 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 
 			elapsed := time.Since(start)
 			status := classify(err)
-			class := ""
+			run := Run{Task: name, Status: status, Elapsed: elapsed,
+				Archived: err != nil && status != StatusSkipped && final(ctx, err)}
 			if err != nil && status != StatusSkipped {
-				class = errorClass(ctx, err, status)
+				run.Class = errorClass(ctx, err, status)
 			}
-			o.Metrics.RunFinished(name, status, class, elapsed)
+			o.Metrics.RunFinished(run)
+			archived := run.Archived
 			errMsg := ""
 			if err != nil {
 				errMsg = err.Error()
 				maxRetry, _ := asynq.GetMaxRetry(ctx)
 				log.Warn("task finished", "status", status, "duration_ms", elapsed.Milliseconds(), "error", errMsg,
-					"retried", retried, "max_retry", maxRetry, "archived", status != StatusSkipped && final(ctx, err))
+					"retried", retried, "max_retry", maxRetry, "archived", archived)
 			} else {
 				log.Info("task finished", "status", status, "duration_ms", elapsed.Milliseconds())
 			}

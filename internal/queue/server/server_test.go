@@ -250,3 +250,53 @@ func startEvents(t *testing.T, p *events.Publisher) *events.Async {
 	t.Cleanup(func() { cancel(); <-a.Done() })
 	return a
 }
+
+func TestAlertingMetricsFollowRuns(t *testing.T) {
+	h := newHarness(t, 5*time.Second)
+	release := make(chan struct{})
+	h.mux.HandleFunc(jobs.KGDecay, func(ctx context.Context, _ *asynq.Task) error {
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	if n := testutil.ToFloat64(h.metrics.TaskArchived.WithLabelValues(jobs.KGDecay)); n != 0 {
+		t.Fatalf("archived series of %s = %v before any run, want 0", jobs.KGDecay, n)
+	}
+	if n := testutil.CollectAndCount(h.metrics.TaskArchived); n != len(jobs.Catalog()) {
+		t.Errorf("%d archived series before any run, want one per catalog task (%d) at zero", n, len(jobs.Catalog()))
+	}
+	s := h.start(t)
+	defer s.Shutdown()
+
+	before := time.Now()
+	if _, err := h.client.Enqueue(asynq.NewTask(jobs.ScheduledPromptCleanup, nil), asynq.Queue(jobs.QueueMaintenance)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.Enqueue(asynq.NewTask(jobs.ScheduledPromptTick, []byte(`{"limit":0}`)), asynq.Queue(jobs.QueueCritical)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.Enqueue(asynq.NewTask(jobs.KGDecay, nil), asynq.Queue(jobs.QueueMaintenance), asynq.Timeout(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, "a successful run and an archived one", func() bool {
+		return testutil.ToFloat64(h.metrics.TaskLastSuccess.WithLabelValues(jobs.ScheduledPromptCleanup)) > 0 &&
+			testutil.ToFloat64(h.metrics.TaskArchived.WithLabelValues(jobs.ScheduledPromptTick)) == 1
+	})
+	if ts := testutil.ToFloat64(h.metrics.TaskLastSuccess.WithLabelValues(jobs.ScheduledPromptCleanup)); ts < float64(before.Unix()) || ts > float64(time.Now().Unix()+1) {
+		t.Errorf("last success %v, want a Unix time since %v", ts, before.Unix())
+	}
+	poll.Until(t, "the singleton holding its lease", func() bool { return testutil.CollectAndCount(h.metrics.SingletonSince) == 1 })
+	if since := testutil.ToFloat64(h.metrics.SingletonSince.WithLabelValues(jobs.KGDecay)); since < float64(before.Unix()) {
+		t.Errorf("held since %v, want a Unix time since %v", since, before.Unix())
+	}
+	if timeout := testutil.ToFloat64(h.metrics.SingletonTimeout.WithLabelValues(jobs.KGDecay)); timeout < 50 || timeout > 60 {
+		t.Errorf("singleton timeout %v s, want the run's (60 s)", timeout)
+	}
+	close(release)
+	poll.Until(t, "the singleton series gone with its run", func() bool {
+		return testutil.CollectAndCount(h.metrics.SingletonSince)+testutil.CollectAndCount(h.metrics.SingletonTimeout) == 0
+	})
+}
