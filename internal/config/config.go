@@ -24,8 +24,8 @@ import (
 // bound numbers; oneof lists the accepted words; check names a validator
 // (see checkValue).
 type Config struct {
-	RedisURL      string `env:"REDIS_URL" secret:"true" check:"redis_url" help:"Redis for the job queue and the bot's state: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path. With ?master_name=M it is a Sentinel URL (redis://sentinel:26379/0?master_name=M&addr=sentinel2:26379) and every process follows the primary across failovers. Empty: an embedded in-process Redis (demo only, nothing persists)."`
-	FalkorDBURL   string `env:"FALKORDB_URL" secret:"true" check:"falkordb_url" help:"FalkorDB (knowledge graph) as redis://host:port. Empty: graph tasks are not scheduled."`
+	RedisURL      string `env:"REDIS_URL" secret:"true" check:"redis_url" help:"Redis for the job queue and the bot's state: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path. With ?master_name=M it is a Sentinel URL (redis://sentinel:26379/0?master_name=M&addr=sentinel2:26379) and every process follows the primary across failovers. Empty: an embedded in-process Redis (demo only, nothing persists). It may hold a password. Never logged."`
+	FalkorDBURL   string `env:"FALKORDB_URL" secret:"true" check:"falkordb_url" help:"FalkorDB (knowledge graph) as redis://host:port. Empty: graph tasks are not scheduled. It may hold a password. Never logged."`
 	FalkorDBGraph string `env:"FALKORDB_GRAPH" default:"stargazer" help:"Name of the knowledge graph in FalkorDB."`
 
 	LLMBaseURL              string        `env:"LLM_BASE_URL" check:"http_url" help:"OpenAI-compatible chat/completions base URL (OpenRouter or the local proxy): summaries, heartbeats, the merge judge, hub categories, epoch summaries, and every other LLM call without an endpoint of its own. Empty: LLM tasks are not scheduled."`
