@@ -284,7 +284,7 @@ func typed(spec jobs.Spec, d Deps, fn handlerFunc) asynq.Handler {
 
 func promptTick(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
 	limit := p.(*jobs.PromptTick).Limit
-	fired, err := prompts.NewStore(d.Redis).Tick(ctx, d.Now(), limit)
+	fired, malformed, err := prompts.NewStore(d.Redis).Tick(ctx, d.Now(), limit)
 	if err != nil {
 		return nil, err
 	}
@@ -292,7 +292,13 @@ func promptTick(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
 		d.Logger.InfoContext(ctx, "scheduled prompt fired", "prompt_id", f.PromptID,
 			"occurrence", f.Occurrence, "scheduled_for", f.ScheduledFor, "stream_id", f.StreamID)
 	}
-	return Result{"fired": len(fired), "more_due": len(fired) == limit}, nil
+	// Each is reported by one tick only: it is invalid and out of the due
+	// set now. "invalid" counts them in stargazer_task_items_total.
+	for _, m := range malformed {
+		d.Logger.WarnContext(ctx, "scheduled prompt invalid; skipped", "task", jobs.ScheduledPromptTick,
+			"prompt_id", m.PromptID, "reason", m.Reason)
+	}
+	return Result{"fired": len(fired), "invalid": len(malformed), "more_due": len(fired)+len(malformed) == limit}, nil
 }
 
 func promptCleanup(ctx context.Context, d Deps, p jobs.Payload) (Result, error) {
