@@ -398,19 +398,16 @@ func (s schedulerMetrics) Fire(task, outcome string, late time.Duration, missed 
 	}
 }
 
-// openGraph connects to FalkorDB with a client of its own, configured for
-// long queries: no read timeout (queries are bounded on the server by the
-// graph's own timeout) and no retries (a write retried after a timeout
-// would run twice). It creates the schema in the background: a FalkorDB
+// openGraph connects to FalkorDB with a client of its own from
+// graph.NewClient (calls bounded by the task's deadline, no retried
+// writes). It creates the schema in the background: a FalkorDB
 // that is down at startup must not stop the worker, and the graph tasks'
 // writes are keyed MERGEs that stay correct without it.
 func openGraph(ctx context.Context, log *slog.Logger, cfg config.Config) (*graph.Graph, func(), error) {
-	opt, err := redis.ParseURL(cfg.FalkorDBURL)
+	rdb, err := graph.NewClient(cfg.FalkorDBURL)
 	if err != nil {
 		return nil, nil, &config.Error{Setting: "FALKORDB_URL", Reason: err.Error()}
 	}
-	opt.ReadTimeout, opt.MaxRetries = -1, -1
-	rdb := redis.NewClient(opt)
 	g := graph.New(rdb, cfg.FalkorDBGraph, graph.Timeout(graphQueryTimeout))
 	go func() {
 		backoff := time.Second
