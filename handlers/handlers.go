@@ -186,7 +186,7 @@ var ErrNotOnThisNode = errors.New("not available on this node")
 func NodeLocal(d Deps) map[string]func(ctx context.Context) error {
 	return map[string]func(ctx context.Context) error{
 		jobs.JournalStream: func(ctx context.Context) error {
-			s := &journal.Streamer{Redis: d.Redis, Unit: d.JournalUnit, Channel: journal.Channel, Command: d.JournalCommand}
+			s := &journal.Streamer{Redis: d.Redis, Unit: d.JournalUnit, Channel: journal.Channel, Command: d.JournalCommand, Logger: d.Logger}
 			n, err := s.Run(ctx)
 			if n > 0 && d.Logger != nil {
 				d.Logger.Info("journal stream ended", "task", jobs.JournalStream, "lines", n)

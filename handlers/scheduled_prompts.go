@@ -21,7 +21,7 @@ func newPromptTick(k kit) Worker[*jobs.PromptTick] {
 }
 
 func (h *promptTick) Work(ctx context.Context, p *jobs.PromptTick) (Result, error) {
-	fired, err := h.store.Tick(ctx, h.now(), p.Limit)
+	fired, malformed, err := h.store.Tick(ctx, h.now(), p.Limit)
 	if err != nil {
 		return nil, err
 	}
@@ -29,7 +29,13 @@ func (h *promptTick) Work(ctx context.Context, p *jobs.PromptTick) (Result, erro
 		h.log.InfoContext(ctx, "scheduled prompt fired", "prompt_id", f.PromptID,
 			"occurrence", f.Occurrence, "scheduled_for", f.ScheduledFor, "stream_id", f.StreamID)
 	}
-	return Result{"fired": len(fired), "more_due": len(fired) == p.Limit}, nil
+	// Each is reported by one tick only: it is invalid and out of the due
+	// set now. "invalid" counts them in stargazer_task_items_total.
+	for _, m := range malformed {
+		h.log.WarnContext(ctx, "scheduled prompt invalid; skipped", "task", jobs.ScheduledPromptTick,
+			"prompt_id", m.PromptID, "reason", m.Reason)
+	}
+	return Result{"fired": len(fired), "invalid": len(malformed), "more_due": len(fired)+len(malformed) == p.Limit}, nil
 }
 
 // promptCleanup deletes executed and cancelled prompts past their

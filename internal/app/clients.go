@@ -48,7 +48,9 @@ func (a *app) connect() error {
 	a.connOpt = rconf.Asynq()
 	a.insp = asynq.NewInspector(a.connOpt)
 	a.stops.push(func() { a.insp.Close() })
-	a.client = asynq.NewClient(a.connOpt)
+	// The shared client's calls honour their context's deadline; asynq's
+	// own would wait for its read timeout.
+	a.client = asynq.NewClientFromRedisClient(a.rdb)
 	a.stops.push(func() { a.client.Close() })
 
 	a.reg = prometheus.NewRegistry()
@@ -123,19 +125,16 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	return d, nil
 }
 
-// openGraph connects to FalkorDB with a client of its own, configured for
-// long queries: no read timeout (queries are bounded on the server by the
-// graph's own timeout) and no retries (a write retried after a timeout
-// would run twice). It creates the schema in the background: a FalkorDB
-// that is down at startup must not stop the worker, and the graph tasks'
-// writes are keyed MERGEs that stay correct without it.
+// openGraph connects to FalkorDB with a client of its own from
+// graph.NewClient (calls bounded by the task's deadline, no retried
+// writes). It creates the schema in the background: a FalkorDB that is
+// down at startup must not stop the worker, and the graph tasks' writes
+// are keyed MERGEs that stay correct without it.
 func openGraph(ctx context.Context, log *slog.Logger, cfg config.Config) (*graph.Graph, func(), error) {
-	opt, err := redis.ParseURL(cfg.FalkorDBURL)
+	rdb, err := graph.NewClient(cfg.FalkorDBURL)
 	if err != nil {
 		return nil, nil, &config.Error{Setting: "FALKORDB_URL", Reason: "must be a redis:// URL"}
 	}
-	opt.ReadTimeout, opt.MaxRetries = -1, -1
-	rdb := redis.NewClient(opt)
 	g := graph.New(rdb, cfg.FalkorDBGraph, graph.Timeout(graphQueryTimeout))
 	sctx, stop := context.WithCancel(ctx)
 	go ensureSchema(sctx, log, g, cfg.FalkorDBGraph)

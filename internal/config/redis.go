@@ -48,11 +48,14 @@ func (c Config) Redis() (Redis, error) {
 }
 
 // NewClient returns a go-redis client; with Sentinel it follows the
-// current primary across failovers.
+// current primary across failovers. Its calls return by their context's
+// deadline (docs/deadlines.md), not only at go-redis' read timeout.
 func (r Redis) NewClient() *redis.Client {
 	if r.Failover != nil {
+		r.Failover.ContextTimeoutEnabled = true
 		return redis.NewFailoverClient(r.Failover)
 	}
+	r.Single.ContextTimeoutEnabled = true
 	return redis.NewClient(r.Single)
 }
 

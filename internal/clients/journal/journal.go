@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os/exec"
 	"syscall"
 	"time"
@@ -31,6 +33,8 @@ type Streamer struct {
 	// StopGrace is how long the child gets after SIGTERM before SIGKILL
 	// (default 2 s, as in the original).
 	StopGrace time.Duration
+	// Logger receives a warning per skipped line (optional).
+	Logger *slog.Logger
 }
 
 // Run runs `journalctl -u UNIT -f -n 50 --output=json` and publishes each
@@ -51,7 +55,9 @@ func (s *Streamer) Run(ctx context.Context) (int, error) {
 	if grace <= 0 {
 		grace = 2 * time.Second
 	}
-	cmd := exec.CommandContext(ctx, path, "-u", s.Unit, "-f", "-n", "50", "--output=json")
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	cmd := exec.CommandContext(cctx, path, "-u", s.Unit, "-f", "-n", "50", "--output=json")
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = grace
 	stdout, err := cmd.StdoutPipe()
@@ -61,18 +67,31 @@ func (s *Streamer) Run(ctx context.Context) (int, error) {
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("starting journalctl: %w", err)
 	}
+	// Lines over MaxLineBytes (a process that logged megabytes at once) are
+	// read through and skipped: a reader that stopped at one would leave
+	// journalctl blocked on a full pipe and the stream silent for good.
 	n := 0
-	sc := bufio.NewScanner(stdout)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 {
-			continue
+	r := bufio.NewReaderSize(stdout, 64<<10)
+	for {
+		line, size, rerr := readLine(r)
+		switch {
+		case size > MaxLineBytes:
+			if s.Logger != nil {
+				s.Logger.Warn("journal line too long; skipped", "task", "journal_stream", "unit", s.Unit,
+					"bytes", size, "max_bytes", MaxLineBytes)
+			}
+		case len(line) > 0:
+			// A failed publish (Redis blip) drops one line, as the original
+			// did; the stream is a live view, not a record.
+			if err := s.Redis.Publish(cctx, s.Channel, string(line)).Err(); err == nil {
+				n++
+			}
 		}
-		// A failed publish (Redis blip) drops one line, as the original did;
-		// the stream is a live view, not a record.
-		if err := s.Redis.Publish(ctx, s.Channel, string(line)).Err(); err == nil {
-			n++
+		if rerr != nil {
+			if !errors.Is(rerr, io.EOF) {
+				stop() // a reader that gives up must not leave journalctl running
+			}
+			break
 		}
 	}
 	err = cmd.Wait()

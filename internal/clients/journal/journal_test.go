@@ -1,12 +1,16 @@
 package journal_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -112,4 +116,83 @@ func TestStreamEndsWhenJournalctlExits(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("published %d, err %v", n, err)
 	}
+}
+
+// followFake writes a journalctl that prints lines and then keeps running,
+// as `journalctl -f` does.
+func followFake(t *testing.T, lines []string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "entries"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "journalctl")
+	script := "#!/bin/sh\ncat '" + filepath.Join(dir, "entries") + "'\nexec sleep 1000\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// A process that logs megabytes in one line must not stop the live stream:
+// the line is skipped and the lines after it still reach the channel.
+func TestStreamSkipsALineTooLongAndKeepsFlowing(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	sub := rdb.Subscribe(context.Background(), journal.Channel)
+	defer sub.Close()
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	huge := `{"MESSAGE":"` + strings.Repeat("x", 4<<20) + `"}`
+	bin := followFake(t, []string{`{"MESSAGE":"before"}`, huge, `{"MESSAGE":"after"}`})
+	var logs syncBuffer
+	s := &journal.Streamer{Redis: rdb, Unit: "stargazer", Channel: journal.Channel, Command: bin, StopGrace: 300 * time.Millisecond,
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := s.Run(ctx); done <- err }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	}()
+	for _, want := range []string{"before", "after"} {
+		select {
+		case m := <-sub.Channel():
+			if !strings.Contains(m.Payload, want) || len(m.Payload) > journal.MaxLineBytes {
+				t.Fatalf("published %.80q (%d bytes), want %q", m.Payload, len(m.Payload), want)
+			}
+		case err := <-done:
+			t.Fatalf("Run returned (%v) before publishing %q", err, want)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%q not published: the stream stalled", want)
+		}
+	}
+	var warning struct {
+		Level, Msg string
+		Bytes      int
+	}
+	if err := json.Unmarshal([]byte(logs.String()), &warning); err != nil || warning.Level != "WARN" || warning.Bytes != len(huge) {
+		t.Errorf("want one warning with the skipped line's size %d; logged %q", len(huge), logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -113,7 +113,8 @@ func Read(ctx context.Context, o ReadOptions) (Batch, error) {
 	r := bufio.NewReaderSize(stdout, 64<<10)
 	stopped := false
 	for {
-		line, tooLong, err := readLine(r)
+		line, size, err := readLine(r)
+		tooLong := size > MaxLineBytes
 		if len(line) > 0 || tooLong {
 			b.Lines++
 			e, ok := parseEntry(line)
@@ -151,23 +152,25 @@ func Read(ctx context.Context, o ReadOptions) (Batch, error) {
 	return b, nil
 }
 
-// readLine reads one line without its newline. A line longer than
-// MaxLineBytes is consumed and reported as tooLong, without its content.
-func readLine(r *bufio.Reader) (line []byte, tooLong bool, err error) {
-	var buf []byte
+// readLine reads one line without its line ending and returns its length.
+// A line longer than MaxLineBytes is read through without keeping its
+// content: line is nil and size says how long it was.
+func readLine(r *bufio.Reader) (line []byte, size int, err error) {
 	for {
 		chunk, err := r.ReadSlice('\n')
-		if !tooLong {
-			if len(buf)+len(chunk) > MaxLineBytes {
-				tooLong, buf = true, nil
-			} else {
-				buf = append(buf, chunk...)
-			}
+		full := errors.Is(err, bufio.ErrBufferFull)
+		if !full {
+			chunk = bytes.TrimRight(chunk, "\r\n")
 		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
+		size += len(chunk)
+		if size <= MaxLineBytes {
+			line = append(line, chunk...)
+		} else {
+			line = nil
 		}
-		return bytes.TrimRight(buf, "\r\n"), tooLong, err
+		if !full {
+			return line, size, err
+		}
 	}
 }
 

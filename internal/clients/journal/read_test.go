@@ -164,6 +164,20 @@ func TestReadDecodesJournalJSONAndSkipsWhatIsNot(t *testing.T) {
 	}
 }
 
+// log_rag_ingest reads through a line of several MiB (a process that
+// logged megabytes at once) and keeps the entries after it.
+func TestReadSkipsAFourMiBLineAndReadsOn(t *testing.T) {
+	lines := []string{entryLine(1, "before"), entryLine(2, strings.Repeat("x", 4<<20)), entryLine(3, "after")}
+	bin, _ := readFake(t, lines, "exit 0")
+	b, err := journal.Read(context.Background(), journal.ReadOptions{Command: bin, Unit: "stargazer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Lines != 3 || b.Skipped != 1 || b.Last != cursor(3) || fmt.Sprint(messages(b)) != "[before after]" {
+		t.Errorf("lines %d skipped %d last %q messages %q", b.Lines, b.Skipped, b.Last, messages(b))
+	}
+}
+
 func TestReadReportsJournalctlFailures(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "journalctl")

@@ -27,18 +27,13 @@ import (
 // Graph is one named graph on a FalkorDB server. It is safe for concurrent
 // use.
 //
-// Give a Graph its own go-redis client, configured for long queries:
-//   - ReadTimeout (3 s by default) is how long go-redis waits for a reply
-//     before dropping the connection, while the server goes on running the
-//     query. Set it above the longest query you allow, or -1, and bound
-//     reads with [Timeout], which stops them on the server.
-//   - go-redis retries a command after a network error or read timeout
-//     (MaxRetries, 3 by default), so a write that outlived ReadTimeout runs
-//     again. Unless every write is idempotent, set MaxRetries to -1.
-//
-// A context deadline only reaches the socket when the client has
-// ContextTimeoutEnabled, and even then it does not stop the query on the
-// server.
+// Give a Graph its own go-redis client from [NewClient], which is
+// configured for graph queries: calls bounded by their context's deadline,
+// no go-redis read timeout cutting long queries, no retried writes. A
+// go-redis client with default options cuts every query at 5 s and retries
+// it (a write then runs twice); one with ReadTimeout -1 but without
+// ContextTimeoutEnabled waits for ever on a FalkorDB that stopped
+// answering, whatever the context says.
 type Graph struct {
 	rdb  redis.UniversalClient
 	name string
@@ -137,6 +132,12 @@ func (g *Graph) do(ctx context.Context, cypher string, args ...any) (any, error)
 		var rerr redis.Error
 		if errors.As(err, &rerr) && !errors.Is(err, redis.Nil) {
 			return nil, &Error{Graph: g.name, Query: cypher, Msg: rerr.Error()}
+		}
+		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) && !errors.Is(err, context.DeadlineExceeded) {
+			// The deadline cut the read (the socket's deadline is the
+			// context's, and can fire before the context's own timer):
+			// say so, so that callers see a timeout, not a socket error.
+			return nil, fmt.Errorf("graph %s: %s: %w: %w", g.name, args[0], context.DeadlineExceeded, err)
 		}
 		return nil, fmt.Errorf("graph %s: %s: %w", g.name, args[0], err)
 	}

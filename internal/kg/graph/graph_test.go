@@ -444,18 +444,42 @@ func TestWriteTimeoutNeedsTimeoutMaxOnTheServer(t *testing.T) {
 			t.Errorf("NodesCreated = %d", res.Stats.NodesCreated)
 		}
 	})
-	t.Run("TIMEOUT_MAX set: the write times out and is rolled back", func(t *testing.T) {
-		g := newGraph(t, "TIMEOUT_MAX", "60000")
-		_, err := g.Query(ctx, slowWrite, nil, graph.Timeout(time.Millisecond))
-		if !errors.Is(err, graph.ErrTimeout) {
-			t.Fatalf("error %v, want ErrTimeout", err)
+	t.Run("deprecated TIMEOUT set: the write still completes", func(t *testing.T) {
+		g := newGraph(t, "TIMEOUT", "60000")
+		res, err := g.Query(ctx, slowWrite, nil, graph.Timeout(time.Millisecond))
+		if err != nil || res.Stats.NodesCreated != 200000 {
+			t.Fatalf("err %v, result %+v", err, res)
 		}
-		res, err := g.ROQuery(ctx, "MATCH (n:T) RETURN count(n) AS n", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n, _ := res.Int64(0, "n"); n != 0 {
-			t.Errorf("%d nodes after the timed-out write, want 0", n)
+	})
+	for _, args := range [][]string{
+		{"TIMEOUT_MAX", "60000"},
+		{"TIMEOUT_DEFAULT", "60000"},
+		{"TIMEOUT_MAX", "120000", "TIMEOUT_DEFAULT", "60000"}, // docker-compose.yml
+	} {
+		t.Run(strings.Join(args, " ")+": the write times out and is rolled back", func(t *testing.T) {
+			g := newGraph(t, args...)
+			_, err := g.Query(ctx, slowWrite, nil, graph.Timeout(time.Millisecond))
+			if !errors.Is(err, graph.ErrTimeout) {
+				t.Fatalf("error %v, want ErrTimeout", err)
+			}
+			res, err := g.ROQuery(ctx, "MATCH (n:T) RETURN count(n) AS n", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, _ := res.Int64(0, "n"); n != 0 {
+				t.Errorf("%d nodes after the timed-out write, want 0", n)
+			}
+		})
+	}
+	// So TIMEOUT_MAX must stay at or above the worker's per-query timeout.
+	t.Run("a query TIMEOUT above TIMEOUT_MAX is refused", func(t *testing.T) {
+		g := newGraph(t, "TIMEOUT_MAX", "1000")
+		for _, q := range []func(context.Context, string, map[string]any, ...graph.Option) (*graph.Result, error){g.Query, g.ROQuery} {
+			_, err := q(ctx, "RETURN 1", nil, graph.Timeout(2*time.Second))
+			var gerr *graph.Error
+			if !errors.As(err, &gerr) || !strings.Contains(gerr.Msg, "cannot exceed the TIMEOUT_MAX") {
+				t.Errorf("error %v, want the server's refusal", err)
+			}
 		}
 	})
 }

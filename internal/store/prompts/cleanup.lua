@@ -5,9 +5,10 @@
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
-  local status = redis.call('HGET', key, 'status')
-  -- A prompt re-added under the same id while pending must survive.
-  if status ~= 'pending' then
+  local kind = redis.call('TYPE', key).ok
+  -- A prompt re-added under the same id while pending must survive. A key
+  -- that is not a hash is one the tick recorded as invalid: it goes too.
+  if kind ~= 'hash' or redis.call('HGET', key, 'status') ~= 'pending' then
     redis.call('DEL', key)
   end
   redis.call('ZREM', KEYS[1], id)

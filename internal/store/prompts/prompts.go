@@ -35,11 +35,14 @@ const (
 type Status string
 
 // The states of a prompt. A one-shot prompt goes pending → executed; a
-// recurring one stays pending until it is cancelled or passes its end.
+// recurring one stays pending until it is cancelled or passes its end. A
+// pending prompt the tick cannot fire (a field missing or not a number)
+// becomes invalid, with the reason in its invalid_reason field.
 const (
 	Pending   Status = "pending"
 	Executed  Status = "executed"
 	Cancelled Status = "cancelled"
+	Invalid   Status = "invalid"
 )
 
 // Errors returned by the store.
@@ -61,12 +64,14 @@ type Prompt struct {
 	// Interval is zero for a one-shot prompt.
 	Interval time.Duration
 	// EndAt, if not zero, is when a recurring prompt stops.
-	EndAt       time.Time
-	Status      Status
-	FireCount   int
-	CreatedAt   time.Time
-	LastFiredAt time.Time
-	FinishedAt  time.Time
+	EndAt  time.Time
+	Status Status
+	// InvalidReason says why an invalid prompt could not fire.
+	InvalidReason string
+	FireCount     int
+	CreatedAt     time.Time
+	LastFiredAt   time.Time
+	FinishedAt    time.Time
 }
 
 // New is what a caller supplies to add a prompt.
@@ -178,7 +183,7 @@ func (s *Store) Get(ctx context.Context, id string) (Prompt, error) {
 	return Prompt{
 		ID: h["id"], Platform: h["platform"], ChannelID: h["channel_id"], UserID: h["user_id"], Text: h["text"],
 		FireAt: fromMS(h["fire_at"]), Interval: time.Duration(iv) * time.Second, EndAt: fromMS(h["end_at"]),
-		Status: Status(h["status"]), FireCount: fc, CreatedAt: fromMS(h["created_at"]),
+		Status: Status(h["status"]), InvalidReason: h["invalid_reason"], FireCount: fc, CreatedAt: fromMS(h["created_at"]),
 		LastFiredAt: fromMS(h["last_fired_at"]), FinishedAt: fromMS(h["finished_at"]),
 	}, nil
 }
@@ -226,23 +231,64 @@ func (s *Store) Cancel(ctx context.Context, id string, now time.Time) error {
 var tickSrc string
 var tickScript = redis.NewScript(tickSrc)
 
+// Malformed is a due prompt the tick could not fire: it is now invalid and
+// out of the due set.
+type Malformed struct {
+	PromptID string
+	Reason   string
+}
+
 // Tick fires up to limit due prompts in one atomic step: each is appended to
 // the fired stream and then either rescheduled (recurring) or marked
 // executed. Because the whole step is one Lua script, two workers ticking at
 // once never fire the same occurrence twice. Occurrences a recurring prompt
 // missed while nothing ticked are coalesced into the one fired now.
-func (s *Store) Tick(ctx context.Context, now time.Time, limit int) ([]Fired, error) {
+//
+// The bot writes the prompts, so the script trusts none of their fields: a
+// due prompt it cannot fire (a required field missing, a time or count that
+// is not a number, a key that is not a hash) is marked invalid, moved to the
+// finished set and returned in malformed, once, while the others fire.
+func (s *Store) Tick(ctx context.Context, now time.Time, limit int) (fired []Fired, malformed []Malformed, err error) {
 	res, err := tickScript.Run(ctx, s.rdb, []string{DueKey, FinishedKey, StreamKey},
-		ms(now), limit, KeyPrefix, StreamMaxLen).StringSlice()
+		ms(now), limit, KeyPrefix, StreamMaxLen).Slice()
 	if err != nil {
-		return nil, fmt.Errorf("ticking scheduled prompts: %w", err)
+		return nil, nil, fmt.Errorf("ticking scheduled prompts: %w", err)
 	}
-	fired := make([]Fired, 0, len(res)/4)
-	for i := 0; i+3 < len(res); i += 4 {
-		occ, _ := strconv.Atoi(res[i+3])
-		fired = append(fired, Fired{PromptID: res[i], StreamID: res[i+1], ScheduledFor: fromMS(res[i+2]), Occurrence: occ})
+	f, m, err := tickLists(res)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ticking scheduled prompts: %w", err)
 	}
-	return fired, nil
+	for i := 0; i+3 < len(f); i += 4 {
+		occ, _ := strconv.Atoi(f[i+3])
+		fired = append(fired, Fired{PromptID: f[i], StreamID: f[i+1], ScheduledFor: fromMS(f[i+2]), Occurrence: occ})
+	}
+	for i := 0; i+1 < len(m); i += 2 {
+		malformed = append(malformed, Malformed{PromptID: m[i], Reason: m[i+1]})
+	}
+	return fired, malformed, nil
+}
+
+// tickLists splits tick.lua's reply, {fired, malformed}, into two lists of
+// strings.
+func tickLists(res []any) (fired, malformed []string, err error) {
+	if len(res) != 2 {
+		return nil, nil, fmt.Errorf("tick script replied %d lists, want 2", len(res))
+	}
+	var lists [2][]string
+	for i, r := range res {
+		items, ok := r.([]any)
+		if !ok {
+			return nil, nil, fmt.Errorf("tick script reply %d is a %T", i, r)
+		}
+		for _, it := range items {
+			s, ok := it.(string)
+			if !ok {
+				return nil, nil, fmt.Errorf("tick script reply %d holds a %T", i, it)
+			}
+			lists[i] = append(lists[i], s)
+		}
+	}
+	return lists[0], lists[1], nil
 }
 
 //go:embed cleanup.lua

@@ -45,14 +45,14 @@ func TestOneShotPromptFiresOnceAndIsMarkedExecuted(t *testing.T) {
 	s, rdb := newStore(t)
 	p := add(t, s, prompts.New{FireAt: t0.Add(time.Minute)})
 
-	if f, _ := s.Tick(ctx, t0.Add(30*time.Second), 100); len(f) != 0 {
+	if f, _, _ := s.Tick(ctx, t0.Add(30*time.Second), 100); len(f) != 0 {
 		t.Fatalf("fired %d before due", len(f))
 	}
-	f, err := s.Tick(ctx, t0.Add(2*time.Minute), 100)
+	f, _, err := s.Tick(ctx, t0.Add(2*time.Minute), 100)
 	if err != nil || len(f) != 1 || f[0].PromptID != p.ID || f[0].Occurrence != 1 || !f[0].ScheduledFor.Equal(p.FireAt) {
 		t.Fatalf("tick = %+v, %v", f, err)
 	}
-	if f, _ := s.Tick(ctx, t0.Add(3*time.Minute), 100); len(f) != 0 {
+	if f, _, _ := s.Tick(ctx, t0.Add(3*time.Minute), 100); len(f) != 0 {
 		t.Fatalf("fired again: %+v", f)
 	}
 	got, _ := s.Get(ctx, p.ID)
@@ -74,7 +74,7 @@ func TestRecurringPromptReschedulesAndCoalescesMissedRuns(t *testing.T) {
 	s, rdb := newStore(t)
 	p := add(t, s, prompts.New{FireAt: t0, Interval: time.Hour, EndAt: t0.Add(10 * time.Hour)})
 
-	if f, _ := s.Tick(ctx, t0, 10); len(f) != 1 {
+	if f, _, _ := s.Tick(ctx, t0, 10); len(f) != 1 {
 		t.Fatalf("first tick fired %d", len(f))
 	}
 	got, _ := s.Get(ctx, p.ID)
@@ -82,7 +82,7 @@ func TestRecurringPromptReschedulesAndCoalescesMissedRuns(t *testing.T) {
 		t.Fatalf("after first fire: %+v", got)
 	}
 	// Nothing ticked for 5.5 hours: one catch-up fire, next on the grid.
-	if f, _ := s.Tick(ctx, t0.Add(5*time.Hour+30*time.Minute), 10); len(f) != 1 || f[0].Occurrence != 2 {
+	if f, _, _ := s.Tick(ctx, t0.Add(5*time.Hour+30*time.Minute), 10); len(f) != 1 || f[0].Occurrence != 2 {
 		t.Fatalf("catch-up tick = %+v", f)
 	}
 	got, _ = s.Get(ctx, p.ID)
@@ -90,7 +90,7 @@ func TestRecurringPromptReschedulesAndCoalescesMissedRuns(t *testing.T) {
 		t.Errorf("next fire = %v, want %v", got.FireAt, t0.Add(6*time.Hour))
 	}
 	// Past end_at: the last fire executes it.
-	if f, _ := s.Tick(ctx, t0.Add(10*time.Hour), 10); len(f) != 1 {
+	if f, _, _ := s.Tick(ctx, t0.Add(10*time.Hour), 10); len(f) != 1 {
 		t.Fatalf("last tick = %+v", f)
 	}
 	got, _ = s.Get(ctx, p.ID)
@@ -121,7 +121,7 @@ func TestConcurrentTicksFireEachPromptExactlyOnce(t *testing.T) {
 			defer wg.Done()
 			<-start
 			for {
-				f, err := s.Tick(ctx, t0.Add(time.Minute), 7)
+				f, _, err := s.Tick(ctx, t0.Add(time.Minute), 7)
 				if err != nil {
 					t.Error(err)
 					return
@@ -159,7 +159,7 @@ func TestCancel(t *testing.T) {
 	if err := s.Cancel(ctx, p.ID, t0); err != nil {
 		t.Fatal(err)
 	}
-	if f, _ := s.Tick(ctx, t0.Add(time.Hour), 10); len(f) != 0 {
+	if f, _, _ := s.Tick(ctx, t0.Add(time.Hour), 10); len(f) != 0 {
 		t.Errorf("cancelled prompt fired")
 	}
 	if err := s.Cancel(ctx, p.ID, t0); !errors.Is(err, prompts.ErrNotPending) {
@@ -211,7 +211,7 @@ func TestCleanupWorksInBatches(t *testing.T) {
 		add(t, s, prompts.New{FireAt: t0})
 	}
 	for {
-		if f, _ := s.Tick(ctx, t0, 1000); len(f) == 0 {
+		if f, _, _ := s.Tick(ctx, t0, 1000); len(f) == 0 {
 			break
 		}
 	}

@@ -223,6 +223,10 @@ func (s *Server) waitReady(limit time.Duration) error {
 	return err
 }
 
+// Signal sends sig to the server process: SIGSTOP freezes it (the kernel
+// still accepts connections for it, nothing answers), SIGCONT resumes it.
+func (s *Server) Signal(sig os.Signal) error { return s.cmd.Process.Signal(sig) }
+
 // Stop kills the server and waits for it to exit.
 func (s *Server) Stop() {
 	if s.cmd.Process != nil {
