@@ -640,10 +640,7 @@ func TestManifestEnvironmentIsWorkerSettings(t *testing.T) {
 						resolved[k] = v
 					}
 					_, err := config.Load(func(k string) string { return resolved[k] }, nil, io.Discard)
-					var ce *config.Error
-					// ROLE=node is the lead's addition to internal/config; until it
-					// lands only the ROLE of the node agent may be refused.
-					if err != nil && !(env["ROLE"] == "node" && errors.As(err, &ce) && ce.Setting == "ROLE") {
+					if err != nil {
 						t.Errorf("the worker would refuse this environment: %v", err)
 					}
 				})

@@ -315,6 +315,9 @@ func work(ctx context.Context, d Deps, name string, p jobs.Payload) (Result, err
 	}
 	b, ok := builders()[name]
 	if !ok {
+		b, ok = nodeWorkers()[name]
+	}
+	if !ok {
 		return nil, fmt.Errorf("no handler for %s", name)
 	}
 	return b.handler(newKit(d, spec))(ctx, p)

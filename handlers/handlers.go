@@ -27,6 +27,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// NodeName names this node for per-node state (log_rag_ingest's
+	// cursor); empty means the host name.
+	NodeName string
 	// JournalUnit is the systemd unit journal_stream tails.
 	JournalUnit string
 	// JournalCommand overrides the journalctl binary (tests).
@@ -183,8 +186,11 @@ var ErrNotOnThisNode = errors.New("not available on this node")
 
 // NodeLocal returns the node-local loops, by task name: functions that run
 // until ctx ends or their work ends, which the worker restarts on every node.
+// A loop that cannot work on this node (no journalctl) returns an error
+// wrapping ErrNotOnThisNode.
 func NodeLocal(d Deps) map[string]func(ctx context.Context) error {
 	return map[string]func(ctx context.Context) error{
+		jobs.LogRAGIngest: nodeLocal(d, jobs.LogRAGIngest),
 		jobs.JournalStream: func(ctx context.Context) error {
 			s := &journal.Streamer{Redis: d.Redis, Unit: d.JournalUnit, Channel: journal.Channel, Command: d.JournalCommand, Logger: d.Logger}
 			n, err := s.Run(ctx)
@@ -196,6 +202,27 @@ func NodeLocal(d Deps) map[string]func(ctx context.Context) error {
 			}
 			return err
 		},
+	}
+}
+
+// nodeLocal runs a worker as a node-local loop: one run per call, its
+// counts reported like a queued run's, and a missing journal reported as
+// ErrNotOnThisNode.
+func nodeLocal(d Deps, task string) func(ctx context.Context) error {
+	spec, ok := jobs.Lookup(task)
+	if !ok {
+		panic("handlers: " + task + " is not in the catalog")
+	}
+	run := nodeWorkers()[task].handler(newKit(d, spec))
+	return func(ctx context.Context) error {
+		res, err := run(ctx, spec.NewPayload())
+		if errors.Is(err, journal.ErrNoJournal) {
+			return fmt.Errorf("%w: %w", ErrNotOnThisNode, err)
+		}
+		if err == nil && res != nil {
+			countItems(d.Counter, task, res)
+		}
+		return err
 	}
 }
 
@@ -220,7 +247,11 @@ func Register(mux *asynq.ServeMux, d Deps, catalog []jobs.Spec, available jobs.R
 		b, ok := fns[spec.Name]
 		switch missing := spec.Missing(available); {
 		case local[spec.Name] != nil:
-			regs = append(regs, Registration{Task: spec.Name, Reason: "node-local: runs inside every worker process, not from the queue"})
+			// A queued copy (enqueued by an older build, or by hand past
+			// the checks) is refused with the reason instead of running on
+			// whichever node picked it up: its work belongs to each node.
+			mux.Handle(spec.Name, refuseNodeLocal(spec.Name))
+			regs = append(regs, Registration{Task: spec.Name, Reason: "node-local: runs on every node agent (ROLE=node) and worker on its own schedule, not from the queue"})
 		case !ok:
 			regs = append(regs, Registration{Task: spec.Name, Reason: "no handler for this task in this build yet"})
 		case missing != 0:
@@ -231,6 +262,15 @@ func Register(mux *asynq.ServeMux, d Deps, catalog []jobs.Spec, available jobs.R
 		}
 	}
 	return regs
+}
+
+// refuseNodeLocal archives a queued run of a node-local task at once, saying
+// why.
+func refuseNodeLocal(task string) asynq.Handler {
+	return asynq.HandlerFunc(func(context.Context, *asynq.Task) error {
+		return fmt.Errorf("%s is node-local: each node agent (ROLE=node) runs it on its own journal and schedule; a cluster worker never runs it from the queue: %w",
+			task, asynq.SkipRetry)
+	})
 }
 
 // typed decodes and validates the payload before calling run. A payload

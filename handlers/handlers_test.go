@@ -34,8 +34,7 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 		{"one channel's heartbeat without an LLM", jobs.Redis, jobs.ChannelHeartbeatChannel, false, "missing dependency: llm"},
 		{"key probe with a key pool", jobs.Redis | jobs.GeminiKeys, jobs.GeminiKeyProbe, true, ""},
 		{"key probe without a key pool", jobs.Redis, jobs.GeminiKeyProbe, false, "missing dependency"},
-		{"log ingest with embeddings", jobs.Redis | jobs.Embeddings, jobs.LogRAGIngest, true, ""},
-		{"log ingest without embeddings", jobs.Redis, jobs.LogRAGIngest, false, "missing dependency"},
+		{"log ingest is node-local: the queue only refuses it", jobs.Redis | jobs.Embeddings, jobs.LogRAGIngest, false, "node-local"},
 		{"backfill with a platform", jobs.Redis | jobs.Platform, jobs.StartupChannelBackfill, true, ""},
 		{"backfill without a platform", jobs.Redis, jobs.StartupChannelBackfill, false, "missing dependency: platform"},
 		{"embedding queue without an endpoint", jobs.Redis, jobs.EmbedMessages, false, "missing dependency: embeddings"},
@@ -55,7 +54,7 @@ func TestRegisterLeavesOutHandlersThatCannotWork(t *testing.T) {
 					t.Fatalf("registration %+v, want registered=%v reason %q", r, tt.want, tt.reason)
 				}
 				_, pattern := mux.Handler(asynq.NewTask(tt.task, nil))
-				if (pattern != "") != tt.want {
+				if refuses := tt.reason == "node-local"; (pattern != "") != (tt.want || refuses) {
 					t.Errorf("mux pattern %q, want registered=%v", pattern, tt.want)
 				}
 				return

@@ -40,32 +40,36 @@ const (
 // once every chunk up to it is stored; chunk ids derive from their content,
 // so a retried or repeated run stores nothing twice.
 //
-// Without journalctl on this node the run fails with SkipRetry: the task is
-// opt-in, so a node that cannot do it is a misconfiguration that must show
-// as a failed run, not a green one, and retrying on the same node cannot
-// help.
+// It is node-local: every node agent runs it on its own journal, on the
+// task's interval, with a cursor of its own (by NODE_NAME, the machine id
+// or the host name). Without journalctl on a node the loop idles there
+// (ErrNotOnThisNode) and says so once.
 type logRAGIngest struct {
 	store    *logstore.Store
 	embedder Embedder
 	model    string
 	limiter  Limiter
-	// unit is the systemd unit read; command overrides journalctl (tests).
-	unit, command string
+	// node names this node's cursor; unit is the systemd unit read;
+	// command overrides journalctl (tests).
+	node, unit, command string
 	now           func() time.Time
 	log           *slog.Logger
 }
 
 func newLogRAGIngest(k kit) Worker[*jobs.Empty] {
 	return &logRAGIngest{store: logstore.New(k.Redis()), embedder: k.Embedder(), model: k.Models.Embeddings,
-		limiter: k.EmbedLimiter, unit: cmp.Or(k.JournalUnit, "stargazer"), command: k.JournalCommand, now: k.Now, log: k.Logger}
+		limiter: k.EmbedLimiter, node: k.NodeName, unit: cmp.Or(k.JournalUnit, "stargazer"), command: k.JournalCommand, now: k.Now, log: k.Logger}
 }
 
 func (h *logRAGIngest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
 	const task = jobs.LogRAGIngest
 	unit := h.unit
-	host, err := os.Hostname()
-	if err != nil {
-		return nil, fmt.Errorf("%s: naming this node: %w", task, err)
+	host := h.node
+	if host == "" {
+		var err error
+		if host, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("%s: naming this node: %w", task, err)
+		}
 	}
 	now := h.now()
 	store := h.store

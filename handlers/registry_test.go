@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,13 @@ func everything(t *testing.T) Deps {
 	}
 }
 
+// allWorkers are the queued workers and the node-local ones.
+func allWorkers() map[string]builder {
+	all := builders()
+	maps.Copy(all, nodeWorkers())
+	return all
+}
+
 func TestEveryQueuedCatalogTaskHasAWorker(t *testing.T) {
 	fns := builders()
 	local := NodeLocal(Deps{})
@@ -76,7 +84,7 @@ func TestEveryQueuedCatalogTaskHasAWorker(t *testing.T) {
 // Requires|Needs is all a worker can use.
 func TestWorkersUseOnlyDeclaredDependencies(t *testing.T) {
 	d := everything(t)
-	for name, b := range builders() {
+	for name, b := range allWorkers() {
 		t.Run(name, func(t *testing.T) {
 			spec, _ := jobs.Lookup(name)
 			defer func() {
@@ -137,7 +145,7 @@ var samplePayloads = map[string]string{
 }
 
 func TestWorkersTakeTheirCatalogPayload(t *testing.T) {
-	for name, b := range builders() {
+	for name, b := range allWorkers() {
 		spec, _ := jobs.Lookup(name)
 		p, err := jobs.DecodePayload(spec, []byte(samplePayloads[name]))
 		if err != nil {
@@ -162,7 +170,7 @@ func TestWorkersTakeTheirCatalogPayload(t *testing.T) {
 // disagree with the available set) refuses to run, naming what is missing,
 // instead of dereferencing nil.
 func TestWorkersWithoutTheirDependenciesRefuseToRun(t *testing.T) {
-	for name, b := range builders() {
+	for name, b := range allWorkers() {
 		spec, _ := jobs.Lookup(name)
 		p, err := jobs.DecodePayload(spec, []byte(samplePayloads[name]))
 		if err != nil {

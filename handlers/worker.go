@@ -76,7 +76,6 @@ func builders() map[string]builder {
 		jobs.LimbicOrg:                build(newLimbicOrg),
 		jobs.StarwikiLint:             build(newStarwikiLint),
 		jobs.GeminiKeyProbe:           build(newGeminiKeyProbe),
-		jobs.LogRAGIngest:             build(newLogRAGIngest),
 		jobs.StartupChannelBackfill:   build(newStartupChannelBackfill),
 		jobs.EmbedMessages:            build(newEmbedMessages),
 		jobs.AutoKGExtraction:         build(newAutoKGExtraction),
@@ -86,6 +85,14 @@ func builders() map[string]builder {
 		jobs.AnamnesisDigest:          build(newAnamnesisDigest),
 		jobs.AgenticKGBulkIncremental: build(newAgenticKGBulk),
 		jobs.LimbicSunsetProcessor:    build(newLimbicSunset),
+	}
+}
+
+// nodeWorkers lists the node-local tasks whose work is a Worker, run by
+// NodeLocal as a loop on every node instead of from the queue.
+func nodeWorkers() map[string]builder {
+	return map[string]builder{
+		jobs.LogRAGIngest: build(newLogRAGIngest),
 	}
 }
 

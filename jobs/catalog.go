@@ -99,13 +99,13 @@ func Catalog() []Spec {
 			Summary:    "Tail this node's systemd journal and publish each line on stargazer:journal (every node; restarted 10 s after it ends).",
 		},
 		{
-			Name: LogRAGIngest, Kind: Periodic,
+			Name: LogRAGIngest, Kind: NodeLocal,
 			Interval: sec(21_600), InitialDelay: sec(30),
 			OptInFlag: "background_scheduler_log_rag_ingest_enabled",
-			Needs:     Redis | Embeddings, Singleton: true,
+			Needs:     Redis | Embeddings,
 			Queue: QueueDefault, MaxRetry: 3, Timeout: time.Hour,
 			NewPayload: empty,
-			Summary:    "Chunk and embed journal logs since the last cursor into stargazer_logs.",
+			Summary:    "Chunk and embed this node's journal since its cursor into stargazer_logs (every node, on its interval, with its own cursor).",
 		},
 		{
 			Name: GeminiKeyProbe, Kind: Periodic,

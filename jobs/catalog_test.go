@@ -31,8 +31,8 @@ func TestCatalogMatchesOriginalDecorators(t *testing.T) {
 				req |= fromOriginal[r]
 			}
 			wantKind := Periodic
-			if s.Name == JournalStream {
-				wantKind = NodeLocal // tails the local journal: one per node
+			if s.Name == JournalStream || s.Name == LogRAGIngest {
+				wantKind = NodeLocal // reads this node's journal: every node runs it, as the original did
 			}
 			if s.Kind != wantKind {
 				t.Errorf("kind = %s, want %s", s.Kind, wantKind)

@@ -84,9 +84,9 @@ const (
 	Supervised Kind = "supervised"
 	// Startup tasks run once when a deployment starts.
 	Startup Kind = "startup"
-	// NodeLocal tasks run inside every worker process, restarted Interval
-	// after they end, because they serve the machine they run on (the
-	// journal tail).
+	// NodeLocal tasks run in every node agent (ROLE=node) and every worker,
+	// each on its own node, restarted Interval after they end: they serve
+	// the machine they run on (its journal). They are never queued.
 	NodeLocal Kind = "node_local"
 	// Child tasks are enqueued by other tasks (one step of a fan-out, a
 	// batch of the embedding queue) or by hand, never by the scheduler.

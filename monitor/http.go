@@ -37,6 +37,9 @@ type Options struct {
 	// Catalog and Enqueuer serve POST /api/v1/tasks.
 	Catalog  []jobs.Spec
 	Enqueuer enqueue.Enqueuer
+	// ProbesOnly serves /healthz, /readyz and /metrics and nothing else (the
+	// node agent): no dashboard, no API, so nothing that needs credentials.
+	ProbesOnly bool
 }
 
 // Server is the monitor's handler tree. Close releases the dashboard's
@@ -80,6 +83,9 @@ func New(o Options) *Server {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	if o.ProbesOnly {
+		return &Server{Handler: mux}
+	}
 	if o.Enqueuer != nil {
 		mux.Handle("POST /api/v1/tasks", g.protect("api", enqueueAPI(o.Catalog, o.Enqueuer)))
 	}
@@ -112,7 +118,12 @@ func printable(b []byte) string {
 }
 
 // Close releases the dashboard's Redis connections.
-func (s *Server) Close() error { return s.mon.Close() }
+func (s *Server) Close() error {
+	if s.mon == nil {
+		return nil
+	}
+	return s.mon.Close()
+}
 
 // Pinger is what readiness needs from Redis.
 type Pinger interface {

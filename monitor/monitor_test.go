@@ -187,7 +187,7 @@ func TestEnqueueAPIValidatesLikeTheCLI(t *testing.T) {
 		{"bad duration", `{"task":"kg_decay_task","in":"soon"}`, 400, "duration"},
 		{"in and at", `{"task":"kg_decay_task","in":"1m","at":"2030-01-01T00:00:00Z"}`, 400, "at most one"},
 		{"unknown queue", `{"task":"kg_decay_task","queue":"fast"}`, 400, "unknown queue"},
-		{"node-local task", `{"task":"journal_stream"}`, 400, "every worker process"},
+		{"node-local task", `{"task":"journal_stream"}`, 400, "is node-local"},
 		{"singleton first", `{"task":"limbic_org_task"}`, 201, `"id"`},
 		{"singleton again", `{"task":"limbic_org_task"}`, 409, "already queued or running"},
 		{"oversize", `{"task":"kg_decay_task","payload":{"x":"` + strings.Repeat("a", 80<<10) + `"}}`, 413, "too large"},

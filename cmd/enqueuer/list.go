@@ -43,7 +43,7 @@ func when(e catalogEntry) string {
 	case jobs.Startup:
 		return "once per deployment"
 	case jobs.NodeLocal:
-		return "in every worker"
+		return "on every node"
 	}
 	return "every " + short(time.Duration(e.IntervalSeconds*float64(time.Second)))
 }

@@ -62,10 +62,20 @@ func Run(ctx context.Context, p Params) error {
 	if err := a.serveMonitor(); err != nil {
 		return err
 	}
-	if cfg.Role == config.RoleMonitor {
+	switch cfg.Role {
+	case config.RoleMonitor:
 		a.log.Info("monitor role: serving the dashboard, the API and metrics; running no tasks and no scheduler")
 		<-ctx.Done()
 		a.log.Info("monitor stopped")
+		return nil
+	case config.RoleNode:
+		a.log.Info("node role: running this node's node-local tasks; no queue, no scheduler, no dashboard")
+		logCatalog(a.log, a.nodeLocalDecisions())
+		if err := a.startNodeLocal(ctx); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		a.log.Info("node agent stopped")
 		return nil
 	}
 	logCatalog(a.log, a.decisions)
@@ -98,9 +108,10 @@ type app struct {
 	metrics    *monitor.Metrics
 	llmMetrics *llm.Metrics
 
-	// set by startServer
 	publisher *events.Publisher
-	hdeps     handlers.Deps
+
+	// set by startServer or startNodeLocal
+	hdeps handlers.Deps
 }
 
 // stack holds the stop functions of what the phases started.

@@ -14,7 +14,9 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
+	"github.com/stargazer/stargazer-jobs/internal/queue/server"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -57,12 +59,87 @@ func (a *app) startBackground(ctx context.Context) error {
 	} else {
 		a.log.Info("scheduler disabled (SCHEDULER_ENABLED=false): this process only runs tasks")
 	}
+	a.superviseNodeLocal(bg, &wg)
+	return nil
+}
+
+// superviseNodeLocal starts the node-local loops the gate scheduled, under
+// ctx and wg.
+func (a *app) superviseNodeLocal(ctx context.Context, wg *sync.WaitGroup) {
 	local := handlers.NodeLocal(a.hdeps)
-	for _, d := range a.decisions {
-		if fn := local[d.Spec.Name]; d.Scheduled && d.Spec.Kind == jobs.NodeLocal && fn != nil {
-			wg.Go(func() { superviseLocal(bg, a.log.With("task", d.Spec.Name), d.Spec.InitialDelay, d.Interval, fn) })
+	for _, d := range a.nodeLocalDecisions() {
+		if fn := local[d.Spec.Name]; d.Scheduled && fn != nil {
+			name := d.Spec.Name
+			wg.Go(func() {
+				superviseLocal(ctx, a.log.With("task", name), d.Spec.InitialDelay, d.Interval, func(ctx context.Context) error {
+					return a.observeLocal(ctx, name, fn)
+				})
+			})
 		}
 	}
+}
+
+// observeLocal runs one round of a node-local loop as a run: counted in the
+// task metrics like a queued run, and reported with the original's
+// scheduler_task_run event when it ends (ok, or error with the reason). A
+// loop that cannot work on this node is not a run.
+func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Context) error) error {
+	a.metrics.RunStarted(task)
+	start := time.Now()
+	err := fn(ctx)
+	elapsed := time.Since(start)
+	status := server.StatusOK
+	switch {
+	case errors.Is(err, handlers.ErrNotOnThisNode):
+		status = server.StatusSkipped
+	case err != nil && ctx.Err() != nil:
+		status = server.StatusSkipped // stopped by shutdown, not failed
+	case err != nil:
+		status = server.StatusError
+	}
+	run := server.Run{Task: task, Status: status, Elapsed: elapsed}
+	if status == server.StatusError {
+		run.Class = "error"
+	}
+	a.metrics.RunFinished(run)
+	if status != server.StatusSkipped {
+		e := events.Event{Topic: "scheduler_task_run", Source: "scheduler", Status: "ok",
+			DurationMS: float64(elapsed.Microseconds()) / 1000, Preview: "task=" + task + " status=ok",
+			Payload: map[string]any{"task": task, "error": ""}}
+		if err != nil {
+			e.Status, e.Preview, e.Payload["error"] = "error", "task="+task+" status=error", err.Error()
+		}
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = a.publisher.Publish(pctx, e) // fire-and-forget, as in the original
+		cancel()
+	}
+	return err
+}
+
+// nodeLocalDecisions are the gate's decisions on the node-local tasks.
+func (a *app) nodeLocalDecisions() []jobs.Decision {
+	var out []jobs.Decision
+	for _, d := range a.decisions {
+		if d.Spec.Kind == jobs.NodeLocal {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// startNodeLocal is the node agent's one phase: the node-local loops, with
+// the clients they use, and nothing else.
+func (a *app) startNodeLocal(ctx context.Context) error {
+	deps, err := a.handlerDeps(ctx)
+	if err != nil {
+		return err
+	}
+	a.hdeps = deps
+	waitForRedis(ctx, a.log, a.rdb)
+	bg, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	a.stops.push(func() { stop(); wg.Wait() })
+	a.superviseNodeLocal(bg, &wg)
 	return nil
 }
 

@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -18,6 +20,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/embeddedredis"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
 	"github.com/stargazer/stargazer-jobs/monitor"
 )
@@ -51,6 +54,7 @@ func (a *app) connect() error {
 	// The shared client's calls honour their context's deadline; asynq's
 	// own would wait for its read timeout.
 	a.client = asynq.NewClientFromRedisClient(a.rdb)
+	a.publisher = events.NewPublisher(a.rdb, a.cfg.DebugEventsChannel)
 	a.stops.push(func() { a.client.Close() })
 
 	a.reg = prometheus.NewRegistry()
@@ -71,7 +75,7 @@ func (a *app) connect() error {
 func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	cfg := a.cfg
 	d := handlers.Deps{
-		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit,
+		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit, NodeName: nodeName(cfg.NodeName),
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: a.client, Events: a.publisher, Counter: a.metrics,
 		Intervals:          map[string]time.Duration{},
@@ -83,7 +87,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	for _, dec := range a.decisions {
 		d.Intervals[dec.Spec.Name] = dec.Interval
 	}
-	if cfg.FalkorDBURL != "" {
+	if cfg.FalkorDBURL != "" && cfg.Role != config.RoleNode { // no node-local task uses the graph
 		g, closeGraph, err := openGraph(ctx, a.log, cfg)
 		if err != nil {
 			return d, err
@@ -123,6 +127,22 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.Platforms = append(d.Platforms, matrix.New(matrix.Options{HomeserverURL: cfg.MatrixHomeserverURL, Token: cfg.MatrixAccessToken}))
 	}
 	return d, nil
+}
+
+// nodeName names this node for per-node state: NODE_NAME, else the
+// machine id (which outlives pods, containers and renames: a DaemonSet pod
+// gets a new name on every rollout), else the host name.
+func nodeName(configured string) string {
+	if configured != "" {
+		return configured
+	}
+	if b, err := os.ReadFile("/etc/machine-id"); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return "machine-" + id
+		}
+	}
+	host, _ := os.Hostname()
+	return host
 }
 
 // openGraph connects to FalkorDB with a client of its own from

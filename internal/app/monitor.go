@@ -22,11 +22,11 @@ func (a *app) serveMonitor() error {
 		Gatherer: a.reg, Registerer: a.reg,
 		Redis:        monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }),
 		RedisConnOpt: a.connOpt, DashboardPath: cfg.DashboardPath, ReadOnly: cfg.DashboardReadOnly,
-		Auth: auth, Catalog: a.catalog, Enqueuer: a.client,
+		Auth: auth, Catalog: a.catalog, Enqueuer: a.client, ProbesOnly: cfg.Role == config.RoleNode,
 	})
 	a.stops.push(func() { mon.Close() })
 	addr := cfg.HTTPAddr
-	if !auth.Enabled() {
+	if !auth.Enabled() && cfg.Role != config.RoleNode {
 		addr = loopback(addr)
 		a.log.Warn("no MONITOR_TOKEN or MONITOR_USER/MONITOR_PASSWORD configured: the dashboard and the enqueue API are unauthenticated, so the HTTP server binds to loopback only",
 			"addr", addr)

@@ -20,7 +20,6 @@ const eventBuffer = 10_000
 // puts unfinished ones back on the queue), whatever fails later.
 func (a *app) startServer(ctx context.Context) error {
 	cfg := a.cfg
-	a.publisher = events.NewPublisher(a.rdb, cfg.DebugEventsChannel)
 	asyncEvents := events.NewAsync(a.publisher, eventBuffer)
 	evCtx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
 	go asyncEvents.Run(evCtx)

@@ -74,7 +74,7 @@ type Config struct {
 	DashboardPath     string        `env:"DASHBOARD_PATH" default:"/dashboard" check:"dashboard_path" help:"Root path of the asynqmon dashboard."`
 	DashboardReadOnly bool          `env:"DASHBOARD_READ_ONLY" default:"false" help:"Hide the dashboard's delete, run, archive and pause actions and refuse every state change with 403, POST /api/v1/tasks included, whatever the credential."`
 	QueueMetrics      bool          `env:"QUEUE_METRICS" default:"true" help:"Export asynq queue sizes and latency on /metrics. They are read from Redis at most once per 10 s per process (about 130 commands for four queues), whatever the scrape rate; in a fleet turn it off on the workers and leave it on the monitor."`
-	Role              string        `env:"ROLE" default:"worker" oneof:"worker,monitor" help:"worker: run tasks, the scheduler and the monitor; monitor: serve only the dashboard, the enqueue API and metrics."`
+	Role              string        `env:"ROLE" default:"worker" oneof:"worker,monitor,node" help:"worker: run tasks, the scheduler, the monitor and this node's node-local tasks; monitor: serve only the dashboard, the enqueue API and metrics; node: the node agent, which runs only the node-local tasks (journal_stream, log_rag_ingest) on its node and serves /healthz, /readyz and /metrics."`
 	MonitorToken      string        `env:"MONITOR_TOKEN" secret:"true" help:"Admin bearer token for the dashboard and POST /api/v1/tasks. Never logged."`
 	MonitorUser       string        `env:"MONITOR_USER" help:"Admin basic-auth user for the dashboard and the API (with MONITOR_PASSWORD)."`
 	MonitorPassword   string        `env:"MONITOR_PASSWORD" secret:"true" help:"Basic-auth password. Never logged. With no token and no user/password, the HTTP server binds to loopback only."`
@@ -90,6 +90,7 @@ type Config struct {
 	// duration disables the task.
 	TaskIntervals map[string]time.Duration `env:"TASK_INTERVALS" help:"Per-task schedule overrides: comma-separated NAME=DURATION (\"kg_decay_task=12h\") or NAME=off to disable a task. Wins over STARWIKI_LINT_INTERVAL_MINUTES and KA_ORG_INTERVAL_SECONDS."`
 	JournalUnit   string                   `env:"JOURNAL_UNIT" default:"stargazer" help:"systemd unit whose journal journal_stream tails on every node and log_rag_ingest reads."`
+	NodeName      string                   `env:"NODE_NAME" help:"Names this node for its log_rag_ingest cursor (one per node and unit). Empty: the machine id (/etc/machine-id, which outlives pods and renames), else the host name. In Kubernetes, spec.nodeName through the downward API."`
 	// DeploymentID names this rollout; startup tasks run once per ID.
 	DeploymentID string `env:"DEPLOYMENT_ID" check:"deployment_id" help:"Names this rollout: startup_channel_backfill is enqueued once per DEPLOYMENT_ID however many workers start (task ID startup_channel_backfill@<id>, kept 24 h). Set it per rollout (image tag, commit, Kubernetes pod-template-hash). Empty: derived from the worker binary (its VCS revision, else a hash of the file), so restarting the same build within 24 h does not backfill again."`
 	// SingletonLease is how long a singleton run's lease lasts unrenewed.
@@ -103,6 +104,7 @@ type Config struct {
 const (
 	RoleWorker  = "worker"
 	RoleMonitor = "monitor"
+	RoleNode    = "node"
 )
 
 // Embedded reports whether no Redis was configured, so the worker runs an

@@ -104,7 +104,7 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 		return Prepared{}, fmt.Errorf("%w: %w %q", ErrInvalid, ErrUnknownTask, r.Task)
 	}
 	if spec.Kind == jobs.NodeLocal {
-		return Prepared{}, fmt.Errorf("%w: %s runs inside every worker process and cannot be enqueued", ErrInvalid, spec.Name)
+		return Prepared{}, fmt.Errorf("%w: %s is node-local: every node agent runs it on its own node and schedule, so it cannot be enqueued", ErrInvalid, spec.Name)
 	}
 	raw := []byte(r.Payload)
 	if strings.TrimSpace(string(raw)) == "null" {

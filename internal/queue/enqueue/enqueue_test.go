@@ -52,7 +52,7 @@ func TestPrepare(t *testing.T) {
 		{name: "unique past the bound", body: `{"task":"gemini_key_probe","unique":"2562047h"}`, wantErr: "between 1s and 168h"},
 		{name: "timeout at the bound", body: `{"task":"kg_decay_task","timeout":"24h"}`},
 		{name: "timeout past the bound", body: `{"task":"kg_decay_task","timeout":"24h1s"}`, wantErr: "between 1s and 24h"},
-		{name: "node-local task", body: `{"task":"journal_stream"}`, wantErr: "every worker process"},
+		{name: "node-local task", body: `{"task":"journal_stream"}`, wantErr: "is node-local"},
 		{name: "invalid payload", body: `{"task":"scheduled_prompt_tick","payload":{"limit":-3}}`, wantErr: "limit must be"},
 	}
 	for _, tt := range tests {
