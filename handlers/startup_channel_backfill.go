@@ -3,9 +3,12 @@ package handlers
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform"
@@ -63,10 +66,10 @@ func newStartupChannelBackfill(k kit) Worker[*jobs.ChannelBatch] {
 func (h *startupChannelBackfill) Work(ctx context.Context, p *jobs.ChannelBatch) (Result, error) {
 	maxChannels := p.MaxChannels
 	log, store := h.log, h.store
-	var processed, failed, cached, repaired, enqueued int
+	var processed, failed, cached, repaired, enqueued, unembedded int
 	result := func() Result {
 		return Result{"channels_processed": processed, "channels_failed": failed, "messages_cached": cached,
-			"texts_repaired": repaired, "embeddings_enqueued": enqueued}
+			"texts_repaired": repaired, "embeddings_enqueued": enqueued, "embeddings_not_queued": unembedded}
 	}
 
 	// 0. Give platforms still coming up a bounded window to answer, so the
@@ -119,7 +122,8 @@ func (h *startupChannelBackfill) Work(ctx context.Context, p *jobs.ChannelBatch)
 		if meta, ok := catalog[c]; ok {
 			m := msgcache.Meta{Name: meta.Name, GuildID: meta.GuildID, GuildName: meta.GuildName, IsDM: meta.IsDM}
 			if err := store.RecordMeta(ctx, c, m, h.now()); err != nil {
-				return nil, err
+				// As the original: the history is still worth caching.
+				log.DebugContext(ctx, "Startup backfill: failed to record channel metadata", "channel", c.String(), "error", err.Error())
 			}
 		}
 		history, err := fetchHistory(ctx, rp, c.ID)
@@ -134,12 +138,22 @@ func (h *startupChannelBackfill) Work(ctx context.Context, p *jobs.ChannelBatch)
 		if len(history) == 0 {
 			continue
 		}
-		st, err := backfillChannel(ctx, store, c, rp.botUserID, history)
-		if err != nil {
-			return nil, err
-		}
+		st, err := backfillChannel(ctx, store, c, rp.botUserID, history, queue != nil)
 		cached += st.cached
 		repaired += st.repaired
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			// One channel's lookup failure skips that channel, as in the
+			// original; the others are still brought up to date.
+			failed++
+			log.WarnContext(ctx, "Startup backfill: channel skipped", "channel", c.String(), "error", err.Error())
+			continue
+		}
+		if queue == nil {
+			unembedded += len(st.embed)
+		}
 		if queue != nil && len(st.embed) > 0 {
 			n, err := queue.Add(ctx, st.embed)
 			enqueued += n
@@ -148,6 +162,10 @@ func (h *startupChannelBackfill) Work(ctx context.Context, p *jobs.ChannelBatch)
 			}
 		}
 		processed++
+	}
+	if unembedded > 0 {
+		log.WarnContext(ctx, "Startup backfill: messages need an embedding but no embeddings endpoint is configured (EMBEDDINGS_BASE_URL or LLM_BASE_URL); repaired ones keep their old vector",
+			"messages", unembedded)
 	}
 	log.InfoContext(ctx, fmt.Sprintf("Startup backfill complete: %d channels, %d new messages cached, %d texts repaired, %d embeddings enqueued",
 		processed, cached, repaired, enqueued),
@@ -231,14 +249,19 @@ type channelBackfill struct {
 	embed []string
 }
 
-// backfillChannel reconciles one channel's history with the cache.
-func backfillChannel(ctx context.Context, store *msgcache.Store, c msgcache.Channel, botUserID string, history []platform.Message) (channelBackfill, error) {
+// backfillChannel reconciles one channel's history with the cache. With
+// embed false (no embeddings endpoint) a repaired message keeps its old
+// vector instead of losing it for good.
+func backfillChannel(ctx context.Context, store *msgcache.Store, c msgcache.Channel, botUserID string, history []platform.Message, embed bool) (channelBackfill, error) {
 	var st channelBackfill
-	var msgs []platform.Message
-	for _, m := range history {
-		if m.ID != "" {
-			msgs = append(msgs, m)
+	msgs := make([]platform.Message, len(history))
+	for i, m := range history {
+		if m.ID == "" {
+			// The original cached these too. A stable id from the message
+			// itself keeps a second backfill from caching it twice.
+			m.ID = noIDMessageID(m)
 		}
+		msgs[i] = m
 	}
 	keys := make([]string, len(msgs))
 	for i, m := range msgs {
@@ -259,7 +282,11 @@ func backfillChannel(ctx context.Context, store *msgcache.Store, c msgcache.Chan
 		case !exists[i]:
 			fresh = append(fresh, i)
 		case m.Text != texts[i]:
-			ok, err := store.ReplaceText(ctx, keys[i], m.Text)
+			replace := store.ReplaceText
+			if !embed {
+				replace = store.ReplaceTextKeepingEmbedding
+			}
+			ok, err := replace(ctx, keys[i], m.Text)
 			if err != nil {
 				return st, err
 			}
@@ -307,4 +334,12 @@ func backfillChannel(ctx context.Context, store *msgcache.Store, c msgcache.Chan
 		}
 	}
 	return st, nil
+}
+
+// noIDMessageID names a platform message that came without an id, from
+// who wrote it, when and what: the same message gets the same id on every
+// backfill.
+func noIDMessageID(m platform.Message) string {
+	sum := sha256.Sum256([]byte(m.UserID + "\x00" + strconv.FormatInt(m.Time.UnixMilli(), 10) + "\x00" + m.Text))
+	return "noid-" + hex.EncodeToString(sum[:12])
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stargazer/stargazer-jobs/internal/clients/platform"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/matrix"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
@@ -258,5 +259,112 @@ func TestBackfillWaitsBoundedlyForPlatforms(t *testing.T) {
 				t.Errorf("not-ready log present=%v, want %v", !skipped, skipped)
 			}
 		})
+	}
+}
+
+// One channel whose records the bot left in a shape the backfill cannot
+// read (its metadata key is not a hash; one cached message is a list) is
+// skipped or cached without metadata, as the original logged and went on;
+// the other channels are still brought up to date.
+func TestBackfillGoesOnPastOneChannelsBrokenRecords(t *testing.T) {
+	ctx := context.Background()
+	env := newTestEnv(t)
+	var dc, mc calls
+	d := env.deps(t, (&embeddingsFake{}).server(t))
+	d.Platforms = platforms(fakeDiscord(t, &dc, identityFailures{}).URL, fakeHomeserver(t, &mc, identityFailures{}).URL)
+	store := msgcache.New(d.Redis)
+	if _, _, err := store.Log(ctx, msgcache.Message{Channel: group, MessageID: "$ev0", UserID: "@ada:example.org", Text: "older", Time: time.UnixMilli(1740823000000)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.Log(ctx, msgcache.Message{Channel: general, MessageID: "2200000000000000000", UserID: "u", Text: "first", Time: time.UnixMilli(1740823000000)}); err != nil {
+		t.Fatal(err)
+	}
+	rdb := d.Redis
+	if err := rdb.Set(ctx, msgcache.MetaKey(general), "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.RPush(ctx, msgKey(group, "$ev1"), "not", "a", "hash").Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := run(t, ctx, d, "startup_channel_backfill", `{"max_channels":10}`)
+	if err != nil {
+		t.Fatalf("the run failed for everyone: %v", err)
+	}
+	if res["channels_processed"] != 1 || res["channels_failed"] != 1 || res["messages_cached"] != 4 {
+		t.Fatalf("result %v: want Discord's channel cached despite its broken metadata and the Matrix room skipped", res)
+	}
+	if !strings.Contains(env.logText(), "Startup backfill: channel skipped") {
+		t.Errorf("the skipped channel was not logged:\n%s", env.logText())
+	}
+}
+
+// With no embeddings endpoint a repaired message keeps the vector of its
+// old text (the original's behaviour) instead of losing it for good, and
+// the run says how many messages wait for an embedding.
+func TestBackfillWithoutAnEmbeddingsEndpointLosesNoVector(t *testing.T) {
+	ctx := context.Background()
+	env := newTestEnv(t)
+	var dc calls
+	d := env.deps(t, nil)
+	d.Platforms = platforms(fakeDiscord(t, &dc, identityFailures{}).URL, "")
+	store := msgcache.New(d.Redis)
+	k, _, err := store.Log(ctx, msgcache.Message{Channel: general, MessageID: "2200000000000000001", UserID: "1000000000000000077",
+		UserName: "ada", Text: "hi bot, is teh moon full?", Time: time.UnixMilli(1740823000000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.SetEmbedding(ctx, k, []float32{9, 9, 9}, "text-embedding-3-small"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := run(t, ctx, d, "startup_channel_backfill", `{"max_channels":10}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res["texts_repaired"] != 1 || res["embeddings_enqueued"] != 0 || res["embeddings_not_queued"] != 4 {
+		t.Fatalf("result %v", res)
+	}
+	msgs, _ := store.Get(ctx, []string{k})
+	has, _ := store.HasEmbedding(ctx, []string{k})
+	if len(msgs) != 1 || msgs[0].Text != "hi bot, is the moon full?" || !has[0] {
+		t.Fatalf("repaired message %+v, embedded %v: want the new text and the old vector kept", msgs, has)
+	}
+	if !strings.Contains(env.logText(), "no embeddings endpoint is configured") {
+		t.Errorf("the missing endpoint was not reported:\n%s", env.logText())
+	}
+}
+
+// noIDPlatform is a platform whose history holds a message without an id
+// (the Discord and Matrix clients never yield one: both APIs always carry
+// ids; another platform's client might).
+type noIDPlatform struct{}
+
+func (noIDPlatform) Name() string { return "discord" }
+func (noIDPlatform) Identity(context.Context) (platform.Identity, error) {
+	return platform.Identity{UserID: "1"}, nil
+}
+func (noIDPlatform) Channels(context.Context) ([]platform.Channel, error) {
+	return []platform.Channel{{ID: generalID, Name: "general"}}, nil
+}
+func (noIDPlatform) History(context.Context, string, int) ([]platform.Message, error) {
+	return []platform.Message{{UserID: "7", UserName: "ada", Text: "no id here", Time: time.UnixMilli(1740823000000)}}, nil
+}
+
+func TestBackfillCachesAMessageWithoutAnIDOnce(t *testing.T) {
+	ctx := context.Background()
+	env := newTestEnv(t)
+	d := env.deps(t, nil)
+	d.Platforms = []Platform{noIDPlatform{}}
+	for run1 := range 2 {
+		res, err := run(t, ctx, d, "startup_channel_backfill", `{"max_channels":10}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := 1 - run1; res["messages_cached"] != want {
+			t.Fatalf("run %d cached %v, want %d", run1+1, res["messages_cached"], want)
+		}
+	}
+	msgs, err := msgcache.New(d.Redis).Recent(ctx, general, 10)
+	if err != nil || len(msgs) != 1 || msgs[0].Text != "no id here" || !strings.HasPrefix(msgs[0].MessageID, "noid-") {
+		t.Fatalf("cached %+v, %v", msgs, err)
 	}
 }
