@@ -52,8 +52,8 @@ type logRAGIngest struct {
 	// node names this node's cursor; unit is the systemd unit read;
 	// command overrides journalctl (tests).
 	node, unit, command string
-	now           func() time.Time
-	log           *slog.Logger
+	now                 func() time.Time
+	log                 *slog.Logger
 }
 
 func newLogRAGIngest(k kit) Worker[*jobs.Empty] {
