@@ -39,6 +39,7 @@ func newHarness(t *testing.T, shutdown time.Duration) *harness {
 	srv := redistest.Start(t)
 	conn := asynq.RedisClientOpt{Addr: srv.Addr}
 	metrics := monitor.NewMetrics(prometheus.NewRegistry())
+	metrics.Catalog(jobs.Catalog()) // as the app does
 	opts := server.Options{
 		Redis: conn, Concurrency: 4, ShutdownTimeout: shutdown,
 		Logger:  slog.New(slog.NewJSONHandler(io.Discard, nil)),
