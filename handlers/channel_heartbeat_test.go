@@ -229,6 +229,9 @@ func TestChannelHeartbeatSpreadsOverTheCatalogIntervalByDefault(t *testing.T) {
 // A real asynq server runs the parent and both children it fans out, and
 // the bot finds a note for each channel.
 func TestChannelHeartbeatEndToEndOnAWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole worker: skipped under -short")
+	}
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)

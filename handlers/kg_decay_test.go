@@ -293,6 +293,9 @@ func TestKGDecayOccurrenceStampIsTheDueTime(t *testing.T) {
 // A real asynq worker runs a scheduled occurrence: the handler takes the
 // run stamp from the task ID.
 func TestKGDecayEndToEndOnAWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole worker: skipped under -short")
+	}
 	ctx := context.Background()
 	d, g, rdb, _ := kgDeps(t, time.Now())
 	seedChain(t, g, 20)

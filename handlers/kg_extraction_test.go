@@ -501,6 +501,9 @@ func TestExtractionTasksRateLimitCarriesRetryAfter(t *testing.T) {
 // A real asynq worker runs limbic_anchoring_worker (as a singleton, with
 // its lease) and stores its result.
 func TestLimbicAnchoringEndToEndOnAWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole worker: skipped under -short")
+	}
 	ctx := context.Background()
 	v := newKGEnv(t)
 	v.now = time.Now()

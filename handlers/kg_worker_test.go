@@ -99,6 +99,9 @@ func (v *verdictServer) Calls(mode string) int {
 // pass is retried after Retry-After until its retries run out, and one
 // that gets garbage is archived at once; neither merges anything.
 func TestGraphMaintenanceOnARealWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole worker: skipped under -short")
+	}
 	ctx := context.Background()
 	rsrv := redistest.Start(t)
 	rdb := rsrv.Client(t)

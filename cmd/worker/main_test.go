@@ -141,6 +141,9 @@ func TestInvalidConfigurationStopsStartupNamingTheSetting(t *testing.T) {
 }
 
 func TestScheduledPromptFiresExactlyOnceWithTwoWorkersTicking(t *testing.T) {
+	if testing.Short() {
+		t.Skip("whole workers: skipped under -short")
+	}
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
@@ -191,6 +194,9 @@ func TestScheduledPromptFiresExactlyOnceWithTwoWorkersTicking(t *testing.T) {
 }
 
 func TestSchedulerRunsThePromptTickOnItsOwn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("whole workers: skipped under -short")
+	}
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
@@ -215,6 +221,9 @@ func TestSchedulerRunsThePromptTickOnItsOwn(t *testing.T) {
 }
 
 func TestJournalStreamRunsOnEveryNodeAndLeavesNoOrphanOnShutdown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole worker: skipped under -short")
+	}
 	dir := t.TempDir()
 	script := "#!/bin/sh\necho $$ > " + dir + "/pid\necho '{\"MESSAGE\":\"from the journal\"}'\nexec sleep 1000\n"
 	if err := os.WriteFile(filepath.Join(dir, "journalctl"), []byte(script), 0o755); err != nil {
@@ -286,6 +295,9 @@ func TestWithoutCredentialsTheMonitorBindsToLoopbackOnly(t *testing.T) {
 }
 
 func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole worker: skipped under -short")
+	}
 	redisAddr := redistest.FreeAddr(t)
 	addr := redistest.FreeAddr(t)
 	logs := &syncBuffer{}
@@ -345,6 +357,9 @@ func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
 }
 
 func TestGeminiKeyProbeRunsWithTheKeysFromTheEnvironmentAndNeverLogsThem(t *testing.T) {
+	if testing.Short() {
+		t.Skip("whole workers: skipped under -short")
+	}
 	const okKey, dayKey = "AIzaSyWORKER-ok-0000000000000000000", "AIzaSyWORKER-day-000000000000000000"
 	fake := geminitest.NewServer(t, map[string]string{okKey: geminitest.OK, dayKey: geminitest.PerDay})
 	srv := redistest.Start(t)
