@@ -79,6 +79,7 @@ func builders() map[string]builder {
 		jobs.LogRAGIngest:             build(newLogRAGIngest),
 		jobs.StartupChannelBackfill:   build(newStartupChannelBackfill),
 		jobs.EmbedMessages:            build(newEmbedMessages),
+		jobs.KGExtractUnit:            build(newExtractUnit),
 		jobs.AutoKGExtraction:         build(newAutoKGExtraction),
 		jobs.LimbicAnchoringWorker:    build(newLimbicAnchoring),
 		jobs.KGDecay:                  build(newKGDecay),

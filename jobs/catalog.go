@@ -26,6 +26,7 @@ const (
 	// Child tasks of the Go port (not in the original registry).
 	ChannelHeartbeatChannel   = "channel_heartbeat_channel"
 	EmbedMessages             = "embed_messages"
+	KGExtractUnit             = "kg_extract_unit"
 	DefaultDedupIntervalSecs  = 600
 	DefaultOrgIntervalSecs    = 600
 	DefaultStarwikiLintMinute = 60
@@ -200,6 +201,16 @@ func Catalog() []Spec {
 			Queue: QueueDefault, MaxRetry: 2, Timeout: 2 * time.Minute,
 			NewPayload: func() Payload { return &ChannelRef{} },
 			Summary:    "One channel's heartbeat: the flash model writes its short awareness note (fanned out by channel_heartbeat).",
+		},
+		{
+			Name: KGExtractUnit, Kind: Child,
+			Requires: Redis | KG | LLM | ChatLLM,
+			// Retries are cheap (the ledger skips what is settled) and a
+			// unit that gives up stalls its channels' cursors until the
+			// planner re-enqueues it, so it keeps trying through an outage.
+			Queue: QueueExtraction, MaxRetry: 12, Timeout: 5 * time.Minute,
+			NewPayload: func() Payload { return &ExtractUnit{} },
+			Summary:    "One LLM call of knowledge extraction: segments of channels' new messages, planned by limbic_anchoring_worker or auto_kg_extraction; settled segments move the cursors.",
 		},
 		{
 			Name: EmbedMessages, Kind: Child,
