@@ -262,70 +262,91 @@ func (p channelPass) run(ctx context.Context, d passDeps) (planStats, error) {
 type piece struct {
 	w          *chanWork
 	after, end msgcache.Position
-	frags      int // messages the engine extracts (not the bot's)
-	chars      int
-	msgs       int
+	msgs       int // messages in it, the bot's included
 }
 
-// cut turns what was read into units: each channel's messages, in order,
-// are cut into pieces of at most one LLM call; a full piece is a unit of
-// its own, and the last piece of every channel (its remainder, which
-// reaches the page's end so the segments tile the positions) is packed
-// with others' into shared units within the same bounds.
+// cut turns what was read into units of at most one LLM call each (the
+// engine's bounds). Each channel's messages are cut, in order, into full
+// calls, which are units of their own; what is left of every channel (its
+// remainder, which reaches the page's end so that the segments tile the
+// positions) is laid end to end with the others' and cut the same way, a
+// remainder split between two units where a call fills up. So the calls
+// per message are what one pass batching across channels made.
 func (p channelPass) cut(read []*chanWork, b batchBounds, st *planStats) []plan.Unit {
 	var units []plan.Unit
-	var rest []piece
-	for _, w := range read {
-		cur := piece{w: w, after: w.from}
+	// acc accumulates one unit's pieces against the bounds.
+	type acc struct {
+		pieces       []piece
+		frags, chars int
+	}
+	full := func(a acc, cost int) bool {
+		return a.frags > 0 && (a.frags+1 > b.messages || a.chars+cost > b.chars)
+	}
+	prev := func(w *chanWork, i int) msgcache.Position {
+		if i == 0 {
+			return w.from
+		}
+		return w.page.Positions[i-1]
+	}
+	// First the full calls of each channel; rest[w] is where its remainder
+	// starts (an index into its page).
+	rest := make([]int, len(read))
+	for k, w := range read {
+		var cur acc
+		start := 0
 		for i, m := range w.page.Messages {
 			if m.Kind == msgcache.KindAssistantOut {
 				// The bot's own replies restate what people said or what
 				// the model made up; the graph is what people said. They
 				// stay in the segments, which tile the positions.
 				st.botMessages++
-				cur.msgs++
 				continue
 			}
 			cost := extract.PromptCost(m.Text, b.maxRunes)
-			if cur.frags > 0 && (cur.frags+1 > b.messages || cur.chars+cost > b.chars) {
-				cur.end = w.page.Positions[i-1]
-				units = append(units, p.unit([]piece{cur}))
-				cur = piece{w: w, after: cur.end}
+			if full(cur, cost) {
+				units = append(units, p.unit([]piece{{w: w, after: prev(w, start), end: prev(w, i), msgs: i - start}}))
+				cur, start = acc{}, i
 			}
 			cur.frags++
 			cur.chars += cost
-			cur.msgs++
 		}
-		cur.end = w.page.End
-		if cur.after.Before(cur.end) {
-			rest = append(rest, cur)
-		}
+		rest[k] = start
 	}
-	// Pack the remainders, in order, first fit into the open units.
-	var open [][]piece
-	fits := func(u []piece, pc piece) bool {
-		f, c := 0, 0
-		for _, x := range u {
-			f, c = f+x.frags, c+x.chars
-		}
-		return len(u) < jobs.MaxUnitSegments && (pc.frags == 0 || f == 0 ||
-			f+pc.frags <= b.messages && c+pc.chars <= b.chars)
-	}
-	for _, pc := range rest {
-		placed := false
-		for i := range open {
-			if fits(open[i], pc) {
-				open[i] = append(open[i], pc)
-				placed = true
-				break
+	// Then the remainders, end to end.
+	var cur acc
+	for k, w := range read {
+		pc := piece{w: w, after: prev(w, rest[k])}
+		for i := rest[k]; i < len(w.page.Messages); i++ {
+			m := w.page.Messages[i]
+			if m.Kind == msgcache.KindAssistantOut {
+				pc.msgs++
+				continue
 			}
+			cost := extract.PromptCost(m.Text, b.maxRunes)
+			if full(cur, cost) || len(cur.pieces) >= jobs.MaxUnitSegments {
+				if pc.msgs > 0 {
+					pc.end = prev(w, i)
+					cur.pieces = append(cur.pieces, pc)
+					pc = piece{w: w, after: pc.end}
+				}
+				units = append(units, p.unit(cur.pieces))
+				cur = acc{}
+			}
+			cur.frags++
+			cur.chars += cost
+			pc.msgs++
 		}
-		if !placed {
-			open = append(open, []piece{pc})
+		pc.end = w.page.End
+		if pc.after.Before(pc.end) {
+			if len(cur.pieces) >= jobs.MaxUnitSegments {
+				units = append(units, p.unit(cur.pieces))
+				cur = acc{}
+			}
+			cur.pieces = append(cur.pieces, pc)
 		}
 	}
-	for _, u := range open {
-		units = append(units, p.unit(u))
+	if len(cur.pieces) > 0 {
+		units = append(units, p.unit(cur.pieces))
 	}
 	return units
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,7 +73,7 @@ func (v *kgEnv) deps() Deps {
 	return Deps{
 		Redis: v.rdb, Graph: v.g, LLM: v.llm.Client(), Models: Models{Chat: "chat-model", Extraction: "kg-model"},
 		Now: func() time.Time { return v.now }, Logger: slog.New(slog.NewTextHandler(v.logs, nil)),
-		Enqueuer: v.units,
+		Enqueuer: v.units, Tasks: v.units,
 	}
 }
 
@@ -85,11 +86,51 @@ type unitQueue struct {
 	pending  map[string][]byte
 	order    []string
 	finished map[string]bool
+	archived map[string][]byte
 	enqueued int
 }
 
 func newUnitQueue() *unitQueue {
-	return &unitQueue{pending: map[string][]byte{}, finished: map[string]bool{}}
+	return &unitQueue{pending: map[string][]byte{}, finished: map[string]bool{}, archived: map[string][]byte{}}
+}
+
+// GetTaskInfo and DeleteTask make the queue the planners' TaskInspector.
+func (q *unitQueue) GetTaskInfo(queue, id string) (*asynq.TaskInfo, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch _, pending := q.pending[id]; {
+	case pending:
+		return &asynq.TaskInfo{ID: id, Queue: queue, State: asynq.TaskStatePending}, nil
+	case q.archived[id] != nil:
+		return &asynq.TaskInfo{ID: id, Queue: queue, State: asynq.TaskStateArchived}, nil
+	case q.finished[id]:
+		return &asynq.TaskInfo{ID: id, Queue: queue, State: asynq.TaskStateCompleted}, nil
+	}
+	return nil, asynq.ErrTaskNotFound
+}
+
+func (q *unitQueue) DeleteTask(_, id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.pending, id)
+	delete(q.archived, id)
+	delete(q.finished, id)
+	return nil
+}
+
+// archive moves a queued unit to the archive (out of retries); lose drops
+// it (a planner that died before enqueueing it).
+func (q *unitQueue) archive(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.archived[id] = q.pending[id]
+	delete(q.pending, id)
+}
+
+func (q *unitQueue) lose(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.pending, id)
 }
 
 func (q *unitQueue) EnqueueContext(_ context.Context, t *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
@@ -104,7 +145,7 @@ func (q *unitQueue) EnqueueContext(_ context.Context, t *asynq.Task, opts ...asy
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if _, ok := q.pending[id]; ok || q.finished[id] {
+	if _, ok := q.pending[id]; ok || q.finished[id] || q.archived[id] != nil {
 		return nil, asynq.ErrTaskIDConflict
 	}
 	q.pending[id] = t.Payload()
@@ -119,7 +160,7 @@ func (q *unitQueue) Pending() []string {
 	defer q.mu.Unlock()
 	var out []string
 	for _, id := range q.order {
-		if _, ok := q.pending[id]; ok {
+		if _, ok := q.pending[id]; ok && !slices.Contains(out, id) {
 			out = append(out, id)
 		}
 	}
@@ -192,7 +233,23 @@ func (q *unitQueue) drain(ctx context.Context, d Deps, parallel bool) (Result, e
 // the planner runs, then the queued units (this pass's and any earlier
 // failed ones, as asynq would retry them). The result is the planner's,
 // with the units' counts added (messages_read stays the planner's).
+// cursors_moved counts the channels whose cursor moved, as the pass did
+// (a unit counts its own moves).
 func (v *kgEnv) pass(ctx context.Context, d Deps, task string) (Result, error) {
+	pass, _ := passFor(task)
+	cursors := func() map[string]msgcache.Position {
+		chans, err := msgcache.New(v.rdb).DiscoverChannels(ctx)
+		if err != nil {
+			panic(err)
+		}
+		out := map[string]msgcache.Position{}
+		for _, c := range chans {
+			p, _ := msgcache.New(v.rdb).Cursors(ctx, []string{pass.cursorPrefix + c.String()})
+			out[c.String()] = p[0]
+		}
+		return out
+	}
+	before := cursors()
 	res, err := work(ctx, d, task, &jobs.Empty{})
 	if err != nil {
 		return res, err
@@ -203,11 +260,18 @@ func (v *kgEnv) pass(ctx context.Context, d Deps, task string) (Result, error) {
 			res[k] = val
 		}
 	}
-	for _, k := range []string{"llm_calls", "messages_extracted", "cursors_moved"} {
+	for _, k := range []string{"llm_calls", "messages_extracted"} {
 		if _, ok := res[k]; !ok {
 			res[k] = 0
 		}
 	}
+	moved := 0
+	for c, p := range cursors() {
+		if p != before[c] {
+			moved++
+		}
+	}
+	res["cursors_moved"] = moved
 	return res, err
 }
 
