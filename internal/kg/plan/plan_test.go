@@ -17,7 +17,9 @@ const (
 	chB    = "matrix:!room:example.org"
 )
 
-func pos(ts int64) msgcache.Position { return msgcache.Position{TS: ts, Key: "sg:msg:x:" + string(rune('a'+ts%26))} }
+func pos(ts int64) msgcache.Position {
+	return msgcache.Position{TS: ts, Key: "sg:msg:x:" + string(rune('a'+ts%26))}
+}
 
 func unit(id string, segs ...plan.Segment) plan.Unit {
 	u := plan.Unit{ID: id, TaskID: "kg_extract_unit:" + id, Payload: []byte(`{}`), Segments: segs}
