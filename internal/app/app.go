@@ -18,6 +18,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -97,6 +98,8 @@ type app struct {
 	reg        *prometheus.Registry
 	metrics    *monitor.Metrics
 	llmMetrics *llm.Metrics
+	// budgetMetrics observe the cluster-wide LLM budget.
+	budgetMetrics *budget.Metrics
 
 	// set by startServer
 	publisher *events.Publisher

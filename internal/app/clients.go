@@ -14,12 +14,15 @@ import (
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/matrix"
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/embeddedredis"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/kg/plan"
 	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
+	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
 )
 
@@ -56,8 +59,10 @@ func (a *app) connect() error {
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.metrics = monitor.NewMetrics(a.reg)
 	a.llmMetrics = llm.NewMetrics(a.reg)
+	a.budgetMetrics = budget.NewMetrics(a.reg)
 	if a.cfg.QueueMetrics {
 		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))
+		a.reg.MustRegister(plan.NewCollector(a.rdb, []string{jobs.LimbicAnchoringWorker, jobs.AutoKGExtraction}, 0))
 	}
 	return nil
 }
@@ -70,7 +75,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	d := handlers.Deps{
 		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit,
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
-		Enqueuer: a.client, Events: a.publisher, Counter: a.metrics,
+		Enqueuer: a.client, Tasks: a.insp, Events: a.publisher, Counter: a.metrics,
 		Intervals:          map[string]time.Duration{},
 		StarwikiStaleAfter: time.Duration(cfg.StarwikiStaleDays) * 24 * time.Hour,
 		OrgHubDegree:       cfg.KAOrgHubDegreeThreshold,
@@ -90,7 +95,8 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize}
 	}
 	if cfg.LLMBaseURL != "" {
-		d.LLM = llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})
+		chat := llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})
+		d.LLM = a.llmBudget("chat", chat)
 	}
 	if u := cmp.Or(cfg.EmbeddingsBaseURL, cfg.LLMBaseURL); u != "" {
 		d.Embedder = llm.New(llm.Options{BaseURL: u, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})
@@ -114,6 +120,15 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.Platforms = append(d.Platforms, matrix.New(matrix.Options{HomeserverURL: cfg.MatrixHomeserverURL, Token: cfg.MatrixAccessToken}))
 	}
 	return d, nil
+}
+
+// llmBudget wraps an endpoint's chat model in the cluster-wide budget
+// (LLM_MAX_IN_FLIGHT, LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE): the
+// whole cluster shares it through Redis, and a 429 pauses every worker.
+func (a *app) llmBudget(endpoint string, m handlers.ChatModel) handlers.ChatModel {
+	return budget.New(m, a.rdb, endpoint, budget.Limits{
+		MaxInFlight: a.cfg.LLMMaxInFlight, RequestsPerMinute: a.cfg.LLMRequestsPerMinute, TokensPerMinute: a.cfg.LLMTokensPerMinute,
+	}, a.budgetMetrics)
 }
 
 // openGraph connects to FalkorDB with a client of its own, configured for
