@@ -33,6 +33,7 @@ Commands:
                           --timeout, --wait); a busy singleton is refused
   status ID               a task's state, retries, last error and result
   schedules [--json]      each periodic task's next run, last run and last status
+  backlog [--json]        messages not yet extracted per source, oldest, units queued
   locks                   who holds each singleton's locks, and for how long
   unlock NAME             force-release the locks of singleton NAME
   prompts add|list|cancel manage scheduled prompts (see: enqueuer prompts help)
@@ -87,6 +88,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return promptsCmd(ctx, cfg, args[1:], stdout, stderr)
 	case "schedules":
 		return schedules(ctx, cfg, args[1:], stdout, stderr)
+	case "backlog":
+		return backlog(ctx, cfg, args[1:], stdout, stderr)
 	case "locks":
 		return locks(ctx, cfg, args[1:], stdout, stderr)
 	case "unlock":
