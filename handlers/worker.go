@@ -196,7 +196,7 @@ func (k kit) offers(r jobs.Requirement) bool { return k.present().Has(r) }
 // must declare the LLM, the graph and Redis (the engine's ledger).
 func (k kit) extraction() extract.Config {
 	return extract.Config{
-		LLM: k.LLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Redis(),
+		LLM: k.LLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Redis(), ClaimTTL: k.KG.ClaimTTL,
 		Verify: singleton.Verify, Now: k.Now, Logger: k.Logger.With("task", k.spec.Name),
 	}
 }

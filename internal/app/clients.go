@@ -92,7 +92,8 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		}
 		a.stops.push(closeGraph)
 		d.Graph = g
-		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize}
+		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize,
+			ClaimTTL: cfg.KGExtractionClaimTTL}
 	}
 	if cfg.LLMBaseURL != "" {
 		chat := llm.New(llm.Options{BaseURL: cfg.LLMBaseURL, APIKey: cfg.APIKey, Timeout: cfg.KAExtractionHTTPTimeout, Observer: a.llmMetrics})

@@ -66,6 +66,8 @@ type Config struct {
 	KGBatchSize              int     `env:"KG_BATCH_SIZE" default:"2000" min:"100" max:"5000" help:"Most edges or nodes one knowledge-graph maintenance write touches (decay, orphan GC), 100-5000: each write's commit stalls the whole FalkorDB server."`
 	KGBulkDir                string  `env:"KG_BULK_DIR" default:"var/kg_bulk_scheduled" help:"agentic_kg_bulk_incremental writes each run's working set and results under <dir>/<UTC timestamp>/ (relative to the working directory)."`
 
+	KGExtractionClaimTTL time.Duration `env:"KG_EXTRACTION_CLAIM_TTL" default:"5m" help:"How long one extraction batch may hold its messages between claiming them and storing the LLM's answer (and between storing and writing it): the messages of a worker killed mid-call wait this long before another takes them. Keep it above KA_EXTRACTION_HTTP_TIMEOUT_SECONDS plus the LLM budget's waits."`
+
 	Concurrency       int           `env:"WORKER_CONCURRENCY" default:"10" min:"1" help:"Tasks one worker process runs at once."`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" default:"30s" help:"On SIGTERM/SIGINT, how long in-flight tasks may run before they go back to the queue."`
 	HTTPAddr          string        `env:"HTTP_ADDR" default:"127.0.0.1:8080" check:"host_port" help:"Address of the dashboard, /metrics, /healthz and /readyz."`
