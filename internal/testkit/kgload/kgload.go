@@ -40,19 +40,19 @@ import (
 // runs here drive.
 const CursorPrefix = "sg:ka:cursor:"
 
-// Seed caches perChannel messages in each of channels channels: short chat
-// messages (about 60 characters) from 200 authors, each naming two of 2,000
-// capitalised topics, like the engine benchmark's corpus. Channels are
-// interleaved in time, 100 ms apart, from base. It returns each channel's
-// messages, in order.
-func Seed(tb testing.TB, rdb redis.UniversalClient, channels, perChannel int, base time.Time) map[msgcache.Channel][]msgcache.Message {
+// Seed caches perChannel messages in each of channels channels, numbered
+// from from: short chat messages (about 60 characters) from 200 authors,
+// each naming two of 2,000 capitalised topics, like the engine benchmark's
+// corpus. Channels are interleaved in time, 100 ms apart, from base. It
+// returns each channel's messages, in order.
+func Seed(tb testing.TB, rdb redis.UniversalClient, channels, from, perChannel int, base time.Time) map[msgcache.Channel][]msgcache.Message {
 	tb.Helper()
-	r := rand.New(rand.NewPCG(1, 2))
+	r := rand.New(rand.NewPCG(1, uint64(2+from)))
 	topic := func() string { return fmt.Sprintf("Topic%04d", r.IntN(2000)) }
 	out := map[msgcache.Channel][]msgcache.Message{}
 	cache := msgcache.New(rdb)
 	ctx := context.Background()
-	for i := range perChannel {
+	for i := from; i < from+perChannel; i++ {
 		for c := range channels {
 			ch := msgcache.Channel{Platform: "discord", ID: strconv.Itoa(1000 + c)}
 			m := msgcache.Message{
