@@ -315,6 +315,10 @@ func (p channelPass) cut(read []*chanWork, b batchBounds, st *planStats) []plan.
 	// Then the remainders, end to end.
 	var cur acc
 	for k, w := range read {
+		if len(cur.pieces) >= jobs.MaxUnitSegments { // many channels with only the bot's messages
+			units = append(units, p.unit(cur.pieces))
+			cur = acc{}
+		}
 		pc := piece{w: w, after: prev(w, rest[k])}
 		for i := rest[k]; i < len(w.page.Messages); i++ {
 			m := w.page.Messages[i]
@@ -323,7 +327,7 @@ func (p channelPass) cut(read []*chanWork, b batchBounds, st *planStats) []plan.
 				continue
 			}
 			cost := extract.PromptCost(m.Text, b.maxRunes)
-			if full(cur, cost) || len(cur.pieces) >= jobs.MaxUnitSegments {
+			if full(cur, cost) {
 				if pc.msgs > 0 {
 					pc.end = prev(w, i)
 					cur.pieces = append(cur.pieces, pc)
@@ -338,10 +342,6 @@ func (p channelPass) cut(read []*chanWork, b batchBounds, st *planStats) []plan.
 		}
 		pc.end = w.page.End
 		if pc.after.Before(pc.end) {
-			if len(cur.pieces) >= jobs.MaxUnitSegments {
-				units = append(units, p.unit(cur.pieces))
-				cur = acc{}
-			}
 			cur.pieces = append(cur.pieces, pc)
 		}
 	}

@@ -240,3 +240,29 @@ func TestPlannerWritesTheBacklog(t *testing.T) {
 		t.Fatalf("backlog after the units %+v", b)
 	}
 }
+
+// Channels where only the bot spoke cost no call: their segments ride in
+// units (at most jobs.MaxUnitSegments each) that settle at once, and their
+// cursors move past the bot's messages.
+func TestChannelsWithOnlyTheBotsMessagesMoveTheirCursorsWithoutACall(t *testing.T) {
+	ctx := context.Background()
+	v := newKGEnv(t)
+	d := v.deps()
+	var chans []msgcache.Channel
+	for i := range 70 {
+		c := msgcache.Channel{Platform: "matrix", ID: fmt.Sprintf("!bot%02d:example.org", i)}
+		m := msgcache.Message{Channel: c, MessageID: "b1", UserName: "Stargazer", Kind: msgcache.KindAssistantOut,
+			Text: "I am the bot", Time: v.now.Add(-10 * time.Minute)}
+		if _, _, err := msgcache.New(v.rdb).Log(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		chans = append(chans, c)
+	}
+	res, err := v.pass(ctx, d, jobs.LimbicAnchoringWorker)
+	if err != nil || res["units_planned"] != 2 || res["llm_calls"] != 0 || res["cursors_moved"] != 70 {
+		t.Fatalf("pass %v, %v", res, err)
+	}
+	if len(v.llm.Calls()) != 0 {
+		t.Fatal("the bot's messages were sent to the LLM")
+	}
+}
