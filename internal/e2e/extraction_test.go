@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -179,7 +180,7 @@ func TestA429StormSlowsEveryWorkerAndLosesNothing(t *testing.T) {
 	r := newKGRun(t, 300*time.Millisecond)
 	var mu sync.Mutex
 	var storm []time.Time // when each 429 was answered
-	r.llm.SetHook(func(n int, at time.Time) *extracttest.Reply {
+	r.llm.SetHook(func(n int, at time.Time, _ extracttest.Call) *extracttest.Reply {
 		if n < 15 || n >= 45 {
 			return nil
 		}
@@ -270,6 +271,59 @@ func TestReplanningWhileUnitsAreInFlightEnqueuesNoDuplicate(t *testing.T) {
 	if runs < 5*kgChannels {
 		t.Fatalf("the planner ran only %v channel-passes; the test did not re-plan while units ran", runs)
 	}
+}
+
+// Units completing out of order never move a cursor past an unsettled
+// message: while a channel's first unit is held up at the model, its later
+// messages (in another unit) are extracted and settled, and the cursor
+// stays before the first; once that unit settles, it moves to the end.
+func TestCursorsNeverPassAnUnsettledMessageWhenUnitsFinishOutOfOrder(t *testing.T) {
+	r := newKGRun(t, 100*time.Millisecond)
+	ch := msgcache.Channel{Platform: "discord", ID: "1000"}
+	first, last := r.msgs[ch][0], r.msgs[ch][len(r.msgs[ch])-1]
+	release := make(chan struct{})
+	r.llm.SetHook(func(_ int, _ time.Time, c extracttest.Call) *extracttest.Reply {
+		if slices.Contains(c.Messages, first.Text) {
+			<-release // the channel's first unit waits at the model
+		}
+		return nil
+	})
+	r.start(2, nil)
+	ctx := context.Background()
+	if err := kgload.Plan(ctx, r.rdb); err != nil {
+		t.Fatal(err)
+	}
+	key := kgload.CursorPrefix + ch.String()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		// The rest of the backlog settles around the held unit...
+		n, err := kgload.Settled(ctx, r.rdb, r.msgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur := r.rdb.HGet(ctx, key, "ts").Val(); cur != "" {
+			t.Fatalf("the cursor moved to %s while the channel's first unit was unsettled", cur)
+		}
+		if n == len(r.msgs)-1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d channels settled", n, len(r.msgs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// ...including the channel's own later messages, out of order.
+	if _, err := r.rdb.ZScore(ctx, extract.DoneKey, last.Key).Result(); err != nil {
+		t.Fatalf("the channel's last message is not extracted while its first unit waits: %v", err)
+	}
+	if cur := r.rdb.HGet(ctx, key, "ts").Val(); cur != "" {
+		t.Fatalf("the cursor moved to %s while the channel's first unit was unsettled", cur)
+	}
+	close(release)
+	if err := kgload.WaitSettled(ctx, r.rdb, r.msgs, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	r.checkExactlyOnce()
 }
 
 // diff shows the first lines where two snapshots differ.

@@ -171,21 +171,21 @@ type LLM struct {
 	peak     atomic.Int64
 
 	mu    sync.Mutex
-	hook  func(n int, at time.Time) *extracttest.Reply
+	hook  func(n int, at time.Time, c extracttest.Call) *extracttest.Reply
 	times []time.Time // arrival of each call
 }
 
 // StartLLM starts the fake with latency per call.
 func StartLLM(tb testing.TB, latency time.Duration) *LLM {
 	l := &LLM{Server: extracttest.Start(tb), latency: latency}
-	l.Server.SetHook(func(n int, _ extracttest.Call) *extracttest.Reply {
+	l.Server.SetHook(func(n int, c extracttest.Call) *extracttest.Reply {
 		now := time.Now()
 		l.mu.Lock()
 		l.times = append(l.times, now)
 		hook := l.hook
 		l.mu.Unlock()
 		if hook != nil {
-			if r := hook(n, now); r != nil {
+			if r := hook(n, now, c); r != nil {
 				return r
 			}
 		}
@@ -199,9 +199,10 @@ func StartLLM(tb testing.TB, latency time.Duration) *LLM {
 	return l
 }
 
-// SetHook installs h, which sees each call's number and arrival and may
-// answer it instead of the extraction answer.
-func (l *LLM) SetHook(h func(n int, at time.Time) *extracttest.Reply) {
+// SetHook installs h, which sees each call (its number, arrival and
+// content) before the latency and may answer it instead of the extraction
+// answer, or hold it up.
+func (l *LLM) SetHook(h func(n int, at time.Time, c extracttest.Call) *extracttest.Reply) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.hook = h
