@@ -65,7 +65,7 @@ func Catalog() []Spec {
 			OptInFlag: "legacy_kg_extraction", Singleton: true,
 			Queue: QueueDefault, MaxRetry: 3, Timeout: time.Hour,
 			NewPayload: empty,
-			Summary:    "Batch knowledge-graph extraction over messages since the last cursor.",
+			Summary:    "Plan knowledge-graph extraction of the messages since each channel's cursor, as kg_extract_unit units any worker runs.",
 		},
 		{
 			Name: ChannelSummarization, Kind: Periodic,
@@ -154,7 +154,7 @@ func Catalog() []Spec {
 			Requires: BotRuntime | ChatLLM, Needs: Redis | KG | LLM, EnabledBy: "ka_enabled", Singleton: true,
 			Queue: QueueDefault, MaxRetry: 2, Timeout: 5 * time.Minute,
 			NewPayload: empty,
-			Summary:    "Anchor new channel messages into the knowledge graph, per-channel cursors.",
+			Summary:    "Plan the anchoring of new channel messages into the knowledge graph (per-channel cursors), as kg_extract_unit units any worker runs.",
 		},
 		{
 			Name: LimbicSunsetProcessor, Kind: Periodic,
