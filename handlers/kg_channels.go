@@ -81,11 +81,20 @@ func unitSpec() jobs.Spec {
 }
 
 // unitStallAfter is how long a planned unit may stay unsettled before the
-// planner checks that asynq still has it (and re-enqueues it if not, or if
-// it was archived). A unit's task is enqueued right after its segments are
-// planned, so a missing one is a stall at any age past that moment; the
-// check costs one look-up, and an existing task is left alone.
+// planner checks that asynq still has it, and re-enqueues it if not. A
+// unit's task is enqueued right after its segments are planned, so a
+// missing one is a stall at any age past that moment; the check costs one
+// look-up, and a queued, running or retrying task is left alone.
 func unitStallAfter() time.Duration { return unitSpec().Timeout }
+
+// archivedStallAfter is how long after its last (re-)enqueue an archived
+// unit is enqueued again: its timeout times its attempts. A unit archived
+// for a cause retries cannot fix (a refused request: a bad model or key)
+// is so tried again about hourly, not on every pass.
+func archivedStallAfter() time.Duration {
+	s := unitSpec()
+	return s.Timeout * time.Duration(s.MaxRetry+1)
+}
 
 // unitRetention keeps a finished unit's task (and so its ID) for a while:
 // its result stays readable, and an accidental re-enqueue of the same ID
@@ -433,7 +442,7 @@ func (p channelPass) repair(ctx context.Context, d passDeps, store *plan.Store, 
 		case !live[id] && old:
 			garbage = append(garbage, id)
 		case live[id] && old && u.TaskID != "" && len(u.Payload) > 0:
-			if err := p.reenqueue(ctx, d, u, st); err != nil {
+			if err := p.reenqueue(ctx, d, store, u, st); err != nil {
 				return err
 			}
 		}
@@ -442,13 +451,17 @@ func (p channelPass) repair(ctx context.Context, d passDeps, store *plan.Store, 
 }
 
 // reenqueue enqueues a stalled unit again under its own ID, deleting an
-// archived copy first.
-func (p channelPass) reenqueue(ctx context.Context, d passDeps, u plan.Unit, st *planStats) error {
+// archived copy first (only archivedStallAfter after its last enqueue),
+// and restarts its clock.
+func (p channelPass) reenqueue(ctx context.Context, d passDeps, store *plan.Store, u plan.Unit, st *planStats) error {
 	spec := unitSpec()
 	if d.tasks != nil {
 		info, err := d.tasks.GetTaskInfo(spec.Queue, u.TaskID)
 		switch {
 		case err == nil && info.State == asynq.TaskStateArchived:
+			if time.UnixMilli(u.PlannedAt).After(d.now().Add(-archivedStallAfter())) {
+				return nil // it gave up recently: not on every pass
+			}
 			if err := d.tasks.DeleteTask(spec.Queue, u.TaskID); err != nil {
 				return fmt.Errorf("%s: deleting archived unit %s: %w", p.task, u.ID, err)
 			}
@@ -468,7 +481,7 @@ func (p channelPass) reenqueue(ctx context.Context, d passDeps, u plan.Unit, st 
 	st.unitsRepaired++
 	d.log.WarnContext(ctx, "extraction planner re-enqueued a stalled unit", "task", p.task, "unit", u.ID,
 		"planned_at", time.UnixMilli(u.PlannedAt).UTC())
-	return nil
+	return store.Touch(ctx, u, d.now())
 }
 
 // measure writes the backlog: per channel the messages after its cursor

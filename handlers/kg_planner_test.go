@@ -165,12 +165,22 @@ func TestReplanningWhileUnitsAreQueuedEnqueuesNoDuplicate(t *testing.T) {
 	}
 }
 
-// A unit that asynq lost (its planner died before enqueueing it) or
-// archived (out of retries) is enqueued again under its own ID once it has
-// stalled; one that is merely queued is left alone.
+// A unit that asynq lost (its planner died before enqueueing it) is
+// enqueued again under its own ID once it has stalled; one that it
+// archived (out of retries, or refused as hopeless) only after its timeout
+// times its attempts, so a hopeless unit is not retried on every pass; one
+// that is merely queued is left alone. A re-enqueue restarts the clock.
 func TestPlannerReenqueuesAStalledUnit(t *testing.T) {
-	for _, how := range []string{"lost", "archived", "queued"} {
-		t.Run(how, func(t *testing.T) {
+	tests := []struct {
+		how   string
+		after time.Duration // since planning, when it is re-enqueued
+	}{
+		{"lost", unitStallAfter()},
+		{"archived", archivedStallAfter()},
+		{"queued", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.how, func(t *testing.T) {
 			ctx := context.Background()
 			v := newKGEnv(t)
 			d := v.deps()
@@ -179,24 +189,43 @@ func TestPlannerReenqueuesAStalledUnit(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := v.units.Pending()[0]
-			switch how {
+			switch tt.how {
 			case "lost":
 				v.units.lose(id)
 			case "archived":
 				v.units.archive(id)
 			}
-			res, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{})
-			if err != nil || res["units_repaired"] != 0 {
-				t.Fatalf("a fresh unit was repaired: %v, %v", res, err)
+			repaired := func(at time.Duration) any {
+				v.now = testBase.Add(2 * time.Hour).Add(at)
+				res, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{})
+				if err != nil || res["units_planned"] != 0 {
+					t.Fatalf("pass at +%s: %v, %v", at, res, err)
+				}
+				return res["units_repaired"]
 			}
-			v.now = v.now.Add(unitStallAfter() + time.Second)
-			res, err = work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{})
-			want := 1
-			if how == "queued" {
-				want = 0
+			if n := repaired(unitStallAfter() - time.Second); n != 0 {
+				t.Fatalf("a fresh unit was repaired: %v", n)
 			}
-			if err != nil || res["units_repaired"] != want || res["units_planned"] != 0 {
-				t.Fatalf("repair pass %v, %v", res, err)
+			if tt.how == "queued" {
+				if n := repaired(3 * archivedStallAfter()); n != 0 {
+					t.Fatalf("a queued unit was re-enqueued: %v", n)
+				}
+			} else {
+				if n := repaired(tt.after - time.Second); n != 0 {
+					t.Fatalf("re-enqueued before its time: %v", n)
+				}
+				if n := repaired(tt.after + time.Second); n != 1 {
+					t.Fatalf("not re-enqueued: %v", n)
+				}
+				if tt.how == "archived" {
+					v.units.archive(id) // it gives up again at once
+					if n := repaired(tt.after + 2*time.Second); n != 0 {
+						t.Fatalf("re-enqueued again on the next pass: %v", n)
+					}
+					if n := repaired(2*tt.after + 2*time.Second); n != 1 {
+						t.Fatalf("not re-enqueued a period after its re-enqueue: %v", n)
+					}
+				}
 			}
 			if p := v.units.Pending(); !slices.Equal(p, []string{id}) {
 				t.Fatalf("queued %v, want the same unit %s", p, id)

@@ -406,6 +406,26 @@ func (s *Store) Units(ctx context.Context) (map[string]Unit, error) {
 	return out, nil
 }
 
+// touchScript rewrites a unit's record if it is still there (a unit that
+// settled meanwhile is not brought back).
+var touchScript = redis.NewScript(`
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+`)
+
+// Touch restarts a unit's clock: it was (re-)enqueued at now.
+func (s *Store) Touch(ctx context.Context, u Unit, now time.Time) error {
+	u.PlannedAt = now.UnixMilli()
+	rec, err := json.Marshal(u)
+	if err != nil {
+		return fmt.Errorf("plan: encoding unit %s: %w", u.ID, err)
+	}
+	if err := touchScript.Run(ctx, s.rdb, []string{UnitsKey(s.task)}, u.ID, rec).Err(); err != nil {
+		return fmt.Errorf("plan: touching unit %s of %s: %w", u.ID, s.task, err)
+	}
+	return nil
+}
+
 // DropUnits deletes unit records no segment refers to any more.
 func (s *Store) DropUnits(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
