@@ -146,6 +146,7 @@ func (s planStats) result() Result {
 		"messages_read": s.messages, "bot_messages_planned": s.botMessages,
 		"units_planned": s.unitsPlanned, "units_enqueued": s.unitsEnqueued,
 		"units_already_enqueued": s.unitsAlready, "units_repaired": s.unitsRepaired,
+		"segments_dropped": s.segmentsDropped,
 		"backlog_messages": json.Number(strconv.FormatInt(s.pending, 10)),
 		"units_queued":     json.Number(strconv.FormatInt(s.unitsQueued, 10)),
 	}
@@ -433,7 +434,6 @@ func (p channelPass) repair(ctx context.Context, d passDeps, store *plan.Store, 
 	if err != nil {
 		return err
 	}
-	st.unitsQueued = int64(len(live))
 	stall := d.now().Add(-unitStallAfter())
 	var garbage []string
 	for id, u := range units {
