@@ -170,6 +170,24 @@ func TestAWorkerKilledMidUnitLosesAndDuplicatesNothing(t *testing.T) {
 	if got := kgload.Snapshot(t, r.g); got != want {
 		t.Fatalf("the graph after a SIGKILL differs from an undisturbed run's:\n%s", diff(want, got))
 	}
+	// The kill did interrupt calls: their messages were asked about again
+	// (and extracted once all the same).
+	occurs := map[string]int{}
+	for _, ms := range r.msgs {
+		for _, m := range ms {
+			occurs[m.Text]++
+		}
+	}
+	resent := 0
+	for text, n := range kgload.Sent(r.llm.Calls()) {
+		if n > occurs[text] {
+			resent++
+		}
+	}
+	if resent == 0 {
+		t.Fatal("no message was sent again: the kill interrupted no unit")
+	}
+	t.Logf("%d messages were in calls the kill interrupted", resent)
 }
 
 // A 429 storm slows every worker, not only the one that got it: after a
