@@ -63,6 +63,11 @@ func backlog(ctx context.Context, cfg config.Config, args []string, stdout, stde
 		if b.Updated.IsZero() {
 			continue
 		}
+		// Units settle between passes: the queue's size is read live.
+		if b.Units, err = rdb.HLen(ctx, plan.UnitsKey(task)).Result(); err != nil {
+			fmt.Fprintf(stderr, "enqueuer: %v\n", err)
+			return exitFailure
+		}
 		e := backlogEntry{Task: task, Updated: timePtr(b.Updated), Pending: b.Pending(), UnitsQueued: b.Units, PlannedPending: b.Planned,
 			Sources: []backlogSource{}}
 		if o := b.Oldest(); !o.IsZero() {

@@ -27,6 +27,9 @@ func TestBacklogShowsWhatThePlannersMeasured(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, id := range []string{"u1", "u2", "u3", "u4"} { // four units queued
+		srv.Client(t).HSet(context.Background(), plan.UnitsKey(jobs.LimbicAnchoringWorker), id, "{}")
+	}
 	code, out, stderr := runCLI(env, "backlog", "--json", "--sources", "1")
 	if code != exitOK {
 		t.Fatalf("exit %d %s", code, stderr)

@@ -40,7 +40,7 @@ func NewCollector(rdb redis.UniversalClient, tasks []string, cacheFor time.Durat
 		oldest: prometheus.NewDesc("stargazer_extraction_backlog_oldest_seconds",
 			"Age of the oldest message not yet extracted, by planner task and source.", []string{"task", "source"}, nil),
 		units: prometheus.NewDesc("stargazer_extraction_units_queued",
-			"Extraction units (kg_extract_unit) planned and not yet settled, by planner task.", []string{"task"}, nil),
+			"Extraction units (kg_extract_unit) planned and not yet settled, by planner task (read at the scrape).", []string{"task"}, nil),
 		planned: prometheus.NewDesc("stargazer_extraction_planned_messages",
 			"Messages in the queued extraction units, by planner task.", []string{"task"}, nil),
 		updated: prometheus.NewDesc("stargazer_extraction_backlog_updated_seconds",
@@ -70,6 +70,11 @@ func (c *Collector) load() ([]Backlog, error) {
 	var err error
 	for _, t := range c.tasks {
 		b, e := ReadBacklog(ctx, c.rdb, t)
+		if e == nil {
+			// Units settle between passes (auto_kg_extraction plans every
+			// 4 h): the queue's size is read live.
+			b.Units, e = c.rdb.HLen(ctx, UnitsKey(t)).Result()
+		}
 		if e != nil {
 			err = e
 			break

@@ -42,6 +42,9 @@ func TestCollectorExportsTheBacklogCached(t *testing.T) {
 		}
 	}
 	write(50)
+	for _, id := range []string{"u1", "u2"} { // two units queued
+		rdb.HSet(ctx, plan.UnitsKey(task), id, "{}")
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(plan.NewCollector(rdb, []string{task, "auto_kg_extraction"}, time.Hour))
 	g := gauges(t, reg)
