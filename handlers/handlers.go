@@ -53,6 +53,10 @@ type Deps struct {
 	Models Models
 	// Enqueuer adds follow-up tasks (fan-out, the embedding queue).
 	Enqueuer Enqueuer
+	// Tasks looks tasks up in the queues: the extraction planners re-enqueue
+	// a unit that gave up (archived) or vanished (optional: without it an
+	// archived unit stays until an operator runs it).
+	Tasks TaskInspector
 	// Events publishes the original's debug-observability events.
 	Events EventPublisher
 	// Graph is the knowledge graph (nil without FALKORDB_URL).
@@ -126,6 +130,12 @@ type Graph interface {
 // Enqueuer adds tasks to the queues.
 type Enqueuer interface {
 	EnqueueContext(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// TaskInspector reads and deletes tasks in the queues (*asynq.Inspector).
+type TaskInspector interface {
+	GetTaskInfo(queue, id string) (*asynq.TaskInfo, error)
+	DeleteTask(queue, id string) error
 }
 
 // Platform is a chat platform's REST API, as the backfill reads it.

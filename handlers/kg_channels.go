@@ -3,6 +3,8 @@ package handlers
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,25 +15,39 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/plan"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
+	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
-// channelPass is one extraction pass over the new messages of every
+// channelPass is an extraction planner over the new messages of every
 // channel, behind a per-channel cursor: the shape both auto_kg_extraction
 // and limbic_anchoring_worker have. They differ in cursors, bounds and
 // cadence.
 //
-// The cursor of a channel is the Position (time, then key) of the last
-// message it has settled; a pass reads the messages after it, hands them to
-// the extraction engine in chunks, and after each chunk moves the cursor
-// over the settled prefix with a compare-and-set. So a crash resumes at the
-// cursor, a message is never skipped (a cursor only passes settled
-// messages), and two racing passes cannot move a cursor backwards or past
-// the other's unfinished work. The engine's ledger makes re-reading a
-// settled message free: it costs neither an LLM call nor a mention.
+// The planner makes no LLM call. It reads each channel's cursor and chain
+// of planned segments (internal/kg/plan), reads the messages after the
+// chain's tail, cuts them into units of one LLM call (the engine's batch
+// bounds: 30 messages, 12,000 prompt characters) and enqueues each unit as
+// a kg_extract_unit child task under a task ID derived from the task and
+// the unit's ranges, so planning again never enqueues a unit twice. Any
+// worker runs units, as many at once as it has concurrency; the cluster's
+// LLM budget (internal/clients/llm/budget) bounds the calls.
+//
+// A full 30-message chunk of a busy channel is a unit of its own; the
+// remainders of several channels share a unit, so scattered chatter costs
+// what it cost when one pass batched across channels.
+//
+// Exactly-once: a unit whose fragments all settled marks its segments done
+// and moves each cursor over the done segments at the head of its chain,
+// in one script; a unit that did not settle fails and is retried. So a
+// cursor never passes an unsettled message, units may finish in any order,
+// and the extraction ledger makes a message read twice (a retried or
+// re-run unit) cost nothing.
 type channelPass struct {
 	task string
 	// cursorPrefix + "<platform>:<channel id>" is a channel's cursor hash.
@@ -39,49 +55,111 @@ type channelPass struct {
 	// lookback is where a channel without a cursor starts: this long
 	// before now.
 	lookback time.Duration
-	// perChannel and perPass bound the messages read in one pass.
-	perChannel, perPass int
-	// chunk is how many fragments go to the engine between cursor moves.
-	chunk int
-	// budget: no new chunk starts after this long.
-	budget time.Duration
+	// perChannel and perPass bound the messages planned in one pass;
+	// maxPlanned bounds the messages planned and not yet settled, so a
+	// stalled LLM does not let the chains grow without end.
+	perChannel, perPass, maxPlanned int
+	// topic is the debug event a unit publishes.
+	topic string
 }
 
-// passDeps are what a channel pass works with.
+// passFor is the planner a unit belongs to.
+func passFor(task string) (channelPass, bool) {
+	switch task {
+	case jobs.LimbicAnchoringWorker:
+		return anchoringPass, true
+	case jobs.AutoKGExtraction:
+		return autoKGPass, true
+	}
+	return channelPass{}, false
+}
+
+// unitSpec is the catalog's kg_extract_unit.
+func unitSpec() jobs.Spec {
+	s, _ := jobs.Lookup(jobs.KGExtractUnit)
+	return s
+}
+
+// unitStallAfter is how long a planned unit may stay unsettled before the
+// planner checks that asynq still has it, and re-enqueues it if not. A
+// unit's task is enqueued right after its segments are planned, so a
+// missing one is a stall at any age past that moment; the check costs one
+// look-up, and a queued, running or retrying task is left alone.
+func unitStallAfter() time.Duration { return unitSpec().Timeout }
+
+// archivedStallAfter is how long after its last (re-)enqueue an archived
+// unit is enqueued again: its timeout times its attempts. A unit archived
+// for a cause retries cannot fix (a refused request: a bad model or key)
+// is so tried again about hourly, not on every pass.
+func archivedStallAfter() time.Duration {
+	s := unitSpec()
+	return s.Timeout * time.Duration(s.MaxRetry+1)
+}
+
+// unitRetention keeps a finished unit's task (and so its ID) for a while:
+// its result stays readable, and an accidental re-enqueue of the same ID
+// is refused.
+const unitRetention = time.Hour
+
+// passDeps are what a planner works with.
 type passDeps struct {
-	engine extract.Config
-	cache  *msgcache.Store
-	now    func() time.Time
-	log    *slog.Logger
-	events EventPublisher
+	cache    *msgcache.Store
+	rdb      redis.UniversalClient
+	enqueuer Enqueuer
+	tasks    TaskInspector
+	now      func() time.Time
+	log      *slog.Logger
+	batch    batchBounds
+}
+
+// batchBounds are the engine's bounds of one LLM call, which a unit
+// follows.
+type batchBounds struct{ messages, chars, maxRunes int }
+
+func engineBounds(c extract.Config) batchBounds {
+	return batchBounds{
+		messages: cmp.Or(c.BatchMessages, extract.DefaultBatchMessages),
+		chars:    cmp.Or(c.BatchChars, extract.DefaultBatchChars),
+		maxRunes: cmp.Or(c.MaxFragmentRunes, extract.DefaultMaxFragmentRunes),
+	}
 }
 
 func newPassDeps(k kit) passDeps {
-	return passDeps{engine: k.extraction(), cache: msgcache.New(k.Redis()), now: k.Now, log: k.Logger, events: k.Events}
+	rdb := k.Redis()
+	return passDeps{cache: msgcache.New(rdb), rdb: rdb, enqueuer: k.Enqueuer, tasks: k.Tasks, now: k.Now, log: k.Logger,
+		batch: engineBounds(extract.Config{})}
 }
 
-// passStats are a pass's counts, beyond the engine's.
-type passStats struct {
-	extract.Counts
-	channels, channelsWithNew, messages, botMessages, cursorsMoved, cursorsLost int
+// planStats are a planning pass's counts.
+type planStats struct {
+	channels, channelsWithNew, messages, botMessages                          int
+	unitsPlanned, unitsEnqueued, unitsAlready, unitsRepaired, segmentsDropped int
+	pending, unitsQueued, planned                                             int64
+	oldest                                                                    time.Time
 }
 
-// result is the handler's Result: every count becomes a Prometheus series
-// (stargazer_task_items_total{item}); tokens_per_message is a ratio, so it
-// is stored as a json.Number, which the result shows and the counters
-// skip (rate(prompt_tokens) / rate(messages_extracted) gives it over time).
-func (s passStats) result() Result {
-	c := s.Counts
-	return withCounts(c, Result{
+// result is the planner's Result. Levels (the backlog) are json.Numbers,
+// shown but not added up into stargazer_task_items_total.
+func (s planStats) result() Result {
+	r := Result{
 		"channels": s.channels, "channels_with_new": s.channelsWithNew,
-		"messages_read": s.messages, "messages_extracted": c.Fragments, "bot_messages_skipped": s.botMessages,
-		"cursors_moved": s.cursorsMoved, "cursors_lost": s.cursorsLost,
-		"tokens_per_message": json.Number(strconv.FormatFloat(c.TokensPerFragment(), 'f', 1, 64)),
-	})
+		"messages_read": s.messages, "bot_messages_planned": s.botMessages,
+		"units_planned": s.unitsPlanned, "units_enqueued": s.unitsEnqueued,
+		"units_already_enqueued": s.unitsAlready, "units_repaired": s.unitsRepaired,
+		"segments_dropped": s.segmentsDropped,
+		"backlog_messages": json.Number(strconv.FormatInt(s.pending, 10)),
+		"units_queued":     json.Number(strconv.FormatInt(s.unitsQueued, 10)),
+	}
+	if !s.oldest.IsZero() {
+		r["backlog_oldest"] = s.oldest.UTC().Format(time.RFC3339)
+	}
+	return r
 }
 
 // withCounts adds the extraction engine's counts, under the names every
 // extraction task reports them by, to a task's own result fields.
+// lock_wait_seconds is a float, so it adds up into a counter: its rate over
+// the rate of llm_calls is the write-lock wait per call.
 func withCounts(c extract.Counts, r Result) Result {
 	maps.Copy(r, Result{
 		"entities_added": c.EntitiesAdded, "entities_updated": c.EntitiesUpdated,
@@ -89,188 +167,385 @@ func withCounts(c extract.Counts, r Result) Result {
 		"already_extracted": c.Duplicates, "empty": c.Skipped, "busy": c.Busy, "poisoned": c.Poisoned,
 		"recovered": c.Recovered, "rejected": c.Rejected,
 		"llm_calls": c.LLMCalls, "prompt_tokens": c.PromptTokens, "completion_tokens": c.CompletionTokens,
+		"lock_wait_seconds": c.LockWait.Seconds(),
 	})
 	return r
 }
 
-// channelWork is what a pass read from one channel.
-type channelWork struct {
-	c      msgcache.Channel
-	key    string            // cursor key
-	stored msgcache.Position // the cursor as read (zero: none)
-	page   msgcache.Page
-	frag   []int // per message of page: index into the pass's fragments, or -1 (not extracted)
-	lost   bool  // another pass moved the cursor
-	moved  bool  // this pass moved the cursor
+// chanWork is what the planner read of one channel.
+type chanWork struct {
+	c     msgcache.Channel
+	chain plan.Chain
+	from  msgcache.Position // where the new segments start (the chain's tail)
+	root  bool              // from is the lookback: the channel has neither cursor nor chain
+	page  msgcache.Page
 }
 
-func (p channelPass) run(ctx context.Context, d passDeps) (passStats, error) {
-	var st passStats
-	eng, err := extract.New(d.engine)
-	if err != nil {
-		return st, fmt.Errorf("%s: %w: %w", p.task, err, asynq.SkipRetry)
+// run is one planning pass.
+func (p channelPass) run(ctx context.Context, d passDeps) (planStats, error) {
+	var st planStats
+	if d.enqueuer == nil {
+		return st, fmt.Errorf("%s: no task client configured: %w", p.task, asynq.SkipRetry)
 	}
-	start := d.now()
-	cache := d.cache
-	work, frags, err := p.read(ctx, d, cache, &st)
+	store := plan.New(d.rdb, p.task, p.cursorPrefix)
+	chans, err := d.cache.DiscoverChannels(ctx)
 	if err != nil {
 		return st, err
 	}
-	if len(frags) == 0 { // only the bot spoke, or members without messages: move past them
-		return st, p.moveCursors(ctx, d, cache, work, nil, &st)
+	st.channels = len(chans)
+	names := make([]string, len(chans))
+	for i, c := range chans {
+		names[i] = c.String()
 	}
-	settled := make([]bool, len(frags))
-	for lo := 0; lo < len(frags); lo += p.chunk {
-		if d.now().Sub(start) > p.budget {
-			d.log.InfoContext(ctx, "extraction pass out of time; the next pass goes on from the cursors",
-				"task", p.task, "left", len(frags)-lo)
+	chains, err := store.Follow(ctx, names)
+	if err != nil {
+		return st, err
+	}
+	if err := p.repair(ctx, d, store, names, chains, &st); err != nil {
+		return st, err
+	}
+	newest, err := d.cache.Newest(ctx, chans)
+	if err != nil {
+		return st, err
+	}
+	floor := msgcache.Position{TS: d.now().Add(-p.lookback).UnixMilli()}
+	outstanding := 0
+	var work []*chanWork
+	for i, c := range chans {
+		outstanding += chains[i].Planned()
+		w := &chanWork{c: c, chain: chains[i], from: chains[i].Tail}
+		if !chains[i].HasCursor && len(chains[i].Segments) == 0 && chains[i].Start == (msgcache.Position{}) {
+			w.from, w.root = floor, true // a channel seen for the first time starts at the lookback
+		}
+		if newest[i] != 0 && newest[i] < w.from.TS {
+			continue // nothing after the tail (the index knows the channel's newest message)
+		}
+		work = append(work, w)
+	}
+	slices.SortFunc(work, func(a, b *chanWork) int { // the channels furthest behind first
+		return cmp.Or(cmp.Compare(a.from.TS, b.from.TS), cmp.Compare(a.c.String(), b.c.String()))
+	})
+	budget := min(p.perPass, p.maxPlanned-outstanding)
+	var read []*chanWork
+	for _, w := range work {
+		if st.messages >= budget {
 			break
 		}
-		hi := min(lo+p.chunk, len(frags))
-		res, err := eng.Extract(ctx, frags[lo:hi])
-		st.Add(res.Counts)
-		copy(settled[lo:hi], res.Settled)
-		moveErr := p.moveCursors(ctx, d, cache, work, settled, &st)
+		page, err := d.cache.After(ctx, w.c, w.from, min(p.perChannel, budget-st.messages))
 		if err != nil {
-			return st, errors.Join(fmt.Errorf("%s: %w", p.task, err), moveErr)
+			return st, err
 		}
-		if moveErr != nil {
-			return st, moveErr
+		if len(page.Messages) == 0 && page.End == w.from {
+			continue
 		}
+		w.page = page
+		st.messages += len(page.Messages)
+		read = append(read, w)
+	}
+	st.channelsWithNew = len(read)
+	for _, u := range p.cut(read, d.batch, &st) {
+		ok, err := store.Plan(ctx, u, d.now())
+		if err != nil {
+			return st, err
+		}
+		if !ok {
+			// Another planner extended a chain since it was read: what is
+			// planned so far stands, the next pass goes on from the tails.
+			d.log.InfoContext(ctx, "extraction planner: a chain moved under this pass; the next pass goes on",
+				"task", p.task, "unit", u.ID)
+			break
+		}
+		st.unitsPlanned++
+		if err := p.enqueue(ctx, d, u, &st); err != nil {
+			// Planned but not enqueued: the next pass re-enqueues it
+			// (repair) once it is unitStallAfter old.
+			return st, err
+		}
+	}
+	if err := p.measure(ctx, d, store, chans, &st); err != nil {
+		return st, err
 	}
 	return st, nil
 }
 
-// read discovers the channels, reads their cursors and the messages after
-// them (the channels furthest behind first), and turns the messages into
-// fragments.
-func (p channelPass) read(ctx context.Context, d passDeps, cache *msgcache.Store, st *passStats) ([]*channelWork, []extract.Fragment, error) {
-	chans, err := cache.DiscoverChannels(ctx)
-	if err != nil {
-		return nil, nil, err
+// piece is a run of one channel's messages bound for one unit.
+type piece struct {
+	w          *chanWork
+	after, end msgcache.Position
+	msgs       int // messages in it, the bot's included
+}
+
+// cut turns what was read into units of at most one LLM call each (the
+// engine's bounds). Each channel's messages are cut, in order, into full
+// calls, which are units of their own; what is left of every channel (its
+// remainder, which reaches the page's end so that the segments tile the
+// positions) is laid end to end with the others' and cut the same way, a
+// remainder split between two units where a call fills up. So the calls
+// per message are what one pass batching across channels made.
+func (p channelPass) cut(read []*chanWork, b batchBounds, st *planStats) []plan.Unit {
+	var units []plan.Unit
+	// acc accumulates one unit's pieces against the bounds.
+	type acc struct {
+		pieces       []piece
+		frags, chars int
 	}
-	st.channels = len(chans)
-	keys := make([]string, len(chans))
-	for i, c := range chans {
-		keys[i] = p.cursorPrefix + c.String()
+	full := func(a acc, cost int) bool {
+		return a.frags > 0 && (a.frags+1 > b.messages || a.chars+cost > b.chars)
 	}
-	cursors, err := cache.Cursors(ctx, keys)
-	if err != nil {
-		return nil, nil, err
+	prev := func(w *chanWork, i int) msgcache.Position {
+		if i == 0 {
+			return w.from
+		}
+		return w.page.Positions[i-1]
 	}
-	newest, err := cache.Newest(ctx, chans)
-	if err != nil {
-		return nil, nil, err
-	}
-	floor := msgcache.Position{TS: d.now().Add(-p.lookback).UnixMilli()}
-	var work []*channelWork
-	for i, c := range chans {
-		from := cursors[i]
-		if from == (msgcache.Position{}) {
-			from = floor // a channel seen for the first time starts at the lookback
-		}
-		if newest[i] != 0 && newest[i] < from.TS {
-			continue // nothing after the cursor (the index knows the channel's newest message)
-		}
-		w := &channelWork{c: c, key: keys[i], stored: cursors[i]}
-		w.page.End = from
-		work = append(work, w)
-	}
-	slices.SortFunc(work, func(a, b *channelWork) int {
-		return cmp.Or(cmp.Compare(a.page.End.TS, b.page.End.TS), cmp.Compare(a.c.String(), b.c.String()))
-	})
-	var frags []extract.Fragment
-	read := 0
-	kept := work[:0]
-	for _, w := range work {
-		if read >= p.perPass {
-			break
-		}
-		page, err := cache.After(ctx, w.c, w.page.End, min(p.perChannel, p.perPass-read))
-		if err != nil {
-			return nil, nil, err
-		}
-		if len(page.Messages) == 0 && page.End == w.page.End {
-			continue
-		}
-		w.page = page
-		read += len(page.Messages)
-		for _, m := range page.Messages {
+	// First the full calls of each channel; rest[w] is where its remainder
+	// starts (an index into its page).
+	rest := make([]int, len(read))
+	for k, w := range read {
+		var cur acc
+		start := 0
+		for i, m := range w.page.Messages {
 			if m.Kind == msgcache.KindAssistantOut {
 				// The bot's own replies restate what people said or what
-				// the model made up; the graph is what people said.
-				w.frag = append(w.frag, -1)
+				// the model made up; the graph is what people said. They
+				// stay in the segments, which tile the positions.
 				st.botMessages++
 				continue
 			}
-			w.frag = append(w.frag, len(frags))
-			frags = append(frags, extract.Fragment{
-				ID: m.Key, Source: m.Channel.String(), Author: cmp.Or(m.UserName, m.UserID), Text: m.Text, Time: m.Time,
-			})
+			cost := extract.PromptCost(m.Text, b.maxRunes)
+			if full(cur, cost) {
+				units = append(units, p.unit([]piece{{w: w, after: prev(w, start), end: prev(w, i), msgs: i - start}}))
+				cur, start = acc{}, i
+			}
+			cur.frags++
+			cur.chars += cost
 		}
-		kept = append(kept, w)
+		rest[k] = start
 	}
-	st.channelsWithNew = len(kept)
-	st.messages = read
-	return kept, frags, nil
+	// Then the remainders, end to end.
+	var cur acc
+	for k, w := range read {
+		if len(cur.pieces) >= jobs.MaxUnitSegments { // many channels with only the bot's messages
+			units = append(units, p.unit(cur.pieces))
+			cur = acc{}
+		}
+		pc := piece{w: w, after: prev(w, rest[k])}
+		for i := rest[k]; i < len(w.page.Messages); i++ {
+			m := w.page.Messages[i]
+			if m.Kind == msgcache.KindAssistantOut {
+				pc.msgs++
+				continue
+			}
+			cost := extract.PromptCost(m.Text, b.maxRunes)
+			if full(cur, cost) {
+				if pc.msgs > 0 {
+					pc.end = prev(w, i)
+					cur.pieces = append(cur.pieces, pc)
+					pc = piece{w: w, after: pc.end}
+				}
+				units = append(units, p.unit(cur.pieces))
+				cur = acc{}
+			}
+			cur.frags++
+			cur.chars += cost
+			pc.msgs++
+		}
+		pc.end = w.page.End
+		if pc.after.Before(pc.end) {
+			cur.pieces = append(cur.pieces, pc)
+		}
+	}
+	if len(cur.pieces) > 0 {
+		units = append(units, p.unit(cur.pieces))
+	}
+	return units
 }
 
-// moveCursors moves each channel's cursor over the longest prefix of its
-// messages that is settled. A message that is not extracted (the bot's)
-// counts as settled; a channel settled to its end moves to the page's end,
-// past members whose message is gone.
-func (p channelPass) moveCursors(ctx context.Context, d passDeps, cache *msgcache.Store, work []*channelWork, settled []bool, st *passStats) error {
-	for _, w := range work {
-		if w.lost {
-			continue
-		}
-		to := w.page.End
-		for i, f := range w.frag {
-			if f >= 0 && !settled[f] {
-				if i == 0 {
-					to = w.stored
-				} else {
-					to = w.page.Positions[i-1]
-				}
-				break
-			}
-		}
-		if !w.stored.Before(to) {
-			continue
-		}
-		moved, err := cache.SetCursor(ctx, w.key, w.stored, to, d.now().UnixMilli())
-		if err != nil {
-			return fmt.Errorf("%s: %w", p.task, err)
-		}
-		if !moved {
-			// Another pass moved it: what it extracted is in the ledger, and
-			// the next pass starts from its cursor.
-			w.lost = true
-			st.cursorsLost++
-			continue
-		}
-		w.stored = to
-		if !w.moved {
-			w.moved = true
-			st.cursorsMoved++ // channels, not moves
-		}
+// unit makes a unit of pieces (of distinct channels).
+func (p channelPass) unit(pieces []piece) plan.Unit {
+	payload := jobs.ExtractUnit{Task: p.task}
+	u := plan.Unit{}
+	for _, pc := range pieces {
+		ch := pc.w.c.String()
+		payload.Segments = append(payload.Segments, jobs.UnitSegment{Channel: ch,
+			After: jobs.SegPosition{TS: pc.after.TS, Key: pc.after.Key}, End: jobs.SegPosition{TS: pc.end.TS, Key: pc.end.Key}})
+		u.Segments = append(u.Segments, plan.Segment{Channel: ch, After: pc.after, End: pc.end, Messages: pc.msgs})
+		u.Roots = append(u.Roots, pc.w.root && pc.after == pc.w.from)
 	}
+	u.Payload, _ = json.Marshal(&payload) // strings and ints always marshal
+	u.ID = unitID(&payload)
+	u.TaskID = jobs.KGExtractUnit + ":" + u.ID
+	return u
+}
+
+// unitID names a unit by its planner, its first source and range, and a
+// digest of all its ranges: the same unit always gets the same ID.
+func unitID(p *jobs.ExtractUnit) string {
+	h := sha256.New()
+	h.Write([]byte(p.Task))
+	for _, s := range p.Segments {
+		fmt.Fprintf(h, "\x00%s\x00%d\x00%s\x00%d\x00%s", s.Channel, s.After.TS, s.After.Key, s.End.TS, s.End.Key)
+	}
+	first := p.Segments[0]
+	return fmt.Sprintf("%s:%s:%d-%d:%s", p.Task, first.Channel, first.After.TS, first.End.TS, hex.EncodeToString(h.Sum(nil))[:16])
+}
+
+// enqueue enqueues u's task; an ID asynq already has is that unit, queued,
+// running or finished.
+func (p channelPass) enqueue(ctx context.Context, d passDeps, u plan.Unit, st *planStats) error {
+	spec := unitSpec()
+	_, err := d.enqueuer.EnqueueContext(ctx, asynq.NewTask(spec.Name, u.Payload),
+		asynq.TaskID(u.TaskID), asynq.Queue(spec.Queue), asynq.MaxRetry(spec.MaxRetry),
+		asynq.Timeout(spec.Timeout), asynq.Retention(unitRetention))
+	switch {
+	case errors.Is(err, asynq.ErrTaskIDConflict):
+		st.unitsAlready++
+		return nil
+	case err != nil:
+		return fmt.Errorf("%s: enqueueing unit %s: %w", p.task, u.ID, err)
+	}
+	st.unitsEnqueued++
 	return nil
 }
 
-func publishExtraction(ctx context.Context, d passDeps, topic string, start time.Time, st passStats, err error) {
-	if d.events == nil {
+// repair drops what no chain refers to any more and re-enqueues units that
+// stalled: planned more than unitStallAfter ago, not settled, and either
+// gone from asynq (the planner died between planning and enqueueing) or
+// archived (out of retries). Re-enqueueing uses the unit's own task ID.
+func (p channelPass) repair(ctx context.Context, d passDeps, store *plan.Store, names []string, chains []plan.Chain, st *planStats) error {
+	live := map[string]bool{}
+	for _, ch := range chains {
+		for _, s := range ch.Segments {
+			if !s.Done {
+				live[s.Unit] = true
+			}
+		}
+	}
+	for i, ch := range chains {
+		if len(ch.Stray) == 0 {
+			continue
+		}
+		st.segmentsDropped += len(ch.Stray)
+		if err := store.DropStray(ctx, names[i], ch.Stray); err != nil {
+			return err
+		}
+	}
+	units, err := store.Units(ctx)
+	if err != nil {
+		return err
+	}
+	stall := d.now().Add(-unitStallAfter())
+	var garbage []string
+	for id, u := range units {
+		old := time.UnixMilli(u.PlannedAt).Before(stall)
+		switch {
+		case !live[id] && old:
+			garbage = append(garbage, id)
+		case live[id] && old && u.TaskID != "" && len(u.Payload) > 0:
+			if err := p.reenqueue(ctx, d, store, u, st); err != nil {
+				return err
+			}
+		}
+	}
+	return store.DropUnits(ctx, garbage)
+}
+
+// reenqueue enqueues a stalled unit again under its own ID, deleting an
+// archived copy first (only archivedStallAfter after its last enqueue),
+// and restarts its clock.
+func (p channelPass) reenqueue(ctx context.Context, d passDeps, store *plan.Store, u plan.Unit, st *planStats) error {
+	spec := unitSpec()
+	if d.tasks != nil {
+		info, err := d.tasks.GetTaskInfo(spec.Queue, u.TaskID)
+		switch {
+		case err == nil && info.State == asynq.TaskStateArchived:
+			if time.UnixMilli(u.PlannedAt).After(d.now().Add(-archivedStallAfter())) {
+				return nil // it gave up recently: not on every pass
+			}
+			if err := d.tasks.DeleteTask(spec.Queue, u.TaskID); err != nil {
+				return fmt.Errorf("%s: deleting archived unit %s: %w", p.task, u.ID, err)
+			}
+		case err == nil:
+			return nil // queued, running or retrying: not stalled
+		}
+	}
+	_, err := d.enqueuer.EnqueueContext(ctx, asynq.NewTask(spec.Name, u.Payload),
+		asynq.TaskID(u.TaskID), asynq.Queue(spec.Queue), asynq.MaxRetry(spec.MaxRetry),
+		asynq.Timeout(spec.Timeout), asynq.Retention(unitRetention))
+	switch {
+	case errors.Is(err, asynq.ErrTaskIDConflict):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%s: re-enqueueing unit %s: %w", p.task, u.ID, err)
+	}
+	st.unitsRepaired++
+	d.log.WarnContext(ctx, "extraction planner re-enqueued a stalled unit", "task", p.task, "unit", u.ID,
+		"planned_at", time.UnixMilli(u.PlannedAt).UTC())
+	return store.Touch(ctx, u, d.now())
+}
+
+// measure writes the backlog: per channel the messages after its cursor
+// (or its chain's root) and the oldest of them.
+func (p channelPass) measure(ctx context.Context, d passDeps, store *plan.Store, chans []msgcache.Channel, st *planStats) error {
+	names := make([]string, len(chans))
+	for i, c := range chans {
+		names[i] = c.String()
+	}
+	chains, err := store.Follow(ctx, names)
+	if err != nil {
+		return err
+	}
+	floor := msgcache.Position{TS: d.now().Add(-p.lookback).UnixMilli()}
+	from := make([]msgcache.Position, len(chans))
+	live := map[string]bool{}
+	for i, ch := range chains {
+		from[i] = ch.Start
+		if !ch.HasCursor && ch.Start == (msgcache.Position{}) {
+			from[i] = floor
+		}
+		st.planned += int64(ch.Planned())
+		for _, s := range ch.Segments {
+			if !s.Done {
+				live[s.Unit] = true
+			}
+		}
+	}
+	st.unitsQueued = int64(len(live))
+	counts, oldest, err := d.cache.Backlog(ctx, chans, from)
+	if err != nil {
+		return err
+	}
+	b := plan.Backlog{Task: p.task, Updated: d.now(), Units: st.unitsQueued, Planned: st.planned}
+	for i, c := range chans {
+		if counts[i] == 0 {
+			continue
+		}
+		o := time.UnixMilli(oldest[i])
+		b.Sources = append(b.Sources, plan.SourceBacklog{Source: c.String(), Pending: counts[i], Oldest: o})
+		st.pending += counts[i]
+		if st.oldest.IsZero() || o.Before(st.oldest) {
+			st.oldest = o
+		}
+	}
+	return store.WriteBacklog(ctx, b)
+}
+
+func publishExtraction(ctx context.Context, pub EventPublisher, now func() time.Time, topic string, start time.Time, c extract.Counts, res Result, err error) {
+	if pub == nil {
 		return
 	}
-	status, preview := "ok", fmt.Sprintf("messages=%d entities_added=%d relationships_added=%d", st.Fragments, st.EntitiesAdded, st.RelationshipsAdded)
-	payload := map[string]any(st.result())
+	status, preview := "ok", fmt.Sprintf("messages=%d entities_added=%d relationships_added=%d", c.Fragments, c.EntitiesAdded, c.RelationshipsAdded)
+	payload := map[string]any(maps.Clone(res))
+	if payload == nil {
+		payload = map[string]any{}
+	}
 	if err != nil {
 		status = "error"
 		payload["error"] = err.Error()
 	}
-	_ = d.events.Publish(ctx, events.Event{
+	_ = pub.Publish(ctx, events.Event{
 		Topic: topic, Source: "background_tasks", Status: status,
-		DurationMS: float64(d.now().Sub(start).Microseconds()) / 1000, Preview: preview,
-		Payload: payload, TS: float64(d.now().UnixMilli()) / 1000,
+		DurationMS: float64(now().Sub(start).Microseconds()) / 1000, Preview: preview,
+		Payload: payload, TS: float64(now().UnixMilli()) / 1000,
 	})
 }

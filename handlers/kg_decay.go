@@ -28,6 +28,9 @@ type KGSettings struct {
 	// BatchSize bounds the edges or nodes one graph write touches (zero:
 	// maint.DefaultBatchSize).
 	BatchSize int
+	// ClaimTTL is KG_EXTRACTION_CLAIM_TTL, the extraction engine's claim
+	// lease (zero: extract.DefaultClaimTTL).
+	ClaimTTL time.Duration
 }
 
 // kgDecay decays every relationship weight by the configured factor and

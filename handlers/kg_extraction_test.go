@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,8 @@ type kgEnv struct {
 	llm  *extracttest.Server
 	now  time.Time
 	logs *syncBuffer
+	// units is the queue the planners enqueue their units in.
+	units *unitQueue
 }
 
 type syncBuffer struct {
@@ -62,14 +65,214 @@ func newKGEnv(t *testing.T) *kgEnv {
 		t.Fatal(err)
 	}
 	srv := redistest.Start(t)
-	return &kgEnv{rdb: srv.Client(t), addr: srv.Addr, g: g, llm: extracttest.Start(t), now: testBase.Add(2 * time.Hour), logs: &syncBuffer{}}
+	return &kgEnv{rdb: srv.Client(t), addr: srv.Addr, g: g, llm: extracttest.Start(t), now: testBase.Add(2 * time.Hour), logs: &syncBuffer{},
+		units: newUnitQueue()}
 }
 
 func (v *kgEnv) deps() Deps {
 	return Deps{
 		Redis: v.rdb, Graph: v.g, LLM: v.llm.Client(), Models: Models{Chat: "chat-model", Extraction: "kg-model"},
 		Now: func() time.Time { return v.now }, Logger: slog.New(slog.NewTextHandler(v.logs, nil)),
+		Enqueuer: v.units, Tasks: v.units,
 	}
+}
+
+// unitQueue stands in for asynq in handler tests of the extraction
+// planners: it keeps the enqueued units by task ID, refusing an ID it
+// holds or has run (as asynq does with Retention), and runs them as
+// workers would, all at once; a failed unit stays queued (a retry).
+type unitQueue struct {
+	mu       sync.Mutex
+	pending  map[string][]byte
+	order    []string
+	finished map[string]bool
+	archived map[string][]byte
+	enqueued int
+}
+
+func newUnitQueue() *unitQueue {
+	return &unitQueue{pending: map[string][]byte{}, finished: map[string]bool{}, archived: map[string][]byte{}}
+}
+
+// GetTaskInfo and DeleteTask make the queue the planners' TaskInspector.
+func (q *unitQueue) GetTaskInfo(queue, id string) (*asynq.TaskInfo, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch _, pending := q.pending[id]; {
+	case pending:
+		return &asynq.TaskInfo{ID: id, Queue: queue, State: asynq.TaskStatePending}, nil
+	case q.archived[id] != nil:
+		return &asynq.TaskInfo{ID: id, Queue: queue, State: asynq.TaskStateArchived}, nil
+	case q.finished[id]:
+		return &asynq.TaskInfo{ID: id, Queue: queue, State: asynq.TaskStateCompleted}, nil
+	}
+	return nil, asynq.ErrTaskNotFound
+}
+
+func (q *unitQueue) DeleteTask(_, id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.pending, id)
+	delete(q.archived, id)
+	delete(q.finished, id)
+	return nil
+}
+
+// archive moves a queued unit to the archive (out of retries); lose drops
+// it (a planner that died before enqueueing it).
+func (q *unitQueue) archive(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.archived[id] = q.pending[id]
+	delete(q.pending, id)
+}
+
+func (q *unitQueue) lose(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.pending, id)
+}
+
+func (q *unitQueue) EnqueueContext(_ context.Context, t *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
+	id := ""
+	for _, o := range opts {
+		if o.Type() == asynq.TaskIDOpt {
+			id = o.Value().(string)
+		}
+	}
+	if t.Type() != jobs.KGExtractUnit || id == "" {
+		return nil, fmt.Errorf("unexpected task %s %q", t.Type(), id)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.pending[id]; ok || q.finished[id] || q.archived[id] != nil {
+		return nil, asynq.ErrTaskIDConflict
+	}
+	q.pending[id] = t.Payload()
+	q.order = append(q.order, id)
+	q.enqueued++
+	return &asynq.TaskInfo{ID: id, Queue: jobs.QueueExtraction}, nil
+}
+
+// Pending is the task IDs queued, in enqueue order.
+func (q *unitQueue) Pending() []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []string
+	for _, id := range q.order {
+		if _, ok := q.pending[id]; ok && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// run runs the queued unit id once; it stays queued if it fails.
+func (q *unitQueue) run(ctx context.Context, d Deps, id string) (Result, error) {
+	q.mu.Lock()
+	payload, ok := q.pending[id]
+	q.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("no unit %s", id)
+	}
+	spec, _ := jobs.Lookup(jobs.KGExtractUnit)
+	p, err := jobs.DecodePayload(spec, payload)
+	if err != nil {
+		return nil, err
+	}
+	res, err := work(ctx, d, jobs.KGExtractUnit, p)
+	if err == nil {
+		q.mu.Lock()
+		delete(q.pending, id)
+		q.finished[id] = true
+		q.mu.Unlock()
+	}
+	return res, err
+}
+
+// drain runs every queued unit once, in enqueue order or all at once
+// (parallel), and adds up their results' counts; the error is the first
+// failed unit's.
+func (q *unitQueue) drain(ctx context.Context, d Deps, parallel bool) (Result, error) {
+	ids := q.Pending()
+	results := make([]Result, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		if !parallel {
+			results[i], errs[i] = q.run(ctx, d, id)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = q.run(ctx, d, id)
+		}()
+	}
+	wg.Wait()
+	sum := Result{}
+	for _, r := range results {
+		for k, v := range r {
+			if n, ok := v.(int); ok {
+				s, _ := sum[k].(int)
+				sum[k] = s + n
+			} else if _, ok := sum[k]; !ok {
+				sum[k] = v
+			}
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return sum, err
+		}
+	}
+	return sum, nil
+}
+
+// pass is what one pass of an extraction task did before the planner:
+// the planner runs, then the queued units (this pass's and any earlier
+// failed ones, as asynq would retry them). The result is the planner's,
+// with the units' counts added (messages_read stays the planner's).
+// cursors_moved counts the channels whose cursor moved, as the pass did
+// (a unit counts its own moves).
+func (v *kgEnv) pass(ctx context.Context, d Deps, task string) (Result, error) {
+	pass, _ := passFor(task)
+	cursors := func() map[string]msgcache.Position {
+		chans, err := msgcache.New(v.rdb).DiscoverChannels(ctx)
+		if err != nil {
+			panic(err)
+		}
+		out := map[string]msgcache.Position{}
+		for _, c := range chans {
+			p, _ := msgcache.New(v.rdb).Cursors(ctx, []string{pass.cursorPrefix + c.String()})
+			out[c.String()] = p[0]
+		}
+		return out
+	}
+	before := cursors()
+	res, err := work(ctx, d, task, &jobs.Empty{})
+	if err != nil {
+		return res, err
+	}
+	units, err := v.units.drain(ctx, d, false)
+	for k, val := range units {
+		if _, ok := res[k]; !ok {
+			res[k] = val
+		}
+	}
+	for _, k := range []string{"llm_calls", "messages_extracted"} {
+		if _, ok := res[k]; !ok {
+			res[k] = 0
+		}
+	}
+	moved := 0
+	for c, p := range cursors() {
+		if p != before[c] {
+			moved++
+		}
+	}
+	res["cursors_moved"] = moved
+	return res, err
 }
 
 var kgTopics = []string{"Acme", "Paris", "Golang", "FalkorDB", "Redis", "Berlin", "Kubernetes", "Stargazer"}
@@ -218,7 +421,7 @@ func TestExtractionTasksExtractNewMessagesOnceAndMoveTheirCursors(t *testing.T) 
 			guild := chatter(t, v.rdb, guildChan, start, 10, 25)
 			room := chatter(t, v.rdb, roomChan, start, 0, 15)
 
-			res, err := work(ctx, d, task.name, &jobs.Empty{})
+			res, err := v.pass(ctx, d, task.name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -263,7 +466,7 @@ func TestExtractionTasksExtractNewMessagesOnceAndMoveTheirCursors(t *testing.T) 
 			t.Run("a second run calls nothing and changes nothing", func(t *testing.T) {
 				before, calls := graphSnapshot(t, v.g), len(v.llm.Calls())
 				v.now = v.now.Add(time.Minute)
-				res, err := work(ctx, d, task.name, &jobs.Empty{})
+				res, err := v.pass(ctx, d, task.name)
 				if err != nil || res["messages_read"] != 0 || res["messages_extracted"] != 0 || res["llm_calls"] != 0 {
 					t.Fatalf("second run %v, %v", res, err)
 				}
@@ -287,7 +490,7 @@ func TestExtractionTasksExtractNewMessagesOnceAndMoveTheirCursors(t *testing.T) 
 					}
 				}
 				more := chatter(t, v.rdb, guildChan, start, 35, 5)
-				res, err := work(ctx, d, task.name, &jobs.Empty{})
+				res, err := v.pass(ctx, d, task.name)
 				if err != nil || res["messages_read"] != 6 || res["llm_calls"] != 1 {
 					t.Fatalf("third run %v, %v", res, err)
 				}
@@ -318,7 +521,7 @@ func TestExtractionCursorsResumeAfterAFailedBatchWithoutRepeatingOrSkipping(t *t
 				}
 				return nil
 			})
-			_, err := work(ctx, d, task.name, &jobs.Empty{})
+			_, err := v.pass(ctx, d, task.name)
 			var se *llm.StatusError
 			if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || errors.Is(err, asynq.SkipRetry) {
 				t.Fatalf("error %v, want the 503, retried", err)
@@ -343,7 +546,7 @@ func TestExtractionCursorsResumeAfterAFailedBatchWithoutRepeatingOrSkipping(t *t
 			}
 
 			v.llm.SetHook(nil)
-			res, err := work(ctx, d, task.name, &jobs.Empty{})
+			res, err := v.pass(ctx, d, task.name)
 			if err != nil || res["messages_extracted"] != 30 || res["llm_calls"] != 1 {
 				t.Fatalf("resumed run %v, %v", res, err)
 			}
@@ -405,15 +608,24 @@ func TestLimbicAnchoringRacingPassesAnchorEachMessageOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Two planners race, then each runs every queued unit at once:
+			// the same unit may run twice concurrently (as after a lost
+			// lease), which the ledger's claims settle.
 			if _, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err != nil {
+				t.Error(err)
+			}
+			if _, err := v.units.drain(ctx, d, true); err != nil && !errors.Is(err, ErrUnsettled) {
 				t.Error(err)
 			}
 		}()
 	}
 	wg.Wait()
 	// A later pass finishes whatever the racers left to each other.
-	if _, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err != nil {
+	if _, err := v.pass(ctx, d, jobs.LimbicAnchoringWorker); err != nil {
 		t.Fatal(err)
+	}
+	if p := v.units.Pending(); len(p) != 0 {
+		t.Fatalf("units left: %v", p)
 	}
 	sent := sentCounts(v.llm.Calls())
 	for _, text := range users {
@@ -459,7 +671,7 @@ func TestExtractionTasksWriteNothingOfAnUnusableAnswer(t *testing.T) {
 				v := newKGEnv(t)
 				chatter(t, v.rdb, guildChan, v.now.Add(-10*time.Minute), 0, 5)
 				v.llm.SetHook(func(int, extracttest.Call) *extracttest.Reply { return &tt.reply })
-				_, err := work(ctx, v.deps(), task.name, &jobs.Empty{})
+				_, err := v.pass(ctx, v.deps(), task.name)
 				if err == nil || (tt.is != nil && !errors.Is(err, tt.is)) || errors.Is(err, asynq.SkipRetry) != tt.skipRetry {
 					t.Fatalf("error %v; want %v, SkipRetry=%v", err, tt.is, tt.skipRetry)
 				}
@@ -483,7 +695,7 @@ func TestExtractionTasksRateLimitCarriesRetryAfter(t *testing.T) {
 			v.llm.SetHook(func(int, extracttest.Call) *extracttest.Reply {
 				return &extracttest.Reply{Status: http.StatusTooManyRequests, RetryAfter: "30", Body: `{"error":{"message":"slow down"}}`}
 			})
-			_, err := work(ctx, v.deps(), task.name, &jobs.Empty{})
+			_, err := v.pass(ctx, v.deps(), task.name)
 			var rl *llm.RateLimitError
 			if !errors.As(err, &rl) || rl.RetryAfter() != 30*time.Second || errors.Is(err, asynq.SkipRetry) {
 				t.Fatalf("error %v, want a retried RateLimitError with Retry-After 30s", err)
@@ -499,7 +711,8 @@ func TestExtractionTasksRateLimitCarriesRetryAfter(t *testing.T) {
 }
 
 // A real asynq worker runs limbic_anchoring_worker (as a singleton, with
-// its lease) and stores its result.
+// its lease), which plans a unit; the worker runs the unit from the
+// extraction queue and both store their results.
 func TestLimbicAnchoringEndToEndOnAWorker(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a whole worker: skipped under -short")
@@ -507,19 +720,21 @@ func TestLimbicAnchoringEndToEndOnAWorker(t *testing.T) {
 	ctx := context.Background()
 	v := newKGEnv(t)
 	v.now = time.Now()
-	chatter(t, v.rdb, guildChan, v.now.Add(-20*time.Minute), 0, 10)
+	msgs := chatter(t, v.rdb, guildChan, v.now.Add(-20*time.Minute), 0, 10)
 	opt := asynq.RedisClientOpt{Addr: v.addr}
 	client := asynq.NewClient(opt)
 	defer client.Close()
 	insp := asynq.NewInspector(opt)
 	defer insp.Close()
+	d := v.deps()
+	d.Enqueuer, d.Tasks = client, insp
 	mux := asynq.NewServeMux()
-	for _, r := range Register(mux, v.deps(), jobs.Catalog(), jobs.Redis|jobs.KG|jobs.LLM) {
-		if r.Task == jobs.LimbicAnchoringWorker && !r.Registered {
-			t.Fatalf("not registered: %s", r.Reason)
+	for _, r := range Register(mux, d, jobs.Catalog(), jobs.Redis|jobs.KG|jobs.LLM) {
+		if (r.Task == jobs.LimbicAnchoringWorker || r.Task == jobs.KGExtractUnit) && !r.Registered {
+			t.Fatalf("%s not registered: %s", r.Task, r.Reason)
 		}
 	}
-	worker := asynq.NewServer(opt, asynq.Config{Concurrency: 1, Queues: map[string]int{jobs.QueueDefault: 1}, LogLevel: asynq.FatalLevel})
+	worker := asynq.NewServer(opt, asynq.Config{Concurrency: 2, Queues: map[string]int{jobs.QueueDefault: 1, jobs.QueueExtraction: 1}, LogLevel: asynq.FatalLevel})
 	if err := worker.Start(mux); err != nil {
 		t.Fatal(err)
 	}
@@ -528,19 +743,39 @@ func TestLimbicAnchoringEndToEndOnAWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ti, err := insp.GetTaskInfo(jobs.QueueDefault, info.ID)
-		if err == nil && ti.State == asynq.TaskStateCompleted {
-			var res map[string]any
-			if err := json.Unmarshal(ti.Result, &res); err != nil || res["messages_extracted"] != 8.0 || res["tokens_per_message"].(float64) <= 0 {
-				t.Fatalf("result %s (%v)", ti.Result, err)
+	completed := func(queue, id string) map[string]any {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ti, err := insp.GetTaskInfo(queue, id)
+			if err == nil && ti.State == asynq.TaskStateCompleted {
+				var res map[string]any
+				if err := json.Unmarshal(ti.Result, &res); err != nil {
+					t.Fatal(err)
+				}
+				return res
 			}
-			return
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not completed: %+v, %v", id, ti, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not completed: %+v, %v", ti, err)
-		}
+	}
+	if res := completed(jobs.QueueDefault, info.ID); res["messages_read"] != 10.0 || res["units_enqueued"] != 1.0 {
+		t.Fatalf("planner result %v", res)
+	}
+	units, err := insp.ListCompletedTasks(jobs.QueueExtraction)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(units) == 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
+		units, err = insp.ListCompletedTasks(jobs.QueueExtraction)
+	}
+	if err != nil || len(units) != 1 {
+		t.Fatalf("completed units %v, %v", units, err)
+	}
+	if res := completed(jobs.QueueExtraction, units[0].ID); res["messages_extracted"] != 8.0 || res["tokens_per_message"].(float64) <= 0 {
+		t.Fatalf("unit result %v", res)
+	}
+	if got := cursorOf(t, v.rdb, "sg:ka:cursor:"+guildChan.String()); got != posOf(msgs[len(msgs)-1]) {
+		t.Errorf("cursor %v, want the last message", got)
 	}
 }

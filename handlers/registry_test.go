@@ -142,6 +142,7 @@ func TestKitRefusesUndeclaredDependencies(t *testing.T) {
 var samplePayloads = map[string]string{
 	jobs.ChannelHeartbeatChannel: `{"platform":"discord","channel_id":"1"}`,
 	jobs.EmbedMessages:           `{"keys":["sg:msg:discord:1:2"]}`,
+	jobs.KGExtractUnit:           `{"task":"limbic_anchoring_worker","segments":[{"channel":"discord:1","after":{"ts":1,"key":""},"end":{"ts":2,"key":"sg:msg:discord:1:2"}}]}`,
 }
 
 func TestWorkersTakeTheirCatalogPayload(t *testing.T) {

@@ -78,6 +78,7 @@ func builders() map[string]builder {
 		jobs.GeminiKeyProbe:           build(newGeminiKeyProbe),
 		jobs.StartupChannelBackfill:   build(newStartupChannelBackfill),
 		jobs.EmbedMessages:            build(newEmbedMessages),
+		jobs.KGExtractUnit:            build(newExtractUnit),
 		jobs.AutoKGExtraction:         build(newAutoKGExtraction),
 		jobs.LimbicAnchoringWorker:    build(newLimbicAnchoring),
 		jobs.KGDecay:                  build(newKGDecay),
@@ -210,7 +211,7 @@ func (k kit) offers(r jobs.Requirement) bool { return k.present().Has(r) }
 // must declare the LLM, the graph and Redis (the engine's ledger).
 func (k kit) extraction() extract.Config {
 	return extract.Config{
-		LLM: k.ExtractionLLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Redis(),
+		LLM: k.ExtractionLLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Redis(), ClaimTTL: k.KG.ClaimTTL,
 		Verify: singleton.Verify, Now: k.Now, Logger: k.Logger.With("task", k.spec.Name),
 	}
 }

@@ -26,6 +26,7 @@ const (
 	// Child tasks of the Go port (not in the original registry).
 	ChannelHeartbeatChannel   = "channel_heartbeat_channel"
 	EmbedMessages             = "embed_messages"
+	KGExtractUnit             = "kg_extract_unit"
 	DefaultDedupIntervalSecs  = 600
 	DefaultOrgIntervalSecs    = 600
 	DefaultStarwikiLintMinute = 60
@@ -64,7 +65,7 @@ func Catalog() []Spec {
 			OptInFlag: "legacy_kg_extraction", Singleton: true,
 			Queue: QueueDefault, MaxRetry: 3, Timeout: time.Hour,
 			NewPayload: empty,
-			Summary:    "Batch knowledge-graph extraction over messages since the last cursor.",
+			Summary:    "Plan knowledge-graph extraction of the messages since each channel's cursor, as kg_extract_unit units any worker runs.",
 		},
 		{
 			Name: ChannelSummarization, Kind: Periodic,
@@ -153,7 +154,7 @@ func Catalog() []Spec {
 			Requires: BotRuntime | ChatLLM, Needs: Redis | KG | LLM, EnabledBy: "ka_enabled", Singleton: true,
 			Queue: QueueDefault, MaxRetry: 2, Timeout: 5 * time.Minute,
 			NewPayload: empty,
-			Summary:    "Anchor new channel messages into the knowledge graph, per-channel cursors.",
+			Summary:    "Plan the anchoring of new channel messages into the knowledge graph (per-channel cursors), as kg_extract_unit units any worker runs.",
 		},
 		{
 			Name: LimbicSunsetProcessor, Kind: Periodic,
@@ -200,6 +201,16 @@ func Catalog() []Spec {
 			Queue: QueueDefault, MaxRetry: 2, Timeout: 2 * time.Minute,
 			NewPayload: func() Payload { return &ChannelRef{} },
 			Summary:    "One channel's heartbeat: the flash model writes its short awareness note (fanned out by channel_heartbeat).",
+		},
+		{
+			Name: KGExtractUnit, Kind: Child,
+			Requires: Redis | KG | LLM | ChatLLM,
+			// Retries are cheap (the ledger skips what is settled) and a
+			// unit that gives up stalls its channels' cursors until the
+			// planner re-enqueues it, so it keeps trying through an outage.
+			Queue: QueueExtraction, MaxRetry: 12, Timeout: 5 * time.Minute,
+			NewPayload: func() Payload { return &ExtractUnit{} },
+			Summary:    "One LLM call of knowledge extraction: segments of channels' new messages, planned by limbic_anchoring_worker or auto_kg_extraction; settled segments move the cursors.",
 		},
 		{
 			Name: EmbedMessages, Kind: Child,

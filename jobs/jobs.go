@@ -101,6 +101,11 @@ const (
 	// QueueEmbeddings holds the embedding queue, at the lowest weight so a
 	// large backfill cannot starve the other queues.
 	QueueEmbeddings = "embeddings"
+	// QueueExtraction holds the extraction units (kg_extract_unit): a
+	// backlog of hundreds of units must not sit in front of the default
+	// queue's tasks (FIFO within a queue), and its weight keeps it from
+	// starving them.
+	QueueExtraction = "extraction"
 )
 
 // Queues maps each queue to its asynq priority weight: scheduled prompts are
@@ -111,6 +116,7 @@ func Queues() map[string]int {
 		QueueDefault:     3,
 		QueueMaintenance: 1,
 		QueueEmbeddings:  1,
+		QueueExtraction:  2,
 	}
 }
 

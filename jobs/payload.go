@@ -149,3 +149,65 @@ func EncodePayload(p Payload) ([]byte, error) {
 	}
 	return json.Marshal(p)
 }
+
+// Bounds of an extraction unit's payload.
+const (
+	// MaxUnitSegments bounds the segments of one unit: one LLM call holds
+	// at most 30 messages, so more segments than that can only be empty
+	// ones (bot messages, deleted members).
+	MaxUnitSegments = 64
+	maxPositionKey  = 1024
+)
+
+// ExtractUnit is the payload of kg_extract_unit: which planner made it and
+// the segments of channels it extracts. A segment is the messages of a
+// channel after After up to End inclusive, in the message set's order.
+type ExtractUnit struct {
+	// Task is the planner (limbic_anchoring_worker or auto_kg_extraction):
+	// it names the cursors and the chain the unit settles.
+	Task     string        `json:"task"`
+	Segments []UnitSegment `json:"segments"`
+}
+
+// UnitSegment is one channel's range of a unit.
+type UnitSegment struct {
+	Channel string      `json:"channel"` // "<platform>:<channel id>"
+	After   SegPosition `json:"after"`
+	End     SegPosition `json:"end"`
+}
+
+// SegPosition is a place in a channel's message set: time (Unix ms), then
+// member key (msgcache.Position).
+type SegPosition struct {
+	TS  int64  `json:"ts"`
+	Key string `json:"key"`
+}
+
+// Validate checks the planner, the segment count and each segment's
+// channel and range.
+func (p *ExtractUnit) Validate() error {
+	if p.Task != LimbicAnchoringWorker && p.Task != AutoKGExtraction {
+		return fmt.Errorf("task must be %s or %s, got %q", LimbicAnchoringWorker, AutoKGExtraction, p.Task)
+	}
+	if len(p.Segments) < 1 || len(p.Segments) > MaxUnitSegments {
+		return fmt.Errorf("segments must hold 1 to %d segments, got %d", MaxUnitSegments, len(p.Segments))
+	}
+	seen := map[string]bool{}
+	for i, s := range p.Segments {
+		plat, id, ok := strings.Cut(s.Channel, ":")
+		if !ok || (plat != "discord" && plat != "matrix") || id == "" || len(id) > 255 {
+			return fmt.Errorf("segments[%d].channel must be discord:<id> or matrix:<id>, got %q", i, s.Channel)
+		}
+		if seen[s.Channel] {
+			return fmt.Errorf("segments[%d]: channel %s appears twice", i, s.Channel)
+		}
+		seen[s.Channel] = true
+		if len(s.After.Key) > maxPositionKey || len(s.End.Key) > maxPositionKey || s.After.TS < 0 {
+			return fmt.Errorf("segments[%d]: position out of range", i)
+		}
+		if !(s.After.TS < s.End.TS || s.After.TS == s.End.TS && s.After.Key < s.End.Key) {
+			return fmt.Errorf("segments[%d]: end must come after after", i)
+		}
+	}
+	return nil
+}

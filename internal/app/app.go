@@ -18,6 +18,8 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -107,6 +109,9 @@ type app struct {
 	reg        *prometheus.Registry
 	metrics    *monitor.Metrics
 	llmMetrics *llm.Metrics
+	killSwitch *killswitch.Switch
+	// budgetMetrics observe the cluster-wide LLM budget.
+	budgetMetrics *budget.Metrics
 
 	publisher *events.Publisher
 

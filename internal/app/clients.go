@@ -15,13 +15,17 @@ import (
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/matrix"
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/embeddedredis"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/kg/plan"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
+	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
 )
 
@@ -55,6 +59,7 @@ func (a *app) connect() error {
 	// own would wait for its read timeout.
 	a.client = asynq.NewClientFromRedisClient(a.rdb)
 	a.publisher = events.NewPublisher(a.rdb, a.cfg.DebugEventsChannel)
+	a.killSwitch = killswitch.New(a.rdb, a.cfg.ChatLLMSwitchKey, a.cfg.ChatLLMEnabled)
 	a.stops.push(func() { a.client.Close() })
 
 	a.reg = prometheus.NewRegistry()
@@ -63,8 +68,10 @@ func (a *app) connect() error {
 	a.metrics.Catalog(a.catalog)
 	a.reg.MustRegister(monitor.NewRedisUp(monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() })))
 	a.llmMetrics = llm.NewMetrics(a.reg)
+	a.budgetMetrics = budget.NewMetrics(a.reg)
 	if a.cfg.QueueMetrics {
 		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))
+		a.reg.MustRegister(plan.NewCollector(a.rdb, []string{jobs.LimbicAnchoringWorker, jobs.AutoKGExtraction}, 0))
 	}
 	return nil
 }
@@ -77,7 +84,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	d := handlers.Deps{
 		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit, NodeName: nodeName(cfg.NodeName),
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
-		Enqueuer: a.client, Events: a.publisher, Counter: a.metrics,
+		Enqueuer: a.client, Tasks: a.insp, Events: a.publisher, Counter: a.metrics,
 		Intervals:          map[string]time.Duration{},
 		StarwikiStaleAfter: time.Duration(cfg.StarwikiStaleDays) * 24 * time.Hour,
 		OrgHubDegree:       cfg.KAOrgHubDegreeThreshold,
@@ -94,15 +101,16 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		}
 		a.stops.push(closeGraph)
 		d.Graph = g
-		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize}
+		d.KG = handlers.KGSettings{DecayFactor: cfg.KGDecayFactor, DecayMinWeight: cfg.KGDecayMinWeight, BatchSize: cfg.KGBatchSize,
+			ClaimTTL: cfg.KGExtractionClaimTTL}
 	}
 	for _, e := range cfg.LLMEndpoints() {
 		c := llm.New(llm.Options{BaseURL: e.BaseURL, APIKey: e.APIKey, Timeout: e.Timeout, Observer: a.llmMetrics})
 		switch e.Purpose {
 		case config.PurposeChat:
-			d.LLM = c
+			d.LLM = a.chatModel(e, c)
 		case config.PurposeExtraction:
-			d.ExtractionLLM = c
+			d.ExtractionLLM = a.chatModel(e, c)
 			d.LLMKeyMissing = e.APIKey == "" && !e.Own
 		case config.PurposeEmbeddings:
 			d.Embedder = c
@@ -143,6 +151,21 @@ func nodeName(configured string) string {
 	}
 	host, _ := os.Hostname()
 	return host
+}
+
+// chatModel wraps an endpoint's chat/completions client: the kill switch
+// is checked right before each call, inside the cluster-wide budget
+// (LLM_MAX_IN_FLIGHT, LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE), which
+// every worker shares through Redis and which a 429 pauses for all. An
+// endpoint shared by several purposes shares one budget.
+func (a *app) chatModel(e config.LLMEndpoint, c *llm.Client) handlers.ChatModel {
+	name := config.PurposeChat
+	if e.Own {
+		name = e.Purpose
+	}
+	return budget.New(a.killSwitch.Guard(c), a.rdb, name, budget.Limits{
+		MaxInFlight: a.cfg.LLMMaxInFlight, RequestsPerMinute: a.cfg.LLMRequestsPerMinute, TokensPerMinute: a.cfg.LLMTokensPerMinute,
+	}, a.budgetMetrics)
 }
 
 // openGraph connects to FalkorDB with a client of its own from

@@ -40,6 +40,9 @@ type Config struct {
 	EmbeddingsBaseURL       string        `env:"EMBEDDINGS_BASE_URL" check:"http_url" help:"OpenAI-compatible embeddings base URL. Empty: LLM_BASE_URL with API_KEY."`
 	EmbeddingsAPIKey        string        `env:"EMBEDDINGS_API_KEY" secret:"true" help:"Bearer key for EMBEDDINGS_BASE_URL; empty sends no Authorization header. Never logged."`
 	EmbeddingsTimeout       time.Duration `env:"EMBEDDINGS_TIMEOUT_SECONDS" default:"60" help:"Timeout of one embeddings call (the connect timeout is 10 s)."`
+	LLMMaxInFlight          int           `env:"LLM_MAX_IN_FLIGHT" default:"0" min:"0" help:"Most chat/completions calls in flight at once across every worker of the cluster, per endpoint (chat, and extraction when it has its own) (a Redis semaphore; a dead worker's slot comes back within 30 s). Extraction units queue for a slot instead of overrunning the endpoint. 0: no limit."`
+	LLMRequestsPerMinute    float64       `env:"LLM_REQUESTS_PER_MINUTE" default:"0" min:"0" help:"chat/completions calls per minute across the cluster (bursts of a tenth of it). 0: no limit. Whatever the limits, a 429 pauses every worker's calls for its Retry-After."`
+	LLMTokensPerMinute      float64       `env:"LLM_TOKENS_PER_MINUTE" default:"0" min:"0" help:"chat/completions tokens (prompt and answer) per minute across the cluster: a call takes its prompt's estimate before it is made and is charged the rest after. 0: no limit."`
 	EmbeddingsModel         string        `env:"EMBEDDINGS_MODEL" default:"text-embedding-3-small" help:"Embeddings model."`
 	EmbeddingsRatePerMinute float64       `env:"EMBEDDINGS_RATE_PER_MINUTE" default:"60" min:"0" help:"Embeddings calls per minute (one call embeds up to 64 messages) shared by all workers through Redis, so a backfill cannot exhaust the endpoint's quota; bursts of up to a tenth of it. A throttled batch is rescheduled, not failed. 0: no limit."`
 	GeminiAPIKeys           []string      `env:"GEMINI_API_KEYS" secret:"true" help:"Comma-separated shared Gemini key pool probed by gemini_key_probe. Never logged."`
@@ -50,7 +53,8 @@ type Config struct {
 	MatrixHomeserverURL     string        `env:"MATRIX_HOMESERVER_URL" check:"http_url" help:"Matrix homeserver for startup_channel_backfill."`
 	MatrixAccessToken       string        `env:"MATRIX_ACCESS_TOKEN" secret:"true" help:"Matrix access token. Never logged."`
 
-	ChatLLMEnabled           bool    `env:"BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED" default:"true" help:"false drops every task that calls chat/completions (prompt tick, extraction, bulk, summaries, heartbeat, consolidation, anamnesis, anchoring, sunset)."`
+	ChatLLMEnabled           bool    `env:"BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED" default:"true" help:"false drops every task that calls chat/completions (prompt tick, extraction, bulk, summaries, heartbeat, consolidation, anamnesis, anchoring, sunset) and stops every chat/completions call, queued and manual runs included."`
+	ChatLLMSwitchKey         string  `env:"CHAT_LLM_SWITCH_KEY" default:"sg:switch:chat_llm" help:"Redis key of the runtime chat-LLM kill switch: while it holds off (or false, 0, no), no chat-LLM task starts and no chat/completions call starts, without a restart (SET sg:switch:chat_llm off; DEL or on turns it back)."`
 	LogRAGIngestEnabled      bool    `env:"BACKGROUND_SCHEDULER_LOG_RAG_INGEST_ENABLED" default:"false" help:"Opt-in for log_rag_ingest."`
 	LegacyKGExtraction       bool    `env:"LEGACY_KG_EXTRACTION" default:"false" help:"Opt-in for auto_kg_extraction."`
 	StarwikiEnabled          bool    `env:"STARWIKI_ENABLED" default:"false" help:"Opt-in for starwiki_lint."`
@@ -67,6 +71,8 @@ type Config struct {
 	KGDecayMinWeight         float64 `env:"KG_DECAY_MIN_WEIGHT" default:"0.1" min:"0" help:"kg_decay_task deletes relationships whose decayed weight is below this (0: none)."`
 	KGBatchSize              int     `env:"KG_BATCH_SIZE" default:"2000" min:"100" max:"5000" help:"Most edges or nodes one knowledge-graph maintenance write touches (decay, orphan GC), 100-5000: each write's commit stalls the whole FalkorDB server."`
 	KGBulkDir                string  `env:"KG_BULK_DIR" default:"var/kg_bulk_scheduled" help:"agentic_kg_bulk_incremental writes each run's working set and results under <dir>/<UTC timestamp>/ (relative to the working directory)."`
+
+	KGExtractionClaimTTL time.Duration `env:"KG_EXTRACTION_CLAIM_TTL" default:"5m" help:"How long one extraction batch may hold its messages between claiming them and storing the LLM's answer (and between storing and writing it): the messages of a worker killed mid-call wait this long before another takes them. Keep it above KA_EXTRACTION_HTTP_TIMEOUT_SECONDS plus the LLM budget's waits."`
 
 	Concurrency       int           `env:"WORKER_CONCURRENCY" default:"10" min:"1" help:"Tasks one worker process runs at once."`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" default:"30s" help:"On SIGTERM/SIGINT, how long in-flight tasks may run before they go back to the queue."`

@@ -77,6 +77,9 @@ type Counts struct {
 	LLMCalls         int `json:"llm_calls"`
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
+	// LockWait is how long the graph writes waited for the graph write
+	// lock (writelock): the next ceiling once LLM calls run in parallel.
+	LockWait time.Duration `json:"lock_wait_ns"`
 }
 
 // Add adds o to c.
@@ -95,6 +98,7 @@ func (c *Counts) Add(o Counts) {
 	c.LLMCalls += o.LLMCalls
 	c.PromptTokens += o.PromptTokens
 	c.CompletionTokens += o.CompletionTokens
+	c.LockWait += o.LockWait
 }
 
 // TokensPerFragment is the LLM tokens (prompt and completion) spent per

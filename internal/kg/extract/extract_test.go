@@ -168,7 +168,7 @@ func TestExtractWritesTheValidatedAnswerIntoTheGraph(t *testing.T) {
 	}
 	want := extract.Counts{EntitiesAdded: 4, RelationshipsAdded: 3, Fragments: 3, LLMCalls: 1}
 	got := res.Counts
-	got.PromptTokens, got.CompletionTokens = 0, 0
+	got.PromptTokens, got.CompletionTokens, got.LockWait = 0, 0, 0
 	if got != want || !allSettled(res) || res.PromptTokens == 0 || res.CompletionTokens == 0 {
 		t.Fatalf("result %+v, want %+v, all settled, tokens counted", res, want)
 	}

@@ -293,10 +293,10 @@ func (l ledger) expire(ctx context.Context, batch string, ids []string, drop boo
 	return nil
 }
 
-// lockWrites waits for the graph write lock and returns its release.
-func (l ledger) lockWrites(ctx context.Context, ttl time.Duration) (func(), error) {
-	release, _, err := writelock.Acquire(ctx, l.rdb, ttl)
-	return release, err
+// lockWrites waits for the graph write lock and returns its release and
+// how long it waited.
+func (l ledger) lockWrites(ctx context.Context, ttl time.Duration) (func(), time.Duration, error) {
+	return writelock.Acquire(ctx, l.rdb, ttl)
 }
 
 func anys(ss []string) []any {

@@ -21,8 +21,17 @@ func promptText(s string, maxRunes int) string {
 }
 
 // promptCost is how much of a batch's character budget f takes.
-func (e *Engine) promptCost(f Fragment) int {
-	return lineOverhead + min(utf8.RuneCountInString(f.Text), e.cfg.MaxFragmentRunes)
+func (e *Engine) promptCost(f Fragment) int { return PromptCost(f.Text, e.cfg.MaxFragmentRunes) }
+
+// PromptCost is how much of a batch's character budget (BatchChars) a
+// fragment of text takes when fragments are clipped at maxRunes: callers
+// that cut work into one-call units (the extraction planner) cut where the
+// engine would, so a unit is one LLM call.
+func PromptCost(text string, maxRunes int) int {
+	if maxRunes <= 0 {
+		maxRunes = DefaultMaxFragmentRunes
+	}
+	return lineOverhead + min(utf8.RuneCountInString(text), maxRunes)
 }
 
 // cut splits fragments, in order, into LLM batches of at most

@@ -66,7 +66,8 @@ RETURN count(m) AS n`
 // protects against replays of the same batch.
 func (e *Engine) write(ctx context.Context, batch string, in intent, now time.Time) (Counts, error) {
 	var c Counts
-	unlock, err := e.ledger.lockWrites(ctx, e.cfg.WriteLockTTL)
+	unlock, waited, err := e.ledger.lockWrites(ctx, e.cfg.WriteLockTTL)
+	c.LockWait = waited
 	if err != nil {
 		return c, err
 	}

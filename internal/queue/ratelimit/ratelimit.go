@@ -32,27 +32,51 @@ func New(rdb redis.UniversalClient, key string, perMinute float64, burst int) *L
 	}
 }
 
-// gcra takes one token if the bucket has one and returns 0, or takes
-// nothing and returns the microseconds until it will have one.
+// gcra takes cost tokens if the bucket has them and returns 0, or takes
+// nothing and returns the microseconds until it will have them. With force
+// it takes them regardless (a debt later takers wait out) and returns 0.
 var gcra = redis.NewScript(`
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3] or '1')
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local new_tat = tat + interval
+local new_tat = tat + interval * cost
 local allow_at = new_tat - interval * burst
-if allow_at > now then return math.ceil(allow_at - now) end
+if ARGV[4] ~= '1' and allow_at > now then return math.ceil(allow_at - now) end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return 0
 `)
 
 // Take takes one token. It returns zero when the caller may go ahead, or
 // how long until a token will be free, having taken nothing.
-func (l *Limiter) Take(ctx context.Context) (time.Duration, error) {
-	us, err := gcra.Run(ctx, l.rdb, []string{l.key}, l.interval.Microseconds(), l.burst).Int64()
+func (l *Limiter) Take(ctx context.Context) (time.Duration, error) { return l.TakeN(ctx, 1) }
+
+// TakeN takes n tokens at once (an LLM call's estimated tokens), like
+// Take. n is capped at the burst, which could never hold more.
+func (l *Limiter) TakeN(ctx context.Context, n int) (time.Duration, error) {
+	return l.run(ctx, min(max(n, 1), l.burst), false)
+}
+
+// Charge takes n tokens whether or not the bucket has them: what a call
+// used beyond its estimate, which later takers then wait out.
+func (l *Limiter) Charge(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	_, err := l.run(ctx, n, true)
+	return err
+}
+
+func (l *Limiter) run(ctx context.Context, n int, force bool) (time.Duration, error) {
+	f := "0"
+	if force {
+		f = "1"
+	}
+	us, err := gcra.Run(ctx, l.rdb, []string{l.key}, l.interval.Microseconds(), l.burst, n, f).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("ratelimit %s: %w", l.key, err)
 	}

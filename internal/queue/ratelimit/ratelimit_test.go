@@ -61,3 +61,37 @@ func TestBudgetRefillsAtTheRate(t *testing.T) {
 		t.Fatalf("take after the announced wait waits %s more", wait)
 	}
 }
+
+func TestTakingSeveralTokensAndChargingADebt(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	// 6,000 a minute (100 a second), bursts of 1,000.
+	l := ratelimit.New(srv.Client(t), "test:tokens", 6000, 1000)
+	steps := []struct {
+		name   string
+		take   int
+		charge int
+		waits  bool
+	}{
+		{"a take within the burst goes", 600, 0, false},
+		{"one past what is left waits", 600, 0, true},
+		{"what is left goes", 400, 0, false},
+		{"a charge goes into debt", 0, 500, false},
+		{"after a debt even one token waits", 1, 0, true},
+	}
+	for _, st := range steps {
+		if st.charge > 0 {
+			if err := l.Charge(ctx, st.charge); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		wait, err := l.TakeN(ctx, st.take)
+		if err != nil || (wait > 0) != st.waits {
+			t.Fatalf("%s: wait %s, %v", st.name, wait, err)
+		}
+		if st.waits && st.name == "after a debt even one token waits" && wait < 4*time.Second {
+			t.Fatalf("%s: waits only %s for a 500-token debt at 100/s", st.name, wait)
+		}
+	}
+}

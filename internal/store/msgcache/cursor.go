@@ -152,3 +152,32 @@ func (s *Store) SetCursor(ctx context.Context, key string, from, to Position, no
 	}
 	return n == 1, nil
 }
+
+// Backlog counts, per channel, the messages after from[i] and returns the
+// time (ms) of the oldest of them (0: none), in one round trip. Messages of
+// from's own millisecond are not counted: it is a gauge for operators, not
+// a read.
+func (s *Store) Backlog(ctx context.Context, chans []Channel, from []Position) (counts, oldest []int64, err error) {
+	counts, oldest = make([]int64, len(chans)), make([]int64, len(chans))
+	if len(chans) == 0 {
+		return counts, oldest, nil
+	}
+	pipe := s.rdb.Pipeline()
+	ns := make([]*redis.IntCmd, len(chans))
+	firsts := make([]*redis.ZSliceCmd, len(chans))
+	for i, c := range chans {
+		min := "(" + strconv.FormatInt(from[i].TS, 10)
+		ns[i] = pipe.ZCount(ctx, MessagesKey(c), min, "+inf")
+		firsts[i] = pipe.ZRangeByScoreWithScores(ctx, MessagesKey(c), &redis.ZRangeBy{Min: min, Max: "+inf", Count: 1})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, fmt.Errorf("msgcache: counting backlog: %w", err)
+	}
+	for i := range chans {
+		counts[i] = ns[i].Val()
+		if z := firsts[i].Val(); len(z) > 0 {
+			oldest[i] = int64(z[0].Score)
+		}
+	}
+	return counts, oldest, nil
+}

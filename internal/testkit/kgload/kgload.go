@@ -1,0 +1,388 @@
+// Package kgload runs knowledge extraction on real worker processes for the
+// acceptance tests (internal/e2e) and the scale-out benchmark (bench/): a
+// backlog of chat messages cached in the bot's Redis, the extraction LLM
+// fake with a latency, worker processes (the testworker binary) configured
+// for extraction, and a snapshot of the graph to compare runs by.
+package kgload
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+// CursorPrefix is limbic_anchoring_worker's cursor hash prefix, which the
+// runs here drive.
+const CursorPrefix = "sg:ka:cursor:"
+
+// Seed caches perChannel messages in each of channels channels, numbered
+// from from: short chat messages (about 60 characters) from 200 authors,
+// each naming two of 2,000 capitalised topics, like the engine benchmark's
+// corpus. Channels are interleaved in time, 100 ms apart, from base. It
+// returns each channel's messages, in order.
+func Seed(tb testing.TB, rdb redis.UniversalClient, channels, from, perChannel int, base time.Time) map[msgcache.Channel][]msgcache.Message {
+	tb.Helper()
+	r := rand.New(rand.NewPCG(1, uint64(2+from)))
+	topic := func() string { return fmt.Sprintf("Topic%04d", r.IntN(2000)) }
+	out := map[msgcache.Channel][]msgcache.Message{}
+	cache := msgcache.New(rdb)
+	ctx := context.Background()
+	for i := from; i < from+perChannel; i++ {
+		for c := range channels {
+			ch := msgcache.Channel{Platform: "discord", ID: strconv.Itoa(1000 + c)}
+			m := msgcache.Message{
+				Channel: ch, MessageID: fmt.Sprintf("m%06d", i), UserID: fmt.Sprintf("u%03d", r.IntN(200)),
+				Text: fmt.Sprintf("has anyone tried %s with %s yet? works for me", topic(), topic()),
+				Time: base.Add(time.Duration(i*channels+c) * 100 * time.Millisecond),
+			}
+			m.UserName = "user" + m.UserID[1:]
+			key, _, err := cache.Log(ctx, m)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			m.Key = key
+			out[ch] = append(out[ch], m)
+		}
+	}
+	return out
+}
+
+// Count is the messages of a seeded backlog.
+func Count(msgs map[msgcache.Channel][]msgcache.Message) int {
+	n := 0
+	for _, m := range msgs {
+		n += len(m)
+	}
+	return n
+}
+
+// Settled reports how many channels have their cursor on their last
+// message.
+func Settled(ctx context.Context, rdb redis.UniversalClient, msgs map[msgcache.Channel][]msgcache.Message) (int, error) {
+	var keys []string
+	var last []msgcache.Position
+	for c, ms := range msgs {
+		keys = append(keys, CursorPrefix+c.String())
+		m := ms[len(ms)-1]
+		last = append(last, msgcache.Position{TS: m.Time.UnixMilli(), Key: m.Key})
+	}
+	cur, err := msgcache.New(rdb).Cursors(ctx, keys)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := range cur {
+		if cur[i] == last[i] {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// WaitSettled waits until every channel's cursor is on its last message,
+// or timeout.
+func WaitSettled(ctx context.Context, rdb redis.UniversalClient, msgs map[msgcache.Channel][]msgcache.Message, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := Settled(ctx, rdb, msgs)
+		if err == nil && n == len(msgs) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d channels settled after %s (%v)", n, len(msgs), timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Plan enqueues one run of limbic_anchoring_worker's planner by hand; a run
+// already queued or running is not an error.
+func Plan(ctx context.Context, rdb redis.UniversalClient) error {
+	p, err := enqueue.Prepare(jobs.Catalog(), enqueue.Request{Task: jobs.LimbicAnchoringWorker}, time.Now())
+	if err != nil {
+		return err
+	}
+	c := asynqClient(rdb)
+	defer c.Close()
+	if _, err := enqueue.Submit(ctx, c, p); err != nil && !errors.Is(err, enqueue.ErrSingletonBusy) {
+		return err
+	}
+	return nil
+}
+
+// Snapshot is the graph as text: every entity and relationship with the
+// properties extraction sets, weights rounded (float sums depend on the
+// order batches land in). last_source is left out: on equal times it names
+// whichever batch landed last.
+func Snapshot(tb testing.TB, g *graph.Graph) string {
+	tb.Helper()
+	var b strings.Builder
+	for _, q := range []string{
+		`MATCH (e:Entity) RETURN e.key, e.name, e.type, e.mention_count, e.first_seen, e.last_seen ORDER BY e.key`,
+		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key, r.weight, r.last_seen ORDER BY a.key, r.type, c.key`,
+	} {
+		res, err := g.ROQuery(context.Background(), q, nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, r := range res.Rows {
+			for i, v := range r {
+				if f, ok := v.(float64); ok {
+					r[i] = math.Round(f*1e6) / 1e6
+				}
+			}
+			fmt.Fprintln(&b, r...)
+		}
+	}
+	return b.String()
+}
+
+// LLM is the extraction fake (extracttest) answering after a latency, with
+// an optional hook that may replace an answer (a 429 storm).
+type LLM struct {
+	*extracttest.Server
+	latency  time.Duration
+	inFlight atomic.Int64
+	peak     atomic.Int64
+
+	mu    sync.Mutex
+	hook  func(n int, at time.Time, c extracttest.Call) *extracttest.Reply
+	times []time.Time // arrival of each call
+}
+
+// StartLLM starts the fake with latency per call.
+func StartLLM(tb testing.TB, latency time.Duration) *LLM {
+	l := &LLM{Server: extracttest.Start(tb), latency: latency}
+	l.Server.SetHook(func(n int, c extracttest.Call) *extracttest.Reply {
+		now := time.Now()
+		l.mu.Lock()
+		l.times = append(l.times, now)
+		hook := l.hook
+		l.mu.Unlock()
+		if hook != nil {
+			if r := hook(n, now, c); r != nil {
+				return r
+			}
+		}
+		cur := l.inFlight.Add(1)
+		defer l.inFlight.Add(-1)
+		for p := l.peak.Load(); cur > p && !l.peak.CompareAndSwap(p, cur); p = l.peak.Load() {
+		}
+		time.Sleep(l.latency)
+		return nil
+	})
+	return l
+}
+
+// SetHook installs h, which sees each call (its number, arrival and
+// content) before the latency and may answer it instead of the extraction
+// answer, or hold it up.
+func (l *LLM) SetHook(h func(n int, at time.Time, c extracttest.Call) *extracttest.Reply) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hook = h
+}
+
+// InFlight is the calls being answered now; Peak the most at once.
+func (l *LLM) InFlight() int64 { return l.inFlight.Load() }
+func (l *LLM) Peak() int64     { return l.peak.Load() }
+
+// Arrivals are the calls' arrival times.
+func (l *LLM) Arrivals() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Time(nil), l.times...)
+}
+
+// Sent counts how often each message text reached the model in an answered
+// call (a 429'd call answered nothing).
+func Sent(calls []extracttest.Call) map[string]int {
+	out := map[string]int{}
+	for _, c := range calls {
+		for _, m := range c.Messages {
+			out[m]++
+		}
+	}
+	return out
+}
+
+// BuildWorker builds the testworker binary (the real worker plus recording
+// tasks) into a temporary directory.
+func BuildWorker(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "testworker")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/stargazer/stargazer-jobs/internal/e2e/testworker").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("building testworker: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// Env is a worker's environment for extraction runs: the planner and every
+// other scheduled task off (the test enqueues planner runs by hand), the
+// graph, the fake LLM, and extra on top.
+func Env(redisURL, falkorURL, llmURL string, extra map[string]string) map[string]string {
+	var off []string
+	for _, s := range jobs.Catalog() {
+		if s.Kind == jobs.Periodic || s.Kind == jobs.Supervised {
+			off = append(off, s.Name+"=off")
+		}
+	}
+	off = append(off, "e2e_plain=off", "e2e_single=off")
+	env := map[string]string{
+		"REDIS_URL": redisURL, "FALKORDB_URL": falkorURL, "FALKORDB_GRAPH": "kg", "LLM_BASE_URL": llmURL,
+		"KA_ENABLED": "true", "TASK_INTERVALS": strings.Join(off, ","), "LOG_LEVEL": "warn",
+		"SHUTDOWN_TIMEOUT": "5s", "WORKER_CONCURRENCY": "10", "QUEUE_METRICS": "false",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+// Worker is a worker process.
+type Worker struct {
+	tb   testing.TB
+	cmd  *exec.Cmd
+	Addr string
+	mu   sync.Mutex
+	logs strings.Builder
+	done chan struct{}
+}
+
+func (w *Worker) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.logs.Write(b)
+}
+
+// Logs is what the process printed.
+func (w *Worker) Logs() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.logs.String()
+}
+
+// StartWorker starts bin with env and waits until it serves /metrics.
+func StartWorker(tb testing.TB, bin string, env map[string]string) *Worker {
+	tb.Helper()
+	w := &Worker{tb: tb, Addr: redistest.FreeAddr(tb), done: make(chan struct{})}
+	w.cmd = exec.Command(bin)
+	w.cmd.Env = append(os.Environ(), "HTTP_ADDR="+w.Addr)
+	for k, v := range env {
+		w.cmd.Env = append(w.cmd.Env, k+"="+v)
+	}
+	w.cmd.Stdout, w.cmd.Stderr = w, w
+	if err := w.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func() { _ = w.cmd.Wait(); close(w.done) }()
+	tb.Cleanup(w.Kill)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + w.Addr + "/healthz"); err == nil {
+			resp.Body.Close()
+			return w
+		}
+		select {
+		case <-w.done:
+			tb.Fatalf("worker exited early:\n%s", w.Logs())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	tb.Fatalf("worker not serving:\n%s", w.Logs())
+	return nil
+}
+
+// Kill SIGKILLs the process and waits for it.
+func (w *Worker) Kill() {
+	if w.cmd.Process != nil {
+		_ = w.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	<-w.done
+}
+
+// Term stops the process gracefully and waits for it.
+func (w *Worker) Term() {
+	if w.cmd.Process != nil {
+		_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-w.done:
+	case <-time.After(30 * time.Second):
+		w.tb.Errorf("worker did not stop on SIGTERM")
+		w.Kill()
+	}
+}
+
+// Metric sums the samples of /metrics whose line starts with prefix (a
+// name, or a name and the start of its labels); -1 if unreachable.
+func (w *Worker) Metric(prefix string) float64 {
+	resp, err := http.Get("http://" + w.Addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, prefix) {
+			f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			sum += f
+		}
+	}
+	return sum
+}
+
+// Items is a task's stargazer_task_items_total for item, summed over
+// workers.
+func Items(ws []*Worker, task, item string) float64 {
+	sum := 0.0
+	for _, w := range ws {
+		if v := w.Metric(fmt.Sprintf(`stargazer_task_items_total{item=%q,task=%q}`, item, task)); v > 0 {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// Load is the machine's load average over the last minute.
+func Load() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
+func asynqClient(rdb redis.UniversalClient) *asynq.Client { return asynq.NewClientFromRedisClient(rdb) }
