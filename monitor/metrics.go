@@ -36,6 +36,7 @@ type Metrics struct {
 	SingletonSince   *prometheus.GaugeVec
 	SingletonTimeout *prometheus.GaugeVec
 	LeaseRecoveries  prometheus.Counter
+	TaskStoodDown    *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -105,6 +106,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Tasks of dead workers (task lease expired) this process put back on their queue (FAST_LEASE_RECOVERY).",
 	})
 	reg.MustRegister(m.TaskItems)
+	m.TaskStoodDown = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargazer_task_stood_down_total",
+		Help: "Runs refused before they started, by task and reason: kill_switch (the chat-LLM kill switch is off), legacy_leader (the Python supervisor holds its lease).",
+	}, []string{"task", "reason"})
+	reg.MustRegister(m.TaskStoodDown)
 	reg.MustRegister(m.TaskLastSuccess, m.TaskInterval, m.TaskArchived, m.SingletonSince, m.SingletonTimeout, m.LeaseRecoveries)
 	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
 		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
@@ -192,6 +198,12 @@ func (m *Metrics) SingletonHeld(task string, timeout time.Duration) func() {
 		m.SingletonSince.DeleteLabelValues(task)
 		m.SingletonTimeout.DeleteLabelValues(task)
 	}
+}
+
+// StoodDown counts a run refused before it started, by reason
+// (server.Observer).
+func (m *Metrics) StoodDown(task, reason string) {
+	m.TaskStoodDown.WithLabelValues(task, reason).Inc()
 }
 
 // Catalog creates each task's archived-runs series at zero, so that the

@@ -7,6 +7,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/server"
+	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -31,6 +32,12 @@ func (a *app) startServer(ctx context.Context) error {
 		Redis: a.connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: a.log, Metrics: a.metrics, Events: asyncEvents,
 		Catalog: a.catalog, RedisClient: a.rdb, SingletonLease: cfg.SingletonLease,
+		KillSwitch: a.killSwitch,
+	}
+	if cfg.LegacyLeaderKey != "" {
+		wopt.LegacyLeader = singleton.LegacyLeader{Redis: a.rdb, Key: cfg.LegacyLeaderKey}
+		a.log.Info("coexistence with the Python supervisor: limbic_dedup_task and limbic_org_task stand down while its lease exists",
+			"legacy_leader_key", cfg.LegacyLeaderKey)
 	}
 	mux := server.Mux(wopt)
 	deps, err := a.handlerDeps(ctx)

@@ -99,6 +99,9 @@ type Config struct {
 	NodeName      string                   `env:"NODE_NAME" help:"Names this node for its log_rag_ingest cursor (one per node and unit). Empty: the machine id (/etc/machine-id, which outlives pods and renames), else the host name. In Kubernetes, spec.nodeName through the downward API."`
 	// DeploymentID names this rollout; startup tasks run once per ID.
 	DeploymentID string `env:"DEPLOYMENT_ID" check:"deployment_id" help:"Names this rollout: startup_channel_backfill is enqueued once per DEPLOYMENT_ID however many workers start (task ID startup_channel_backfill@<id>, kept 24 h). Set it per rollout (image tag, commit, Kubernetes pod-template-hash). Empty: derived from the worker binary (its VCS revision, else a hash of the file), so restarting the same build within 24 h does not backfill again."`
+	// LegacyLeaderKey is the Python supervisor's SG_LEADER_KEY, during a
+	// cut-over.
+	LegacyLeaderKey string `env:"LEGACY_LEADER_KEY" help:"During a cut-over from the Python scheduler: the bot's SG_LEADER_KEY (sg:leader:supervisor). While that lease exists, limbic_dedup_task and limbic_org_task (the loops the Python TaskSupervisor ran) stand down at each occurrence. Empty: off (docs/migration.md)."`
 	// SingletonLease is how long a singleton run's lease lasts unrenewed.
 	SingletonLease time.Duration `env:"SINGLETON_LEASE" default:"30s" help:"Lease of a running singleton task, renewed every third of it. A worker that stops renewing (dead, frozen, cut off) loses it after this long, and its ownership checks fail from then on."`
 	// FastLeaseRecovery runs the worker's own lease recoverer.

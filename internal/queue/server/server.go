@@ -38,6 +38,11 @@ type Options struct {
 	RedisClient redis.UniversalClient
 	// SingletonLease is the lease of a running singleton (0: the default).
 	SingletonLease time.Duration
+	// KillSwitch, if set, is checked when a chat-LLM task starts.
+	KillSwitch KillSwitch
+	// LegacyLeader, if set, makes the supervised tasks stand down while the
+	// Python supervisor holds its lease (LEGACY_LEADER_KEY).
+	LegacyLeader LegacyLeader
 }
 
 // Observer records each run, for metrics. Task names are bounded: a type
@@ -48,6 +53,8 @@ type Observer interface {
 	// SingletonHeld reports that a singleton run of task took its lease,
 	// to be released within timeout; the returned func reports its end.
 	SingletonHeld(task string, timeout time.Duration) (released func())
+	// StoodDown reports a run refused before it started (StandDown*).
+	StoodDown(task, reason string)
 }
 
 // Run is a finished run, as an Observer sees it.
@@ -127,7 +134,7 @@ func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
 func Mux(o Options) *asynq.ServeMux {
 	specs := index(o.Catalog)
 	mux := asynq.NewServeMux()
-	mux.Use(observe(o, specs), recoverPanics(o.Logger), singletons(o, specs))
+	mux.Use(observe(o, specs), recoverPanics(o.Logger), standDown(o, specs), singletons(o, specs))
 	return mux
 }
 
