@@ -286,7 +286,11 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			} else {
 				log.Info("task finished", "status", status, "duration_ms", elapsed.Milliseconds())
 			}
-			if o.Events != nil {
+			// One event per run outcome, as the original had one per run:
+			// a success, or a failure for good. An attempt that will be
+			// retried, or a run that stood down, publishes none (the logs,
+			// the metrics and asynqmon show those); docs/migration.md.
+			if o.Events != nil && (status == StatusOK || archived) {
 				publish(o.Events, log, t.Type(), id, status, errMsg, elapsed)
 			}
 			return err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,7 +103,9 @@ func TestBadTasksAreArchivedOnceWithAReason(t *testing.T) {
 	}
 }
 
-func TestEveryRunPublishesASchedulerTaskRunEvent(t *testing.T) {
+// One scheduler_task_run event per run outcome: a success, or a failure
+// for good; the failed attempts asynq retries publish none.
+func TestEveryRunOutcomePublishesOneSchedulerTaskRunEvent(t *testing.T) {
 	h := newHarness(t, 5*time.Second)
 	sub := h.srv.Client(t).Subscribe(context.Background(), "test:debug")
 	defer sub.Close()
@@ -125,6 +128,38 @@ func TestEveryRunPublishesASchedulerTaskRunEvent(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("no debug event")
+	}
+
+	// A task failing twice and archived on its third attempt: one event.
+	var attempts atomic.Int32
+	h.mux.HandleFunc("test:flaky", func(context.Context, *asynq.Task) error {
+		attempts.Add(1)
+		return errors.New("upstream down")
+	})
+	if _, err := h.client.Enqueue(asynq.NewTask("test:flaky", nil), asynq.MaxRetry(2), asynq.Queue(jobs.QueueCritical)); err != nil {
+		t.Fatal(err)
+	}
+	var got []events.Event
+	deadline := time.After(40 * time.Second)
+	for len(got) == 0 {
+		select {
+		case msg := <-sub.Channel():
+			var e events.Event
+			if err := json.Unmarshal([]byte(msg.Payload), &e); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, e)
+		case <-deadline:
+			t.Fatalf("no event after %d attempts", attempts.Load())
+		}
+	}
+	select {
+	case msg := <-sub.Channel():
+		t.Fatalf("a second event: %s", msg.Payload)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if n := attempts.Load(); n != 3 || got[0].Status != "error" || got[0].Payload["task"] != "test:flaky" {
+		t.Fatalf("%d attempts, events %+v: want one error event after the third", n, got)
 	}
 }
 
