@@ -186,3 +186,45 @@ func TestLogRAGIngestRunsOnEveryNodeAgentWithItsOwnCursor(t *testing.T) {
 		t.Errorf("archived with %q after %d retries, want the node-local reason at once\n%s", archived.LastErr, archived.Retried, w.logs.String())
 	}
 }
+
+// journal_stream reports each round on a node with the original's
+// scheduler_task_run event, as the original did on every restart.
+func TestJournalStreamPublishesARunEventWhenARoundEnds(t *testing.T) {
+	bin := workerBinary(t)
+	r := redistest.Start(t)
+	dir := t.TempDir()
+	script := "#!/bin/sh\necho '{\"MESSAGE\":\"one line\"}'\n"
+	if err := os.WriteFile(filepath.Join(dir, "journalctl"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sub := r.Client(t).Subscribe(context.Background(), "stargazer:debug_events")
+	defer sub.Close()
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"ROLE=node", "REDIS_URL="+r.URL(), "HTTP_ADDR="+redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT=2s")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-sub.Channel():
+			var e struct {
+				Topic, Status string
+				Payload       map[string]any
+			}
+			if json.Unmarshal([]byte(m.Payload), &e) == nil && e.Topic == "scheduler_task_run" && e.Payload["task"] == jobs.JournalStream {
+				if e.Status != "ok" {
+					t.Fatalf("event %+v, want ok for a round that ended cleanly", e)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no scheduler_task_run event for journal_stream")
+		}
+	}
+}
