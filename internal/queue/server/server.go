@@ -106,7 +106,13 @@ func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
 func Mux(o Options) *asynq.ServeMux {
 	specs := index(o.Catalog)
 	mux := asynq.NewServeMux()
-	mux.Use(observe(o, specs), recoverPanics(o.Logger), singletons(o, specs))
+	// recoverPanics runs twice: innermost, so that a handler's panic is an
+	// ordinary (archived) error before it reaches the middleware holding
+	// locks, which then release them on their normal path; and right inside
+	// observe, so that a panic in our own middleware is still archived and
+	// counted. Every middleware also releases what it took in a defer, which
+	// runs on a panic too (docs/scheduling.md lists them).
+	mux.Use(observe(o, specs), recoverPanics(o.Logger), singletons(o, specs), recoverPanics(o.Logger))
 	return mux
 }
 
@@ -140,13 +146,20 @@ func recoverPanics(log *slog.Logger) asynq.MiddlewareFunc {
 }
 
 // singletons holds a cluster-wide lease around every run of a singleton
-// task, exposes it to the handler (singleton.Verify), and releases asynq's
-// enqueue lock when a run ends for good, so a failed or archived run never
-// blocks its task until the lock's TTL.
+// task, exposes it to the handler (singleton.Verify), runs the handler
+// under the lease's context (cancelled when the lease is lost), and
+// releases asynq's enqueue lock when a run ends for good, so a failed or
+// archived run never blocks its task until the lock's TTL.
+//
+// What it takes, and where it is released (in a defer, so on a panic too):
+// the lease key and its renewal goroutine (Release; the goroutine also
+// stops when the task's context ends), the lease context (Release cancels
+// it), the enqueue lock (released when the run is final or panicked), and
+// the release deadline (its cancel).
 func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 	locks := singleton.NewLocks(o.RedisClient, o.SingletonLease)
 	return func(next asynq.Handler) asynq.Handler {
-		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) (err error) {
 			spec, ok := specs[t.Type()]
 			if !ok || !spec.Singleton || o.RedisClient == nil {
 				return next.ProcessTask(ctx, t)
@@ -161,16 +174,27 @@ func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			if err != nil {
 				return err
 			}
-			err = next.ProcessTask(singleton.WithLease(ctx, le), t)
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			if rerr := le.Release(rctx); rerr != nil {
-				o.Logger.Warn("singleton lease not released; it lapses by itself", "task", spec.Name, "task_id", id, "error", rerr)
-			}
-			if err != nil && final(ctx, err) {
-				if _, rerr := singleton.ReleaseUnique(rctx, o.RedisClient, queue, t.Type(), t.Payload(), id); rerr != nil {
-					o.Logger.Warn("unique lock not released; it lapses at its TTL", "task", spec.Name, "task_id", id, "error", rerr)
+			panicked := true
+			defer func() {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				if rerr := le.Release(rctx); rerr != nil {
+					o.Logger.Warn("singleton lease not released; it lapses by itself", "task", spec.Name, "task_id", id, "error", rerr)
 				}
+				// A panic that got this far is archived by the outer
+				// recoverPanics: the run is final.
+				if panicked || (err != nil && final(ctx, err)) {
+					if _, rerr := singleton.ReleaseUnique(rctx, o.RedisClient, queue, t.Type(), t.Payload(), id); rerr != nil {
+						o.Logger.Warn("unique lock not released; it lapses at its TTL", "task", spec.Name, "task_id", id, "error", rerr)
+					}
+				}
+			}()
+			lctx := le.Context()
+			err = next.ProcessTask(singleton.WithLease(lctx, le), t)
+			panicked = false
+			if err != nil && lctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, singleton.ErrLost) {
+				// The run ended because its lease was lost: say so.
+				err = fmt.Errorf("%w: %w", err, context.Cause(lctx))
 			}
 			return err
 		})
@@ -227,6 +251,7 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			log.Debug("task started", "retried", retried)
 			o.Metrics.TaskStarts.WithLabelValues(name).Inc()
 			o.Metrics.TaskInFlight.WithLabelValues(name).Inc()
+			defer o.Metrics.TaskInFlight.WithLabelValues(name).Dec()
 			start := time.Now()
 
 			err := next.ProcessTask(ctx, t)
@@ -238,7 +263,6 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 
 			elapsed := time.Since(start)
 			status := classify(err)
-			o.Metrics.TaskInFlight.WithLabelValues(name).Dec()
 			o.Metrics.TaskRuns.WithLabelValues(name, status).Inc()
 			o.Metrics.TaskDuration.WithLabelValues(name).Observe(elapsed.Seconds())
 			errMsg := ""
