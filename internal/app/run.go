@@ -213,6 +213,7 @@ func Run(ctx context.Context, p Params) error {
 	}
 
 	waitForRedis(ctx, log, rdb)
+	asynqcompat.Gate(log.With("component", "asynqcompat")) // before anything uses asynq's private layout
 	srv := server.NewServer(wopt)
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("starting asynq server: %w", err)

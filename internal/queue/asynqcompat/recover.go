@@ -66,9 +66,8 @@ func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []str
 	cutoff := strconv.FormatInt(now.Add(-RecoverMargin).Unix(), 10)
 	var all []string
 	for _, q := range queues {
-		p := "asynq:{" + q + "}:"
-		ids, err := recoverScript.Run(ctx, rdb, []string{p + "lease", p + "active", p + "pending"},
-			cutoff, p+"t:", recoveredPrefix+q+":", maxFastRecoveries, 24*3600).StringSlice()
+		ids, err := recoverScript.Run(ctx, rdb, []string{leaseKey(q), activeKey(q), pendingKey(q)},
+			cutoff, taskKeyPrefix(q), recoveredPrefix+q+":", maxFastRecoveries, 24*3600).StringSlice()
 		if err != nil {
 			return all, fmt.Errorf("recovering queue %s: %w", q, err)
 		}
@@ -78,7 +77,11 @@ func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []str
 }
 
 // RunRecoverer recovers lease-expired tasks every interval until ctx ends.
+// It returns at once if Gate refused the linked asynq version.
 func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, queues []string, interval time.Duration) {
+	if !Enabled() {
+		return
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {

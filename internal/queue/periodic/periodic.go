@@ -30,7 +30,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 )
 
 // StateKeyPrefix prefixes the per-task schedule state hash.
@@ -284,7 +284,7 @@ func (s *Scheduler) releaseLeakedLock(ctx context.Context, e Entry, id string) {
 			return
 		}
 	}
-	if released, err := singleton.ReleaseUnique(ctx, s.cfg.Redis, e.Queue, e.Name, e.Payload, id); err == nil && released {
+	if released, err := asynqcompat.ReleaseUnique(ctx, s.cfg.Redis, e.Queue, e.Name, e.Payload, id); err == nil && released {
 		s.cfg.Logger.Debug("scheduler: released a unique lock leaked by a conflicting enqueue", "task", e.Name, "task_id", id)
 	}
 }

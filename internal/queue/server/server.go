@@ -15,6 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -184,7 +185,7 @@ func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 				// A panic that got this far is archived by the outer
 				// recoverPanics: the run is final.
 				if panicked || (err != nil && final(ctx, err)) {
-					if _, rerr := singleton.ReleaseUnique(rctx, o.RedisClient, queue, t.Type(), t.Payload(), id); rerr != nil {
+					if _, rerr := asynqcompat.ReleaseUnique(rctx, o.RedisClient, queue, t.Type(), t.Payload(), id); rerr != nil {
 						o.Logger.Warn("unique lock not released; it lapses at its TTL", "task", spec.Name, "task_id", id, "error", rerr)
 					}
 				}

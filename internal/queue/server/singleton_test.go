@@ -114,3 +114,45 @@ func TestLosingTheLeaseCancelsTheHandlersContextNamingTheLoss(t *testing.T) {
 		t.Errorf("cancelled %v after the loss, want within a renewal period", d)
 	}
 }
+
+// A run that fails for good releases its enqueue lock whatever its payload:
+// asynq locks an empty payload under md5(""), but hands the handler a nil
+// one.
+func TestTheEnqueueLockIsReleasedWhenARunFailsForGoodWhateverThePayload(t *testing.T) {
+	for _, payload := range [][]byte{nil, {}, []byte(`{"channel":"c1"}`)} {
+		h := newHarness(t, 5*time.Second)
+		spec := singletonSpec("test_failing", 0)
+		h.opts.Catalog = append(jobs.Catalog(), spec)
+		h.mux = server.Mux(h.opts)
+		h.mux.HandleFunc(spec.Name, func(context.Context, *asynq.Task) error { return errors.New("graph unreachable") })
+		s := h.start(t)
+		enqueue := func() (*asynq.TaskInfo, error) {
+			return h.client.Enqueue(asynq.NewTask(spec.Name, payload), asynq.Unique(spec.UniqueTTL()), asynq.MaxRetry(0))
+		}
+		info, err := enqueue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, "archive", func() bool {
+			got, err := h.insp.GetTaskInfo(jobs.QueueDefault, info.ID)
+			return err == nil && got.State == asynq.TaskStateArchived
+		})
+		if !waitUntil(5*time.Second, func() bool { u, _ := h.locksHeld(t, spec.Name); return !u }) {
+			t.Errorf("payload %q: enqueue lock still held after the run failed for good", payload)
+		} else if _, err := enqueue(); err != nil {
+			t.Errorf("payload %q: enqueue after the failed run: %v", payload, err)
+		}
+		s.Shutdown()
+	}
+}
+
+func waitUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}

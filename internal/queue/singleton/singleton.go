@@ -5,7 +5,8 @@
 // Two locks cooperate. At enqueue time asynq's Unique option refuses a second
 // copy while one is queued or running (the caller gets ErrDuplicateTask).
 // asynq keeps that lock after a failure, an archive or a crash until its TTL,
-// so the worker releases it itself when a run ends for good (ReleaseUnique).
+// so the worker releases it itself when a run ends for good
+// (asynqcompat.ReleaseUnique).
 // At run time this package holds a short lease, renewed while the handler
 // runs: a dead worker's lease lapses within Lease, and a second instance that
 // slipped past the enqueue lock (a different payload, an expired TTL) finds
@@ -14,7 +15,6 @@ package singleton
 
 import (
 	"context"
-	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 )
 
 // KeyPrefix prefixes the run-lease key of each singleton task.
@@ -280,29 +282,6 @@ func live(ctx context.Context) error {
 	return nil
 }
 
-// UniqueKey is the key asynq's Unique option locks for a task (asynq keeps
-// the format in an internal package: asynq:{queue}:unique:type:md5(payload)).
-func UniqueKey(queue, taskType string, payload []byte) string {
-	prefix := "asynq:{" + queue + "}:unique:" + taskType + ":"
-	if payload == nil {
-		return prefix
-	}
-	sum := md5.Sum(payload)
-	return prefix + hex.EncodeToString(sum[:])
-}
-
-// ReleaseUnique deletes asynq's enqueue lock of a task if taskID holds it.
-// asynq itself releases it only on success; a run that failed for good, was
-// archived or must be re-enqueued would otherwise block the task until the
-// lock's TTL.
-func ReleaseUnique(ctx context.Context, rdb redis.UniversalClient, queue, taskType string, payload []byte, taskID string) (bool, error) {
-	n, err := releaseScript.Run(ctx, rdb, []string{UniqueKey(queue, taskType, payload)}, taskID).Int()
-	if err != nil {
-		return false, fmt.Errorf("releasing unique lock of %s: %w", taskType, err)
-	}
-	return n == 1, nil
-}
-
 // Holder describes a held lock, for operators.
 type Holder struct {
 	Task   string
@@ -318,7 +297,7 @@ func List(ctx context.Context, rdb redis.UniversalClient, tasks map[string]strin
 	var out []Holder
 	for task, queue := range tasks {
 		keys := []string{KeyPrefix + task}
-		uk, err := scanKeys(ctx, rdb, "asynq:{"+queue+"}:unique:"+task+":*")
+		uk, err := scanKeys(ctx, rdb, asynqcompat.UniqueKeyPattern(queue, task))
 		if err != nil {
 			return nil, err
 		}
@@ -358,7 +337,7 @@ func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern string) ([
 // ForceRelease deletes every lock of task (lease and unique locks): the
 // operator's escape hatch. It returns how many keys it deleted.
 func ForceRelease(ctx context.Context, rdb redis.UniversalClient, task, queue string) (int, error) {
-	keys, err := scanKeys(ctx, rdb, "asynq:{"+queue+"}:unique:"+task+":*")
+	keys, err := scanKeys(ctx, rdb, asynqcompat.UniqueKeyPattern(queue, task))
 	if err != nil {
 		return 0, err
 	}
