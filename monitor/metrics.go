@@ -26,6 +26,7 @@ type Metrics struct {
 	LLMCalls       *prometheus.CounterVec
 	LLMTokens      *prometheus.CounterVec
 	LLMDuration    *prometheus.HistogramVec
+	EventsDropped  prometheus.Counter
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -83,7 +84,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help:    "Wall time of LLM calls, by endpoint and purpose.",
 		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
 	}, []string{"endpoint", "purpose"})
-	reg.MustRegister(m.TaskItems, m.LLMCalls, m.LLMTokens, m.LLMDuration)
+	m.EventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stargazer_debug_events_dropped_total",
+		Help: "Debug events (scheduler_task_run) not published: buffer full, Redis unreachable, or still buffered when the stop flush ran out of time.",
+	})
+	reg.MustRegister(m.TaskItems, m.LLMCalls, m.LLMTokens, m.LLMDuration, m.EventsDropped)
 	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
 		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
 	return m

@@ -148,6 +148,7 @@ func Run(ctx context.Context, p Params) error {
 
 	publisher := events.NewPublisher(rdb, cfg.DebugEventsChannel)
 	asyncEvents := events.NewAsync(publisher, 10_000)
+	asyncEvents.CountDropsIn(metrics.EventsDropped)
 	evCtx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
 	go asyncEvents.Run(evCtx)
 	defer func() { stopEvents(); <-asyncEvents.Done() }() // after the server: flush the last runs' events

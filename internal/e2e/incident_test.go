@@ -7,6 +7,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,4 +147,53 @@ func held(t *testing.T, rdb *redis.Client) []singleton.Holder {
 		t.Fatal(err)
 	}
 	return hs
+}
+
+func TestShutdownWithRedisUnreachableFinishesWithinTheShutdownTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process scenario")
+	}
+	tests := []struct {
+		name, sleep string
+	}{
+		// Each finishes during the outage and offers its debug event to a
+		// publisher that cannot send.
+		{"ten runs finish during the outage", "1500ms"},
+		// asynq waits SHUTDOWN_TIMEOUT for them, then cannot requeue them.
+		{"ten runs outlast the shutdown timeout", "60s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			rdb := srv.Client(t)
+			started := subscribe(t, rdb)
+			env := map[string]string{"TASK_INTERVALS": "e2e_plain=off,e2e_single=off", "E2E_SLEEP": tt.sleep, "WORKER_CONCURRENCY": "10"}
+			w := start(t, srv.URL(), env)
+			enqueueLoad(t, asynq.RedisClientOpt{Addr: srv.Addr}, "busy", 40)
+			for range 10 {
+				waitStarted(t, started, 10*time.Second)
+			}
+			srv.Crash()
+			time.Sleep(2 * time.Second)
+			t0 := time.Now()
+			w.signal(syscall.SIGTERM)
+			const shutdownTimeout = 5 * time.Second // start() sets SHUTDOWN_TIMEOUT=5s
+			select {
+			case <-w.done:
+			case <-time.After(shutdownTimeout + 60*time.Second):
+				t.Fatalf("worker still running %v after SIGTERM with Redis down\n%s", time.Since(t0), tail(w.Logs(), 30))
+			}
+			took := time.Since(t0)
+			if took > shutdownTimeout+5*time.Second {
+				t.Errorf("shutdown with Redis down took %v, want at most SHUTDOWN_TIMEOUT (%v) + 5s\n%s", took, shutdownTimeout, tail(w.Logs(), 30))
+			}
+			figure(t, "SIGTERM with Redis down (%s, SHUTDOWN_TIMEOUT=5s): exited after %.1fs", tt.name, took.Seconds())
+		})
+	}
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
