@@ -27,6 +27,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/embeddedredis"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
+	"github.com/stargazer/stargazer-jobs/internal/logthrottle"
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
@@ -73,7 +74,12 @@ func Run(ctx context.Context, p Params) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(p.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// A component's repeated warnings (a Redis outage) are logged once per
+	// minute with a count; go-redis's own lines join the JSON log.
+	throttled := logthrottle.New(slog.NewJSONHandler(p.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}), logthrottle.Interval)
+	defer throttled.Flush()
+	log := slog.New(throttled)
+	redis.SetLogger(logthrottle.RedisLogger{L: log})
 
 	if cfg.Embedded() {
 		emb, err := embeddedredis.Start()
@@ -327,7 +333,7 @@ func waitForRedis(ctx context.Context, log *slog.Logger, rdb *redis.Client) {
 		if err == nil || ctx.Err() != nil {
 			return
 		}
-		log.Error("redis unreachable; retrying", "error", err, "retry_in", backoff.String())
+		log.Error("redis unreachable; retrying", "component", "startup", "error", err, "retry_in", backoff.String())
 		select {
 		case <-ctx.Done():
 			return

@@ -63,7 +63,7 @@ func NewServer(o Options) *asynq.Server {
 		LogLevel:        asynq.WarnLevel,
 		HealthCheckFunc: func(err error) {
 			if err != nil {
-				log.Error("redis health check failed; asynq keeps retrying", "error", err)
+				log.Error("redis health check failed; asynq keeps retrying", "component", "healthcheck", "error", err)
 			}
 		},
 	})
