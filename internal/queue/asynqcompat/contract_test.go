@@ -7,6 +7,7 @@ package asynqcompat
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -199,5 +200,83 @@ func TestContractATaskIDConflictLeaksTheUniqueLockAndReleaseUniqueFreesIt(t *tes
 	}
 	if _, err := c.Enqueue(asynq.NewTask("t", payload), asynq.Queue("default"), asynq.Unique(time.Hour)); err != nil {
 		t.Errorf("next occurrence after the release: %v", err)
+	}
+}
+
+// asynq v0.26's server leaks a connection per failed SUBSCRIBE; the client
+// ServerConn gives it does not.
+func TestContractAFailingSubscribeLeaksNoConnectionThroughServerConn(t *testing.T) {
+	tests := []struct {
+		name  string
+		conn  func(asynq.RedisConnOpt) asynq.RedisConnOpt
+		leaks bool
+	}{
+		{"asynq's own client leaks", func(o asynq.RedisConnOpt) asynq.RedisConnOpt { return o }, true},
+		{"ServerConn does not", ServerConn, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.Start(t, "--rename-command", "SUBSCRIBE", "")
+			rdb := srv.Client(t)
+			clients := func() int {
+				l, _ := rdb.ClientList(context.Background()).Result()
+				return strings.Count(l, "\n")
+			}
+			s := asynq.NewServer(tt.conn(asynq.RedisClientOpt{Addr: srv.Addr}), asynq.Config{
+				Concurrency: 1, Queues: map[string]int{"default": 1}, LogLevel: asynq.FatalLevel, ShutdownTimeout: time.Second,
+			})
+			if err := s.Start(asynq.NewServeMux()); err != nil {
+				t.Fatal(err)
+			}
+			defer s.Shutdown()
+			time.Sleep(2 * time.Second)
+			before := clients()
+			time.Sleep(16 * time.Second) // three more subscribe attempts
+			after := clients()
+			if leaked := after - before; (leaked >= 2) != tt.leaks {
+				t.Errorf("connections %d -> %d over three failed SUBSCRIBEs; leak expected: %v", before, after, tt.leaks)
+			}
+		})
+	}
+}
+
+// With SUBSCRIBE working, a server on ServerConn still receives task
+// cancelations (Inspector.CancelProcessing, the dashboard's Cancel).
+func TestContractServerConnKeepsCancelationWorking(t *testing.T) {
+	srv := redistest.Start(t)
+	started, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
+	s := asynq.NewServer(ServerConn(asynq.RedisClientOpt{Addr: srv.Addr}), asynq.Config{
+		Concurrency: 1, Queues: map[string]int{"default": 1}, LogLevel: asynq.FatalLevel, ShutdownTimeout: time.Second,
+	})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc("t", func(ctx context.Context, _ *asynq.Task) error {
+		started <- struct{}{}
+		select {
+		case <-ctx.Done():
+			cancelled <- struct{}{}
+		case <-time.After(20 * time.Second):
+		}
+		return ctx.Err()
+	})
+	if err := s.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	c := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer c.Close()
+	info, err := c.Enqueue(asynq.NewTask("t", nil), asynq.Queue("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	if err := insp.CancelProcessing(info.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the running task was not cancelled")
 	}
 }

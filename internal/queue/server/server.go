@@ -54,7 +54,7 @@ func index(catalog []jobs.Spec) map[string]jobs.Spec {
 // NewServer returns an asynq server configured for the catalog's queues.
 func NewServer(o Options) *asynq.Server {
 	log := o.Logger
-	return asynq.NewServer(o.Redis, asynq.Config{
+	return asynq.NewServer(asynqcompat.ServerConn(o.Redis), asynq.Config{
 		Concurrency:     o.Concurrency,
 		Queues:          jobs.Queues(),
 		ShutdownTimeout: o.ShutdownTimeout,
