@@ -20,6 +20,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -78,6 +79,12 @@ func handler(rdb *redis.Client, sleep time.Duration, runlog *os.File) asynq.Hand
 		select {
 		case <-time.After(sleep):
 		case <-ctx.Done():
+			// A run whose singleton lease was lost is stopped before its
+			// destructive step: record it as refused.
+			if cause := context.Cause(ctx); errors.Is(cause, singleton.ErrLost) {
+				rdb.RPush(bg, RefusedKey, id+"|"+cause.Error())
+				return cause
+			}
 			return ctx.Err()
 		}
 		if t.Type() == "e2e_single" {
