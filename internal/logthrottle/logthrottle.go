@@ -6,10 +6,11 @@
 // or logger carrying a "component" attribute) is logged the first time;
 // repeats of the same kind within the interval are counted instead, and
 // one line at the end of the interval reports the last of them with their
-// number ("repeated", that line included). A kind is the component plus the message up to its
-// first ": ", so messages that embed the error text (asynq's, go-redis's)
-// still group. Records without a component, and records below Warn, pass
-// untouched: a failed task's log line is never merged with another's.
+// number ("repeated", that line included). A kind is the component plus
+// the message up to its first ": ", so messages that embed the error text
+// (asynq's, go-redis's) still group, plus the record's task_id if it has
+// one: lines about two tasks are never merged. Records without a
+// component, and records below Warn, pass untouched.
 package logthrottle
 
 import (
@@ -31,6 +32,7 @@ const maxKinds = 512
 type Handler struct {
 	inner     slog.Handler
 	component string // from WithAttrs, if any
+	taskID    string // from WithAttrs, if any
 	grouped   bool   // WithGroup was called: later attributes are nested
 	s         *state
 }
@@ -71,8 +73,11 @@ func (h *Handler) WithAttrs(as []slog.Attr) slog.Handler {
 	c.inner = h.inner.WithAttrs(as)
 	if !h.grouped {
 		for _, a := range as {
-			if a.Key == "component" {
+			switch a.Key {
+			case "component":
 				c.component = a.Value.String()
+			case "task_id":
+				c.taskID = a.Value.String()
 			}
 		}
 	}
@@ -92,12 +97,14 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level < slog.LevelWarn {
 		return h.inner.Handle(ctx, r)
 	}
-	component := h.component
+	component, taskID := h.component, h.taskID
 	if !h.grouped {
 		r.Attrs(func(a slog.Attr) bool {
-			if a.Key == "component" {
+			switch a.Key {
+			case "component":
 				component = a.Value.String()
-				return false
+			case "task_id":
+				taskID = a.Value.String()
 			}
 			return true
 		})
@@ -106,7 +113,7 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 		return h.inner.Handle(ctx, r)
 	}
 	msg, _, _ := strings.Cut(r.Message, ": ")
-	key := component + "\x00" + msg
+	key := component + "\x00" + msg + "\x00" + taskID
 
 	s := h.s
 	s.mu.Lock()

@@ -109,16 +109,20 @@ func TestWhatIsNotAComponentsWarningPassesUntouched(t *testing.T) {
 
 func TestKindsAreIndependent(t *testing.T) {
 	log, h, buf := newLogger(time.Hour)
+	recoverer := log.With("component", "recoverer")
 	for range 3 {
-		log.Warn("recovery failed: x", "component", "recoverer")
+		recoverer.Warn("recovery failed: x")
 		log.Warn("recovery failed: y", "component", "scheduler")
-		log.Warn("cannot subscribe to cancelation channel: z", "component", "recoverer")
+		recoverer.Warn("cannot subscribe to cancelation channel: z")
+		// Lines about different tasks are not merged.
+		recoverer.Warn("task recovered from a dead worker", "task_id", "a")
+		recoverer.Warn("task recovered from a dead worker", "task_id", "b")
 	}
-	if rs := buf.records(t); len(rs) != 3 {
-		t.Errorf("%d lines before the interval ends, want one per kind (3)", len(rs))
+	if rs := buf.records(t); len(rs) != 5 {
+		t.Errorf("%d lines before the interval ends, want one per kind (5)", len(rs))
 	}
 	h.Flush()
-	if rs := buf.records(t); len(rs) != 6 {
-		t.Errorf("%d lines after Flush, want 3 more with counts", len(rs))
+	if rs := buf.records(t); len(rs) != 10 {
+		t.Errorf("%d lines after Flush, want 5 more with counts", len(rs))
 	}
 }
