@@ -95,6 +95,9 @@ func TestPanickingSingletonIsArchivedOnceAndRunsAgainWithinAnInterval(t *testing
 		t.Fatalf("no run of e2e_single completed within %v of the panic\nlocks: %v\n%s", interval+3*time.Second, held(t, rdb), byPID(ws, p[2]).Logs())
 	}
 	afterPanic := next.end.Sub(panickedAt)
+	if gap := dueOf(t, next).Sub(dueOf(t, run{id: p[1]})); gap != interval {
+		t.Errorf("the first run after the panic was due %v after the panicked one, want the very next occurrence (%v)", gap, interval)
+	}
 
 	// And on the other worker, once the one that panicked is gone.
 	other := ws[0]
