@@ -32,6 +32,14 @@ const (
 	DefaultStarwikiLintMinute = 60
 )
 
+// SupervisedMaxRetry keeps a failing pass of a supervised task restarting
+// as the original TaskSupervisor did (1 s doubling to 60 s, see
+// RetryDelay in internal/queue/server): six ramp-up restarts, then one a
+// minute for a day. The supervisor never gave up; after a day of failures
+// the pass is archived, which shows on the dashboard, and the schedule's
+// next pass starts afresh from a 1 s backoff.
+const SupervisedMaxRetry = 6 + 24*60
+
 func sec(n float64) time.Duration { return time.Duration(n * float64(time.Second)) }
 
 func empty() Payload { return &Empty{} }
@@ -176,7 +184,7 @@ func Catalog() []Spec {
 			Name: LimbicDedup, Kind: Supervised,
 			Interval: sec(DefaultDedupIntervalSecs),
 			Requires: BotRuntime | KG | LLM | Config, Needs: Redis, EnabledBy: "ka_dedup_enabled", Singleton: true,
-			Queue: QueueMaintenance, MaxRetry: 6, Timeout: 30 * time.Minute,
+			Queue: QueueMaintenance, MaxRetry: SupervisedMaxRetry, Timeout: 30 * time.Minute,
 			NewPayload: empty,
 			Summary:    "Merge duplicate graph entities judged by the LLM (was a leader-elected loop).",
 		},
@@ -184,7 +192,7 @@ func Catalog() []Spec {
 			Name: LimbicOrg, Kind: Supervised,
 			Interval: sec(DefaultOrgIntervalSecs),
 			Requires: BotRuntime | KG | LLM | Config, Needs: Redis, EnabledBy: "ka_org_enabled", Singleton: true,
-			Queue: QueueMaintenance, MaxRetry: 6, Timeout: 30 * time.Minute,
+			Queue: QueueMaintenance, MaxRetry: SupervisedMaxRetry, Timeout: 30 * time.Minute,
 			NewPayload: empty,
 			Summary:    "Group hub entities' neighbours into named categories (was a leader-elected loop).",
 		},

@@ -37,6 +37,7 @@ type Metrics struct {
 	SingletonTimeout *prometheus.GaugeVec
 	LeaseRecoveries  prometheus.Counter
 	TaskStoodDown    *prometheus.CounterVec
+	EventsDropped    prometheus.Counter
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -112,6 +113,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"task", "reason"})
 	reg.MustRegister(m.TaskStoodDown)
 	reg.MustRegister(m.TaskLastSuccess, m.TaskInterval, m.TaskArchived, m.SingletonSince, m.SingletonTimeout, m.LeaseRecoveries)
+	m.EventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stargazer_debug_events_dropped_total",
+		Help: "Debug events (scheduler_task_run) not published: buffer full, Redis unreachable, or still buffered when the stop flush ran out of time.",
+	})
+	reg.MustRegister(m.EventsDropped)
 	reg.MustRegister(m.TaskRuns, m.TaskStarts, m.TaskDuration, m.TaskInFlight, m.TaskCrashes,
 		m.SchedulerFires, m.SchedulerLate, m.SchedulerMiss)
 	return m

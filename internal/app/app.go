@@ -21,6 +21,8 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
 	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/logthrottle"
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
@@ -52,12 +54,19 @@ func Run(ctx context.Context, p Params) error {
 	if a.catalog == nil {
 		a.catalog = jobs.Catalog()
 	}
-	a.log = slog.New(slog.NewJSONHandler(p.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// A component's repeated warnings (a Redis outage) are logged once per
+	// minute with a count; go-redis's own lines join the JSON log.
+	throttled := logthrottle.New(slog.NewJSONHandler(p.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}), logthrottle.Interval)
+	defer throttled.Flush()
+	a.log = slog.New(throttled)
+	redis.SetLogger(logthrottle.RedisLogger{L: a.log})
 	defer a.stops.run(a.log)
 
 	if err := a.gate(); err != nil {
 		return err
 	}
+	// Before anything uses asynq's private layout.
+	a.asynqCovered = asynqcompat.Gate(a.log.With("component", "asynqcompat"))
 	if err := a.connect(); err != nil {
 		return err
 	}
@@ -110,6 +119,9 @@ type app struct {
 	metrics    *monitor.Metrics
 	llmMetrics *llm.Metrics
 	killSwitch *killswitch.Switch
+	// asynqCovered: the contract tests cover the linked asynq version, so
+	// the workarounds on its private layout run.
+	asynqCovered bool
 	// budgetMetrics observe the cluster-wide LLM budget.
 	budgetMetrics *budget.Metrics
 

@@ -33,7 +33,7 @@ func (a *app) startBackground(ctx context.Context) error {
 	if cfg.SchedulerEnabled {
 		s, err := periodic.New(periodic.Config{
 			Redis: a.rdb, Enqueuer: asynqcompat.RecordEnqueues(a.client, a.rdb, a.log), States: periodic.InspectorStates{Inspector: a.insp},
-			Observer: a.metrics, Logger: a.log.With("component", "scheduler"),
+			Observer: a.metrics, Logger: a.log.With("component", "scheduler"), SkipAsynqWorkarounds: !a.asynqCovered,
 		}, entries(a.decisions))
 		if err != nil {
 			return err
@@ -45,7 +45,7 @@ func (a *app) startBackground(ctx context.Context) error {
 	bg, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	a.stops.push(func() { stop(); wg.Wait() })
-	if cfg.FastLeaseRecovery {
+	if cfg.FastLeaseRecovery && a.asynqCovered {
 		wg.Go(func() {
 			asynqcompat.RunRecoverer(bg, a.log.With("component", "recoverer"), a.rdb, slices.Sorted(maps.Keys(jobs.Queues())), asynqcompat.RecoverEvery, a.metrics.LeaseRecoveries.Inc)
 		})

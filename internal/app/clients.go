@@ -227,7 +227,7 @@ func waitForRedis(ctx context.Context, log *slog.Logger, rdb *redis.Client) {
 		if err == nil || ctx.Err() != nil {
 			return
 		}
-		log.Error("redis unreachable; retrying", "error", err, "retry_in", backoff.String())
+		log.Error("redis unreachable; retrying", "component", "startup", "error", err, "retry_in", backoff.String())
 		select {
 		case <-ctx.Done():
 			return

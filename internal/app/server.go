@@ -22,6 +22,7 @@ const eventBuffer = 10_000
 func (a *app) startServer(ctx context.Context) error {
 	cfg := a.cfg
 	asyncEvents := events.NewAsync(a.publisher, eventBuffer)
+	asyncEvents.CountDropsIn(a.metrics.EventsDropped)
 	evCtx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
 	go asyncEvents.Run(evCtx)
 	// Pushed before the server's stop, so it runs after it: the last runs'
@@ -32,7 +33,7 @@ func (a *app) startServer(ctx context.Context) error {
 		Redis: a.connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: a.log, Metrics: a.metrics, Events: asyncEvents,
 		Catalog: a.catalog, RedisClient: a.rdb, SingletonLease: cfg.SingletonLease,
-		KillSwitch: a.killSwitch,
+		KillSwitch: a.killSwitch, SkipAsynqWorkarounds: !a.asynqCovered,
 	}
 	if cfg.LegacyLeaderKey != "" {
 		wopt.LegacyLeader = singleton.LegacyLeader{Redis: a.rdb, Key: cfg.LegacyLeaderKey}

@@ -74,6 +74,12 @@ func (p *proc) Logs() string {
 // start launches a worker process and waits until it serves tasks.
 func start(t *testing.T, redisURL string, env map[string]string) *proc {
 	t.Helper()
+	return startUntil(t, redisURL, env, `"msg":"worker started"`)
+}
+
+// startUntil launches a worker process and waits until it logs ready.
+func startUntil(t *testing.T, redisURL string, env map[string]string, ready string) *proc {
+	t.Helper()
 	p := &proc{t: t, addr: redistest.FreeAddr(t), done: make(chan struct{})}
 	p.cmd = exec.Command(binary)
 	p.cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "HTTP_ADDR="+p.addr, "SHUTDOWN_TIMEOUT=5s", "LOG_LEVEL=info")
@@ -88,7 +94,7 @@ func start(t *testing.T, redisURL string, env map[string]string) *proc {
 	t.Cleanup(func() { p.kill() })
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if strings.Contains(p.Logs(), `"msg":"worker started"`) {
+		if strings.Contains(p.Logs(), ready) {
 			return p
 		}
 		select {

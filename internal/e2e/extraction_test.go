@@ -111,7 +111,7 @@ func reference(t *testing.T) string {
 		r.plan(2 * time.Minute)
 		r.checkExactlyOnce()
 		refSnap = kgload.Snapshot(t, r.g)
-		if n := len(lines(refSnap)); n < kgChannels*kgPerChannel {
+		if n := len(snapshotLines(refSnap)); n < kgChannels*kgPerChannel {
 			t.Fatalf("the reference graph has %d lines", n)
 		}
 	})
@@ -346,7 +346,7 @@ func TestCursorsNeverPassAnUnsettledMessageWhenUnitsFinishOutOfOrder(t *testing.
 
 // diff shows the first lines where two snapshots differ.
 func diff(want, got string) string {
-	wl, gl := lines(want), lines(got)
+	wl, gl := snapshotLines(want), snapshotLines(got)
 	var out []string
 	for i := 0; i < max(len(wl), len(gl)) && len(out) < 10; i++ {
 		var w, g string
@@ -363,4 +363,4 @@ func diff(want, got string) string {
 	return fmt.Sprintf("%d vs %d lines; %v", len(wl), len(gl), out)
 }
 
-func lines(s string) []string { return strings.Split(strings.TrimSuffix(s, "\n"), "\n") }
+func snapshotLines(s string) []string { return strings.Split(strings.TrimSuffix(s, "\n"), "\n") }

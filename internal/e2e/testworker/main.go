@@ -9,6 +9,10 @@
 //
 //   - e2e_panic: panics, for the bad-input scenarios.
 //
+// A run of e2e_plain or e2e_single panics, once, when the key
+// e2e:panic:<task> exists (PanicPrefix): a singleton whose handler meets
+// an unexpected graph row.
+//
 // E2E_SLEEP sets how long each run works. E2E_RUNLOG, if set, is a file
 // that every completed run is also appended to, so a test can count runs
 // even when Redis itself lost writes (a failover).
@@ -16,6 +20,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -39,6 +44,8 @@ const (
 	DestroyedKey   = "e2e:destructive" // list of task IDs whose destructive step ran
 	RefusedKey     = "e2e:refused"     // list of "taskID|reason" refused by Verify
 	StartedChannel = "e2e:started"     // pub/sub: "task|taskID|pid" when a run starts
+	PanicPrefix    = "e2e:panic:"      // if e2e:panic:<task> exists, the next run of task deletes it and panics
+	PanickedKey    = "e2e:panicked"    // list of "task|taskID|pid" of runs that panicked
 )
 
 func specs() []jobs.Spec {
@@ -64,9 +71,20 @@ func handler(rdb *redis.Client, sleep time.Duration, runlog *os.File) asynq.Hand
 		}
 		rdb.Publish(bg, StartedChannel, fmt.Sprintf("%s|%s|%d", t.Type(), id, pid))
 		defer rdb.Decr(bg, ActivePrefix+t.Type())
+		if n, _ := rdb.Del(bg, PanicPrefix+t.Type()).Result(); n == 1 {
+			rdb.RPush(bg, PanickedKey, fmt.Sprintf("%s|%s|%d", t.Type(), id, pid))
+			var row map[string]any
+			_ = row["name"].(string) // an unexpected graph row: a nil interface conversion panics
+		}
 		select {
 		case <-time.After(sleep):
 		case <-ctx.Done():
+			// A run whose singleton lease was lost is stopped before its
+			// destructive step: record it as refused.
+			if cause := context.Cause(ctx); errors.Is(cause, singleton.ErrLost) {
+				rdb.RPush(bg, RefusedKey, id+"|"+cause.Error())
+				return cause
+			}
 			return ctx.Err()
 		}
 		if t.Type() == "e2e_single" {

@@ -73,9 +73,8 @@ func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []str
 	cutoff := strconv.FormatInt(now.Add(-RecoverMargin).Unix(), 10)
 	var all []string
 	for _, q := range queues {
-		p := "asynq:{" + q + "}:"
-		ids, err := recoverScript.Run(ctx, rdb, []string{p + "lease", p + "active", p + "pending"},
-			cutoff, p+"t:", recoveredPrefix+q+":", maxFastRecoveries, 24*3600).StringSlice()
+		ids, err := recoverScript.Run(ctx, rdb, []string{leaseKey(q), activeKey(q), pendingKey(q)},
+			cutoff, taskKeyPrefix(q), recoveredPrefix+q+":", maxFastRecoveries, 24*3600).StringSlice()
 		if err != nil {
 			return all, fmt.Errorf("recovering queue %s: %w", q, err)
 		}
@@ -86,6 +85,7 @@ func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []str
 
 // RunRecoverer recovers lease-expired tasks every interval until ctx ends.
 // recovered, if not nil, is called once per task put back (a metric).
+// Start it only where Gate accepted the linked asynq version.
 func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, queues []string, interval time.Duration, recovered func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()

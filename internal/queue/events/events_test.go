@@ -2,10 +2,14 @@ package events_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/faultproxy"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
 
@@ -18,6 +22,9 @@ func TestAsyncDeliversEveryEventAndFlushesOnStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := events.NewAsync(events.NewPublisher(rdb, "ev"), 1000)
+	// The bound on the flush is not what this test is about: on a loaded
+	// machine (-race, packages in parallel) 2 s can run out.
+	a.FlushTimeout = 30 * time.Second
 	runCtx, stop := context.WithCancel(ctx)
 	go a.Run(runCtx)
 	for range 500 {
@@ -47,5 +54,46 @@ func TestAsyncDropsAndCountsWhenFull(t *testing.T) {
 	}
 	if a.Dropped() != 3 {
 		t.Fatalf("dropped %d, want 3", a.Dropped())
+	}
+}
+
+type adder struct{ n atomic.Int64 }
+
+func (a *adder) Add(f float64) { a.n.Add(int64(f)) }
+
+func TestAStopWithRedisUnreachableFlushesWithinItsDeadlineAndCountsTheDrops(t *testing.T) {
+	for _, mode := range []faultproxy.Mode{faultproxy.Stall, faultproxy.Drop} {
+		srv := redistest.Start(t)
+		proxy, err := faultproxy.Start(srv.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr()})
+		a := events.NewAsync(events.NewPublisher(rdb, "ev"), 10_000)
+		var metric adder
+		a.CountDropsIn(&metric)
+		// Redis stops answering (a dead switch) or refuses, with the
+		// buffer full, when the worker stops.
+		proxy.SetMode(mode)
+		for range 10_000 {
+			a.Offer(events.Event{Topic: "scheduler_task_run"})
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		go a.Run(ctx)
+		stop()
+		t0 := time.Now()
+		select {
+		case <-a.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("mode %v: flush still running after 30s", mode)
+		}
+		if took := time.Since(t0); took > 5*time.Second {
+			t.Errorf("mode %v: stop took %v with Redis unreachable, want the 2s flush deadline (plus one send)", mode, took)
+		}
+		if a.Dropped() != 10_000 || metric.n.Load() != 10_000 {
+			t.Errorf("mode %v: dropped %d (metric %d), want all 10000 counted", mode, a.Dropped(), metric.n.Load())
+		}
+		rdb.Close()
+		proxy.Close()
 	}
 }

@@ -30,7 +30,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 )
 
 // StateKeyPrefix prefixes the per-task schedule state hash.
@@ -95,6 +95,9 @@ type Config struct {
 	Poll time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// SkipAsynqWorkarounds leaves asynq's Unique locks alone (no release
+	// of a leaked one): asynqcompat.Gate refused the linked asynq version.
+	SkipAsynqWorkarounds bool
 }
 
 // Scheduler runs the loop. Create it with New.
@@ -263,7 +266,7 @@ func (s *Scheduler) enqueue(ctx context.Context, e Entry, prev string, occ time.
 		// occurrence, or a manual run) is queued or running.
 		return OutcomeDuplicate, id, nil
 	case errors.Is(err, asynq.ErrTaskIDConflict):
-		if e.Unique > 0 {
+		if e.Unique > 0 && !s.cfg.SkipAsynqWorkarounds {
 			s.releaseLeakedLock(ctx, e, id)
 		}
 		return OutcomeDuplicate, id, nil
@@ -284,7 +287,7 @@ func (s *Scheduler) releaseLeakedLock(ctx context.Context, e Entry, id string) {
 			return
 		}
 	}
-	if released, err := singleton.ReleaseUnique(ctx, s.cfg.Redis, e.Queue, e.Name, e.Payload, id); err == nil && released {
+	if released, err := asynqcompat.ReleaseUnique(ctx, s.cfg.Redis, e.Queue, e.Name, e.Payload, id); err == nil && released {
 		s.cfg.Logger.Debug("scheduler: released a unique lock leaked by a conflicting enqueue", "task", e.Name, "task_id", id)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -38,6 +39,10 @@ type Options struct {
 	RedisClient redis.UniversalClient
 	// SingletonLease is the lease of a running singleton (0: the default).
 	SingletonLease time.Duration
+	// SkipAsynqWorkarounds leaves asynq's private Redis layout alone (no
+	// early unique-lock release, no subscriber check): asynqcompat.Gate
+	// refused the linked asynq version.
+	SkipAsynqWorkarounds bool
 	// KillSwitch, if set, is checked when a chat-LLM task starts.
 	KillSwitch KillSwitch
 	// LegacyLeader, if set, makes the supervised tasks stand down while the
@@ -81,7 +86,11 @@ func index(catalog []jobs.Spec) map[string]jobs.Spec {
 // NewServer returns an asynq server configured for the catalog's queues.
 func NewServer(o Options) *asynq.Server {
 	log := o.Logger
-	return asynq.NewServer(o.Redis, asynq.Config{
+	conn := o.Redis
+	if !o.SkipAsynqWorkarounds {
+		conn = asynqcompat.ServerConn(conn)
+	}
+	return asynq.NewServer(conn, asynq.Config{
 		Concurrency:     o.Concurrency,
 		Queues:          jobs.Queues(),
 		ShutdownTimeout: o.ShutdownTimeout,
@@ -90,7 +99,7 @@ func NewServer(o Options) *asynq.Server {
 		LogLevel:        asynq.WarnLevel,
 		HealthCheckFunc: func(err error) {
 			if err != nil {
-				log.Error("redis health check failed; asynq keeps retrying", "error", err)
+				log.Error("redis health check failed; asynq keeps retrying", "component", "healthcheck", "error", err)
 			}
 		},
 	})
@@ -134,7 +143,13 @@ func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
 func Mux(o Options) *asynq.ServeMux {
 	specs := index(o.Catalog)
 	mux := asynq.NewServeMux()
-	mux.Use(observe(o, specs), recoverPanics(o.Logger), standDown(o, specs), singletons(o, specs))
+	// recoverPanics runs twice: innermost, so that a handler's panic is an
+	// ordinary (archived) error before it reaches the middleware holding
+	// locks, which then release them on their normal path; and right inside
+	// observe, so that a panic in our own middleware is still archived and
+	// counted. Every middleware also releases what it took in a defer, which
+	// runs on a panic too (docs/scheduling.md lists them).
+	mux.Use(observe(o, specs), recoverPanics(o.Logger), standDown(o, specs), singletons(o, specs), recoverPanics(o.Logger))
 	return mux
 }
 
@@ -168,13 +183,20 @@ func recoverPanics(log *slog.Logger) asynq.MiddlewareFunc {
 }
 
 // singletons holds a cluster-wide lease around every run of a singleton
-// task, exposes it to the handler (singleton.Verify), and releases asynq's
-// enqueue lock when a run ends for good, so a failed or archived run never
-// blocks its task until the lock's TTL.
+// task, exposes it to the handler (singleton.Verify), runs the handler
+// under the lease's context (cancelled when the lease is lost), and
+// releases asynq's enqueue lock when a run ends for good, so a failed or
+// archived run never blocks its task until the lock's TTL.
+//
+// What it takes, and where it is released (in a defer, so on a panic too):
+// the lease key and its renewal goroutine (Release; the goroutine also
+// stops when the task's context ends), the lease context (Release cancels
+// it), the enqueue lock (released when the run is final or panicked), and
+// the release deadline (its cancel).
 func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 	locks := singleton.NewLocks(o.RedisClient, o.SingletonLease)
 	return func(next asynq.Handler) asynq.Handler {
-		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) (err error) {
 			spec, ok := specs[t.Type()]
 			if !ok || !spec.Singleton || o.RedisClient == nil {
 				return next.ProcessTask(ctx, t)
@@ -194,16 +216,27 @@ func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 				timeout = time.Until(dl)
 			}
 			defer o.Metrics.SingletonHeld(spec.Name, timeout)()
-			err = next.ProcessTask(singleton.WithLease(ctx, le), t)
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			if rerr := le.Release(rctx); rerr != nil {
-				o.Logger.Warn("singleton lease not released; it lapses by itself", "task", spec.Name, "task_id", id, "error", rerr)
-			}
-			if err != nil && final(ctx, err) {
-				if _, rerr := singleton.ReleaseUnique(rctx, o.RedisClient, queue, t.Type(), t.Payload(), id); rerr != nil {
-					o.Logger.Warn("unique lock not released; it lapses at its TTL", "task", spec.Name, "task_id", id, "error", rerr)
+			panicked := true
+			defer func() {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				if rerr := le.Release(rctx); rerr != nil {
+					o.Logger.Warn("singleton lease not released; it lapses by itself", "task", spec.Name, "task_id", id, "error", rerr)
 				}
+				// A panic that got this far is archived by the outer
+				// recoverPanics: the run is final.
+				if !o.SkipAsynqWorkarounds && (panicked || (err != nil && final(ctx, err))) {
+					if _, rerr := asynqcompat.ReleaseUnique(rctx, o.RedisClient, queue, t.Type(), t.Payload(), id); rerr != nil {
+						o.Logger.Warn("unique lock not released; it lapses at its TTL", "task", spec.Name, "task_id", id, "error", rerr)
+					}
+				}
+			}()
+			lctx := le.Context()
+			err = next.ProcessTask(singleton.WithLease(lctx, le), t)
+			panicked = false
+			if err != nil && lctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, singleton.ErrLost) {
+				// The run ended because its lease was lost: say so.
+				err = fmt.Errorf("%w: %w", err, context.Cause(lctx))
 			}
 			return err
 		})
@@ -259,6 +292,15 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			log := o.Logger.With("task", t.Type(), "task_id", id, "queue", queue)
 			log.Debug("task started", "retried", retried)
 			o.Metrics.RunStarted(name)
+			// Whatever happens below, the run is reported finished once, so
+			// the in-flight gauge never stays up (a panic in this
+			// middleware's own code).
+			reported := false
+			defer func() {
+				if !reported {
+					o.Metrics.RunFinished(Run{Task: name, Status: StatusPanic, Class: StatusPanic})
+				}
+			}()
 			start := time.Now()
 
 			err := next.ProcessTask(ctx, t)
@@ -276,6 +318,7 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 				run.Class = errorClass(ctx, err, status)
 			}
 			o.Metrics.RunFinished(run)
+			reported = true
 			archived := run.Archived
 			errMsg := ""
 			if err != nil {

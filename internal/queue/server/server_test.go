@@ -18,6 +18,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/server"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
@@ -271,7 +272,7 @@ func TestSingletonLocksAreReleasedWhenARunFailsForGood(t *testing.T) {
 	})
 	rdb := h.srv.Client(t)
 	poll.Until(t, "locks released", func() bool {
-		n, _ := rdb.Exists(context.Background(), singleton.UniqueKey(jobs.QueueDefault, spec.Name, nil), singleton.KeyPrefix+spec.Name).Result()
+		n, _ := rdb.Exists(context.Background(), asynqcompat.UniqueKey(jobs.QueueDefault, spec.Name, nil), singleton.KeyPrefix+spec.Name).Result()
 		return n == 0
 	})
 	if _, err := h.client.Enqueue(asynq.NewTask(spec.Name, nil), asynq.Unique(spec.UniqueTTL()), asynq.MaxRetry(spec.MaxRetry)); err != nil {

@@ -5,7 +5,8 @@
 // Two locks cooperate. At enqueue time asynq's Unique option refuses a second
 // copy while one is queued or running (the caller gets ErrDuplicateTask).
 // asynq keeps that lock after a failure, an archive or a crash until its TTL,
-// so the worker releases it itself when a run ends for good (ReleaseUnique).
+// so the worker releases it itself when a run ends for good
+// (asynqcompat.ReleaseUnique).
 // At run time this package holds a short lease, renewed while the handler
 // runs: a dead worker's lease lapses within Lease, and a second instance that
 // slipped past the enqueue lock (a different payload, an expired TTL) finds
@@ -14,7 +15,6 @@ package singleton
 
 import (
 	"context"
-	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 )
 
 // KeyPrefix prefixes the run-lease key of each singleton task.
@@ -56,15 +58,20 @@ func NewLocks(rdb redis.UniversalClient, lease time.Duration) *Locks {
 }
 
 // Lease is a held run lease.
+//
+// Everything a lease takes is released by Release or by the end of the
+// context given to Acquire, whichever comes first: the renewal goroutine
+// stops, and the lease's context (Context) is cancelled.
 type Lease struct {
-	rdb   redis.UniversalClient
-	key   string
-	value string
-	ttl   time.Duration
+	rdb    redis.UniversalClient
+	key    string
+	value  string
+	ttl    time.Duration
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 
 	mu   sync.Mutex
 	lost error
-	stop chan struct{}
 	done chan struct{}
 }
 
@@ -98,9 +105,18 @@ end
 return 0
 `)
 
+// checkScript reads the holder and the time left in one round trip, so a
+// failed call leaves nothing half-known.
+var checkScript = redis.NewScript(`
+return {redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1])}
+`)
+
+// errReleased is the cause of a lease context ended by Release.
+var errReleased = errors.New("singleton lease released")
+
 // Acquire takes the lease of task for the run with ID taskID and keeps it
-// renewed until Release. If another task holds it, the error wraps ErrHeld
-// and names the holder.
+// renewed until Release or until ctx ends. If another task holds it, the
+// error wraps ErrHeld and names the holder.
 func (l *Locks) Acquire(ctx context.Context, task, taskID string) (*Lease, error) {
 	nonce := make([]byte, 8)
 	_, _ = rand.Read(nonce)
@@ -114,82 +130,113 @@ func (l *Locks) Acquire(ctx context.Context, task, taskID string) (*Lease, error
 		holder, _, _ := strings.Cut(res[1].(string), "|")
 		return nil, fmt.Errorf("%w: %s is running as task %s", ErrHeld, task, holder)
 	}
-	le := &Lease{rdb: l.rdb, key: key, value: value, ttl: l.lease, stop: make(chan struct{}), done: make(chan struct{})}
-	go le.renew()
+	le := &Lease{rdb: l.rdb, key: key, value: value, ttl: l.lease, done: make(chan struct{})}
+	le.ctx, le.cancel = context.WithCancelCause(ctx)
+	go le.renew(time.Now())
 	return le, nil
 }
 
-func (le *Lease) renew() {
+// Context is the context given to Acquire, cancelled as soon as the lease
+// is known to be lost (its cause, context.Cause, wraps ErrLost and says
+// how) or released. Run the work the lease protects under it.
+func (le *Lease) Context() context.Context { return le.ctx }
+
+// renew extends the lease every third of its TTL until the lease context
+// ends. A renewal that finds the lease gone or taken marks it lost; so does
+// a TTL without a successful renewal (Redis unreachable): by then the key
+// has expired in Redis and another instance may hold it.
+func (le *Lease) renew(lastOK time.Time) {
 	defer close(le.done)
 	t := time.NewTicker(le.ttl / 3)
 	defer t.Stop()
 	for {
 		select {
-		case <-le.stop:
+		case <-le.ctx.Done():
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), le.ttl/3)
+		ctx, cancel := context.WithTimeout(le.ctx, le.ttl/3)
 		n, err := renewScript.Run(ctx, le.rdb, []string{le.key}, le.value, le.ttl.Milliseconds()).Int()
 		cancel()
-		if err == nil && n == 0 {
+		switch {
+		case le.ctx.Err() != nil:
+			return
+		case err == nil && n == 0:
 			le.setLost(fmt.Errorf("%w: %s was taken over or expired", ErrLost, le.key))
 			return
+		case err == nil:
+			lastOK = time.Now()
+		case time.Since(lastOK) >= le.ttl:
+			le.setLost(fmt.Errorf("%w: %s not renewed for %v (%v): it has lapsed", ErrLost, le.key, le.ttl, err))
+			return
 		}
-		// A failed renewal (Redis unreachable) is not yet a loss: Verify
-		// asks Redis itself before anything destructive happens.
+		// A failed renewal within the TTL is not yet a loss: the next one
+		// may succeed, and Verify asks Redis itself before anything
+		// destructive happens.
 	}
 }
 
+// setLost records the first loss and cancels the lease context with it.
 func (le *Lease) setLost(err error) {
 	le.mu.Lock()
-	defer le.mu.Unlock()
 	if le.lost == nil {
 		le.lost = err
 	}
+	err = le.lost
+	le.mu.Unlock()
+	le.cancel(err)
 }
 
-// Verify reports whether this run still holds its lease, asking Redis, and
-// whether ctx (which asynq cancels when the task's own lease lapses) is
-// still live. Call it right before a destructive step; on error, abort.
-func (le *Lease) Verify(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("%w: task context ended: %w", ErrLost, err)
-	}
-	le.mu.Lock()
-	lost := le.lost
-	le.mu.Unlock()
-	if lost != nil {
-		return lost
-	}
-	cur, err := le.rdb.Get(ctx, le.key).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		le.setLost(fmt.Errorf("%w: %s expired", ErrLost, le.key))
-	case err != nil:
-		return fmt.Errorf("%w: cannot confirm %s: %w", ErrLost, le.key, err)
-	case cur != le.value:
-		holder, _, _ := strings.Cut(cur, "|")
-		le.setLost(fmt.Errorf("%w: %s now held by task %s", ErrLost, le.key, holder))
-	case le.ttlLeft(ctx) <= 0:
-		le.setLost(fmt.Errorf("%w: %s has no time left", ErrLost, le.key))
-	}
+func (le *Lease) lostErr() error {
 	le.mu.Lock()
 	defer le.mu.Unlock()
 	return le.lost
 }
 
-func (le *Lease) ttlLeft(ctx context.Context) time.Duration {
-	d, err := le.rdb.PTTL(ctx, le.key).Result()
-	if err != nil {
-		return 0
+// Verify reports whether this run still holds its lease with at least a
+// third of it left (one missed renewal is tolerated, two are not), asking
+// Redis, and whether ctx is still live. Call it right before a destructive
+// step; on error, abort. A step that may take longer than a third of the
+// lease uses VerifyFor with its own bound.
+func (le *Lease) Verify(ctx context.Context) error { return le.VerifyFor(ctx, le.ttl/3) }
+
+// VerifyFor is Verify requiring at least need of lease left.
+//
+// Errors wrap ErrLost. A lease found expired or held by another run is lost
+// for good (and its context cancelled); a Redis error or too little time
+// left is not: the step must not run now, but a later Verify may pass.
+func (le *Lease) VerifyFor(ctx context.Context, need time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: task context ended: %w", ErrLost, context.Cause(ctx))
 	}
-	return d
+	if lost := le.lostErr(); lost != nil {
+		return lost
+	}
+	res, err := checkScript.Run(ctx, le.rdb, []string{le.key}).Slice()
+	if err != nil {
+		return fmt.Errorf("%w: cannot confirm %s: %w", ErrLost, le.key, err)
+	}
+	cur, _ := res[0].(string)
+	pttl, _ := res[1].(int64)
+	left := time.Duration(pttl) * time.Millisecond
+	switch {
+	case cur == "":
+		le.setLost(fmt.Errorf("%w: %s expired", ErrLost, le.key))
+		return le.lostErr()
+	case cur != le.value:
+		holder, _, _ := strings.Cut(cur, "|")
+		le.setLost(fmt.Errorf("%w: %s now held by task %s", ErrLost, le.key, holder))
+		return le.lostErr()
+	case pttl >= 0 && left < need:
+		return fmt.Errorf("%w: %s has %v left, below the %v this step needs", ErrLost, le.key, left, need)
+	}
+	return nil
 }
 
 // Release stops renewal and deletes the lease if this run still holds it.
+// It may be called more than once.
 func (le *Lease) Release(ctx context.Context) error {
-	close(le.stop)
+	le.cancel(errReleased)
 	<-le.done
 	if err := releaseScript.Run(ctx, le.rdb, []string{le.key}, le.value).Err(); err != nil {
 		return fmt.Errorf("releasing %s: %w", le.key, err)
@@ -206,40 +253,33 @@ func WithLease(ctx context.Context, le *Lease) context.Context {
 
 // Verify is the one call a handler makes before a destructive step (merging
 // or deleting graph nodes): it returns nil only if this run still holds its
-// singleton lease and its task lease is live. A handler of a task that is
-// not a singleton passes whenever its context is live.
+// singleton lease, with at least a third of it left, and its task lease is
+// live. A handler of a task that is not a singleton passes whenever its
+// context is live.
 func Verify(ctx context.Context) error {
 	le, _ := ctx.Value(ctxKey{}).(*Lease)
 	if le == nil {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("%w: task context ended: %w", ErrLost, err)
-		}
-		return nil
+		return live(ctx)
 	}
 	return le.Verify(ctx)
 }
 
-// UniqueKey is the key asynq's Unique option locks for a task (asynq keeps
-// the format in an internal package: asynq:{queue}:unique:type:md5(payload)).
-func UniqueKey(queue, taskType string, payload []byte) string {
-	prefix := "asynq:{" + queue + "}:unique:" + taskType + ":"
-	if payload == nil {
-		return prefix
+// VerifyFor is Verify for a step that needs more than a third of the lease
+// (a long graph write): it requires need of lease left. A step longer than
+// the lease itself can never pass; raise SINGLETON_LEASE or split it.
+func VerifyFor(ctx context.Context, need time.Duration) error {
+	le, _ := ctx.Value(ctxKey{}).(*Lease)
+	if le == nil {
+		return live(ctx)
 	}
-	sum := md5.Sum(payload)
-	return prefix + hex.EncodeToString(sum[:])
+	return le.VerifyFor(ctx, need)
 }
 
-// ReleaseUnique deletes asynq's enqueue lock of a task if taskID holds it.
-// asynq itself releases it only on success; a run that failed for good, was
-// archived or must be re-enqueued would otherwise block the task until the
-// lock's TTL.
-func ReleaseUnique(ctx context.Context, rdb redis.UniversalClient, queue, taskType string, payload []byte, taskID string) (bool, error) {
-	n, err := releaseScript.Run(ctx, rdb, []string{UniqueKey(queue, taskType, payload)}, taskID).Int()
-	if err != nil {
-		return false, fmt.Errorf("releasing unique lock of %s: %w", taskType, err)
+func live(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: task context ended: %w", ErrLost, context.Cause(ctx))
 	}
-	return n == 1, nil
+	return nil
 }
 
 // Holder describes a held lock, for operators.
@@ -257,7 +297,7 @@ func List(ctx context.Context, rdb redis.UniversalClient, tasks map[string]strin
 	var out []Holder
 	for task, queue := range tasks {
 		keys := []string{KeyPrefix + task}
-		uk, err := scanKeys(ctx, rdb, "asynq:{"+queue+"}:unique:"+task+":*")
+		uk, err := scanKeys(ctx, rdb, asynqcompat.UniqueKeyPattern(queue, task))
 		if err != nil {
 			return nil, err
 		}
@@ -297,7 +337,7 @@ func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern string) ([
 // ForceRelease deletes every lock of task (lease and unique locks): the
 // operator's escape hatch. It returns how many keys it deleted.
 func ForceRelease(ctx context.Context, rdb redis.UniversalClient, task, queue string) (int, error) {
-	keys, err := scanKeys(ctx, rdb, "asynq:{"+queue+"}:unique:"+task+":*")
+	keys, err := scanKeys(ctx, rdb, asynqcompat.UniqueKeyPattern(queue, task))
 	if err != nil {
 		return 0, err
 	}

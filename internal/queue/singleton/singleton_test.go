@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
@@ -92,19 +93,6 @@ func TestVerifyRefusesWhenTheTaskContextEnded(t *testing.T) {
 	}
 }
 
-func TestReleaseUniqueOnlyReleasesTheOwnersLock(t *testing.T) {
-	rdb := redistest.Start(t).Client(t)
-	ctx := context.Background()
-	key := singleton.UniqueKey("maintenance", "kg_decay_task", []byte("{}"))
-	rdb.Set(ctx, key, "task-1", time.Hour)
-	if ok, _ := singleton.ReleaseUnique(ctx, rdb, "maintenance", "kg_decay_task", []byte("{}"), "task-2"); ok {
-		t.Error("released another task's lock")
-	}
-	if ok, _ := singleton.ReleaseUnique(ctx, rdb, "maintenance", "kg_decay_task", []byte("{}"), "task-1"); !ok {
-		t.Error("did not release the owner's lock")
-	}
-}
-
 func TestOperatorsCanListAndForceReleaseLocks(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
@@ -113,7 +101,7 @@ func TestOperatorsCanListAndForceReleaseLocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer le.Release(ctx)
-	rdb.Set(ctx, singleton.UniqueKey("maintenance", "kg_decay_task", []byte("{}")), "run-a", time.Hour)
+	rdb.Set(ctx, asynqcompat.UniqueKey("maintenance", "kg_decay_task", []byte("{}")), "run-a", time.Hour)
 	hs, err := singleton.List(ctx, rdb, map[string]string{"kg_decay_task": "maintenance", "limbic_org_task": "maintenance"})
 	if err != nil || len(hs) != 2 {
 		t.Fatalf("list = %+v, %v", hs, err)
