@@ -112,7 +112,7 @@ func Catalog() []Spec {
 			Interval: sec(21_600), InitialDelay: sec(30),
 			OptInFlag: "background_scheduler_log_rag_ingest_enabled",
 			Needs:     Redis | Embeddings,
-			Queue: QueueDefault, MaxRetry: 3, Timeout: time.Hour,
+			Queue:     QueueDefault, MaxRetry: 3, Timeout: time.Hour,
 			NewPayload: empty,
 			Summary:    "Chunk and embed this node's journal since its cursor into stargazer_logs (every node, on its interval, with its own cursor).",
 		},
