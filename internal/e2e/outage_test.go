@@ -243,30 +243,44 @@ func (p *proc) hit(path string, n int) {
 	}
 }
 
-// steady drives p until its memory stops moving: a process a minute old
-// has not yet grown its heap to the size the garbage collector settles at
-// (measured with no outage at all: resident memory rose 12-17% over four
-// minutes), so a baseline taken earlier would make any later measurement
-// look like a leak. It returns p's usage once two samples 10 s apart,
-// after at least 10 garbage collections, agree within 5%.
-func steady(t *testing.T, p *proc, drive func()) usage {
+// steady drives the processes until their memory stops moving: a process
+// a minute old has not yet grown its heap to the size the garbage
+// collector settles at (measured with no outage at all: resident memory
+// rose 12-17% over four minutes), so a baseline taken earlier would make
+// any later measurement look like a leak. Each round runs every drive, then
+// samples every process 10 s later; it returns their usage once two rounds
+// agree within 5% for each process, after at least 10 garbage collections.
+// The processes warm up together: one after the other doubled the test's
+// warm-up.
+func steady(t *testing.T, ps []*proc, drives ...func()) []usage {
 	t.Helper()
 	deadline := time.Now().Add(4 * time.Minute)
-	var prev usage
+	prev := make([]usage, len(ps))
 	for {
-		drive()
+		for _, d := range drives {
+			d()
+		}
 		time.Sleep(10 * time.Second)
-		u := p.usage(t)
-		m, _ := p.scrape("go_gc_duration_seconds_count")
-		if prev.rss > 0 && m["go_gc_duration_seconds_count"] >= 10 && u.rss <= prev.rss*1.05 && u.rss >= prev.rss*0.95 {
-			u.rssMax = max(u.rssMax, prev.rssMax)
-			return u
+		cur := make([]usage, len(ps))
+		settled := true
+		for i, p := range ps {
+			cur[i] = p.usage(t)
+			m, _ := p.scrape("go_gc_duration_seconds_count")
+			if !(prev[i].rss > 0 && m["go_gc_duration_seconds_count"] >= 10 && cur[i].rss <= prev[i].rss*1.05 && cur[i].rss >= prev[i].rss*0.95) {
+				settled = false
+			}
+		}
+		if settled {
+			for i := range cur {
+				cur[i].rssMax = max(cur[i].rssMax, prev[i].rssMax)
+			}
+			return cur
 		}
 		if time.Now().After(deadline) {
-			t.Logf("pid %d: memory still moving after 4 min of warm-up: %v then %v", p.cmd.Process.Pid, prev, u)
-			return u
+			t.Logf("memory still moving after 4 min of warm-up: %v then %v", prev, cur)
+			return cur
 		}
-		prev = u
+		prev = cur
 	}
 }
 
@@ -274,6 +288,9 @@ func TestReliabilityRedisOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process scenario with a long Redis outage (SGJOBS_OUTAGE, default 75s)")
 	}
+	// Mostly waiting (the outage, the settling), and measuring only its own
+	// processes: it runs beside the other waiting scenarios, not after them.
+	t.Parallel()
 	outage := outageLength(t)
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
@@ -294,12 +311,12 @@ func TestReliabilityRedisOutage(t *testing.T) {
 
 	// Baseline, at steady state.
 	sc.pause(true)
-	wBefore := steady(t, w, func() {
+	before := steady(t, []*proc{w, mon}, func() {
 		if lost, _ := work(); len(lost) > 0 {
 			t.Fatalf("%d warm-up tasks not done", len(lost))
 		}
-	})
-	mBefore := steady(t, mon, browse)
+	}, browse)
+	wBefore, mBefore := before[0], before[1]
 	sc.pause(false)
 
 	wFrom, mFrom := len(w.Logs()), len(mon.Logs())
@@ -330,12 +347,17 @@ func TestReliabilityRedisOutage(t *testing.T) {
 	browse()
 	stillRunning(t, []*proc{w, mon}, "the Redis outage")
 
-	// Resources go back to their baseline (allow them 90 s to), measured
-	// as the baseline was: idle for 10 s after a batch of work.
+	// Resources go back to their baseline, measured as the baseline was:
+	// idle, 10 s after a batch of work. They are allowed 150 s to: an
+	// idle Go process collects garbage only when the runtime forces it
+	// (every 2 minutes), and until then its heap goal, and the freed pages
+	// the runtime keeps up to it, are those of the burst of work that
+	// followed the outage (in CI: RSS 17% above the baseline 100 s after
+	// it, with the Go heap in use 4% below).
 	var wAfter, mAfter usage
 	sc.pause(true)
 	time.Sleep(10 * time.Second)
-	settled := waitFor(90*time.Second, func() bool {
+	settled := waitFor(150*time.Second, func() bool {
 		wAfter, mAfter = w.usage(t), mon.usage(t)
 		return within(wBefore, wAfter) && within(mBefore, mAfter)
 	})
@@ -369,6 +391,7 @@ func TestAFailingSubscribeLeaksNoConnections(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process scenario")
 	}
+	t.Parallel() // a minute of waiting, measuring only its own worker
 	srv := redistest.Start(t, "--rename-command", "SUBSCRIBE", "")
 	rdb := srv.Client(t)
 	w := start(t, srv.URL(), map[string]string{"TASK_INTERVALS": "e2e_plain=off,e2e_single=off"})
