@@ -79,7 +79,7 @@ func scaleRun(b *testing.B, bin string, procs, maxInFlight int) scaleResult {
 	res.lockWait = kgload.Items(workers, jobs.KGExtractUnit, "lock_wait_seconds")
 	res.peak = llm.Peak()
 	for _, w := range workers {
-		w.Term()
+		w.Term(30 * time.Second)
 	}
 	if int(res.msgs) != kgload.Count(msgs) {
 		b.Fatalf("%v messages extracted of %d", res.msgs, kgload.Count(msgs))

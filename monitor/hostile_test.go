@@ -143,7 +143,7 @@ func TestThousandsOfUnauthenticatedConnectionsHoldBoundedDescriptors(t *testing.
 				d = smallWindow
 				send = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
 			}
-			c, err := d.Dial("tcp", w.addr)
+			c, err := d.Dial("tcp", w.Addr)
 			if err != nil {
 				t.Errorf("dial %d: %v", i, err)
 				return
@@ -226,7 +226,7 @@ func TestCrossOriginStateChangesAreRefused(t *testing.T) {
 		{"delete a task from another site", request{"DELETE", "/dashboard/api/queues/default/pending_tasks/" + pending.ID, "", hdr("Sec-Fetch-Site", "cross-site")}, 403},
 		{"text/plain from a non-browser client", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "text/plain")}, 415},
 		{"enqueue from the dashboard's own origin", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "application/json", "Sec-Fetch-Site", "same-origin")}, 201},
-		{"enqueue from an old browser on the same origin", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "application/json", "Origin", "http://"+w.addr)}, 201},
+		{"enqueue from an old browser on the same origin", request{"POST", "/api/v1/tasks", task, hdr("Content-Type", "application/json", "Origin", "http://"+w.Addr)}, 201},
 		{"reading from another site is not a state change", request{"GET", "/dashboard/api/queues", "", hdr("Sec-Fetch-Site", "cross-site")}, 200},
 	}
 	for _, tt := range tests {

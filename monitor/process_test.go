@@ -12,11 +12,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/workerproc"
 )
 
 // workerBinary is cmd/worker built once for the tests that attack a real
@@ -46,35 +46,18 @@ func TestMain(m *testing.M) {
 
 // workerProc is a worker process under attack.
 type workerProc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	addr string
-	url  string
-	mu   sync.Mutex
-	logs strings.Builder
-	done chan struct{}
-}
-
-func (p *workerProc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.Write(b)
-}
-
-// Logs is everything the process wrote so far.
-func (p *workerProc) Logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
+	*workerproc.Proc
+	t   *testing.T
+	url string
 }
 
 // fds counts the process's open file descriptors.
 func (p *workerProc) fds() int {
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	n, err := p.FDs()
 	if err != nil {
 		p.t.Fatalf("reading the worker's descriptors: %v", err)
 	}
-	return len(ents)
+	return n
 }
 
 // startWorkerProcess runs the worker binary against redisURL (a fresh
@@ -87,38 +70,12 @@ func startWorkerProcess(t *testing.T, redisURL string, env map[string]string) *w
 	if redisURL == "" {
 		redisURL = redistest.Start(t).URL()
 	}
-	p := &workerProc{t: t, addr: redistest.FreeAddr(t), done: make(chan struct{})}
-	p.url = "http://" + p.addr
-	p.cmd = exec.Command(workerBinary)
-	p.cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "HTTP_ADDR="+p.addr, "SHUTDOWN_TIMEOUT=2s", "SCHEDULER_ENABLED=false")
+	all := map[string]string{"REDIS_URL": redisURL, "SHUTDOWN_TIMEOUT": "2s", "SCHEDULER_ENABLED": "false"}
 	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+		all[k] = v
 	}
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(p.url + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("worker exited:\n%s", p.Logs())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	t.Fatalf("worker not ready:\n%s", p.Logs())
-	return nil
+	p := workerproc.Start(t, workerBinary, all, workerproc.Serves("/readyz"), 20*time.Second)
+	return &workerProc{Proc: p, t: t, url: "http://" + p.Addr}
 }
 
 // request is one HTTP request of a test table.
@@ -179,7 +136,7 @@ func (p *workerProc) dial(t *testing.T, d *net.Dialer) net.Conn {
 	if d == nil {
 		d = &net.Dialer{}
 	}
-	c, err := d.DialContext(context.Background(), "tcp", p.addr)
+	c, err := d.DialContext(context.Background(), "tcp", p.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}

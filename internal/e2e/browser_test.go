@@ -77,7 +77,7 @@ func TestDashboardShowsQueuesAndTasksInABrowser(t *testing.T) {
 	srv := redistest.Start(t)
 	p := start(t, srv.URL(), map[string]string{"MONITOR_TOKEN": "browser-token", "SCHEDULER_ENABLED": "false", "TASK_INTERVALS": "e2e_plain=off,e2e_single=off"})
 	seedStates(t, srv)
-	base := "http://" + p.addr + "/dashboard"
+	base := "http://" + p.Addr + "/dashboard"
 
 	resp, err := http.Get(base + "/")
 	if err != nil {
@@ -165,7 +165,7 @@ func TestSchedulersPageShowsEveryPeriodicTaskInABrowser(t *testing.T) {
 	dir := artifacts(t)
 	pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
-	if err := chromedp.Do(pctx, chromedp.Navigate("http://"+p.addr+"/dashboard/schedulers")); err != nil {
+	if err := chromedp.Do(pctx, chromedp.Navigate("http://"+p.Addr+"/dashboard/schedulers")); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := chromedp.Run(pctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(30*time.Second))); err != nil || !ok {

@@ -4,18 +4,15 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/workerproc"
 )
 
 var binary string
@@ -50,26 +48,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type proc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	addr string
-	mu   sync.Mutex
-	logs strings.Builder
-	done chan struct{}
-}
-
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.Write(b)
-}
-
-func (p *proc) Logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
-}
+// proc is a testworker process.
+type proc struct{ *workerproc.Proc }
 
 // start launches a worker process and waits until it serves tasks.
 func start(t *testing.T, redisURL string, env map[string]string) *proc {
@@ -80,73 +60,15 @@ func start(t *testing.T, redisURL string, env map[string]string) *proc {
 // startUntil launches a worker process and waits until it logs ready.
 func startUntil(t *testing.T, redisURL string, env map[string]string, ready string) *proc {
 	t.Helper()
-	p := &proc{t: t, addr: redistest.FreeAddr(t), done: make(chan struct{})}
-	p.cmd = exec.Command(binary)
-	p.cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "HTTP_ADDR="+p.addr, "SHUTDOWN_TIMEOUT=5s", "LOG_LEVEL=info")
+	all := map[string]string{"REDIS_URL": redisURL, "SHUTDOWN_TIMEOUT": "5s", "LOG_LEVEL": "info"}
 	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+		all[k] = v
 	}
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.kill() })
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Contains(p.Logs(), ready) {
-			return p
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("worker exited early:\n%s", p.Logs())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	t.Fatalf("worker not started:\n%s", p.Logs())
-	return nil
-}
-
-func (p *proc) signal(sig syscall.Signal) {
-	if p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(sig)
-	}
+	return &proc{workerproc.Start(t, binary, all, workerproc.Logged(ready), 20*time.Second)}
 }
 
 // term stops the process gracefully and waits for it.
-func (p *proc) term() {
-	p.signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		p.t.Errorf("worker did not stop on SIGTERM:\n%s", p.Logs())
-		p.kill()
-	}
-}
-
-func (p *proc) kill() {
-	p.signal(syscall.SIGKILL)
-	<-p.done
-}
-
-func (p *proc) metric(name string) float64 {
-	resp, err := http.Get("http://" + p.addr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name) {
-			f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			sum += f
-		}
-	}
-	return sum
-}
+func (p *proc) term() { p.Term(20 * time.Second) }
 
 type run struct {
 	task, id string
@@ -335,7 +257,7 @@ func TestCoalescedOccurrencesAreCounted(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	missed := 0.0
 	for time.Now().Before(deadline) && missed < 4 {
-		missed = p.metric("stargazer_scheduler_missed_total")
+		missed = p.Metric("stargazer_scheduler_missed_total")
 		time.Sleep(200 * time.Millisecond)
 	}
 	if missed < 4 {
@@ -373,9 +295,9 @@ func TestStalledWorkerFailsItsOwnershipCheck(t *testing.T) {
 	})
 	waitStarted(t, started, 10*time.Second)
 	// Freeze the worker (a GC pause, a partition) for longer than its lease.
-	p.signal(syscall.SIGSTOP)
+	p.Signal(syscall.SIGSTOP)
 	time.Sleep(2500 * time.Millisecond)
-	p.signal(syscall.SIGCONT)
+	p.Signal(syscall.SIGCONT)
 	deadline := time.Now().Add(10 * time.Second)
 	var refused []string
 	for time.Now().Before(deadline) {
@@ -404,7 +326,7 @@ func TestKilledWorkersTaskCompletesOnAnotherWorker(t *testing.T) {
 	first := waitStarted(t, started, 10*time.Second)
 	b := start(t, srv.URL(), env)
 	killed := time.Now()
-	a.kill()
+	a.Kill()
 
 	deadline := killed.Add(4 * time.Minute)
 	for time.Now().Before(deadline) {
@@ -414,8 +336,8 @@ func TestKilledWorkersTaskCompletesOnAnotherWorker(t *testing.T) {
 			if r.id != first[1] {
 				t.Fatalf("completed task %s, want the killed one %s", r.id, first[1])
 			}
-			if r.pid != b.cmd.Process.Pid {
-				t.Fatalf("completed by pid %d, want the surviving worker %d", r.pid, b.cmd.Process.Pid)
+			if r.pid != b.Pid() {
+				t.Fatalf("completed by pid %d, want the surviving worker %d", r.pid, b.Pid())
 			}
 			recovery := r.start.Sub(killed)
 			t.Logf("SIGKILL to restart on another worker: %.1fs (finished %.1fs after the kill)", recovery.Seconds(), r.end.Sub(killed).Seconds())

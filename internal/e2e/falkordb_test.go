@@ -109,7 +109,7 @@ func TestReliabilityFalkorDBFrozenDuringAGraphTaskFailsAtItsTimeout(t *testing.T
 	w := start(t, srv.URL(), map[string]string{
 		"FALKORDB_URL": fdb.URL(), "FALKORDB_GRAPH": "stargazer", "SCHEDULER_ENABLED": "false", "E2E_SLEEP": "10ms",
 	})
-	pid := w.cmd.Process.Pid
+	pid := w.Pid()
 	conn := asynq.RedisClientOpt{Addr: srv.Addr}
 	c := asynq.NewClient(conn)
 	defer c.Close()
@@ -134,7 +134,7 @@ func TestReliabilityFalkorDBFrozenDuringAGraphTaskFailsAtItsTimeout(t *testing.T
 		t.Fatalf("warm-up tasks not done: %v", lost)
 	}
 	time.Sleep(time.Second)
-	goBefore, fdsBefore, connsBefore := w.metric("go_goroutines "), w.metric("process_open_fds "), connsTo(t, pid, fdbPort)
+	goBefore, fdsBefore, connsBefore := w.Metric("go_goroutines "), w.Metric("process_open_fds "), connsTo(t, pid, fdbPort)
 
 	if err := fdb.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -163,7 +163,7 @@ func TestReliabilityFalkorDBFrozenDuringAGraphTaskFailsAtItsTimeout(t *testing.T
 	if n, _ := rdb.Exists(context.Background(), singleton.KeyPrefix+jobs.KGDecay).Result(); n != 0 {
 		t.Errorf("the failed run's singleton lease is still held while FalkorDB is frozen")
 	}
-	goDuring, fdsDuring, connsDuring := w.metric("go_goroutines "), w.metric("process_open_fds "), connsTo(t, pid, fdbPort)
+	goDuring, fdsDuring, connsDuring := w.Metric("go_goroutines "), w.Metric("process_open_fds "), connsTo(t, pid, fdbPort)
 
 	if err := fdb.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestReliabilityFalkorDBFrozenDuringAGraphTaskFailsAtItsTimeout(t *testing.T
 	var goAfter, fdsAfter float64
 	var connsAfter int
 	for end := time.Now().Add(20 * time.Second); ; time.Sleep(250 * time.Millisecond) {
-		goAfter, fdsAfter, connsAfter = w.metric("go_goroutines "), w.metric("process_open_fds "), connsTo(t, pid, fdbPort)
+		goAfter, fdsAfter, connsAfter = w.Metric("go_goroutines "), w.Metric("process_open_fds "), connsTo(t, pid, fdbPort)
 		if (goAfter <= goBefore+2 && connsAfter <= connsBefore) || time.Now().After(end) {
 			break
 		}

@@ -45,7 +45,7 @@ func panicked(t *testing.T, rdb *redis.Client) [][]string {
 
 func byPID(ws []*proc, pid string) *proc {
 	for _, w := range ws {
-		if strconv.Itoa(w.cmd.Process.Pid) == pid {
+		if strconv.Itoa(w.Pid()) == pid {
 			return w
 		}
 	}
@@ -110,7 +110,7 @@ func TestPanickingSingletonIsArchivedOnceAndRunsAgainWithinAnInterval(t *testing
 	var onOther run
 	ok = waitFor(interval+3*time.Second, func() bool {
 		for _, r := range runs(t, rdb, "e2e_single") {
-			if r.pid == other.cmd.Process.Pid && r.start.After(stopped) {
+			if r.pid == other.Pid() && r.start.After(stopped) {
 				onOther = r
 				return true
 			}
@@ -179,10 +179,10 @@ func TestShutdownWithRedisUnreachableFinishesWithinTheShutdownTimeout(t *testing
 			srv.Crash()
 			time.Sleep(2 * time.Second)
 			t0 := time.Now()
-			w.signal(syscall.SIGTERM)
+			w.Signal(syscall.SIGTERM)
 			const shutdownTimeout = 5 * time.Second // start() sets SHUTDOWN_TIMEOUT=5s
 			select {
-			case <-w.done:
+			case <-w.Done():
 			case <-time.After(shutdownTimeout + 60*time.Second):
 				t.Fatalf("worker still running %v after SIGTERM with Redis down\n%s", time.Since(t0), tail(w.Logs(), 30))
 			}

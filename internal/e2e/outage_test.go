@@ -81,7 +81,7 @@ var scrapeClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Trans
 // scrape reads the named series from p's /metrics (no keep-alive, so the
 // scrape leaves no connection behind).
 func (p *proc) scrape(names ...string) (map[string]float64, error) {
-	resp, err := scrapeClient.Get("http://" + p.addr + "/metrics")
+	resp, err := scrapeClient.Get("http://" + p.Addr + "/metrics")
 	if err != nil {
 		return nil, err
 	}
@@ -110,14 +110,14 @@ func (p *proc) usage(t *testing.T) usage {
 	for range 5 {
 		m, err := p.scrape("go_goroutines", "go_memstats_heap_inuse_bytes")
 		if err != nil {
-			t.Fatalf("scraping %d: %v", p.cmd.Process.Pid, err)
+			t.Fatalf("scraping %d: %v", p.Pid(), err)
 		}
 		time.Sleep(200 * time.Millisecond)
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Pid()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		anon, file, err := procRSS(p.cmd.Process.Pid)
+		anon, file, err := procRSS(p.Pid())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,7 +221,7 @@ func startScraper(ps ...*proc) *scraper {
 			}
 			for _, p := range ps {
 				for _, path := range []string{"/metrics", "/readyz"} {
-					if resp, err := scrapeClient.Get("http://" + p.addr + path); err == nil {
+					if resp, err := scrapeClient.Get("http://" + p.Addr + path); err == nil {
 						resp.Body.Close()
 					}
 				}
@@ -237,7 +237,7 @@ func (s *scraper) close()       { close(s.stop); <-s.done }
 // hit GETs path on p n times (a dashboard user, a scraper).
 func (p *proc) hit(path string, n int) {
 	for range n {
-		if resp, err := scrapeClient.Get("http://" + p.addr + path); err == nil {
+		if resp, err := scrapeClient.Get("http://" + p.Addr + path); err == nil {
 			resp.Body.Close()
 		}
 	}

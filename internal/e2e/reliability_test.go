@@ -96,8 +96,8 @@ func stillRunning(t *testing.T, ws []*proc, what string) {
 	t.Helper()
 	for _, w := range ws {
 		select {
-		case <-w.done:
-			t.Errorf("worker %d exited during %s:\n%s", w.cmd.Process.Pid, what, w.Logs())
+		case <-w.Done():
+			t.Errorf("worker %d exited during %s:\n%s", w.Pid(), what, w.Logs())
 		default:
 		}
 	}
@@ -159,8 +159,8 @@ func TestReliabilitySIGKILLUnderLoadLosesNothing(t *testing.T) {
 	for i := range kills {
 		time.Sleep(2 * time.Second)
 		v := &ws[i%len(ws)]
-		killedAt[(*v).cmd.Process.Pid] = time.Now()
-		(*v).kill()
+		killedAt[(*v).Pid()] = time.Now()
+		(*v).Kill()
 		*v = start(t, srv.URL(), env)
 	}
 	lost, dups, _ := waitDone(t, ids, 3*time.Minute, func() map[string]int { return completions(t, rdb) })
@@ -276,8 +276,8 @@ func TestReliabilityPartitionedWorkerYieldsTheSingleton(t *testing.T) {
 	proxy.SetMode(faultproxy.Pass)
 	time.Sleep(3 * time.Second) // let A report what happened once it can
 
-	if len(done) != 1 || done[0].id != ev[1] || done[0].pid != b.cmd.Process.Pid {
-		t.Fatalf("completed runs %+v, want task %s completed by the connected worker %d\nA:\n%s\nB:\n%s", done, ev[1], b.cmd.Process.Pid, a.Logs(), b.Logs())
+	if len(done) != 1 || done[0].id != ev[1] || done[0].pid != b.Pid() {
+		t.Fatalf("completed runs %+v, want task %s completed by the connected worker %d\nA:\n%s\nB:\n%s", done, ev[1], b.Pid(), a.Logs(), b.Logs())
 	}
 	if n, _ := rdb.LLen(context.Background(), "e2e:destructive").Result(); n != 1 {
 		t.Errorf("destructive step ran %d times, want once", n)
@@ -382,7 +382,7 @@ func TestReliabilityBadInputIsArchivedOnceAndTheWorkerKeepsServing(t *testing.T)
 			archived++
 		}
 	}
-	runsTotal := w.metric(`stargazer_task_runs_total{status="invalid"`) + w.metric(`stargazer_task_runs_total{status="panic"`) + w.metric(`stargazer_task_runs_total{status="not_found"`)
+	runsTotal := w.Metric(`stargazer_task_runs_total{status="invalid"`) + w.Metric(`stargazer_task_runs_total{status="panic"`) + w.Metric(`stargazer_task_runs_total{status="not_found"`)
 	w.term()
 	figure(t, "%d bad tasks (malformed, unknown field, out of range, invalid UTF-8, 70 KiB, unknown type, panic): archived once each %d, handler runs %v, good tasks after them lost %d",
 		len(bad), archived, runsTotal, len(lost))

@@ -6,13 +6,11 @@
 package kgload
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +18,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +28,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
-	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/workerproc"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -265,99 +262,12 @@ func Env(redisURL, falkorURL, llmURL string, extra map[string]string) map[string
 }
 
 // Worker is a worker process.
-type Worker struct {
-	tb   testing.TB
-	cmd  *exec.Cmd
-	Addr string
-	mu   sync.Mutex
-	logs strings.Builder
-	done chan struct{}
-}
+type Worker = workerproc.Proc
 
-func (w *Worker) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.logs.Write(b)
-}
-
-// Logs is what the process printed.
-func (w *Worker) Logs() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.logs.String()
-}
-
-// StartWorker starts bin with env and waits until it serves /metrics.
+// StartWorker starts bin with env and waits until it serves /healthz.
 func StartWorker(tb testing.TB, bin string, env map[string]string) *Worker {
 	tb.Helper()
-	w := &Worker{tb: tb, Addr: redistest.FreeAddr(tb), done: make(chan struct{})}
-	w.cmd = exec.Command(bin)
-	w.cmd.Env = append(os.Environ(), "HTTP_ADDR="+w.Addr)
-	for k, v := range env {
-		w.cmd.Env = append(w.cmd.Env, k+"="+v)
-	}
-	w.cmd.Stdout, w.cmd.Stderr = w, w
-	if err := w.cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	go func() { _ = w.cmd.Wait(); close(w.done) }()
-	tb.Cleanup(w.Kill)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get("http://" + w.Addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			return w
-		}
-		select {
-		case <-w.done:
-			tb.Fatalf("worker exited early:\n%s", w.Logs())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	tb.Fatalf("worker not serving:\n%s", w.Logs())
-	return nil
-}
-
-// Kill SIGKILLs the process and waits for it.
-func (w *Worker) Kill() {
-	if w.cmd.Process != nil {
-		_ = w.cmd.Process.Signal(syscall.SIGKILL)
-	}
-	<-w.done
-}
-
-// Term stops the process gracefully and waits for it.
-func (w *Worker) Term() {
-	if w.cmd.Process != nil {
-		_ = w.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	select {
-	case <-w.done:
-	case <-time.After(30 * time.Second):
-		w.tb.Errorf("worker did not stop on SIGTERM")
-		w.Kill()
-	}
-}
-
-// Metric sums the samples of /metrics whose line starts with prefix (a
-// name, or a name and the start of its labels); -1 if unreachable.
-func (w *Worker) Metric(prefix string) float64 {
-	resp, err := http.Get("http://" + w.Addr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, prefix) {
-			f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			sum += f
-		}
-	}
-	return sum
+	return workerproc.Start(tb, bin, env, workerproc.Serves("/healthz"), 30*time.Second)
 }
 
 // Items is a task's stargazer_task_items_total for item, summed over

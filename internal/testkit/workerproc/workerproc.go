@@ -1,0 +1,158 @@
+// Package workerproc runs a worker binary as a child process of a test:
+// its output captured, its HTTP address chosen free, and the process
+// killed when the test ends. The multi-process scenarios (internal/e2e,
+// the extraction load in kgload, the monitor's hostile-client tests) all
+// start their workers through it.
+package workerproc
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+)
+
+// Proc is a running worker process.
+type Proc struct {
+	tb   testing.TB
+	Cmd  *exec.Cmd
+	Addr string // its HTTP_ADDR
+
+	mu   sync.Mutex
+	logs strings.Builder
+	done chan struct{}
+}
+
+// Ready reports whether a starting process is ready for the test.
+type Ready func(*Proc) bool
+
+// Logged is ready once the process has written s.
+func Logged(s string) Ready {
+	return func(p *Proc) bool { return strings.Contains(p.Logs(), s) }
+}
+
+// Serves is ready once GET path answers 200.
+func Serves(path string) Ready {
+	return func(p *Proc) bool {
+		resp, err := http.Get("http://" + p.Addr + path)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+}
+
+// Start runs bin with the test's environment plus HTTP_ADDR (a free
+// address) and env, and waits up to within for ready. The test fails if
+// the process exits or is not ready in time; it is SIGKILLed when the test
+// ends.
+func Start(tb testing.TB, bin string, env map[string]string, ready Ready, within time.Duration) *Proc {
+	tb.Helper()
+	p := &Proc{tb: tb, Addr: redistest.FreeAddr(tb), done: make(chan struct{})}
+	p.Cmd = exec.Command(bin)
+	p.Cmd.Env = append(os.Environ(), "HTTP_ADDR="+p.Addr)
+	for k, v := range env {
+		p.Cmd.Env = append(p.Cmd.Env, k+"="+v)
+	}
+	p.Cmd.Stdout, p.Cmd.Stderr = p, p
+	if err := p.Cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func() { _ = p.Cmd.Wait(); close(p.done) }()
+	tb.Cleanup(p.Kill)
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if ready(p) {
+			return p
+		}
+		select {
+		case <-p.done:
+			tb.Fatalf("worker exited early:\n%s", p.Logs())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	tb.Fatalf("worker not ready within %v:\n%s", within, p.Logs())
+	return nil
+}
+
+// Write captures the process's output (stdout and stderr).
+func (p *Proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.Write(b)
+}
+
+// Logs is everything the process wrote so far.
+func (p *Proc) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+// Pid is the process's ID.
+func (p *Proc) Pid() int { return p.Cmd.Process.Pid }
+
+// Done is closed when the process has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig syscall.Signal) {
+	if p.Cmd.Process != nil {
+		_ = p.Cmd.Process.Signal(sig)
+	}
+}
+
+// Kill SIGKILLs the process and waits for it.
+func (p *Proc) Kill() {
+	p.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Term stops the process with SIGTERM and waits for it; the test fails,
+// and the process is killed, if it is still running after within.
+func (p *Proc) Term(within time.Duration) {
+	p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(within):
+		p.tb.Errorf("worker did not stop within %v of SIGTERM:\n%s", within, p.Logs())
+		p.Kill()
+	}
+}
+
+// FDs counts the process's open file descriptors.
+func (p *Proc) FDs() (int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Pid()))
+	return len(ents), err
+}
+
+// Metric sums the samples of /metrics whose line starts with prefix (a
+// name, or a name and the start of its labels); -1 if unreachable.
+func (p *Proc) Metric(prefix string) float64 {
+	resp, err := http.Get("http://" + p.Addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, prefix) {
+			f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			sum += f
+		}
+	}
+	return sum
+}
