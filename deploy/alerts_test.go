@@ -24,6 +24,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/poll"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 )
 
 var update = flag.Bool("update", false, "rewrite generated files (the PrometheusRule) from their sources")
@@ -289,7 +290,7 @@ scrape_configs:
 	addr := redistest.FreeAddr(t)
 	cmd := exec.Command(bin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--log.level=warn")
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +24,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/poll"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -55,19 +55,6 @@ func testSpecs() []jobs.Spec {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // liveWorker is a real worker (app.Run, in this process) against a real
 // redis-server, with the test tasks added to the catalog.
 type liveWorker struct {
@@ -76,7 +63,7 @@ type liveWorker struct {
 	redis   *redistest.Server
 	insp    *asynq.Inspector
 	client  *asynq.Client
-	logs    *lockedBuffer
+	logs    *syncbuf.Buffer
 	release chan struct{} // closed to end holdTask's run
 	failing atomic.Bool   // flakyTask fails while set, else succeeds
 }
@@ -129,7 +116,7 @@ func startLiveWorkerAt(t *testing.T, addr string, failing bool) *liveWorker {
 	srv := redistest.Start(t)
 	emb := fakeEmbeddings(t)
 	w := &liveWorker{
-		addr: addr, redis: srv, logs: &lockedBuffer{}, release: make(chan struct{}),
+		addr: addr, redis: srv, logs: &syncbuf.Buffer{}, release: make(chan struct{}),
 		insp: asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr}), client: asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr}),
 	}
 	w.failing.Store(failing)

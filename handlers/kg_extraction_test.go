@@ -25,6 +25,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -36,26 +37,9 @@ type kgEnv struct {
 	g    *graph.Graph
 	llm  *extracttest.Server
 	now  time.Time
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	// units is the queue the planners enqueue their units in.
 	units *unitQueue
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newKGEnv(t *testing.T) *kgEnv {
@@ -65,7 +49,7 @@ func newKGEnv(t *testing.T) *kgEnv {
 		t.Fatal(err)
 	}
 	srv := redistest.Start(t)
-	return &kgEnv{rdb: srv.Client(t), addr: srv.Addr, g: g, llm: extracttest.Start(t), now: testBase.Add(2 * time.Hour), logs: &syncBuffer{},
+	return &kgEnv{rdb: srv.Client(t), addr: srv.Addr, g: g, llm: extracttest.Start(t), now: testBase.Add(2 * time.Hour), logs: &syncbuf.Buffer{},
 		units: newUnitQueue()}
 }
 

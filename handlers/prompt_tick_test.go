@@ -1,7 +1,6 @@
 package handlers_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/store/prompts"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -29,23 +29,6 @@ func (c *itemCounter) AddItems(task, item string, n float64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.n[task+"/"+item] += n
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // A malformed prompt is logged once by id, counted as an invalid item, and
@@ -73,7 +56,7 @@ func TestPromptTickLogsAndCountsMalformedPromptsOnce(t *testing.T) {
 		rdb.ZAdd(ctx, prompts.DueKey, redis.Z{Score: float64(now.Add(-time.Minute).UnixMilli()), Member: id})
 	}
 
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	counter := &itemCounter{n: map[string]float64{}}
 	mux := asynq.NewServeMux()
 	deps := handlers.Deps{Redis: rdb, Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Counter: counter}

@@ -14,20 +14,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/leak"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/poll"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
-
-// leaked returns the first piece of secret, 8 characters or longer, that
-// s contains.
-func leaked(s, secret string) (string, bool) {
-	for i := 0; i+8 <= len(secret); i++ {
-		if strings.Contains(s, secret[i:i+8]) {
-			return secret[i : i+8], true
-		}
-	}
-	return "", false
-}
 
 // dumpRedis reads every key's value as text, whatever its type.
 func dumpRedis(t *testing.T, rdb *redis.Client) string {
@@ -147,7 +137,7 @@ func TestAnLLMEchoingTheKeyNeverLeaksItIntoErrorsLogsOrRedis(t *testing.T) {
 		"the worker's log":        w.Logs(),
 		"Redis":                   dumpRedis(t, rdb),
 	} {
-		if sub, ok := leaked(text, secret); ok {
+		if sub, ok := leak.Find(text, secret); ok {
 			i := strings.Index(text, sub)
 			t.Errorf("%s show %q of the key: …%s…", where, sub, text[max(0, i-200):min(len(text), i+100)])
 		}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,25 +22,13 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/store/prompts"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
-// syncBuffer collects a worker's log output safely across goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 type running struct {
 	addr string
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	stop func() error
 }
 
@@ -55,7 +41,7 @@ func startWorker(t *testing.T, env map[string]string) *running {
 		env["SHUTDOWN_TIMEOUT"] = "5s"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
 	stopped := false
@@ -273,7 +259,7 @@ func TestWithoutCredentialsTheMonitorBindsToLoopbackOnly(t *testing.T) {
 	srv := redistest.Start(t)
 	addr := redistest.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": "0.0.0.0:" + port, "ROLE": "monitor"}
@@ -300,7 +286,7 @@ func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
 	}
 	redisAddr := redistest.FreeAddr(t)
 	addr := redistest.FreeAddr(t)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	env := map[string]string{"REDIS_URL": "redis://" + redisAddr + "/0", "HTTP_ADDR": addr, "SHUTDOWN_TIMEOUT": "2s"}

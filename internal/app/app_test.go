@@ -12,6 +12,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/app"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -27,7 +28,7 @@ func TestAFailureAfterTheServerStartedShutsTheServerDown(t *testing.T) {
 		NewPayload: func() jobs.Payload { return &jobs.Empty{} }, Summary: "refused by the scheduler"}
 	ran := make(chan struct{}, 10)
 	env := map[string]string{"REDIS_URL": r.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- app.Run(context.Background(), app.Params{

@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -18,30 +17,18 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/app"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/poll"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // startRun runs app.Run with env until the test ends and waits for it
 // to be serving.
-func startRun(t *testing.T, env map[string]string) *lockedBuffer {
+func startRun(t *testing.T, env map[string]string) *syncbuf.Buffer {
 	t.Helper()
 	env["HTTP_ADDR"] = redistest.FreeAddr(t)
 	env["SHUTDOWN_TIMEOUT"] = "5s"
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- app.Run(ctx, app.Params{Getenv: func(k string) string { return env[k] }, Stdout: logs, Stderr: io.Discard})
@@ -135,7 +122,7 @@ func TestStartupBackfillIsEnqueuedOncePerDeployment(t *testing.T) {
 	// Two workers of one rollout start together; the deployment id is
 	// derived from the (shared) binary.
 	var wg sync.WaitGroup
-	logs := make([]*lockedBuffer, 2)
+	logs := make([]*syncbuf.Buffer, 2)
 	for i := range logs {
 		wg.Add(1)
 		go func() { defer wg.Done(); logs[i] = startRun(t, env("")) }()

@@ -11,19 +11,8 @@ import (
 	"testing"
 
 	"github.com/stargazer/stargazer-jobs/internal/redact"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/leak"
 )
-
-// leaks reports the first substring of secret of at least 8 characters
-// found in s.
-func leaks(s, secret string) (string, bool) {
-	const n = 8
-	for i := 0; i+n <= len(secret); i++ {
-		if sub := secret[i : i+n]; strings.Contains(s, sub) {
-			return sub, true
-		}
-	}
-	return "", false
-}
 
 func TestExcerptNeverShowsAPartOfTheSecretAtAnyOffset(t *testing.T) {
 	secrets := map[string]string{
@@ -42,7 +31,7 @@ func TestExcerptNeverShowsAPartOfTheSecretAtAnyOffset(t *testing.T) {
 				} {
 					body := strings.Repeat("x", offset) + enc(secret) + strings.Repeat("y", 50)
 					got := redact.Excerpt([]byte(body), 300, secret)
-					if sub, ok := leaks(got, secret); ok {
+					if sub, ok := leak.Find(got, secret); ok {
 						t.Fatalf("offset %d: excerpt %q shows %q", offset, got, sub)
 					}
 				}

@@ -1,7 +1,6 @@
 package journal_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,13 +9,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/journal"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 )
 
 // fakeJournalctl writes a journalctl that records its arguments and pid,
@@ -145,7 +144,7 @@ func TestStreamSkipsALineTooLongAndKeepsFlowing(t *testing.T) {
 	}
 	huge := `{"MESSAGE":"` + strings.Repeat("x", 4<<20) + `"}`
 	bin := followFake(t, []string{`{"MESSAGE":"before"}`, huge, `{"MESSAGE":"after"}`})
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	s := &journal.Streamer{Redis: rdb, Unit: "stargazer", Channel: journal.Channel, Command: bin, StopGrace: 300 * time.Millisecond,
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -178,21 +177,4 @@ func TestStreamSkipsALineTooLongAndKeepsFlowing(t *testing.T) {
 	if err := json.Unmarshal([]byte(logs.String()), &warning); err != nil || warning.Level != "WARN" || warning.Bytes != len(huge) {
 		t.Errorf("want one warning with the skipped line's size %d; logged %q", len(huge), logs.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

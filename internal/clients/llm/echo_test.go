@@ -9,17 +9,8 @@ import (
 	"testing"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/leak"
 )
-
-// leak returns the first 8-character piece of secret found in s.
-func leak(s, secret string) (string, bool) {
-	for i := 0; i+8 <= len(secret); i++ {
-		if strings.Contains(s, secret[i:i+8]) {
-			return secret[i : i+8], true
-		}
-	}
-	return "", false
-}
 
 // TestAnUpstreamEchoingTheKeyAtAnyOffsetNeverLeaksAPartOfIt covers every
 // way an answer is quoted into an error: a non-2xx body, a 200 that is not
@@ -50,7 +41,7 @@ func TestAnUpstreamEchoingTheKeyAtAnyOffsetNeverLeaksAPartOfIt(t *testing.T) {
 				if err == nil {
 					t.Fatal("want an error")
 				}
-				if sub, ok := leak(err.Error(), secret); ok {
+				if sub, ok := leak.Find(err.Error(), secret); ok {
 					t.Fatalf("offset %d: error shows %q: %v", offset, sub, err)
 				}
 			}

@@ -9,16 +9,8 @@ import (
 	"testing"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/leak"
 )
-
-func leak(s, secret string) (string, bool) {
-	for i := 0; i+8 <= len(secret); i++ {
-		if strings.Contains(s, secret[i:i+8]) {
-			return secret[i : i+8], true
-		}
-	}
-	return "", false
-}
 
 func TestAnUpstreamEchoingTheTokenAtAnyOffsetNeverLeaksAPartOfIt(t *testing.T) {
 	const secret = "MTA5ODc2NTQzMjEw.secret-bot-token-0123456789"
@@ -37,7 +29,7 @@ func TestAnUpstreamEchoingTheTokenAtAnyOffsetNeverLeaksAPartOfIt(t *testing.T) {
 				if err == nil {
 					t.Fatal("want an error")
 				}
-				if sub, ok := leak(err.Error(), secret); ok {
+				if sub, ok := leak.Find(err.Error(), secret); ok {
 					t.Fatalf("offset %d: error shows %q: %v", offset, sub, err)
 				}
 			}

@@ -13,12 +13,12 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 )
 
 // Proc is a running worker process.
@@ -27,8 +27,7 @@ type Proc struct {
 	Cmd  *exec.Cmd
 	Addr string // its HTTP_ADDR
 
-	mu   sync.Mutex
-	logs strings.Builder
+	out  syncbuf.Buffer
 	done chan struct{}
 }
 
@@ -86,18 +85,10 @@ func Start(tb testing.TB, bin string, env map[string]string, ready Ready, within
 }
 
 // Write captures the process's output (stdout and stderr).
-func (p *Proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.Write(b)
-}
+func (p *Proc) Write(b []byte) (int, error) { return p.out.Write(b) }
 
 // Logs is everything the process wrote so far.
-func (p *Proc) Logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
-}
+func (p *Proc) Logs() string { return p.out.String() }
 
 // Pid is the process's ID.
 func (p *Proc) Pid() int { return p.Cmd.Process.Pid }
