@@ -153,7 +153,10 @@ func (a *Async) Run(ctx context.Context) {
 				a.flush(batch)
 				return
 			}
-			a.send(ctx, batch)
+			// A stop arriving now must not cancel the round trip of a
+			// batch already taken off the buffer: the batch would be
+			// dropped whole. The send is still bounded by sendTimeout.
+			a.send(context.WithoutCancel(ctx), batch)
 		}
 	}
 }

@@ -46,6 +46,47 @@ func TestAsyncDeliversEveryEventAndFlushesOnStop(t *testing.T) {
 	}
 }
 
+func TestAStopDuringASendDeliversTheBatchInFlight(t *testing.T) {
+	srv := redistest.Start(t)
+	sub := srv.Client(t).Subscribe(context.Background(), "ev")
+	defer sub.Close()
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := faultproxy.Start(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr()})
+	defer rdb.Close()
+	if err := rdb.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A slow Redis keeps the batch's round trip open when the stop comes.
+	proxy.SetLatency(150 * time.Millisecond)
+	a := events.NewAsync(events.NewPublisher(rdb, "ev"), 100)
+	ctx, stop := context.WithCancel(context.Background())
+	go a.Run(ctx)
+	for range 10 {
+		a.Offer(events.Event{Topic: "scheduler_task_run"})
+	}
+	time.Sleep(100 * time.Millisecond) // past the linger: the batch is on the wire
+	stop()
+	<-a.Done()
+	if a.Dropped() != 0 {
+		t.Fatalf("dropped %d events of a batch already sent when the stop came", a.Dropped())
+	}
+	timeout := time.After(10 * time.Second)
+	for got := 0; got < 10; got++ {
+		select {
+		case <-sub.Channel():
+		case <-timeout:
+			t.Fatalf("received %d of 10 events", got)
+		}
+	}
+}
+
 func TestAsyncDropsAndCountsWhenFull(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	a := events.NewAsync(events.NewPublisher(rdb, "ev"), 2) // not running: nothing drains
