@@ -16,11 +16,7 @@ import (
 func TestAsyncDeliversEveryEventAndFlushesOnStop(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
-	sub := rdb.Subscribe(ctx, "ev")
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sub := subscribe(t, rdb)
 	a := events.NewAsync(events.NewPublisher(rdb, "ev"), 1000)
 	// The bound on the flush is not what this test is about: on a loaded
 	// machine (-race, packages in parallel) 2 s can run out.
@@ -34,25 +30,36 @@ func TestAsyncDeliversEveryEventAndFlushesOnStop(t *testing.T) {
 	}
 	stop()
 	<-a.Done()
-	got := 0
+	receive(t, sub, 500)
+}
+
+// subscribe listens on the events' channel before anything is published.
+func subscribe(t *testing.T, rdb *redis.Client) *redis.PubSub {
+	t.Helper()
+	sub := rdb.Subscribe(context.Background(), "ev")
+	t.Cleanup(func() { sub.Close() })
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return sub
+}
+
+// receive fails the test unless n events arrive within 5 s.
+func receive(t *testing.T, sub *redis.PubSub, n int) {
+	t.Helper()
 	timeout := time.After(5 * time.Second)
-	for got < 500 {
+	for got := 0; got < n; got++ {
 		select {
 		case <-sub.Channel():
-			got++
 		case <-timeout:
-			t.Fatalf("received %d of 500 events", got)
+			t.Fatalf("received %d of %d events", got, n)
 		}
 	}
 }
 
 func TestAStopDuringASendDeliversTheBatchInFlight(t *testing.T) {
 	srv := redistest.Start(t)
-	sub := srv.Client(t).Subscribe(context.Background(), "ev")
-	defer sub.Close()
-	if _, err := sub.Receive(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	sub := subscribe(t, srv.Client(t))
 	proxy, err := faultproxy.Start(srv.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -77,14 +84,7 @@ func TestAStopDuringASendDeliversTheBatchInFlight(t *testing.T) {
 	if a.Dropped() != 0 {
 		t.Fatalf("dropped %d events of a batch already sent when the stop came", a.Dropped())
 	}
-	timeout := time.After(10 * time.Second)
-	for got := 0; got < 10; got++ {
-		select {
-		case <-sub.Channel():
-		case <-timeout:
-			t.Fatalf("received %d of 10 events", got)
-		}
-	}
+	receive(t, sub, 10)
 }
 
 func TestAsyncDropsAndCountsWhenFull(t *testing.T) {
