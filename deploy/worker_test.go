@@ -122,7 +122,7 @@ func startLiveWorkerAt(t *testing.T, addr string, failing bool) *liveWorker {
 	w.failing.Store(failing)
 	t.Cleanup(func() { w.insp.Close(); w.client.Close() })
 	env := map[string]string{
-		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
+		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
 		"EMBEDDINGS_BASE_URL": emb.URL + "/v1",
 		"TASK_INTERVALS":      fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
 	}

@@ -213,7 +213,7 @@ func startWorker(t *testing.T, srv *redistest.Server) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	env := map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false", "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
+	env := map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false", "HTTP_ADDR": redistest.FreeAddr(t), "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
 	go func() {
 		done <- app.Run(ctx, app.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
 	}()

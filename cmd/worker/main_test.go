@@ -37,6 +37,9 @@ func startWorker(t *testing.T, env map[string]string) *running {
 	t.Helper()
 	addr := redistest.FreeAddr(t)
 	env["HTTP_ADDR"] = addr
+	if env["PROBE_ADDR"] == "" {
+		env["PROBE_ADDR"] = redistest.FreeAddr(t)
+	}
 	if env["SHUTDOWN_TIMEOUT"] == "" {
 		env["SHUTDOWN_TIMEOUT"] = "5s"
 	}
@@ -262,7 +265,7 @@ func TestWithoutCredentialsTheMonitorBindsToLoopbackOnly(t *testing.T) {
 	logs := &syncbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": "0.0.0.0:" + port, "ROLE": "monitor"}
+	env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": "0.0.0.0:" + port, "PROBE_ADDR": redistest.FreeAddr(t), "ROLE": "monitor"}
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
 	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(10 * time.Second)
@@ -289,7 +292,7 @@ func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
 	logs := &syncbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	env := map[string]string{"REDIS_URL": "redis://" + redisAddr + "/0", "HTTP_ADDR": addr, "SHUTDOWN_TIMEOUT": "2s"}
+	env := map[string]string{"REDIS_URL": "redis://" + redisAddr + "/0", "HTTP_ADDR": addr, "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
 	defer func() { cancel(); <-done }()
 

@@ -27,7 +27,7 @@ func TestAFailureAfterTheServerStartedShutsTheServerDown(t *testing.T) {
 		Queue: jobs.QueueDefault, MaxRetry: 1, Timeout: time.Minute,
 		NewPayload: func() jobs.Payload { return &jobs.Empty{} }, Summary: "refused by the scheduler"}
 	ran := make(chan struct{}, 10)
-	env := map[string]string{"REDIS_URL": r.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
+	env := map[string]string{"REDIS_URL": r.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
 	logs := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
