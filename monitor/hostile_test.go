@@ -500,7 +500,7 @@ func TestPasswordGuessingIsThrottledPerAddress(t *testing.T) {
 // throttleLine is the log line of an address that ran out of guesses.
 type throttleLine struct {
 	Level, Msg, Addr, Window string
-	Failures               int
+	Failures                 int
 }
 
 func throttledLines(logs string) []throttleLine {

@@ -29,7 +29,7 @@ import (
 type running struct {
 	addr, probeAddr string
 	logs            *syncbuf.Buffer
-	stop func() error
+	stop            func() error
 }
 
 // startWorker runs the worker in-process as main would, until stop.
