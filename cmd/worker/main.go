@@ -1,6 +1,7 @@
 // Command worker runs Stargazer's background tasks: an asynq server with a
 // handler per available task, the periodic scheduler, and the monitor
-// (dashboard, /metrics, /healthz, /readyz) on one HTTP address.
+// (dashboard, API, /metrics, /healthz, /readyz) on HTTP_ADDR, with /healthz,
+// /readyz and /metrics also on the probe listener, PROBE_ADDR.
 //
 // With no REDIS_URL it starts an embedded in-process Redis, so
 // `go run ./cmd/worker` works on a fresh machine.
