@@ -25,8 +25,11 @@ COPY --from=build /out/worker /worker
 # The nonroot user of the distroless images; group adm (4) reads the journal
 # through its ACLs (compose: group_add, Kubernetes: supplementalGroups).
 USER 65532:65532
-EXPOSE 8080
-ENV HTTP_ADDR=0.0.0.0:8080
+# 8080: HTTP_ADDR (the node agent serves only the probes and metrics there);
+# 8081: PROBE_ADDR, the probe listener the healthcheck, the kubelet and
+# Prometheus use.
+EXPOSE 8080 8081
+ENV HTTP_ADDR=0.0.0.0:8080 PROBE_ADDR=0.0.0.0:8081
 HEALTHCHECK CMD ["/worker", "healthcheck"]
 ENTRYPOINT ["/worker"]
 
@@ -35,7 +38,9 @@ FROM gcr.io/distroless/static-debian12:nonroot AS worker
 COPY --from=build /out/worker /worker
 # Handy for operators: docker compose exec worker /enqueuer ...
 COPY --from=build /out/enqueuer /enqueuer
-EXPOSE 8080
-ENV HTTP_ADDR=0.0.0.0:8080
+# 8080: HTTP_ADDR (dashboard, API); 8081: PROBE_ADDR (probes and metrics,
+# on a connection budget of their own).
+EXPOSE 8080 8081
+ENV HTTP_ADDR=0.0.0.0:8080 PROBE_ADDR=0.0.0.0:8081
 HEALTHCHECK CMD ["/worker", "healthcheck"]
 ENTRYPOINT ["/worker"]

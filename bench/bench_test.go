@@ -199,7 +199,7 @@ func BenchmarkIdleCommands(b *testing.B) {
 
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": redistest.FreeAddr(b), "WORKER_CONCURRENCY": strconv.Itoa(concurrency), "LOG_LEVEL": "error"}
+		env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": redistest.FreeAddr(b), "PROBE_ADDR": redistest.FreeAddr(b), "WORKER_CONCURRENCY": strconv.Itoa(concurrency), "LOG_LEVEL": "error"}
 		go func() {
 			done <- app.Run(ctx, app.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
 		}()
@@ -309,7 +309,7 @@ func BenchmarkWorkerRSS(b *testing.B) {
 		srv := redistest.Start(b)
 		rdb := srv.Client(b)
 		cmd := exec.Command(bin)
-		cmd.Env = append(os.Environ(), "REDIS_URL="+srv.URL(), "HTTP_ADDR="+redistest.FreeAddr(b), "LOG_LEVEL=error",
+		cmd.Env = append(os.Environ(), "REDIS_URL="+srv.URL(), "HTTP_ADDR="+redistest.FreeAddr(b), "PROBE_ADDR="+redistest.FreeAddr(b), "LOG_LEVEL=error",
 			"TASK_INTERVALS=e2e_plain=off,e2e_single=off", "WORKER_CONCURRENCY=10", "E2E_SLEEP=0s")
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)

@@ -261,7 +261,8 @@ func waitFiring(t *testing.T, promAddr, alert, task string, limit time.Duration)
 }
 
 // startPrometheus runs the distribution's prometheus scraping the worker at
-// workerAddr every second and evaluating alerts.yml every second.
+// workerAddr (its PROBE_ADDR, as in the deployments) every second and
+// evaluating alerts.yml every second.
 func startPrometheus(t *testing.T, workerAddr string) string {
 	t.Helper()
 	bin, err := exec.LookPath("prometheus")

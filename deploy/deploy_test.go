@@ -178,6 +178,9 @@ func TestComposeEnvironment(t *testing.T) {
 		{"worker", "MONITOR_TOKEN", testMonitorToken},
 		{"worker", "ROLE", "worker"},
 		{"worker", "HTTP_ADDR", "0.0.0.0:8080"},
+		{"worker", "PROBE_ADDR", "0.0.0.0:8081"},
+		{"node", "PROBE_ADDR", "0.0.0.0:8081"},
+		{"monitor", "PROBE_ADDR", "0.0.0.0:8081"},
 		{"worker", "QUEUE_METRICS", "false"},
 		{"node", "ROLE", "node"},
 		{"node", "HTTP_ADDR", "0.0.0.0:8080"},
@@ -205,6 +208,20 @@ func TestComposeMonitorPublishes8080(t *testing.T) {
 	})
 	if !ok {
 		t.Errorf("monitor ports %+v do not publish 8080:8080", m.Ports)
+	}
+}
+
+// TestComposePublishesNoProbePort: the probe listener (PROBE_ADDR, 8081)
+// answers without credentials; only the compose network (Prometheus, the
+// healthchecks inside each container) may reach it.
+func TestComposePublishesNoProbePort(t *testing.T) {
+	p := mustLoadCompose(t)
+	for _, name := range []string{"worker", "node", "monitor"} {
+		for _, port := range service(t, p, name).Ports {
+			if port.Target == 8081 {
+				t.Errorf("%s publishes the probe port: %+v", name, port)
+			}
+		}
 	}
 }
 
@@ -363,7 +380,8 @@ func promTargets(t *testing.T) map[string]string {
 
 func TestPrometheusScrapesWorkersAndMonitor(t *testing.T) {
 	targets := promTargets(t)
-	for _, want := range []string{"worker:8080", "node:8080", "monitor:8080"} {
+	// The probe listeners: clients of 8080 cannot starve them.
+	for _, want := range []string{"worker:8081", "node:8081", "monitor:8081"} {
 		path, ok := targets[want]
 		if !ok {
 			t.Errorf("prometheus.yml does not scrape %s (targets: %v)", want, targets)

@@ -28,9 +28,14 @@ import (
 // The kustomizations a user applies: the base alone and each overlay.
 var kustomizations = []string{"base", "overlays/dev", "overlays/production"}
 
-// The port every stargazer-jobs process serves /metrics, /healthz and
-// /readyz on (HTTP_ADDR).
-const monitorPort = 8080
+// The ports of every stargazer-jobs process: HTTP_ADDR (the dashboard and
+// the API on the monitor; the open endpoints too, for compatibility) and
+// PROBE_ADDR, the probe listener (/healthz, /readyz and /metrics alone, on
+// a connection budget of their own), which the probes and Prometheus use.
+const (
+	monitorPort = 8080
+	probePort   = 8081
+)
 
 // secretName is the Secret the manifests reference; the README's
 // "Deploy on Kubernetes" creates it. The manifests never contain it.
@@ -331,8 +336,9 @@ func TestWorkerDeployment(t *testing.T) {
 }
 
 // TestProbesAndGracePeriods checks every stargazer-jobs container: liveness
-// on /healthz and readiness on /readyz on the monitor port, and a grace
-// period that outlasts SHUTDOWN_TIMEOUT plus any preStop pause.
+// on /healthz and readiness on /readyz on the probe port (which clients of
+// the monitor port cannot starve), within a timeout, and a grace period
+// that outlasts SHUTDOWN_TIMEOUT plus any preStop pause.
 func TestProbesAndGracePeriods(t *testing.T) {
 	for _, r := range renderAll(t) {
 		for _, w := range r.workloads() {
@@ -347,13 +353,24 @@ func TestProbesAndGracePeriods(t *testing.T) {
 							t.Errorf("%s: no HTTP %s probe", c.Name, p.name)
 							continue
 						}
-						if p.probe.HTTPGet.Path != p.path || portNumber(c, p.probe.HTTPGet.Port) != monitorPort {
-							t.Errorf("%s: %s probe on %s port %v, want %s on %d", c.Name, p.name, p.probe.HTTPGet.Path, p.probe.HTTPGet.Port.String(), p.path, monitorPort)
+						if p.probe.HTTPGet.Path != p.path || portNumber(c, p.probe.HTTPGet.Port) != probePort {
+							t.Errorf("%s: %s probe on %s port %v, want %s on %d", c.Name, p.name, p.probe.HTTPGet.Path, p.probe.HTTPGet.Port.String(), p.path, probePort)
+						}
+						// monitor's TestProbesAnswerWithinTheProbeTimeout...
+						// holds the probe listener to the strictest of these.
+						if p.probe.TimeoutSeconds < 1 || p.probe.TimeoutSeconds > 10 {
+							t.Errorf("%s: %s probe timeoutSeconds %d, want 1-10", c.Name, p.name, p.probe.TimeoutSeconds)
 						}
 					}
 					env := r.env(t, c)
 					if env["HTTP_ADDR"] != fmt.Sprintf("0.0.0.0:%d", monitorPort) {
-						t.Errorf("%s: HTTP_ADDR = %q: the probes and Prometheus could not reach it", c.Name, env["HTTP_ADDR"])
+						t.Errorf("%s: HTTP_ADDR = %q: the Service and port-forward could not reach it", c.Name, env["HTTP_ADDR"])
+					}
+					if env["PROBE_ADDR"] != fmt.Sprintf("0.0.0.0:%d", probePort) {
+						t.Errorf("%s: PROBE_ADDR = %q: the probes and Prometheus could not reach it", c.Name, env["PROBE_ADDR"])
+					}
+					if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "probes" && p.ContainerPort == probePort }) {
+						t.Errorf("%s: no container port named probes (%d)", c.Name, probePort)
 					}
 					// The HTTP server binds beyond loopback only with credentials.
 					if !strings.HasPrefix(env["MONITOR_TOKEN"], "<secret:") {
@@ -379,7 +396,7 @@ func TestProbesAndGracePeriods(t *testing.T) {
 						t.Fatalf("%s: no terminationGracePeriodSeconds", w.name)
 					}
 					grace := time.Duration(*w.pod.TerminationGracePeriodSeconds) * time.Second
-					need := preStop + 5*time.Second // the HTTP server's graceful stop
+					need := preStop + 5*time.Second + 2*time.Second // the HTTP server's graceful stop, then the probe listener's
 					if env["ROLE"] != config.RoleMonitor {
 						need += shutdown // in-flight tasks
 					}
@@ -716,21 +733,47 @@ func TestNetworkPolicies(t *testing.T) {
 			if !labels.SelectorFromSet(np.Spec.PodSelector.MatchLabels).Matches(labels.Set(worker)) {
 				t.Fatal("stargazer-worker policy does not select the worker pods")
 			}
-			// Ingress: nothing but Prometheus, on the metrics port only.
-			if len(np.Spec.Ingress) != 1 {
-				t.Fatalf("%d ingress rules, want one (Prometheus)", len(np.Spec.Ingress))
-			}
-			in := np.Spec.Ingress[0]
-			if len(in.Ports) != 1 || !hasPort(in.Ports, corev1.ProtocolTCP, monitorPort) {
-				t.Errorf("ingress ports %+v, want only TCP %d", in.Ports, monitorPort)
-			}
-			if len(in.From) == 0 {
-				t.Error("ingress from anywhere")
-			}
-			for _, p := range in.From {
-				if !peerSelects(p, prometheusPod) || p.PodSelector == nil || len(p.PodSelector.MatchLabels) == 0 {
-					t.Errorf("ingress from %+v, want only Prometheus pods", p)
+			// Ingress of workers and node agents: nothing but Prometheus,
+			// on the probe port only.
+			for _, name := range []string{"stargazer-worker", "stargazer-node"} {
+				np, ok := r.netpols[name]
+				if !ok {
+					t.Fatalf("no NetworkPolicy %s", name)
 				}
+				if len(np.Spec.Ingress) != 1 {
+					t.Fatalf("%s: %d ingress rules, want one (Prometheus)", name, len(np.Spec.Ingress))
+				}
+				in := np.Spec.Ingress[0]
+				if len(in.Ports) != 1 || !hasPort(in.Ports, corev1.ProtocolTCP, probePort) {
+					t.Errorf("%s: ingress ports %+v, want only TCP %d", name, in.Ports, probePort)
+				}
+				onlyPrometheus(t, name, in)
+			}
+			// The monitor: the dashboard port to anyone the Service lets
+			// in, the probe port to Prometheus alone.
+			mp, ok := r.netpols["stargazer-monitor"]
+			if !ok {
+				t.Fatal("no NetworkPolicy stargazer-monitor")
+			}
+			open := false
+			for _, in := range mp.Spec.Ingress {
+				if hasPort(in.Ports, corev1.ProtocolTCP, probePort) {
+					if len(in.Ports) != 1 {
+						t.Errorf("stargazer-monitor: the probe port shares a rule with %+v", in.Ports)
+					}
+					onlyPrometheus(t, "stargazer-monitor", in)
+				}
+				if hasPort(in.Ports, corev1.ProtocolTCP, monitorPort) && len(in.From) == 0 {
+					open = true
+				}
+			}
+			if !open {
+				t.Error("stargazer-monitor: the dashboard port is not open to the Service's clients")
+			}
+			if !slices.ContainsFunc(mp.Spec.Ingress, func(in networkingv1.NetworkPolicyIngressRule) bool {
+				return hasPort(in.Ports, corev1.ProtocolTCP, probePort)
+			}) {
+				t.Error("stargazer-monitor: Prometheus cannot reach the probe port")
 			}
 			// Egress: Redis, FalkorDB, the LLM (HTTPS), DNS.
 			for _, want := range []struct {
@@ -749,15 +792,30 @@ func TestNetworkPolicies(t *testing.T) {
 					t.Errorf("workers cannot reach %s (%s %d)", want.what, want.proto, want.port)
 				}
 			}
-			if allowsEgress(np.Spec.Egress, prometheusPod, corev1.ProtocolTCP, monitorPort) {
-				t.Error("workers may reach other pods' metrics ports")
+			for _, port := range []int{monitorPort, probePort} {
+				if allowsEgress(np.Spec.Egress, prometheusPod, corev1.ProtocolTCP, port) {
+					t.Errorf("workers may reach other pods' port %d", port)
+				}
 			}
 		})
 	}
 }
 
+// onlyPrometheus checks that an ingress rule admits Prometheus pods alone.
+func onlyPrometheus(t *testing.T, policy string, in networkingv1.NetworkPolicyIngressRule) {
+	t.Helper()
+	if len(in.From) == 0 {
+		t.Errorf("%s: ingress on %+v from anywhere", policy, in.Ports)
+	}
+	for _, p := range in.From {
+		if !peerSelects(p, prometheusPod) || p.PodSelector == nil || len(p.PodSelector.MatchLabels) == 0 {
+			t.Errorf("%s: ingress from %+v, want only Prometheus pods", policy, p)
+		}
+	}
+}
+
 // TestMonitoringObjects: the PodMonitor scrapes every stargazer-jobs pod on
-// its metrics port, the PrometheusRule is alerts.yml, the dashboard
+// its probe port, the PrometheusRule is alerts.yml, the dashboard
 // ConfigMap is stargazer.json, and the ScaledObject scales the workers on
 // the pending-task metric.
 func TestMonitoringObjects(t *testing.T) {
@@ -775,7 +833,7 @@ func TestMonitoringObjects(t *testing.T) {
 					t.Errorf("the PodMonitor does not scrape %s", w.name)
 				}
 				for _, ep := range pm.Spec.PodMetricsEndpoints {
-					if p := portNumber(w.pod.Containers[0], intstr.FromString(ep.Port)); p != monitorPort || ep.Path != "/metrics" {
+					if p := portNumber(w.pod.Containers[0], intstr.FromString(ep.Port)); p != probePort || ep.Path != "/metrics" {
 						t.Errorf("%s: scraped on port %q (%d) path %s", w.name, ep.Port, p, ep.Path)
 					}
 				}

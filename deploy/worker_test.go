@@ -58,7 +58,8 @@ func testSpecs() []jobs.Spec {
 // liveWorker is a real worker (app.Run, in this process) against a real
 // redis-server, with the test tasks added to the catalog.
 type liveWorker struct {
-	addr    string
+	addr    string // HTTP_ADDR
+	probes  string // PROBE_ADDR, where Prometheus scrapes it
 	started time.Time
 	redis   *redistest.Server
 	insp    *asynq.Inspector
@@ -109,20 +110,21 @@ func startLiveWorker(t *testing.T) *liveWorker {
 	return startLiveWorkerAt(t, redistest.FreeAddr(t), true)
 }
 
-// startLiveWorkerAt is startLiveWorker serving on addr; flakyTask fails
-// from the start if failing, else once the test sets w.failing.
-func startLiveWorkerAt(t *testing.T, addr string, failing bool) *liveWorker {
+// startLiveWorkerAt is startLiveWorker with its probe listener (PROBE_ADDR,
+// which Prometheus scrapes) on probes; flakyTask fails from the start if
+// failing, else once the test sets w.failing.
+func startLiveWorkerAt(t *testing.T, probes string, failing bool) *liveWorker {
 	t.Helper()
 	srv := redistest.Start(t)
 	emb := fakeEmbeddings(t)
 	w := &liveWorker{
-		addr: addr, redis: srv, logs: &syncbuf.Buffer{}, release: make(chan struct{}),
+		addr: redistest.FreeAddr(t), probes: probes, redis: srv, logs: &syncbuf.Buffer{}, release: make(chan struct{}),
 		insp: asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr}), client: asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr}),
 	}
 	w.failing.Store(failing)
 	t.Cleanup(func() { w.insp.Close(); w.client.Close() })
 	env := map[string]string{
-		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
+		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "PROBE_ADDR": w.probes, "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
 		"EMBEDDINGS_BASE_URL": emb.URL + "/v1",
 		"TASK_INTERVALS":      fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
 	}
@@ -166,7 +168,7 @@ func startLiveWorkerAt(t *testing.T, addr string, failing bool) *liveWorker {
 		}
 	})
 	poll.Until(t, "the worker serving", func() bool {
-		return strings.Contains(w.logs.String(), `"scheduler started"`) && httpStatus(t, "http://"+w.addr+"/readyz") == 200
+		return strings.Contains(w.logs.String(), `"scheduler started"`) && httpStatus(t, "http://"+w.probes+"/readyz") == 200
 	})
 	return w
 }

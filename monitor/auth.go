@@ -59,6 +59,52 @@ func bearer(r *http.Request) (string, bool) {
 	return tok, tok != ""
 }
 
+// MinStrongTokenLength is the length from which a bearer token is taken to
+// be too strong to guess: 32 random hexadecimal characters are 128 bits.
+// Such a token is checked even from an address throttled for failed
+// authentications, so an attacker guessing from an operator's address (a
+// shared proxy, a NAT) does not lock the operator out. Letting a right
+// credential through a throttle tells a guesser at full speed which guess
+// was right (200) and which was wrong (429), which defeats the throttle for
+// anything guessable: so shorter tokens and basic-auth passwords (which
+// people choose, and browsers prompt for) wait like every other request
+// from the address.
+const MinStrongTokenLength = 32
+
+// WeakTokens names the configured bearer-token settings shorter than
+// MinStrongTokenLength, for a warning at startup.
+func (a Auth) WeakTokens() []string {
+	var out []string
+	if a.Token != "" && len(a.Token) < MinStrongTokenLength {
+		out = append(out, "MONITOR_TOKEN")
+	}
+	if a.ViewToken != "" && len(a.ViewToken) < MinStrongTokenLength {
+		out = append(out, "MONITOR_VIEW_TOKEN")
+	}
+	return out
+}
+
+// strongRole is role for a request from a throttled address: only bearer
+// tokens of at least MinStrongTokenLength are checked. evaluated reports
+// whether a token was compared at all, so that a wrong one counts as a
+// failure.
+func (a Auth) strongRole(r *http.Request) (_ role, evaluated bool) {
+	tok, ok := bearer(r)
+	strong := func(s string) bool { return len(s) >= MinStrongTokenLength }
+	if !ok || !(strong(a.Token) || strong(a.ViewToken)) {
+		return roleNone, false
+	}
+	admin := strong(a.Token) && equal(tok, a.Token)
+	view := strong(a.ViewToken) && equal(tok, a.ViewToken)
+	switch {
+	case admin:
+		return roleAdmin, true
+	case view:
+		return roleView, true
+	}
+	return roleNone, true
+}
+
 // role checks every configured credential (no early exit, so the time
 // taken does not tell which one nearly matched). The admin credential wins
 // over the view-only one.

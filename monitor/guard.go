@@ -2,8 +2,10 @@ package monitor
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -17,6 +19,9 @@ type guard struct {
 	auth     Auth
 	readOnly bool
 	throttle *throttle
+	// log gets one line when an address runs out of guesses (at most one
+	// per address per AuthThrottleLogInterval); nil logs nothing.
+	log *slog.Logger
 	// unauthorized and throttled count refusals by area.
 	unauthorized *prometheus.CounterVec
 	throttled    *prometheus.CounterVec
@@ -41,17 +46,23 @@ func (g *guard) protect(area string, next http.Handler) http.Handler {
 		if g.auth.Enabled() {
 			key := clientKey(r)
 			if wait := g.throttle.wait(key); wait > 0 {
-				g.throttled.WithLabelValues(area).Inc()
-				w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-				refuse(w, r, http.StatusTooManyRequests, "too many failed authentications from this address; retry later")
-				return
-			}
-			role = g.auth.role(r)
-			if role == roleNone {
+				// Only a token too strong to guess is checked here (see
+				// MinStrongTokenLength); a wrong one still counts.
+				var evaluated bool
+				if role, evaluated = g.auth.strongRole(r); role == roleNone {
+					if evaluated {
+						g.fail(key, area)
+					}
+					g.throttled.WithLabelValues(area).Inc()
+					w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+					refuse(w, r, http.StatusTooManyRequests, "too many failed authentications from this address; retry later")
+					return
+				}
+			} else if role = g.auth.role(r); role == roleNone {
 				// Only a wrong credential is a guess: a browser's first,
 				// credential-less request is not held against it.
 				if r.Header.Get("Authorization") != "" {
-					g.throttle.fail(key)
+					g.fail(key, area)
 				}
 				g.unauthorized.WithLabelValues(area).Inc()
 				if g.auth.basic() {
@@ -75,6 +86,18 @@ func (g *guard) protect(area string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// fail counts a failed authentication from key, and logs the address when
+// it has just run out of guesses.
+func (g *guard) fail(key netip.Prefix, area string) {
+	ev, log := g.throttle.fail(key)
+	if !log || g.log == nil {
+		return
+	}
+	g.log.Warn("failed authentications throttled: requests from this address get 429 until a guess is allowed again",
+		"addr", ev.key.String(), "area", area, "failures", ev.failures, "window", ev.window.Round(time.Millisecond).String(),
+		"retry_after", ev.retryAfter.Round(time.Millisecond).String(), "log_interval", g.throttle.logEvery.String())
 }
 
 // refuse answers with an error before the body was read, and closes the

@@ -1,12 +1,14 @@
 package monitor_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -402,6 +404,13 @@ func TestEnqueueAPIRefusesCarelessInput(t *testing.T) {
 		{"delay of 292 years", `{"task":"gemini_key_probe","in":"2562047h"}`, json, 400, "at most 720h"},
 		{"unique for 292 years", `{"task":"gemini_key_probe","unique":"2562047h"}`, json, 400, "168h"},
 		{"timeout of a day and a second", `{"task":"scheduled_prompt_cleanup","timeout":"24h1s"}`, json, 400, "24h"},
+		{"timeout of zero", `{"task":"scheduled_prompt_cleanup","timeout":"0s"}`, json, 400, "timeout 0s: must be between 1s and 24h"},
+		{"timeout under a second", `{"task":"scheduled_prompt_cleanup","timeout":"500ms"}`, json, 400, "timeout 500ms: must be between 1s"},
+		{"timeout of a second", `{"task":"scheduled_prompt_cleanup","timeout":"1s"}`, json, 201, `"id"`},
+		{"unique of zero", `{"task":"scheduled_prompt_cleanup","unique":"0s"}`, json, 400, "unique 0s: must be between 1s"},
+		{"task twice", `{"task":"scheduled_prompt_cleanup","task":"kg_decay_task"}`, json, 400, `duplicate key \"task\"`},
+		{"payload twice", `{"task":"scheduled_prompt_cleanup","payload":{"days_to_keep":3},"payload":{"days_to_keep":1}}`, json, 400, `duplicate key \"payload\"`},
+		{"a payload key twice", `{"task":"scheduled_prompt_cleanup","payload":{"days_to_keep":3,"days_to_keep":3650}}`, json, 400, `duplicate key \"payload.days_to_keep\"`},
 		{"at in 31 days", fmt.Sprintf(`{"task":"scheduled_prompt_cleanup","at":%q}`, time.Now().Add(31*24*time.Hour).UTC().Format(time.RFC3339)), json, 400, "30 days"},
 		{"body over the limit", `{"task":"scheduled_prompt_cleanup","payload":{"x":"` + strings.Repeat("a", 80<<10) + `"}}`, json, 413, "too large"},
 	}
@@ -473,4 +482,112 @@ func TestPasswordGuessingIsThrottledPerAddress(t *testing.T) {
 	if n := w.metric(t, `stargazer_http_auth_throttled_total{area="dashboard"}`); n < float64(counts[429]) {
 		t.Errorf("stargazer_http_auth_throttled_total = %v, want at least %d", n, counts[429])
 	}
+	// The token is short: the worker said so at startup.
+	if !strings.Contains(w.Logs(), `"msg":"bearer token shorter than 32 characters`) || !strings.Contains(w.Logs(), `"setting":"MONITOR_TOKEN"`) {
+		t.Errorf("no startup warning naming MONITOR_TOKEN as too short:\n%s", w.Logs())
+	}
+	// The guessing left one log line, not one per guess.
+	lines := throttledLines(w.Logs())
+	if len(lines) != 1 {
+		t.Fatalf("%d throttle log lines for %d failed guesses, want 1:\n%s", len(lines), counts[401], w.Logs())
+	}
+	if l := lines[0]; l.Addr != "127.0.0.1/32" || l.Failures < monitor.AuthFailureBurst || l.Window == "" || l.Level != "WARN" {
+		t.Errorf("throttle log line %+v, want the address, at least %d failures and the window", l, monitor.AuthFailureBurst)
+	}
+	t.Logf("the one log line: %+v", lines[0])
+}
+
+// throttleLine is the log line of an address that ran out of guesses.
+type throttleLine struct {
+	Level, Msg, Addr, Window string
+	Failures                 int
+}
+
+func throttledLines(logs string) []throttleLine {
+	var out []throttleLine
+	for _, line := range strings.Split(logs, "\n") {
+		var l throttleLine
+		if json.Unmarshal([]byte(line), &l) == nil && strings.HasPrefix(l.Msg, "failed authentications throttled") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// strongToken is an admin token of 64 hexadecimal characters (256 bits),
+// as `openssl rand -hex 32` makes.
+const strongToken = "4f1c0b9e2a7d48c6b3e5f7a9d1c3e5f70a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d"
+
+// TestAStrongBearerTokenGetsInFromAThrottledAddress: an admin behind the
+// same address as someone guessing passwords (a shared proxy, a NAT) still
+// gets in with a token too strong to guess, while every password from that
+// address, the right one included, waits for the throttle.
+func TestAStrongBearerTokenGetsInFromAThrottledAddress(t *testing.T) {
+	w := startWorkerProcess(t, "", map[string]string{
+		"MONITOR_TOKEN": strongToken, "MONITOR_USER": adminUser, "MONITOR_PASSWORD": adminPassword,
+	})
+	const shared = "127.0.0.3"
+	// The attacker guesses passwords from the shared address until the
+	// test ends.
+	stop := make(chan struct{})
+	var attacks sync.WaitGroup
+	var guesses, throttled atomic.Int64
+	attacks.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			code, _, _ := w.doFrom(t, shared, request{"GET", "/dashboard/api/queues", "", basicHeader(adminUser, fmt.Sprintf("guess-%d", i))})
+			guesses.Add(1)
+			if code == 429 {
+				throttled.Add(1)
+			}
+		}
+	})
+	defer func() { close(stop); attacks.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); throttled.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the attacker was never throttled")
+		}
+	}
+	enqueue := `{"task":"scheduled_prompt_cleanup","in":"1h"}`
+	withJSON := func(h map[string]string) map[string]string { h["Content-Type"] = "application/json"; return h }
+	tests := []struct {
+		name string
+		req  request
+		want int
+	}{
+		{"admin token reads the dashboard", request{"GET", "/dashboard/api/queues", "", bearerHeader(strongToken)}, 200},
+		{"admin token, lower-case scheme", request{"GET", "/dashboard/api/queues", "", map[string]string{"Authorization": "bearer " + strongToken}}, 200},
+		{"admin token enqueues", request{"POST", "/api/v1/tasks", enqueue, withJSON(bearerHeader(strongToken))}, 201},
+		{"admin token again", request{"GET", "/dashboard/", "", bearerHeader(strongToken)}, 200},
+		{"the right password waits", request{"GET", "/dashboard/api/queues", "", basicHeader(adminUser, adminPassword)}, 429},
+		{"a wrong token waits", request{"GET", "/dashboard/api/queues", "", bearerHeader(strongToken[:63] + "0")}, 429},
+		{"no credentials wait", request{"GET", "/dashboard/api/queues", "", nil}, 429},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body, h := w.doFrom(t, shared, tt.req)
+			if code != tt.want {
+				t.Errorf("%s %s from the throttled address = %d %s, want %d", tt.req.method, tt.req.path, code, body, tt.want)
+			}
+			if code == 429 && h.Get("Retry-After") == "" {
+				t.Error("429 without Retry-After")
+			}
+		})
+	}
+	// Still throttled: the admin's successes did not open the door.
+	if code, _, _ := w.doFrom(t, shared, request{"GET", "/dashboard/api/queues", "", basicHeader(adminUser, "one-more-guess")}); code != 429 {
+		t.Errorf("a guess after the admin's requests = %d, want 429", code)
+	}
+	// The wrong token was checked, so it counted as a failure.
+	if n := w.metric(t, `stargazer_http_unauthorized_total{area="dashboard"}`); n < monitor.AuthFailureBurst {
+		t.Errorf("stargazer_http_unauthorized_total = %v", n)
+	}
+	if strings.Contains(w.Logs(), "bearer token shorter than") {
+		t.Error("warned about a 64-character token")
+	}
+	t.Logf("%d guesses from %s, %d answered 429; one log line: %+v", guesses.Load(), shared, throttled.Load(), throttledLines(w.Logs()))
 }

@@ -3,6 +3,7 @@ package monitor
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 	"unicode/utf8"
@@ -40,13 +41,19 @@ type Options struct {
 	// ProbesOnly serves /healthz, /readyz and /metrics and nothing else (the
 	// node agent): no dashboard, no API, so nothing that needs credentials.
 	ProbesOnly bool
+	// Log gets the line logged when an address is throttled for failed
+	// authentications; nil logs nothing.
+	Log *slog.Logger
 }
 
 // Server is the monitor's handler tree. Close releases the dashboard's
 // Redis connections.
 type Server struct {
 	http.Handler
-	mon *asynqmon.HTTPHandler
+	// Probes serves GET /healthz, /readyz and /metrics alone, exactly as
+	// Handler serves them, for the probe listener (NewProbeServer).
+	Probes http.Handler
+	mon    *asynqmon.HTTPHandler
 }
 
 // New builds the handler tree. /healthz, /readyz and /metrics are open (for
@@ -55,7 +62,7 @@ type Server struct {
 // state-changing request a browser sends from another site is refused.
 func New(o Options) *Server {
 	g := &guard{
-		auth: o.Auth, readOnly: o.ReadOnly,
+		auth: o.Auth, readOnly: o.ReadOnly, log: o.Log,
 		throttle: newThrottle(AuthFailureBurst, AuthFailureRate, authThrottleAddrs),
 		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stargazer_http_unauthorized_total",
@@ -69,11 +76,10 @@ func New(o Options) *Server {
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(g.unauthorized, g.throttled)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	healthz := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	readyz := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
 		if err := o.Redis.Ping(ctx); err != nil {
@@ -82,9 +88,16 @@ func New(o Options) *Server {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{})
+	probes := http.NewServeMux()
+	mux := http.NewServeMux()
+	for _, m := range []*http.ServeMux{probes, mux} {
+		m.Handle("GET /healthz", healthz)
+		m.Handle("GET /readyz", readyz)
+		m.Handle("GET /metrics", metrics)
+	}
 	if o.ProbesOnly {
-		return &Server{Handler: mux}
+		return &Server{Handler: mux, Probes: probes}
 	}
 	if o.Enqueuer != nil {
 		mux.Handle("POST /api/v1/tasks", g.protect("api", enqueueAPI(o.Catalog, o.Enqueuer)))
@@ -96,13 +109,13 @@ func New(o Options) *Server {
 		PayloadFormatter: asynqmon.PayloadFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
 		ResultFormatter:  asynqmon.ResultFormatterFunc(func(_ string, b []byte) string { return printable(b) }),
 	})
-	mux.Handle(o.DashboardPath+"/", g.protect("dashboard", boundedPages(mon)))
+	mux.Handle(o.DashboardPath+"/", g.protect("dashboard", boundedPages(apiErrors(o.DashboardPath+"/api/", o.Redis, mon))))
 	// The browser fetches the web manifest without credentials; it holds
 	// nothing but the app's name.
 	mux.Handle("GET "+o.DashboardPath+"/manifest.json", mon)
 	mux.Handle(o.DashboardPath, http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
 	mux.Handle("GET /{$}", http.RedirectHandler(o.DashboardPath+"/", http.StatusFound))
-	return &Server{Handler: crossOrigin(mux), mon: mon}
+	return &Server{Handler: crossOrigin(mux), Probes: probes, mon: mon}
 }
 
 // printable shows payloads and results as text: they are JSON by

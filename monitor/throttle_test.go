@@ -63,3 +63,52 @@ func TestClientKeyGroupsAnIPv6SubscriberPrefix(t *testing.T) {
 		}
 	}
 }
+
+func TestThrottleReportsAnAddressOncePerLogInterval(t *testing.T) {
+	now := time.Unix(0, 0)
+	th := newThrottle(3, 0.5, 100)
+	th.now = func() time.Time { return now }
+	a, b := netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("192.0.2.2/32")
+	var reports []throttled
+	fail := func(key netip.Prefix) {
+		if ev, ok := th.fail(key); ok {
+			reports = append(reports, ev)
+		}
+	}
+	for range 2 {
+		fail(a)
+		now = now.Add(100 * time.Millisecond)
+	}
+	if len(reports) != 0 {
+		t.Fatalf("reported within the burst: %+v", reports)
+	}
+	fail(a) // the third failure empties the bucket
+	if len(reports) != 1 {
+		t.Fatalf("%d reports when the address ran out of guesses, want 1", len(reports))
+	}
+	if r := reports[0]; r.key != a || r.failures != 3 || r.window != 200*time.Millisecond || r.retryAfter <= 0 {
+		t.Errorf("report %+v, want %v with 3 failures within 200ms and a wait", r, a)
+	}
+	// An attacker who keeps guessing at the allowed rate empties the
+	// bucket every 2 s: one line per interval, not one per failure.
+	for range 100 {
+		now = now.Add(2 * time.Second)
+		fail(a)
+	}
+	if len(reports) != 1+int(200*time.Second/AuthThrottleLogInterval) {
+		t.Errorf("%d reports over 200 s, want one at first and one per %v", len(reports), AuthThrottleLogInterval)
+	}
+	for _, r := range reports[1:] {
+		if r.failures < 25 || r.window < 50*time.Second {
+			t.Errorf("later report %+v, want the failures counted since the previous one", r)
+		}
+	}
+	// Another address is reported on its own.
+	n := len(reports)
+	for range 3 {
+		fail(b)
+	}
+	if len(reports) != n+1 || reports[n].key != b {
+		t.Errorf("address %v not reported on its own: %+v", b, reports[n:])
+	}
+}

@@ -120,6 +120,10 @@ func TestRunRefusesBadInputWithAClearMessage(t *testing.T) {
 		{"bad payload", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.ScheduledPromptTick, "--payload", `{"limit":"x"}`}, exitUsage, "invalid payload"},
 		{"unknown field", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.KGDecay, "--payload", `{"force":true}`}, exitUsage, "unknown field"},
 		{"no task name", map[string]string{"REDIS_URL": srv.URL()}, []string{"run"}, exitUsage, "accepts 1 arg(s), received 0"},
+		{"timeout of zero", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.KGDecay, "--timeout", "0s"}, exitUsage, "timeout 0s: must be between 1s and 24h"},
+		{"timeout under a second", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.KGDecay, "--timeout", "999ms"}, exitUsage, "timeout 999ms: must be between 1s"},
+		{"unique of zero", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.KGDecay, "--unique", "0"}, exitUsage, "unique 0s: must be between 1s"},
+		{"duplicate payload key", map[string]string{"REDIS_URL": srv.URL()}, []string{"run", jobs.ScheduledPromptCleanup, "--payload", `{"days_to_keep":3,"days_to_keep":3650}`}, exitUsage, `duplicate key "days_to_keep" in payload`},
 		{"unreachable redis", map[string]string{"REDIS_URL": "redis://127.0.0.1:1"}, []string{"run", jobs.KGDecay}, exitFailure, "unreachable"},
 		{"no redis configured", nil, []string{"run", jobs.KGDecay}, exitUsage, "REDIS_URL is not set"},
 		{"bad config", map[string]string{"KA_ENABLED": "sometimes"}, []string{"list"}, exitUsage, "KA_ENABLED"},
@@ -213,7 +217,7 @@ func startWorker(t *testing.T, srv *redistest.Server) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	env := map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false", "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
+	env := map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false", "HTTP_ADDR": redistest.FreeAddr(t), "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
 	go func() {
 		done <- app.Run(ctx, app.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
 	}()

@@ -87,7 +87,16 @@ Bounds: --in and --at at most 30 days ahead, --unique at most 7 days
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			req.Task, req.Payload = name, json.RawMessage(payload)
-			req.In, req.Unique, req.Timeout = enqueue.Duration(in), enqueue.Duration(unique), enqueue.Duration(timeout)
+			req.In = enqueue.Duration(in)
+			// Given, even as 0, they are checked against their range.
+			if cmd.Flags().Changed("unique") {
+				u := enqueue.Duration(unique)
+				req.Unique = &u
+			}
+			if cmd.Flags().Changed("timeout") {
+				d := enqueue.Duration(timeout)
+				req.Timeout = &d
+			}
 			if cmd.Flags().Changed("max-retry") {
 				req.MaxRetry = &maxRetry
 			}
@@ -128,9 +137,9 @@ Bounds: --in and --at at most 30 days ahead, --unique at most 7 days
 	f.StringVar(&req.Queue, "queue", "", "queue to use instead of the task's (critical, default, embeddings, maintenance)")
 	f.DurationVar(&in, "in", 0, "run after this delay, e.g. 10m (at most 720h)")
 	f.Var(timeValue{&req.At}, "at", "run at this time (RFC 3339), at most 30 days ahead")
-	f.DurationVar(&unique, "unique", 0, "refuse while a copy with the same payload is queued or running, for this long (at most 168h; singletons always are)")
+	f.DurationVar(&unique, "unique", 0, "refuse while a copy with the same payload is queued or running, for this long (1s to 168h; singletons always are)")
 	f.IntVar(&maxRetry, "max-retry", 0, "retries before the task is archived, 0-100 (default: the task's)")
-	f.DurationVar(&timeout, "timeout", 0, "time limit of one attempt, at most 24h (default: the task's)")
+	f.DurationVar(&timeout, "timeout", 0, "time limit of one attempt, 1s to 24h (default: the task's)")
 	f.BoolVar(&wait, "wait", false, "block until the task finishes; print its status and result; exit 1 if it failed")
 	f.DurationVar(&waitTimeout, "wait-timeout", time.Hour, "give up waiting after this long (exit 1)")
 	_ = cmd.RegisterFlagCompletionFunc("queue", completeQueues)

@@ -1,6 +1,7 @@
 // Command worker runs Stargazer's background tasks: an asynq server with a
 // handler per available task, the periodic scheduler, and the monitor
-// (dashboard, /metrics, /healthz, /readyz) on one HTTP address.
+// (dashboard, API, /metrics, /healthz, /readyz) on HTTP_ADDR, with /healthz,
+// /readyz and /metrics also on the probe listener, PROBE_ADDR.
 //
 // With no REDIS_URL it starts an embedded in-process Redis, so
 // `go run ./cmd/worker` works on a fresh machine.
@@ -29,7 +30,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck(os.Getenv("HTTP_ADDR"), os.Stderr))
+		os.Exit(healthcheck(os.Getenv("PROBE_ADDR"), os.Stderr))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -47,15 +48,17 @@ func main() {
 	}
 }
 
-// healthcheck probes this process's /healthz, for container HEALTHCHECKs in
-// images that have no curl: `worker healthcheck`.
+// healthcheck probes this process's /healthz on its probe listener
+// (PROBE_ADDR), for container HEALTHCHECKs in images that have no curl:
+// `worker healthcheck`. The probe listener has its own connection budget,
+// so clients of HTTP_ADDR cannot make the check fail.
 func healthcheck(addr string, stderr io.Writer) int {
 	if addr == "" {
-		addr = "127.0.0.1:8080"
+		addr = defaultProbeAddr()
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		fmt.Fprintf(stderr, "healthcheck: HTTP_ADDR %q: %v\n", addr, err)
+		fmt.Fprintf(stderr, "healthcheck: PROBE_ADDR %q: %v\n", addr, err)
 		return 1
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
@@ -73,6 +76,16 @@ func healthcheck(addr string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// defaultProbeAddr is PROBE_ADDR's default.
+func defaultProbeAddr() string {
+	for _, s := range config.Settings() {
+		if s.Env == "PROBE_ADDR" {
+			return s.Default
+		}
+	}
+	return ""
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

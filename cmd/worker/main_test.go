@@ -27,9 +27,9 @@ import (
 )
 
 type running struct {
-	addr string
-	logs *syncbuf.Buffer
-	stop func() error
+	addr, probeAddr string
+	logs            *syncbuf.Buffer
+	stop            func() error
 }
 
 // startWorker runs the worker in-process as main would, until stop.
@@ -37,6 +37,9 @@ func startWorker(t *testing.T, env map[string]string) *running {
 	t.Helper()
 	addr := redistest.FreeAddr(t)
 	env["HTTP_ADDR"] = addr
+	if env["PROBE_ADDR"] == "" {
+		env["PROBE_ADDR"] = redistest.FreeAddr(t)
+	}
 	if env["SHUTDOWN_TIMEOUT"] == "" {
 		env["SHUTDOWN_TIMEOUT"] = "5s"
 	}
@@ -64,7 +67,7 @@ func startWorker(t *testing.T, env map[string]string) *running {
 		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 && strings.Contains(logs.String(), "worker started") {
-				return &running{addr: addr, logs: logs, stop: stop}
+				return &running{addr: addr, probeAddr: env["PROBE_ADDR"], logs: logs, stop: stop}
 			}
 		}
 		select {
@@ -246,12 +249,19 @@ func TestJournalStreamRunsOnEveryNodeAndLeavesNoOrphanOnShutdown(t *testing.T) {
 
 func TestHealthcheckSubcommand(t *testing.T) {
 	w := startWorker(t, map[string]string{})
-	_, port, _ := net.SplitHostPort(w.addr)
+	_, port, _ := net.SplitHostPort(w.probeAddr)
 	if code := healthcheck("0.0.0.0:"+port, io.Discard); code != 0 {
-		t.Errorf("healthcheck of a live worker = %d", code)
+		t.Errorf("healthcheck of a live worker's PROBE_ADDR = %d", code)
 	}
 	if code := healthcheck(redistest.FreeAddr(t), io.Discard); code != 1 {
 		t.Errorf("healthcheck of nothing = %d", code)
+	}
+	var stderr strings.Builder
+	if code := healthcheck("8081", &stderr); code != 1 || !strings.Contains(stderr.String(), "PROBE_ADDR") {
+		t.Errorf("healthcheck of a bad address = %d %q, want 1 naming PROBE_ADDR", code, stderr.String())
+	}
+	if got := defaultProbeAddr(); got != "127.0.0.1:8081" {
+		t.Errorf("default PROBE_ADDR %q", got)
 	}
 }
 
@@ -262,7 +272,8 @@ func TestWithoutCredentialsTheMonitorBindsToLoopbackOnly(t *testing.T) {
 	logs := &syncbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": "0.0.0.0:" + port, "ROLE": "monitor"}
+	_, probePort, _ := net.SplitHostPort(redistest.FreeAddr(t))
+	env := map[string]string{"REDIS_URL": srv.URL(), "HTTP_ADDR": "0.0.0.0:" + port, "PROBE_ADDR": "0.0.0.0:" + probePort, "ROLE": "monitor"}
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
 	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(10 * time.Second)
@@ -278,6 +289,12 @@ func TestWithoutCredentialsTheMonitorBindsToLoopbackOnly(t *testing.T) {
 	if code, _ := get(t, "http://127.0.0.1:"+port+"/dashboard/"); code != 200 {
 		t.Errorf("dashboard on loopback = %d", code)
 	}
+	// The probe listener serves nothing that needs a credential: it binds
+	// where PROBE_ADDR says.
+	if l := logs.String(); !strings.Contains(l, `"msg":"probes listening","addr":"0.0.0.0:`+probePort+`"`) &&
+		!strings.Contains(l, `"msg":"probes listening","addr":"[::]:`+probePort+`"`) {
+		t.Errorf("the probe listener did not bind 0.0.0.0:%s:\n%s", probePort, logs.String())
+	}
 }
 
 func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
@@ -289,7 +306,7 @@ func TestUnreachableRedisIsReportedAndRetriedUntilItComesBack(t *testing.T) {
 	logs := &syncbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	env := map[string]string{"REDIS_URL": "redis://" + redisAddr + "/0", "HTTP_ADDR": addr, "SHUTDOWN_TIMEOUT": "2s"}
+	env := map[string]string{"REDIS_URL": "redis://" + redisAddr + "/0", "HTTP_ADDR": addr, "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, logs, io.Discard) }()
 	defer func() { cancel(); <-done }()
 

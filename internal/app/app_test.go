@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/internal/app"
+	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -27,7 +29,7 @@ func TestAFailureAfterTheServerStartedShutsTheServerDown(t *testing.T) {
 		Queue: jobs.QueueDefault, MaxRetry: 1, Timeout: time.Minute,
 		NewPayload: func() jobs.Payload { return &jobs.Empty{} }, Summary: "refused by the scheduler"}
 	ran := make(chan struct{}, 10)
-	env := map[string]string{"REDIS_URL": r.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
+	env := map[string]string{"REDIS_URL": r.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s"}
 	logs := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
@@ -80,5 +82,30 @@ func TestAConfigurationErrorStartsNothing(t *testing.T) {
 	}
 	if errors.Is(err, context.Canceled) {
 		t.Fatal(err)
+	}
+}
+
+// A probe listener that cannot bind stops startup naming PROBE_ADDR: the
+// kubelet would fail every probe of a process that ran without it.
+func TestAProbeAddressInUseStopsStartupNamingIt(t *testing.T) {
+	r := redistest.Start(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	env := map[string]string{"REDIS_URL": r.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "PROBE_ADDR": taken.Addr().String(), "SHUTDOWN_TIMEOUT": "2s"}
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(context.Background(), app.Params{Getenv: func(k string) string { return env[k] }, Stdout: io.Discard, Stderr: io.Discard})
+	}()
+	select {
+	case err := <-done:
+		var ce *config.Error
+		if !errors.As(err, &ce) || ce.Setting != "PROBE_ADDR" {
+			t.Fatalf("Run returned %v, want a config error naming PROBE_ADDR", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return with its probe address taken")
 	}
 }

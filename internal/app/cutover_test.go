@@ -27,6 +27,7 @@ func runApp(t *testing.T, env map[string]string) string {
 	t.Helper()
 	addr := redistest.FreeAddr(t)
 	env["HTTP_ADDR"], env["SHUTDOWN_TIMEOUT"] = addr, "2s"
+	env["PROBE_ADDR"] = redistest.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -36,7 +36,7 @@ func TestEachLLMPurposeCallsItsOwnEndpoint(t *testing.T) {
 		}
 	}
 	env := map[string]string{
-		"REDIS_URL": r.URL(), "FALKORDB_URL": fk.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s",
+		"REDIS_URL": r.URL(), "FALKORDB_URL": fk.URL(), "HTTP_ADDR": redistest.FreeAddr(t), "PROBE_ADDR": redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT": "2s",
 		"LLM_BASE_URL": chat.BaseURL(), "API_KEY": "sk-chat-secret",
 		"EXTRACTION_LLM_BASE_URL": extraction.BaseURL(),
 		"KA_ENABLED":              "true", "SCHEDULER_ENABLED": "false",

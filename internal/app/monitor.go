@@ -23,8 +23,18 @@ func (a *app) serveMonitor() error {
 		Redis:        monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }),
 		RedisConnOpt: a.connOpt, DashboardPath: cfg.DashboardPath, ReadOnly: cfg.DashboardReadOnly,
 		Auth: auth, Catalog: a.catalog, Enqueuer: a.client, ProbesOnly: cfg.Role == config.RoleNode,
+		Log: a.log.With("component", "http"),
 	})
 	a.stops.push(func() { mon.Close() })
+	if err := a.serveProbes(mon.Probes); err != nil {
+		return err
+	}
+	if cfg.Role != config.RoleNode {
+		for _, setting := range auth.WeakTokens() {
+			a.log.Warn("bearer token shorter than 32 characters: it is refused like a password from an address throttled for failed authentications; use 32 or more random characters (openssl rand -hex 32)",
+				"setting", setting, "min_length", monitor.MinStrongTokenLength)
+		}
+	}
 	addr := cfg.HTTPAddr
 	if !auth.Enabled() && cfg.Role != config.RoleNode {
 		addr = loopback(addr)
@@ -47,6 +57,33 @@ func (a *app) serveMonitor() error {
 	})
 	a.log.Info("monitor listening", "addr", ln.Addr().String(), "auth", auth.Enabled(), "read_only", cfg.DashboardReadOnly,
 		"dashboard", "http://"+ln.Addr().String()+cfg.DashboardPath+"/", "metrics", "/metrics", "api", "/api/v1/tasks")
+	return nil
+}
+
+// serveProbes starts the probe listener on PROBE_ADDR: /healthz, /readyz
+// and /metrics on a connection budget of their own, so that clients of
+// HTTP_ADDR cannot starve the kubelet's probes or Prometheus. It binds
+// where PROBE_ADDR says whether or not credentials are set: it serves only
+// what HTTP_ADDR serves to anyone.
+func (a *app) serveProbes(h http.Handler) error {
+	srv, ln, err := monitor.NewProbeServer(a.cfg.ProbeAddr, h, a.log)
+	if err != nil {
+		return &config.Error{Setting: "PROBE_ADDR", Reason: err.Error()}
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("probe server stopped", "error", err)
+		}
+	}()
+	// Pushed first, so it stops after the public listener: the probes
+	// answer as long as anything does.
+	a.stops.push(func() {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutCtx)
+	})
+	a.log.Info("probes listening", "addr", ln.Addr().String(), "paths", "/healthz /readyz /metrics",
+		"max_connections", monitor.ProbeMaxConnections, "max_connections_per_addr", monitor.ProbeMaxConnectionsPerAddr)
 	return nil
 }
 

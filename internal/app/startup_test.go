@@ -26,6 +26,7 @@ import (
 func startRun(t *testing.T, env map[string]string) *syncbuf.Buffer {
 	t.Helper()
 	env["HTTP_ADDR"] = redistest.FreeAddr(t)
+	env["PROBE_ADDR"] = redistest.FreeAddr(t)
 	env["SHUTDOWN_TIMEOUT"] = "5s"
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncbuf.Buffer{}

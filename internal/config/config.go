@@ -76,17 +76,18 @@ type Config struct {
 
 	Concurrency       int           `env:"WORKER_CONCURRENCY" default:"10" min:"1" help:"Tasks one worker process runs at once."`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" default:"30s" help:"On SIGTERM/SIGINT, how long in-flight tasks may run before they go back to the queue."`
-	HTTPAddr          string        `env:"HTTP_ADDR" default:"127.0.0.1:8080" check:"host_port" help:"Address of the dashboard, /metrics, /healthz and /readyz."`
+	HTTPAddr          string        `env:"HTTP_ADDR" default:"127.0.0.1:8080" check:"host_port" help:"Address of the dashboard, the enqueue API, /metrics, /healthz and /readyz."`
+	ProbeAddr         string        `env:"PROBE_ADDR" default:"127.0.0.1:8081" check:"host_port" help:"Address of the probe listener: GET /healthz, /readyz and /metrics only, no credentials, with its own connection limits (32 at once, 4 per client address) and short timeouts, so clients of HTTP_ADDR cannot starve the kubelet's probes or Prometheus. Every role serves it, whether or not credentials are set; it serves nothing HTTP_ADDR does not serve openly. Keep it off public networks (the manifests' NetworkPolicies admit only Prometheus; compose publishes no port)."`
 	DashboardPath     string        `env:"DASHBOARD_PATH" default:"/dashboard" check:"dashboard_path" help:"Root path of the asynqmon dashboard."`
 	DashboardReadOnly bool          `env:"DASHBOARD_READ_ONLY" default:"false" help:"Hide the dashboard's delete, run, archive and pause actions and refuse every state change with 403, POST /api/v1/tasks included, whatever the credential."`
 	QueueMetrics      bool          `env:"QUEUE_METRICS" default:"true" help:"Export asynq queue sizes and latency on /metrics. They are read from Redis at most once per 10 s per process (about 130 commands for four queues), whatever the scrape rate; in a fleet turn it off on the workers and leave it on the monitor."`
 	Role              string        `env:"ROLE" default:"worker" oneof:"worker,monitor,node" help:"worker: run tasks, the scheduler, the monitor and this node's node-local tasks; monitor: serve only the dashboard, the enqueue API and metrics; node: the node agent, which runs only the node-local tasks (journal_stream, log_rag_ingest) on its node and serves /healthz, /readyz and /metrics."`
-	MonitorToken      string        `env:"MONITOR_TOKEN" secret:"true" help:"Admin bearer token for the dashboard and POST /api/v1/tasks. Never logged."`
+	MonitorToken      string        `env:"MONITOR_TOKEN" secret:"true" help:"Admin bearer token for the dashboard and POST /api/v1/tasks. Never logged. Use at least 32 random characters (openssl rand -hex 32): only such a token gets in from an address throttled for failed authentications; a shorter one waits like a password (a warning at startup says so)."`
 	MonitorUser       string        `env:"MONITOR_USER" help:"Admin basic-auth user for the dashboard and the API (with MONITOR_PASSWORD)."`
 	MonitorPassword   string        `env:"MONITOR_PASSWORD" secret:"true" help:"Basic-auth password. Never logged. With no token and no user/password, the HTTP server binds to loopback only."`
 	// MonitorViewToken, MonitorViewUser and MonitorViewPassword are the
 	// view-only credential: dashboard read, no state change.
-	MonitorViewToken    string     `env:"MONITOR_VIEW_TOKEN" secret:"true" help:"View-only bearer token: reads the dashboard, gets 403 on every state change (dashboard actions, POST /api/v1/tasks). Never logged."`
+	MonitorViewToken    string     `env:"MONITOR_VIEW_TOKEN" secret:"true" help:"View-only bearer token: reads the dashboard, gets 403 on every state change (dashboard actions, POST /api/v1/tasks). Never logged. At least 32 characters to get in from a throttled address, as MONITOR_TOKEN."`
 	MonitorViewUser     string     `env:"MONITOR_VIEW_USER" help:"View-only basic-auth user (with MONITOR_VIEW_PASSWORD)."`
 	MonitorViewPassword string     `env:"MONITOR_VIEW_PASSWORD" secret:"true" help:"View-only basic-auth password. Never logged."`
 	HTTPMaxConnections  int        `env:"HTTP_MAX_CONNECTIONS" default:"256" min:"1" help:"Most connections the HTTP server holds open at once; more wait in the kernel's accept queue without holding a descriptor of the process."`

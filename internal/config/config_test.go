@@ -27,7 +27,7 @@ func TestLoadDefaults(t *testing.T) {
 	if !c.Embedded() || !c.ChatLLMEnabled || c.KAEnabled || !c.KADedupEnabled || !c.SchedulerEnabled {
 		t.Errorf("unexpected defaults %+v", c)
 	}
-	if c.HTTPAddr != "127.0.0.1:8080" || c.ShutdownTimeout != 30*time.Second || c.Concurrency != 10 {
+	if c.HTTPAddr != "127.0.0.1:8080" || c.ProbeAddr != "127.0.0.1:8081" || c.ShutdownTimeout != 30*time.Second || c.Concurrency != 10 {
 		t.Errorf("unexpected worker defaults %+v", c)
 	}
 	if c.KGDecayFactor != 0.95 || c.KGDecayMinWeight != 0.1 || c.KGBatchSize != 2000 {
@@ -53,6 +53,8 @@ func TestLoadRejectsInvalidValuesNamingTheSetting(t *testing.T) {
 		{"SHUTDOWN_TIMEOUT", "-3s", "SHUTDOWN_TIMEOUT"},
 		{"WORKER_CONCURRENCY", "zero", "WORKER_CONCURRENCY"},
 		{"HTTP_ADDR", "8080", "HTTP_ADDR"},
+		{"PROBE_ADDR", "8081", "PROBE_ADDR"},
+		{"PROBE_ADDR", "localhost", "PROBE_ADDR"},
 		{"LOG_LEVEL", "loud", "LOG_LEVEL"},
 		{"DASHBOARD_PATH", "dash", "DASHBOARD_PATH"},
 		{"BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED", "2", "BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED"},

@@ -3,6 +3,7 @@
 package enqueue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -76,9 +77,11 @@ type Request struct {
 	At *time.Time `json:"at,omitempty"`
 	// Unique refuses the enqueue while another copy with the same payload
 	// is queued or running, for this long. Singletons always get it.
-	Unique   Duration `json:"unique,omitempty"`
-	MaxRetry *int     `json:"max_retry,omitempty"`
-	Timeout  Duration `json:"timeout,omitempty"`
+	// Unique and Timeout are pointers so that an explicit zero ("0s") is
+	// refused as out of range rather than taken for "the task's default".
+	Unique   *Duration `json:"unique,omitempty"`
+	MaxRetry *int      `json:"max_retry,omitempty"`
+	Timeout  *Duration `json:"timeout,omitempty"`
 }
 
 // Prepared is a validated request, ready for asynq.
@@ -107,6 +110,9 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 		return Prepared{}, fmt.Errorf("%w: %s is node-local: every node agent runs it on its own node and schedule, so it cannot be enqueued", ErrInvalid, spec.Name)
 	}
 	raw := []byte(r.Payload)
+	if key, ok := duplicateKey(raw); ok {
+		return Prepared{}, fmt.Errorf("%w: duplicate key %q in payload", ErrInvalid, key)
+	}
 	if strings.TrimSpace(string(raw)) == "null" {
 		raw = nil
 	}
@@ -133,11 +139,11 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 		maxRetry = *r.MaxRetry
 	}
 	timeout := spec.Timeout
-	if r.Timeout != 0 {
-		if time.Duration(r.Timeout) < time.Second || time.Duration(r.Timeout) > MaxTimeout {
-			return Prepared{}, fmt.Errorf("%w: timeout must be between 1s and %s", ErrInvalid, hours(MaxTimeout))
+	if r.Timeout != nil {
+		if d := time.Duration(*r.Timeout); d < time.Second || d > MaxTimeout {
+			return Prepared{}, fmt.Errorf("%w: timeout %s: must be between 1s and %s", ErrInvalid, d, hours(MaxTimeout))
 		}
-		timeout = time.Duration(r.Timeout)
+		timeout = time.Duration(*r.Timeout)
 	}
 	opts := []asynq.Option{asynq.Queue(queue), asynq.MaxRetry(maxRetry), asynq.Timeout(timeout), asynq.Retention(DefaultRetention)}
 	switch {
@@ -158,9 +164,11 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 		}
 		opts = append(opts, asynq.ProcessAt(*r.At))
 	}
-	unique := time.Duration(r.Unique)
-	if r.Unique != 0 && (unique < time.Second || unique > MaxUnique) {
-		return Prepared{}, fmt.Errorf("%w: unique must be between 1s and %s (7 days)", ErrInvalid, hours(MaxUnique))
+	var unique time.Duration
+	if r.Unique != nil {
+		if unique = time.Duration(*r.Unique); unique < time.Second || unique > MaxUnique {
+			return Prepared{}, fmt.Errorf("%w: unique %s: must be between 1s and %s (7 days)", ErrInvalid, unique, hours(MaxUnique))
+		}
 	}
 	if spec.Singleton && unique == 0 {
 		unique = spec.UniqueTTL()
@@ -174,12 +182,18 @@ func Prepare(catalog []jobs.Spec, r Request, now time.Time) (Prepared, error) {
 // hours writes a bound the way an operator types it ("720h").
 func hours(d time.Duration) string { return fmt.Sprintf("%dh", int(d.Hours())) }
 
-// DecodeRequest reads one JSON request from r: unknown fields and anything
-// but white space after the object are refused, so a request that is not
-// what the caller meant ("{...}{...}") is never half-applied.
+// DecodeRequest reads one JSON request from r: unknown fields, a key that
+// appears twice in one object (at any depth, the payload's included) and
+// anything but white space after the object are refused, so a request that
+// is not what the caller meant ("{...}{...}", or a "task" that a proxy
+// reading the first of two sees differently) is never half-applied.
 func DecodeRequest(r io.Reader) (Request, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return Request{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	var req Request
-	dec := json.NewDecoder(r)
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		return Request{}, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -187,7 +201,89 @@ func DecodeRequest(r io.Reader) (Request, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Request{}, fmt.Errorf("%w: data after the JSON object", ErrInvalid)
 	}
+	if key, ok := duplicateKey(data); ok {
+		return Request{}, fmt.Errorf("%w: duplicate key %q", ErrInvalid, key)
+	}
 	return req, nil
+}
+
+// duplicateKey finds the first member of a JSON object whose name an
+// earlier member of the same object has, at any depth, and returns its path
+// ("payload.days_to_keep", "items[2].id"). encoding/json keeps the last of
+// two and says nothing, while other readers (a proxy, a log reviewer, the
+// bot's Python) may take the first; RFC 8259 leaves the outcome undefined.
+// Invalid JSON is not its business: it reports nothing and the decoder
+// does.
+func duplicateKey(data []byte) (string, bool) {
+	type frame struct {
+		keys    map[string]struct{} // nil for an array
+		path    string
+		key     string // of the member whose value is being read
+		wantKey bool
+		index   int // of an array's next element
+	}
+	var stack []*frame
+	// done is called when a value ends, and reports whether it was the
+	// top-level one.
+	done := func() bool {
+		if len(stack) == 0 {
+			return true
+		}
+		f := stack[len(stack)-1]
+		if f.keys != nil {
+			f.wantKey = true
+		} else {
+			f.index++
+		}
+		return false
+	}
+	child := func() string {
+		if len(stack) == 0 {
+			return ""
+		}
+		f := stack[len(stack)-1]
+		if f.keys == nil {
+			return fmt.Sprintf("%s[%d]", f.path, f.index)
+		}
+		if f.path == "" {
+			return f.key
+		}
+		return f.path + "." + f.key
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		if n := len(stack); n > 0 && stack[n-1].wantKey {
+			f := stack[n-1]
+			if k, ok := tok.(string); ok {
+				if _, dup := f.keys[k]; dup {
+					f.key = k
+					return child(), true
+				}
+				f.keys[k], f.key, f.wantKey = struct{}{}, k, false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{keys: map[string]struct{}{}, path: child(), wantKey: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{path: child()})
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			if done() {
+				return "", false
+			}
+		default:
+			if done() {
+				return "", false
+			}
+		}
+	}
 }
 
 // Enqueuer is the part of asynq.Client Submit uses.

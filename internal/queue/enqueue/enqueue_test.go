@@ -3,9 +3,12 @@ package enqueue_test
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/internal/queue/enqueue"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -41,7 +44,17 @@ func TestPrepare(t *testing.T) {
 		{name: "negative retries", body: `{"task":"kg_decay_task"}`, max: &neg, wantErr: "max_retry"},
 		{name: "too many retries", body: `{"task":"kg_decay_task"}`, max: &big, wantErr: "max_retry"},
 		{name: "short timeout", body: `{"task":"kg_decay_task","timeout":"10ms"}`, wantErr: "timeout"},
+		{name: "timeout of zero", body: `{"task":"kg_decay_task","timeout":"0s"}`, wantErr: "timeout 0s: must be between 1s and 24h"},
+		{name: "timeout just under a second", body: `{"task":"kg_decay_task","timeout":"999ms"}`, wantErr: "timeout 999ms: must be between 1s"},
+		{name: "negative timeout", body: `{"task":"kg_decay_task","timeout":"-1s"}`, wantErr: "timeout -1s"},
+		{name: "timeout at the lower bound", body: `{"task":"kg_decay_task","timeout":"1s"}`, check: func(t *testing.T, p enqueue.Prepared) {
+			if !slices.ContainsFunc(p.Options, func(o asynq.Option) bool { return o.Type() == asynq.TimeoutOpt && o.Value() == time.Second }) {
+				t.Errorf("options %v lack a timeout of 1s", p.Options)
+			}
+		}},
 		{name: "short unique", body: `{"task":"kg_decay_task","unique":"10ms"}`, wantErr: "unique"},
+		{name: "unique of zero", body: `{"task":"kg_decay_task","unique":"0s"}`, wantErr: "unique 0s: must be between 1s"},
+		{name: "duplicate key in the payload", body: `{"task":"scheduled_prompt_cleanup","payload":{"days_to_keep":3,"days_to_keep":3650}}`, wantErr: `duplicate key "days_to_keep" in payload`},
 		{name: "negative delay", body: `{"task":"kg_decay_task","in":"-1m"}`, wantErr: "negative"},
 		{name: "unknown task", body: `{"task":"nope"}`, wantErr: "unknown task"},
 		{name: "delay at the bound", body: `{"task":"kg_decay_task","in":"720h"}`},
@@ -103,11 +116,19 @@ func TestDecodeRequestRefusesWhatIsNotExactlyOneRequest(t *testing.T) {
 		name, body, wantErr string
 	}{
 		{"one object", `{"task":"kg_decay_task"}`, ""},
+		{"the same key in sibling objects", `{"task":"kg_decay_task","payload":{"a":{"id":1},"b":{"id":1},"list":[{"id":1},{"id":1}]}}`, ""},
+		{"a key named like a value", `{"task":"kg_decay_task","payload":{"task":"task","x":["task","task"]}}`, ""},
 		{"trailing white space", "{\"task\":\"kg_decay_task\"}\n\t ", ""},
 		{"a second object", `{"task":"kg_decay_task"}{"task":"limbic_org_task"}`, "data after the JSON object"},
 		{"trailing garbage", `{"task":"kg_decay_task"} x`, "data after the JSON object"},
 		{"trailing comma", `{"task":"kg_decay_task"},`, "data after the JSON object"},
 		{"unknown field", `{"task":"kg_decay_task","priority":1}`, "unknown field"},
+		{"task twice", `{"task":"kg_decay_task","task":"scheduled_prompt_cleanup"}`, `duplicate key "task"`},
+		{"task twice, same value", `{"task":"kg_decay_task","task":"kg_decay_task"}`, `duplicate key "task"`},
+		{"payload twice", `{"task":"kg_decay_task","payload":{},"payload":{"days_to_keep":1}}`, `duplicate key "payload"`},
+		{"timeout twice", `{"task":"kg_decay_task","timeout":"1h","timeout":"2h"}`, `duplicate key "timeout"`},
+		{"key twice inside the payload", `{"task":"kg_decay_task","payload":{"a":1,"b":{"c":2},"a":3}}`, `duplicate key "payload.a"`},
+		{"key twice deep in the payload", `{"task":"kg_decay_task","payload":{"list":[{"id":1},{"id":2,"id":3}]}}`, `duplicate key "payload.list[1].id"`},
 		{"not an object", `[1]`, "cannot unmarshal"},
 		{"empty", ``, "EOF"},
 	}

@@ -23,9 +23,10 @@ import (
 
 // Proc is a running worker process.
 type Proc struct {
-	tb   testing.TB
-	Cmd  *exec.Cmd
-	Addr string // its HTTP_ADDR
+	tb        testing.TB
+	Cmd       *exec.Cmd
+	Addr      string // its HTTP_ADDR
+	ProbeAddr string // its PROBE_ADDR
 
 	out  syncbuf.Buffer
 	done chan struct{}
@@ -51,15 +52,15 @@ func Serves(path string) Ready {
 	}
 }
 
-// Start runs bin with the test's environment plus HTTP_ADDR (a free
-// address) and env, and waits up to within for ready. The test fails if
+// Start runs bin with the test's environment plus HTTP_ADDR and PROBE_ADDR
+// (free addresses) and env, and waits up to within for ready. The test fails if
 // the process exits or is not ready in time; it is SIGKILLed when the test
 // ends.
 func Start(tb testing.TB, bin string, env map[string]string, ready Ready, within time.Duration) *Proc {
 	tb.Helper()
-	p := &Proc{tb: tb, Addr: redistest.FreeAddr(tb), done: make(chan struct{})}
+	p := &Proc{tb: tb, Addr: redistest.FreeAddr(tb), ProbeAddr: redistest.FreeAddr(tb), done: make(chan struct{})}
 	p.Cmd = exec.Command(bin)
-	p.Cmd.Env = append(os.Environ(), "HTTP_ADDR="+p.Addr)
+	p.Cmd.Env = append(os.Environ(), "HTTP_ADDR="+p.Addr, "PROBE_ADDR="+p.ProbeAddr)
 	for k, v := range env {
 		p.Cmd.Env = append(p.Cmd.Env, k+"="+v)
 	}
