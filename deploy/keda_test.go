@@ -233,7 +233,8 @@ func TestScaledObjectQueryOnRealPrometheus(t *testing.T) {
 	monitor := workerproc.Start(t, workerBinary(t), map[string]string{
 		"REDIS_URL": rds.URL(), "ROLE": "monitor", "QUEUE_METRICS": "true", "LOG_LEVEL": "warn",
 	}, workerproc.Serves("/readyz"), 30*time.Second)
-	prom := "http://" + startPrometheus(t, monitor.Addr)
+	// Scraped on its probe listener, as the PodMonitor scrapes it.
+	prom := "http://" + startPrometheus(t, monitor.ProbeAddr)
 
 	// pending enqueues n tasks on queue; no worker serves them.
 	pending := func(queue string, n int) {
