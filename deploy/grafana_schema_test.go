@@ -191,7 +191,9 @@ func TestGrafanaStrictCheckRefusesWhatGrafanaWouldNotRead(t *testing.T) {
 		{"unknown stat option", func(d map[string]any) { firstOf(d, "stat")["options"].(map[string]any)["graphmode"] = "none" }, "graphmode"},
 		{"stat option of the wrong type", func(d map[string]any) { firstOf(d, "stat")["options"].(map[string]any)["wideLayout"] = "yes" }, "wideLayout"},
 		{"required stat option without a default", func(d map[string]any) { delete(firstOf(d, "stat")["options"].(map[string]any), "orientation") }, "orientation"},
-		{"unknown timeseries option", func(d map[string]any) { firstOf(d, "timeseries")["options"].(map[string]any)["legendd"] = map[string]any{} }, "legendd"},
+		{"unknown timeseries option", func(d map[string]any) {
+			firstOf(d, "timeseries")["options"].(map[string]any)["legendd"] = map[string]any{}
+		}, "legendd"},
 		{"unknown field config", func(d map[string]any) {
 			firstOf(d, "timeseries")["fieldConfig"].(map[string]any)["defaults"].(map[string]any)["unti"] = "s"
 		}, "unti"},
