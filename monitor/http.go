@@ -40,6 +40,10 @@ type Options struct {
 	// ProbesOnly serves /healthz, /readyz and /metrics and nothing else (the
 	// node agent): no dashboard, no API, so nothing that needs credentials.
 	ProbesOnly bool
+	// ReadyDetail returns lines /readyz adds to its answer: what an
+	// operator should see that does not make the process unready (the node
+	// agent's journal). Optional.
+	ReadyDetail func() []string
 }
 
 // Server is the monitor's handler tree. Close releases the dashboard's
@@ -78,9 +82,14 @@ func New(o Options) *Server {
 		defer cancel()
 		if err := o.Redis.Ping(ctx); err != nil {
 			http.Error(w, "redis unreachable: "+err.Error(), http.StatusServiceUnavailable)
-			return
+		} else {
+			fmt.Fprintln(w, "ready")
 		}
-		fmt.Fprintln(w, "ready")
+		if o.ReadyDetail != nil {
+			for _, line := range o.ReadyDetail() {
+				fmt.Fprintln(w, line)
+			}
+		}
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	if o.ProbesOnly {
