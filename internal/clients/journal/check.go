@@ -150,7 +150,7 @@ func Check(o CheckOptions) Status {
 		if st.Foreign > 0 {
 			st.Detail += fmt.Sprintf("; %d files of other machine ids, which journalctl skips: is /etc/machine-id (%s) the host's?", st.Foreign, o.MachineID)
 		} else {
-			st.Detail += " (journald keeps no journal there: Storage=volatile before the first boot's flush, or none)"
+			st.Detail += " (journald keeps none there: see the host's journald Storage= setting, and whether the host's journal directory is the one mounted)"
 		}
 	}
 	return st
