@@ -95,6 +95,18 @@ func sharedDir(t *testing.T) string {
 	return dir
 }
 
+// fakeJournalDir is a JOURNAL_DIR for the tests whose fake journalctl
+// prints entries of its own: the agent finds a journal file there, so its
+// journal loops run (the fake ignores --directory).
+func fakeJournalDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "system.journal"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // A node agent whose journal it cannot read says so: one log line (not one
 // per check), a line in /readyz's answer, which stays 200 (a restart cannot
 // make a journal appear), and stargazer_journal_readable 0 with the state.
