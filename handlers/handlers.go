@@ -34,6 +34,13 @@ type Deps struct {
 	JournalUnit string
 	// JournalCommand overrides the journalctl binary (tests).
 	JournalCommand string
+	// JournalDir is JOURNAL_DIR: journalctl's --directory ("": this
+	// machine's journal).
+	JournalDir string
+	// Journal watches whether this node's journal can be read (optional):
+	// the journal loops idle while it cannot, and journal_stream reports
+	// each entry to it.
+	Journal JournalHealth
 
 	// LLM answers chat/completions calls (nil without LLM_BASE_URL): the
 	// chat endpoint of summaries, heartbeats, the merge judge, hub
@@ -189,6 +196,15 @@ func Implemented() map[string]bool {
 	return out
 }
 
+// JournalHealth is what the journal loops need from the node's watch of
+// its journal (journal.Health).
+type JournalHealth interface {
+	// Err is nil when the journal can be read.
+	Err() error
+	// Entry records an entry of the unit read, logged at at.
+	Entry(at time.Time)
+}
+
 // ErrNotOnThisNode is returned by a node-local loop whose tool is missing on
 // this machine (journalctl, for journal_stream); the worker then checks
 // again at the loop's restart interval without logging every attempt.
@@ -202,7 +218,14 @@ func NodeLocal(d Deps) map[string]func(ctx context.Context) error {
 	return map[string]func(ctx context.Context) error{
 		jobs.LogRAGIngest: nodeLocal(d, jobs.LogRAGIngest),
 		jobs.JournalStream: func(ctx context.Context) error {
-			s := &journal.Streamer{Redis: d.Redis, Unit: d.JournalUnit, Channel: journal.Channel, Command: d.JournalCommand, Logger: d.Logger}
+			if err := journalReadable(d); err != nil {
+				return err
+			}
+			s := &journal.Streamer{Redis: d.Redis, Unit: d.JournalUnit, Channel: journal.Channel, Command: d.JournalCommand, Logger: d.Logger,
+				Directory: d.JournalDir}
+			if d.Journal != nil {
+				s.OnEntry = d.Journal.Entry
+			}
 			n, err := s.Run(ctx)
 			if n > 0 && d.Logger != nil {
 				d.Logger.Info("journal stream ended", "task", jobs.JournalStream, "lines", n)
@@ -225,6 +248,9 @@ func nodeLocal(d Deps, task string) func(ctx context.Context) error {
 	}
 	run := nodeWorkers()[task].handler(newKit(d, spec))
 	return func(ctx context.Context) error {
+		if err := journalReadable(d); err != nil {
+			return err
+		}
 		res, err := run(ctx, spec.NewPayload())
 		if errors.Is(err, journal.ErrNoJournal) {
 			return fmt.Errorf("%w: %w", ErrNotOnThisNode, err)
@@ -234,6 +260,19 @@ func nodeLocal(d Deps, task string) func(ctx context.Context) error {
 		}
 		return err
 	}
+}
+
+// journalReadable is ErrNotOnThisNode while the node's journal cannot be
+// read: journalctl would stream nothing, in silence (`-f` waits for files
+// to appear) or failing every round; the watch says why, once.
+func journalReadable(d Deps) error {
+	if d.Journal == nil {
+		return nil
+	}
+	if err := d.Journal.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotOnThisNode, err)
+	}
+	return nil
 }
 
 // Registration says, per task, whether a handler was registered and if not

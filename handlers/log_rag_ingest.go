@@ -50,15 +50,15 @@ type logRAGIngest struct {
 	model    string
 	limiter  Limiter
 	// node names this node's cursor; unit is the systemd unit read;
-	// command overrides journalctl (tests).
-	node, unit, command string
-	now                 func() time.Time
-	log                 *slog.Logger
+	// command overrides journalctl (tests); dir is JOURNAL_DIR.
+	node, unit, command, dir string
+	now                      func() time.Time
+	log                      *slog.Logger
 }
 
 func newLogRAGIngest(k kit) Worker[*jobs.Empty] {
 	return &logRAGIngest{store: logstore.New(k.Redis()), embedder: k.Embedder(), model: k.Models.Embeddings,
-		limiter: k.EmbedLimiter, node: k.NodeName, unit: cmp.Or(k.JournalUnit, "stargazer"), command: k.JournalCommand, now: k.Now, log: k.Logger}
+		limiter: k.EmbedLimiter, node: k.NodeName, unit: cmp.Or(k.JournalUnit, "stargazer"), command: k.JournalCommand, dir: k.JournalDir, now: k.Now, log: k.Logger}
 }
 
 func (h *logRAGIngest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
@@ -78,7 +78,7 @@ func (h *logRAGIngest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) 
 		return nil, fmt.Errorf("%s: %w", task, err)
 	}
 	opts := journal.ReadOptions{
-		Command: h.command, Unit: unit,
+		Command: h.command, Unit: unit, Directory: h.dir,
 		AfterCursor: cur.After, StopAt: cur.PendingEnd, Limit: logRAGMaxLines,
 	}
 	if cur.After == "" {

@@ -44,6 +44,10 @@ type Options struct {
 	// Log gets the line logged when an address is throttled for failed
 	// authentications; nil logs nothing.
 	Log *slog.Logger
+	// ReadyDetail returns lines /readyz adds to its answer: what an
+	// operator should see that does not make the process unready (the node
+	// agent's journal). Optional.
+	ReadyDetail func() []string
 }
 
 // Server is the monitor's handler tree. Close releases the dashboard's
@@ -84,9 +88,14 @@ func New(o Options) *Server {
 		defer cancel()
 		if err := o.Redis.Ping(ctx); err != nil {
 			http.Error(w, "redis unreachable: "+err.Error(), http.StatusServiceUnavailable)
-			return
+		} else {
+			fmt.Fprintln(w, "ready")
 		}
-		fmt.Fprintln(w, "ready")
+		if o.ReadyDetail != nil {
+			for _, line := range o.ReadyDetail() {
+				fmt.Fprintln(w, line)
+			}
+		}
 	})
 	metrics := promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{})
 	probes := http.NewServeMux()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
 	"github.com/stargazer/stargazer-jobs/internal/queue/server"
+	"github.com/stargazer/stargazer-jobs/internal/scrapecache"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -245,8 +246,11 @@ func (m *Metrics) Fire(task, outcome string, late time.Duration, missed int) {
 const QueueMetricsMaxAge = 10 * time.Second
 
 // QueueCollector exports asynq's queue sizes and latency, read from Redis
-// at most once per MaxAge whatever the scrape rate. Concurrent scrapes wait
-// for one read instead of each making their own.
+// at most once per MaxAge whatever the scrape rate. Concurrent scrapes share
+// one read, and no scrape waits for it longer than scrapecache.DefaultWait:
+// a slow read (a first dial to a Redis that is slow to answer) goes on in
+// the background while the scrape is served the previous read (before the
+// first read ends: stargazer_queue_scrape_ok 0 and no queue series).
 type QueueCollector struct {
 	// MaxAge overrides QueueMetricsMaxAge (tests); set it before the first
 	// scrape.
@@ -260,9 +264,8 @@ type QueueCollector struct {
 	age     *prometheus.Desc
 	workers *prometheus.Desc
 
-	mu     sync.Mutex
-	readAt time.Time
-	cached []prometheus.Metric
+	once  sync.Once
+	cache *scrapecache.Cache[[]prometheus.Metric]
 }
 
 // NewQueueCollector reads queue state through insp.
@@ -291,12 +294,13 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	if c.cached == nil || time.Since(c.readAt) >= c.MaxAge {
-		c.cached, c.readAt = c.read(), time.Now()
+	c.once.Do(func() { c.cache = scrapecache.New(c.read, c.MaxAge, 0) })
+	ms, at := c.cache.Get()
+	if at.IsZero() {
+		// The first read still runs: queue state could not be read (yet).
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+		return
 	}
-	ms, at := c.cached, c.readAt
-	c.mu.Unlock()
 	for _, m := range ms {
 		ch <- m
 	}

@@ -37,6 +37,10 @@ need_install=()
 command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_install+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need_install+=(prometheus)
+# The node agent's tests run the real journalctl on journal files that
+# systemd-journal-remote writes (internal/testkit/journaltest).
+command -v journalctl >/dev/null 2>&1 || need_install+=(systemd)
+[ -x /lib/systemd/systemd-journal-remote ] || need_install+=(systemd-journal-remote)
 # The module links OpenMP dynamically; the Go image has it, a slim one may not.
 /sbin/ldconfig -p | grep -q 'libgomp\.so\.1' || need_install+=(libgomp1)
 if [ -z "${FALKORDB_SERVER:-}" ] && ! command -v valkey-server >/dev/null 2>&1; then

@@ -225,7 +225,7 @@ func TestJournalStreamRunsOnEveryNodeAndLeavesNoOrphanOnShutdown(t *testing.T) {
 	if _, err := sub.Receive(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	w := startWorker(t, map[string]string{"REDIS_URL": srv.URL()})
+	w := startWorker(t, map[string]string{"REDIS_URL": srv.URL(), "JOURNAL_DIR": fakeJournalDir(t)})
 	select {
 	case m := <-sub.Channel():
 		if !strings.Contains(m.Payload, "from the journal") {

@@ -121,7 +121,7 @@ func TestLogRAGIngestRunsOnEveryNodeAgentWithItsOwnCursor(t *testing.T) {
 		dir := journalDir(t, node, 12)
 		cmd := exec.Command(bin)
 		cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"),
-			"ROLE=node", "NODE_NAME="+node, "REDIS_URL="+r.URL(), "HTTP_ADDR="+redistest.FreeAddr(t), "PROBE_ADDR="+redistest.FreeAddr(t),
+			"ROLE=node", "NODE_NAME="+node, "REDIS_URL="+r.URL(), "HTTP_ADDR="+redistest.FreeAddr(t), "PROBE_ADDR="+redistest.FreeAddr(t), "JOURNAL_DIR="+fakeJournalDir(t),
 			"BACKGROUND_SCHEDULER_LOG_RAG_INGEST_ENABLED=true", "EMBEDDINGS_BASE_URL="+emb.URL+"/v1", "SHUTDOWN_TIMEOUT=2s")
 		var logs strings.Builder
 		cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -204,7 +204,7 @@ func TestJournalStreamPublishesARunEventWhenARoundEnds(t *testing.T) {
 	}
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"),
-		"ROLE=node", "REDIS_URL="+r.URL(), "HTTP_ADDR="+redistest.FreeAddr(t), "PROBE_ADDR="+redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT=2s")
+		"ROLE=node", "REDIS_URL="+r.URL(), "HTTP_ADDR="+redistest.FreeAddr(t), "PROBE_ADDR="+redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT=2s", "JOURNAL_DIR="+fakeJournalDir(t))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

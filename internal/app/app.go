@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/internal/clients/journal"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
@@ -126,6 +127,9 @@ type app struct {
 	budgetMetrics *budget.Metrics
 
 	publisher *events.Publisher
+	// journal watches this node's journal (nil where no journal task runs
+	// or journalctl is missing).
+	journal *journal.Health
 
 	// set by startServer or startNodeLocal
 	hdeps handlers.Deps

@@ -66,6 +66,10 @@ func (a *app) startBackground(ctx context.Context) error {
 // superviseNodeLocal starts the node-local loops the gate scheduled, under
 // ctx and wg.
 func (a *app) superviseNodeLocal(ctx context.Context, wg *sync.WaitGroup) {
+	if a.journal != nil {
+		a.journal.Check() // before the loops ask whether they can read it
+		wg.Go(func() { a.journal.Run(ctx, 0) })
+	}
 	local := handlers.NodeLocal(a.hdeps)
 	for _, d := range a.nodeLocalDecisions() {
 		if fn := local[d.Spec.Name]; d.Scheduled && fn != nil {
@@ -165,6 +169,10 @@ func superviseLocal(ctx context.Context, log *slog.Logger, initial, restart time
 				log.Info("node-local task cannot run on this node; it idles and checks again periodically", "reason", err.Error(), "retry_every", restart.String())
 				quiet = true
 			}
+			continue
+		}
+		quiet = false // it ran: say so again if it stops being able to
+		switch {
 		case err != nil:
 			log.Warn("node-local task ended with an error; restarting", "error", err, "restart_in", restart.String())
 		default:

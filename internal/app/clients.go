@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/clients/gemini"
+	"github.com/stargazer/stargazer-jobs/internal/clients/journal"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
@@ -69,6 +71,7 @@ func (a *app) connect() error {
 	a.reg.MustRegister(monitor.NewRedisUp(monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() })))
 	a.llmMetrics = llm.NewMetrics(a.reg)
 	a.budgetMetrics = budget.NewMetrics(a.reg)
+	a.journal = a.newJournalHealth()
 	if a.cfg.QueueMetrics {
 		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))
 		a.reg.MustRegister(plan.NewCollector(a.rdb, []string{jobs.LimbicAnchoringWorker, jobs.AutoKGExtraction}, 0))
@@ -82,7 +85,7 @@ func (a *app) connect() error {
 func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	cfg := a.cfg
 	d := handlers.Deps{
-		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit, NodeName: nodeName(cfg.NodeName),
+		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit, JournalDir: cfg.JournalDir, NodeName: nodeName(cfg.NodeName),
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: a.client, Tasks: a.insp, Events: a.publisher, Counter: a.metrics,
 		Intervals:          map[string]time.Duration{},
@@ -93,6 +96,9 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	}
 	for _, dec := range a.decisions {
 		d.Intervals[dec.Spec.Name] = dec.Interval
+	}
+	if a.journal != nil {
+		d.Journal = a.journal
 	}
 	if cfg.FalkorDBURL != "" && cfg.Role != config.RoleNode { // no node-local task uses the graph
 		g, closeGraph, err := openGraph(ctx, a.log, cfg)
@@ -135,6 +141,35 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.Platforms = append(d.Platforms, matrix.New(matrix.Options{HomeserverURL: cfg.MatrixHomeserverURL, Token: cfg.MatrixAccessToken}))
 	}
 	return d, nil
+}
+
+// newJournalHealth returns the watch of this node's journal when a journal
+// task is scheduled here and journalctl is installed (a cluster worker's
+// image has none: its journal tasks idle, and it has no journal to watch).
+func (a *app) newJournalHealth() *journal.Health {
+	if a.cfg.Role == config.RoleMonitor {
+		return nil
+	}
+	scheduled := map[string]bool{}
+	for _, d := range a.nodeLocalDecisions() {
+		scheduled[d.Spec.Name] = d.Scheduled
+	}
+	if !scheduled[jobs.JournalStream] && !scheduled[jobs.LogRAGIngest] {
+		return nil
+	}
+	if _, err := exec.LookPath("journalctl"); err != nil {
+		return nil
+	}
+	o := journal.HealthOptions{Unit: a.cfg.JournalUnit, Logger: a.log}
+	if a.cfg.JournalDir != "" {
+		o.Check = journal.CheckOptions{Dirs: []string{a.cfg.JournalDir}, Directory: true}
+	} else if b, err := os.ReadFile("/etc/machine-id"); err == nil {
+		o.Check.MachineID = strings.TrimSpace(string(b))
+	}
+	if !scheduled[jobs.JournalStream] {
+		o.IdleAfter = -1 // nothing reads entries as they come
+	}
+	return journal.NewHealth(o, a.reg)
 }
 
 // nodeName names this node for per-node state: NODE_NAME, else the

@@ -24,6 +24,7 @@ func (a *app) serveMonitor() error {
 		RedisConnOpt: a.connOpt, DashboardPath: cfg.DashboardPath, ReadOnly: cfg.DashboardReadOnly,
 		Auth: auth, Catalog: a.catalog, Enqueuer: a.client, ProbesOnly: cfg.Role == config.RoleNode,
 		Log: a.log.With("component", "http"),
+		ReadyDetail: a.readyDetail,
 	})
 	a.stops.push(func() { mon.Close() })
 	if err := a.serveProbes(mon.Probes); err != nil {
@@ -97,4 +98,20 @@ func loopback(addr string) string {
 		return addr
 	}
 	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// readyDetail is what /readyz says beside readiness: the journal's state on
+// a node that reads it. A journal that cannot be read does not make the
+// process unready: a restart or a routing change cannot make it appear,
+// and an unready node agent would hold up every DaemonSet rollout behind
+// one host's journal settings; the log, this line and the
+// stargazer_journal_readable metric (and its alert) say it instead.
+func (a *app) readyDetail() []string {
+	if a.journal == nil {
+		return nil
+	}
+	if line := a.journal.Detail(); line != "" {
+		return []string{line}
+	}
+	return nil
 }

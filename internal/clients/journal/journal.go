@@ -5,12 +5,16 @@ package journal
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os/exec"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,6 +39,12 @@ type Streamer struct {
 	StopGrace time.Duration
 	// Logger receives a warning per skipped line (optional).
 	Logger *slog.Logger
+	// Directory is journalctl's --directory: read the journal files there
+	// instead of this machine's (empty: this machine's).
+	Directory string
+	// OnEntry is called with each line's log time (zero when it has none)
+	// as it is published (optional; Health.Entry).
+	OnEntry func(at time.Time)
 }
 
 // Run runs `journalctl -u UNIT -f -n 50 --output=json` and publishes each
@@ -57,9 +67,16 @@ func (s *Streamer) Run(ctx context.Context) (int, error) {
 	}
 	cctx, stop := context.WithCancel(ctx)
 	defer stop()
-	cmd := exec.CommandContext(cctx, path, "-u", s.Unit, "-f", "-n", "50", "--output=json")
+	args := []string{"-u", s.Unit, "-f", "-n", "50", "--output=json"}
+	if s.Directory != "" {
+		args = append(args, "--directory="+s.Directory)
+	}
+	cmd := exec.CommandContext(cctx, path, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = grace
+	// What journalctl says when it gives up goes into the error.
+	var stderr bytes.Buffer
+	cmd.Stderr = &limitedWriter{w: &stderr, n: 4 << 10}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, err
@@ -86,6 +103,9 @@ func (s *Streamer) Run(ctx context.Context) (int, error) {
 			if err := s.Redis.Publish(cctx, s.Channel, string(line)).Err(); err == nil {
 				n++
 			}
+			if s.OnEntry != nil {
+				s.OnEntry(loggedAt(line))
+			}
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) {
@@ -99,7 +119,26 @@ func (s *Streamer) Run(ctx context.Context) (int, error) {
 		return n, ctx.Err()
 	}
 	if err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return n, fmt.Errorf("journalctl exited: %w: %s", err, msg)
+		}
 		return n, fmt.Errorf("journalctl exited: %w", err)
 	}
 	return n, nil
+}
+
+// loggedAt is the time a journal JSON line was logged
+// (__REALTIME_TIMESTAMP), zero when it has none.
+func loggedAt(line []byte) time.Time {
+	var e struct {
+		Realtime string `json:"__REALTIME_TIMESTAMP"`
+	}
+	if json.Unmarshal(line, &e) != nil {
+		return time.Time{}
+	}
+	us, err := strconv.ParseInt(e.Realtime, 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.UnixMicro(us)
 }

@@ -52,6 +52,9 @@ type ReadOptions struct {
 	StopAt string
 	// Limit bounds the lines read (default 20,000).
 	Limit int
+	// Directory is journalctl's --directory (empty: this machine's
+	// journal).
+	Directory string
 }
 
 // Batch is what one Read returned.
@@ -90,6 +93,9 @@ func Read(ctx context.Context, o ReadOptions) (Batch, error) {
 		limit = DefaultReadLimit
 	}
 	args := []string{"-u", o.Unit, "--output=json", "--no-pager", "--quiet"}
+	if o.Directory != "" {
+		args = append(args, "--directory="+o.Directory)
+	}
 	if o.AfterCursor != "" {
 		args = append(args, "--after-cursor="+o.AfterCursor)
 	} else {

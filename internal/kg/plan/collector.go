@@ -2,29 +2,32 @@ package plan
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/scrapecache"
 )
 
 // Collector exports the backlog the planners wrote (BacklogKey): per task
 // and source the messages not yet extracted and the age of the oldest, and
 // per task the units queued. It reads Redis at most once per cacheFor, so
-// frequent scrapes of many pods cost Redis little.
+// frequent scrapes of many pods cost Redis little, and in the background
+// when a read is slow (scrapecache): a scrape never waits on Redis for long.
 type Collector struct {
-	rdb      redis.UniversalClient
-	tasks    []string
-	cacheFor time.Duration
-	now      func() time.Time
-
-	mu      sync.Mutex
-	read    time.Time
-	cached  []Backlog
-	readErr error
+	rdb   redis.UniversalClient
+	tasks []string
+	now   func() time.Time
+	cache *scrapecache.Cache[backlogRead]
 
 	pending, oldest, units, planned, updated, up *prometheus.Desc
+}
+
+// backlogRead is one read of every task's backlog.
+type backlogRead struct {
+	backlogs []Backlog
+	err      error
 }
 
 // NewCollector reads the backlog of tasks from rdb, cached for cacheFor
@@ -33,8 +36,8 @@ func NewCollector(rdb redis.UniversalClient, tasks []string, cacheFor time.Durat
 	if cacheFor <= 0 {
 		cacheFor = 10 * time.Second
 	}
-	return &Collector{
-		rdb: rdb, tasks: tasks, cacheFor: cacheFor, now: time.Now,
+	c := &Collector{
+		rdb: rdb, tasks: tasks, now: time.Now,
 		pending: prometheus.NewDesc("stargazer_extraction_backlog_messages",
 			"Messages after the extraction cursor (not yet extracted), by planner task and source, as of the task's last planning pass.", []string{"task", "source"}, nil),
 		oldest: prometheus.NewDesc("stargazer_extraction_backlog_oldest_seconds",
@@ -48,6 +51,8 @@ func NewCollector(rdb redis.UniversalClient, tasks []string, cacheFor time.Durat
 		up: prometheus.NewDesc("stargazer_extraction_backlog_scrape_ok",
 			"1 if the extraction backlog could be read from Redis.", nil, nil),
 	}
+	c.cache = scrapecache.New(c.load, cacheFor, 0)
+	return c
 }
 
 // Describe implements prometheus.Collector.
@@ -57,38 +62,30 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (c *Collector) load() ([]Backlog, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	now := c.now()
-	if !c.read.IsZero() && now.Sub(c.read) < c.cacheFor {
-		return c.cached, c.readErr
-	}
+func (c *Collector) load() backlogRead {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var out []Backlog
-	var err error
+	var r backlogRead
 	for _, t := range c.tasks {
-		b, e := ReadBacklog(ctx, c.rdb, t)
-		if e == nil {
+		b, err := ReadBacklog(ctx, c.rdb, t)
+		if err == nil {
 			// Units settle between passes (auto_kg_extraction plans every
 			// 4 h): the queue's size is read live.
-			b.Units, e = c.rdb.HLen(ctx, UnitsKey(t)).Result()
+			b.Units, err = c.rdb.HLen(ctx, UnitsKey(t)).Result()
 		}
-		if e != nil {
-			err = e
-			break
+		if err != nil {
+			return backlogRead{err: err}
 		}
-		out = append(out, b)
+		r.backlogs = append(r.backlogs, b)
 	}
-	c.read, c.cached, c.readErr = now, out, err
-	return out, err
+	return r
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	bs, err := c.load()
-	if err != nil {
+	r, at := c.cache.Get()
+	bs, err := r.backlogs, r.err
+	if at.IsZero() || err != nil { // the first read still runs, or failed
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
 		return
 	}
