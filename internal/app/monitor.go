@@ -23,7 +23,7 @@ func (a *app) serveMonitor() error {
 		Redis:        monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }),
 		RedisConnOpt: a.connOpt, DashboardPath: cfg.DashboardPath, ReadOnly: cfg.DashboardReadOnly,
 		Auth: auth, Catalog: a.catalog, Enqueuer: a.client, ProbesOnly: cfg.Role == config.RoleNode,
-		Log: a.log.With("component", "http"),
+		Log:         a.log.With("component", "http"),
 		ReadyDetail: a.readyDetail,
 	})
 	a.stops.push(func() { mon.Close() })
