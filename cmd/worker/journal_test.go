@@ -33,7 +33,7 @@ func startNodeAgent(t *testing.T, redisURL, dir string, cred *syscall.Credential
 	bin := workerBinary(t)
 	a := &nodeAgent{addr: redistest.FreeAddr(t), logs: &syncbuf.Buffer{}}
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "ROLE=node", "REDIS_URL="+redisURL, "HTTP_ADDR="+a.addr, "SHUTDOWN_TIMEOUT=2s",
+	cmd.Env = append(os.Environ(), "ROLE=node", "REDIS_URL="+redisURL, "HTTP_ADDR="+a.addr, "PROBE_ADDR="+redistest.FreeAddr(t), "SHUTDOWN_TIMEOUT=2s",
 		"JOURNAL_DIR="+dir, "JOURNAL_UNIT=stargazer", "NODE_NAME=node-test")
 	cmd.Stdout, cmd.Stderr = a.logs, a.logs
 	if cred != nil {
