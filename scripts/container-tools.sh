@@ -140,9 +140,11 @@ EOF
 # detect_runtime finds the podman flags under which a container runs here,
 # trying the plain defaults first so a normal machine keeps them.
 detect_runtime() {
-  local image=$1 out
-  for flags in "" "--cgroup-manager=cgroupfs" "--runtime=$(command -v runc) --cgroup-manager=cgroupfs" "wrapper"; do
-    if [ "$flags" = wrapper ]; then
+  local image=$1 out cached=""
+  # What worked last time first, so a second run starts one container.
+  [ ! -f "$CACHE/env" ] || cached=$(sed -n 's/^PODMAN_FLAGS="\(.*\)"$/\1/p' "$CACHE/env")
+  for flags in ${cached:+"$cached"} "" "--cgroup-manager=cgroupfs" "--runtime=$(command -v runc) --cgroup-manager=cgroupfs" "wrapper"; do
+    if [ "$flags" = wrapper ] || [[ $flags == *"--runtime=$CACHE/runtime/runc"* ]]; then
       flags="--runtime=$(write_wrapper) --cgroup-manager=cgroupfs"
     fi
     # shellcheck disable=SC2086
@@ -377,10 +379,11 @@ main() {
 
   cat >"$CACHE/env.tmp" <<EOF
 # Written by scripts/container-tools.sh; read by the tests in deploy/stack.
-PODMAN_FLAGS=$PODMAN_FLAGS
-COMPOSE=$COMPOSE
-STANDINS=${STANDINS[*]}
-NO_IMAGE=${NO_IMAGE[*]}
+# A shell may source it: podman \$PODMAN_FLAGS ..., "\$COMPOSE" ...
+PODMAN_FLAGS="$PODMAN_FLAGS"
+COMPOSE="$COMPOSE"
+STANDINS="${STANDINS[*]}"
+NO_IMAGE="${NO_IMAGE[*]}"
 EOF
   mv "$CACHE/env.tmp" "$CACHE/env"
   say "ready in $((SECONDS - start)) s: $CACHE/env"
