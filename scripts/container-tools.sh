@@ -36,7 +36,7 @@ cd "$(dirname "$0")/.."
 COMPOSE_VERSION=v5.6.0
 CACHE=${STARGAZER_CONTAINERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stargazer-jobs/containers}
 FALKORDB_MODULE=${FALKORDB_MODULE:-${XDG_CACHE_HOME:-$HOME/.cache}/stargazer-jobs/falkordb-4.16.3/falkordb.so}
-PULL_TIMEOUT=${PULL_TIMEOUT:-60}
+PULL_TIMEOUT=${PULL_TIMEOUT:-30}
 STANDIN_PREFIX=localhost/stargazer-standins
 
 mkdir -p "$CACHE"
@@ -209,6 +209,9 @@ recipe_key() {
 
 STANDINS=()
 NO_IMAGE=()
+# Registries that did not answer in this run: their other images are not
+# tried again, so a machine without any costs one timeout per registry.
+UNREACHABLE=" "
 
 # ensure IMAGE: a pulled image, a current stand-in, or a new stand-in.
 ensure() {
@@ -219,11 +222,19 @@ ensure() {
       say "$image: present (not a stand-in)"
       return 0
     fi
-    if timeout "$PULL_TIMEOUT" podman pull -q "$image" >/dev/null 2>"$CACHE/pull.err"; then
+    local registry=${image%%/*}
+    if [[ $UNREACHABLE == *" $registry "* ]]; then
+      say "$image: not pulled ($registry did not answer)"
+    elif timeout "$PULL_TIMEOUT" podman pull -q "$image" >/dev/null 2>"$CACHE/pull.err"; then
       say "$image: pulled ($((SECONDS - start)) s)"
       return 0
+    else
+      local status=$?
+      say "$image: pull failed ($( ( [ "$status" -eq 124 ] && echo "no answer in $PULL_TIMEOUT s") || tail -1 "$CACHE/pull.err" | cut -c1-160))"
+      if [ "$status" -eq 124 ] || grep -qE 'dial tcp|no such host|i/o timeout|connection refused|network is unreachable|TLS handshake timeout' "$CACHE/pull.err"; then
+        UNREACHABLE+="$registry "
+      fi
     fi
-    say "$image: pull failed ($(tail -1 "$CACHE/pull.err" | cut -c1-160))"
   fi
   if [ -z "$recipe" ]; then
     say "$image: no registry and no stand-in recipe here; services using it cannot run on this machine"

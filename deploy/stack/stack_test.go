@@ -627,13 +627,15 @@ func (s *stack) checkPeriodic(ctx context.Context, t *testing.T, n int) {
 	})
 	// A stable reading: the counters between two equal states.
 	stable := func() (schedule, float64) {
-		for {
+		for range 10 {
 			before := schedules(ctx, t, rdb)[task]
 			sum := s.enqueuedByWorkers(ctx, t, task)
 			if after := schedules(ctx, t, rdb)[task]; after == before {
 				return before, sum
 			}
 		}
+		t.Fatalf("%s's schedule changed during each of 10 readings of the workers' metrics", task)
+		return schedule{}, 0
 	}
 	first, base := stable()
 	if first.interval != tickEvery {
