@@ -467,3 +467,42 @@ func (e *engine) logs(ctx context.Context, id string) []string {
 	}
 	return lines
 }
+
+// TestSweepRemovesWhatADeadRunLeft: a volume and a network of a project
+// whose test process is gone are removed; those of a live one are kept.
+func TestSweepRemovesWhatADeadRunLeft(t *testing.T) {
+	tl := loadTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := &engine{t: t, tools: tl}
+	dead := fmt.Sprintf("%s%d-1", projectPrefix, deadPid(t))
+	live := fmt.Sprintf("%s%d-1", projectPrefix, os.Getppid())
+	for _, p := range []string{dead, live} {
+		label := "com.docker.compose.project=" + p
+		e.must(ctx, "volume", "create", "--label", label, p+"_data")
+		e.must(ctx, "network", "create", "--label", label, p+"_default")
+	}
+	t.Cleanup(func() { e.removeProject(context.Background(), live) })
+	e.sweepStale(ctx)
+	for _, tt := range []struct {
+		project string
+		want    int
+	}{{dead, 0}, {live, 1}} {
+		filter := "label=com.docker.compose.project=" + tt.project
+		vols := strings.Fields(e.must(ctx, "volume", "ls", "-q", "--filter", filter))
+		nets := strings.Fields(e.must(ctx, "network", "ls", "-q", "--filter", filter))
+		if len(vols) != tt.want || len(nets) != tt.want {
+			t.Errorf("project %s: %d volumes and %d networks left, want %d of each", tt.project, len(vols), len(nets), tt.want)
+		}
+	}
+}
+
+// deadPid is the pid of a process that has exited.
+func deadPid(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
+}
