@@ -244,6 +244,18 @@ func TestComposeWorkerStopGraceOutlastsShutdownTimeout(t *testing.T) {
 	}
 }
 
+// TestComposeEveryServiceNamesItsStopGracePeriod: podman's Docker API (4.3)
+// gives a container created without one a stop timeout of 0 s, so `compose
+// down` SIGKILLs it at once, where Docker waits 10 s: FalkorDB would lose
+// every graph change since its last save (deploy/stack saw it).
+func TestComposeEveryServiceNamesItsStopGracePeriod(t *testing.T) {
+	for name, s := range mustLoadCompose(t).Services {
+		if s.StopGracePeriod == nil || *s.StopGracePeriod <= 0 {
+			t.Errorf("service %s has no stop_grace_period", name)
+		}
+	}
+}
+
 // TestComposeEnvironmentIsWorkerSettings: every variable given to a
 // stargazer-jobs container is a setting the worker reads.
 func TestComposeEnvironmentIsWorkerSettings(t *testing.T) {

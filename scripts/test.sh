@@ -119,6 +119,8 @@ if [ ! -f "$falkordb_module" ]; then
   retry install_falkordb_module || { echo "could not install the FalkorDB module" >&2; exit 1; }
 fi
 
+FALKORDB_MODULE="$falkordb_module" ./scripts/container-tools.sh --install-only
+
 if [ "${1:-}" = --install-only ]; then
   exit 0
 fi

@@ -33,6 +33,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:9911", "listen address")
 	redisURL := flag.String("redis", "", "Redis to seed with messages and wikis (empty: seed nothing)")
+	chatDelay := flag.Duration("chat-delay", 0, "how long each chat/completions call takes, a slow model (deploy/stack kills a worker in the middle of one)")
 	flag.Parse()
 	if *redisURL != "" {
 		if err := seed(context.Background(), *redisURL); err != nil {
@@ -48,12 +49,12 @@ func main() {
 	fmt.Printf("  LLM_BASE_URL=%s/v1 GEMINI_BASE_URL=%s GEMINI_API_KEYS=demo-key-1,demo-key-2 \\\n", base, base)
 	fmt.Printf("  DISCORD_BOT_TOKEN=demo DISCORD_API_BASE_URL=%s/api/v10 MATRIX_HOMESERVER_URL=%s MATRIX_ACCESS_TOKEN=demo \\\n", base, base)
 	fmt.Printf("  STARWIKI_ENABLED=true\n")
-	log.Fatal(http.Serve(ln, routes()))
+	log.Fatal(http.Serve(ln, routes(*chatDelay)))
 }
 
-func routes() http.Handler {
+func routes(chatDelay time.Duration) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/chat/completions", chat)
+	mux.HandleFunc("POST /v1/chat/completions", slow(chatDelay, chat))
 	mux.HandleFunc("POST /v1/embeddings", embeddings)
 	mux.HandleFunc("POST /v1beta/models/{model}", geminiEmbed)
 	mux.HandleFunc("GET /api/v10/users/@me", js(map[string]any{"id": "900000000000000001", "username": "stargazer", "bot": true}))
@@ -75,6 +76,22 @@ func logged(h http.Handler) http.Handler {
 		log.Printf("%s %s", r.Method, r.URL.Path)
 		h.ServeHTTP(w, r)
 	})
+}
+
+// slow answers after d, or not at all if the caller goes away first.
+func slow(d time.Duration, h http.HandlerFunc) http.HandlerFunc {
+	if d <= 0 {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			h(w, r)
+		case <-r.Context().Done():
+		}
+	}
 }
 
 func js(v any) http.HandlerFunc {
