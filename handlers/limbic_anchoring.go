@@ -13,7 +13,9 @@ import (
 // anchoringPass is limbic_anchoring_worker's planner: every minute, the
 // new messages of every channel, found by scanning the message sets (no
 // static channel list). A channel seen for the first time starts an hour
-// back. A pass plans at most 2,000 messages of a channel and 20,000 in all
+// back, and, after a cut-over, no earlier than the task's hand-over point:
+// the Python anchoring loop ran in real time, so its first pass plans only
+// messages the Python side did not anchor. A pass plans at most 2,000 messages of a channel and 20,000 in all
 // (planning is Redis reads: milliseconds per thousand messages), and no
 // more while 20,000 are planned and not settled, so a stalled LLM cannot
 // grow the chains without end.

@@ -64,18 +64,28 @@ type limbicSunset struct {
 	locked Graph
 	llm    ChatModel
 	model  string
-	now    func() time.Time
-	log    *slog.Logger
+	// handOver: after a cut-over, days that ended before the task's
+	// hand-over point are the Python side's, not synthesised again.
+	handOver HandOver
+	now      func() time.Time
+	log      *slog.Logger
 }
 
 func newLimbicSunset(k kit) Worker[*jobs.Empty] {
 	return &limbicSunset{redis: k.Redis(), graph: k.Graph(), locked: k.writeLockedGraph(), llm: k.LLM(),
-		model: k.Models.Extraction, now: k.Now, log: k.Logger}
+		model: k.Models.Extraction, handOver: k.HandOver, now: k.Now, log: k.Logger}
 }
 
 func (h *limbicSunset) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
 	const task = jobs.LimbicSunsetProcessor
 	s := sunset{h: h}
+	if h.handOver != nil {
+		point, err := h.handOver.Point(ctx, task)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", task, err)
+		}
+		s.from = point
+	}
 	days, err := s.due(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", task, err)
@@ -96,6 +106,8 @@ func (h *limbicSunset) Work(ctx context.Context, _ *jobs.Empty) (Result, error) 
 // sunset is one pass of limbic_sunset_processor.
 type sunset struct {
 	h *limbicSunset
+	// from: days that ended before it are not due (the hand-over point).
+	from time.Time
 	// Counts of the pass.
 	processed, empty, created, updated, linked, links, calls, promptTokens, completionTokens int
 }
@@ -109,7 +121,7 @@ func (s *sunset) due(ctx context.Context) ([]time.Time, error) {
 	var names []string
 	for k := sunsetLookback; k >= 1; k-- {
 		day := today.AddDate(0, 0, -k)
-		if now.Before(day.AddDate(0, 0, 1).Add(sunsetGrace)) {
+		if now.Before(day.AddDate(0, 0, 1).Add(sunsetGrace)) || !day.AddDate(0, 0, 1).After(s.from) {
 			continue
 		}
 		days = append(days, day)

@@ -24,6 +24,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/kg/plan"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/legacy"
 	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
@@ -93,6 +94,9 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	}
 	for _, dec := range a.decisions {
 		d.Intervals[dec.Spec.Name] = dec.Interval
+	}
+	if cfg.LegacyCoexistence {
+		d.HandOver = legacy.HandOver{Redis: a.rdb}
 	}
 	if cfg.FalkorDBURL != "" && cfg.Role != config.RoleNode { // no node-local task uses the graph
 		g, closeGraph, err := openGraph(ctx, a.log, cfg)
