@@ -103,7 +103,7 @@ type Record struct {
 	// Count is the runs seen while the Go side scheduled the task.
 	Count int64
 	// As counts them per registered name.
-	As                          map[string]int64
+	As                           map[string]int64
 	LastStart, LastEnd, LastSeen time.Time
 	// StandDownUntil is when the Go task may run again (zero: it does
 	// not stand down).
