@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"math"
 	"time"
@@ -76,20 +77,64 @@ type runPayload struct {
 
 var topic = []byte("scheduler_task_run")
 
-// Run subscribes to the channel and handles events until ctx ends. go-redis
-// resubscribes by itself after a lost connection.
+// Run subscribes to the channel and handles events until ctx ends. A lost
+// or refused subscription (a Redis or proxy without pub/sub) is retried
+// with a backoff from 1 s to 30 s, never in a tight loop.
 func (d *Detector) Run(ctx context.Context) {
-	ps := d.Redis.Subscribe(ctx, d.Channel)
-	defer ps.Close()
-	ch := ps.Channel(redis.WithChannelSize(1024))
-	for {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		subscribed, err := d.receive(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if subscribed {
+			backoff = time.Second
+		}
+		d.Logger.Warn("debug channel subscription lost; resubscribing: "+err.Error(), "channel", d.Channel, "retry_in", backoff.String())
 		select {
 		case <-ctx.Done():
 			return
-		case m, ok := <-ch:
-			if !ok {
-				return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// idleCheck is how long a subscription may stay silent before a PING
+// checks that its connection is alive.
+const idleCheck = time.Minute
+
+// receive holds one subscription until it fails or ctx ends, and reports
+// whether Redis confirmed it.
+func (d *Detector) receive(ctx context.Context) (bool, error) {
+	ps := d.Redis.Subscribe(ctx, d.Channel)
+	// Closing the subscription is what ends a blocked read.
+	stop := context.AfterFunc(ctx, func() { ps.Close() })
+	defer func() {
+		if stop() {
+			ps.Close()
+		}
+	}()
+	subscribed := false
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, idleCheck)
+		var ne interface{ Timeout() bool }
+		switch {
+		case err != nil && errors.As(err, &ne) && ne.Timeout():
+			pctx, cancel := context.WithTimeout(ctx, handleTimeout)
+			err = ps.Ping(pctx)
+			cancel()
+			if err != nil {
+				return subscribed, err
 			}
+			continue
+		case err != nil:
+			return subscribed, err
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			subscribed = true
+		case *redis.Message:
 			hctx, cancel := context.WithTimeout(ctx, handleTimeout)
 			d.Handle(hctx, []byte(m.Payload))
 			cancel()

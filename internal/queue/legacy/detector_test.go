@@ -236,3 +236,33 @@ func TestRunReceivesEventsPublishedOnTheChannel(t *testing.T) {
 	}
 	poll.Until(t, "the record written", func() bool { return f.record(t, jobs.KGDecay).Count >= 1 })
 }
+
+// A Redis that refuses SUBSCRIBE is retried with a backoff, not in a
+// loop, and leaves no connection open behind each attempt.
+func TestARefusedSubscriptionIsRetriedWithABackoff(t *testing.T) {
+	srv := redistest.Start(t, "--rename-command", "SUBSCRIBE", "")
+	rdb := srv.Client(t)
+	logs := &syncbuf.Buffer{}
+	d := &Detector{Redis: rdb, Channel: "stargazer:debug_events", Logger: slog.New(slog.NewJSONHandler(logs, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	time.Sleep(4 * time.Second)
+	clients, err := rdb.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	// Attempts at 0, 1, 3 s (1 s, then 2 s of backoff).
+	if n := strings.Count(logs.String(), "subscription lost"); n < 2 || n > 4 {
+		t.Errorf("%d failed subscriptions logged in 4 s, want 3 (backoff 1 s, 2 s):\n%s", n, logs.String())
+	}
+	if n := strings.Count(clients, "\n"); n > 3 {
+		t.Errorf("%d Redis connections open after refused subscriptions:\n%s", n, clients)
+	}
+}
