@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
 	"github.com/stargazer/stargazer-jobs/internal/store/ragstore"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -19,7 +20,7 @@ import (
 const (
 	// AnamnesisCursorKey holds the index of the next fragment of the RAG
 	// fragment store to digest.
-	AnamnesisCursorKey = "sgjobs:anamnesis:cursor"
+	AnamnesisCursorKey = cursors.AnamnesisKey
 	// anamnesisPerRun: fragments read per run (every 20 min). Lore
 	// fragments are long (up to 2,000 characters in the prompt), so this
 	// is about 15 LLM calls, well within the 15-minute timeout.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -15,7 +16,7 @@ import (
 // bounds is planned by the next passes as units settle.
 var autoKGPass = channelPass{
 	task:         jobs.AutoKGExtraction,
-	cursorPrefix: "sgjobs:kgx:cursor:",
+	cursorPrefix: cursors.ExtractionPrefix,
 	lookback:     24 * time.Hour,
 	perChannel:   2_000,
 	perPass:      20_000,

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -108,5 +109,15 @@ func TestSunsetSkipsTheDaysBeforeTheHandOver(t *testing.T) {
 	}
 	if got, want := epochs(t, v.g), epochLine(yesterday, *summary, "Alpha"); got != want {
 		t.Errorf("epochs\n%s\nwant\n%s", got, want)
+	}
+}
+
+// What `enqueuer cursors` says of the watermark tasks is what they do.
+func TestCursorTasksDescribeTheHandlers(t *testing.T) {
+	for task, perRun := range map[string]int{jobs.ChannelSummarization: summaryMessages, jobs.ChannelHeartbeat: heartbeatMessages} {
+		ct, ok := cursors.Lookup(task)
+		if !ok || ct.PerRun != perRun {
+			t.Errorf("cursors says %s reads %d messages a channel and run; the handler reads %d", task, ct.PerRun, perRun)
+		}
 	}
 }

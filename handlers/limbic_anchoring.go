@@ -7,6 +7,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -21,7 +22,7 @@ import (
 // grow the chains without end.
 var anchoringPass = channelPass{
 	task:         jobs.LimbicAnchoringWorker,
-	cursorPrefix: "sg:ka:cursor:",
+	cursorPrefix: cursors.AnchoringPrefix,
 	lookback:     time.Hour,
 	perChannel:   2_000,
 	perPass:      20_000,

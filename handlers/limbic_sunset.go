@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -23,10 +24,10 @@ const (
 	// SunsetDoneKey: sorted set of the UTC days (YYYY-MM-DD) whose epoch
 	// is synthesised, score = when (ms), so the hourly passes in between
 	// cost one Redis call.
-	SunsetDoneKey = "sgjobs:sunset:done"
+	SunsetDoneKey = cursors.SunsetDoneKey
 	// sunsetLookback: a pass catches up on missed days this far back and
 	// no further (the first deployment does not synthesise all history).
-	sunsetLookback = 7
+	sunsetLookback = cursors.SunsetLookbackDays
 	// sunsetGrace: a day is due this long after it ends, so the anchoring
 	// worker (every minute) has folded in its last messages.
 	sunsetGrace = 15 * time.Minute
