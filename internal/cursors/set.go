@@ -21,9 +21,13 @@ import (
 // trying again will not help.
 var ErrUsage = errors.New("invalid cursor change")
 
-func usage(format string, a ...any) error {
-	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, a...))
-}
+// usageError is a change wrong as given; it is ErrUsage.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string        { return e.msg }
+func (e *usageError) Is(target error) bool { return target == ErrUsage }
+
+func usage(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
 
 // Change is a position an operator asked for, parsed but not yet checked
 // against Redis.
@@ -125,13 +129,13 @@ func Parse(task, source, position string, now time.Time) (Change, error) {
 	return c, nil
 }
 
-// parseTime reads now, -DURATION, an RFC 3339 time or Unix milliseconds.
+// parseTime reads now, now-DURATION (or -DURATION), an RFC 3339 time or Unix milliseconds.
 func parseTime(s string, now time.Time) (time.Time, bool) {
 	switch {
 	case s == "now":
 		return now, true
-	case strings.HasPrefix(s, "-"):
-		d, err := time.ParseDuration(s[1:])
+	case strings.HasPrefix(s, "now-") || strings.HasPrefix(s, "-"):
+		d, err := time.ParseDuration(s[strings.IndexByte(s, '-')+1:])
 		if err != nil || d <= 0 {
 			return time.Time{}, false
 		}
@@ -415,4 +419,11 @@ func toAny(s []string) []any {
 		out[i] = v
 	}
 	return out
+}
+
+// CostEstimator prices what a position leaves to process: items of a
+// task's Items. Spend accounting provides it from its LLM price table;
+// without one, a dry run says the cost is unknown.
+type CostEstimator interface {
+	EstimateCost(ctx context.Context, task string, items int64) (usd float64, ok bool, err error)
 }

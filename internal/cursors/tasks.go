@@ -73,7 +73,7 @@ type Task struct {
 }
 
 const (
-	channelPositions = "now, latest (the newest message), -DURATION (e.g. -2h), an RFC 3339 time (2026-05-04T12:00:00Z) or Unix milliseconds"
+	channelPositions = "now, latest (the newest message), now-DURATION (e.g. now-2h), an RFC 3339 time (2026-05-04T12:00:00Z) or Unix milliseconds"
 	channelSources   = "<platform>:<channel id> or all"
 )
 
@@ -90,7 +90,7 @@ var tasks = []Task{
 	{Name: jobs.AgenticKGBulkIncremental, Kind: Channel, Sources: channelSources, Positions: channelPositions,
 		First: "per channel, its newest message (bootstrap latest, as the original): no history",
 		Fresh: "the same", Items: "messages", prefix: BulkPrefix},
-	{Name: jobs.LogRAGIngest, Kind: Journal, Sources: "<node>:<unit>", Positions: "a journal cursor (journalctl --show-cursor), or a time: now, -DURATION, RFC 3339, Unix milliseconds",
+	{Name: jobs.LogRAGIngest, Kind: Journal, Sources: "<node>:<unit>", Positions: "a journal cursor (journalctl --show-cursor), or a time: now, now-DURATION, RFC 3339, Unix milliseconds",
 		First: "per node, max(now - 6 h, hand-over point = the start of the last Python run seen, else its first Go run)",
 		Fresh: "per node, 6 h back", Items: "journal lines"},
 	{Name: jobs.LimbicSunsetProcessor, Kind: Days, Sources: "days", Positions: "a UTC day, YYYY-MM-DD: it and every day before it count as done",
