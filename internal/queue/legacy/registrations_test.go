@@ -1,6 +1,7 @@
 package legacy
 
 import (
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -116,5 +117,39 @@ func TestTaskForMapsEveryRegisteredName(t *testing.T) {
 	}
 	if got, want := RegisteredBy(jobs.ChannelHeartbeat), "build_scheduler, inference_main.py"; got != want {
 		t.Errorf("RegisteredBy(channel_heartbeat) = %q, want %q", got, want)
+	}
+}
+
+// The migration guide has a step for each service, naming every task it
+// registers.
+func TestTheMigrationGuideHasAStepForEveryServiceNamingItsTasks(t *testing.T) {
+	b, err := os.ReadFile("../../../docs/migration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guide := string(b)
+	for _, svc := range Services() {
+		head := "### `" + svc + "`"
+		i := strings.Index(guide, head)
+		if i < 0 {
+			t.Errorf("docs/migration.md has no section %q", head)
+			continue
+		}
+		section := guide[i+len(head):]
+		if j := strings.Index(section, "\n#"); j >= 0 {
+			section = section[:j]
+		}
+		for _, want := range []string{"**Remove**", "**Verify**", "**Roll back**", "stargazer_legacy_runs_total"} {
+			if !strings.Contains(section, want) {
+				t.Errorf("%s: its step lacks %s", svc, want)
+			}
+		}
+		for _, s := range jobs.Catalog() {
+			for _, r := range Registrations(s.Name) {
+				if r.Service == svc && !strings.Contains(section, "`"+s.Name+"`") {
+					t.Errorf("%s registers %s, which its step does not name", svc, s.Name)
+				}
+			}
+		}
 	}
 }
