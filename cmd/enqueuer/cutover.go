@@ -36,6 +36,9 @@ type cutoverStatus struct {
 	// PythonRuns are the tasks the Python scheduler was seen running
 	// while the Go side scheduled them.
 	PythonRuns []legacyRun `json:"python_runs"`
+	// NodeLocalSeen are when the Python side last ran each node-local task
+	// (not counted: each node runs its own; docs/migration.md).
+	NodeLocalSeen map[string]time.Time `json:"node_local_seen"`
 }
 
 // legacyRuns reads the Python runs seen of every catalog task, by name.
@@ -93,9 +96,23 @@ func readCutover(ctx context.Context, rdb redis.UniversalClient, cfg config.Conf
 	if err != nil {
 		return st, err
 	}
+	st.NodeLocalSeen = map[string]time.Time{}
+	var local []string
 	for _, s := range jobs.Catalog() {
 		if r, ok := runs[s.Name]; ok {
 			st.PythonRuns = append(st.PythonRuns, r)
+		}
+		if s.Kind == jobs.NodeLocal {
+			local = append(local, s.Name)
+		}
+	}
+	recs, err := legacy.Read(ctx, rdb, local)
+	if err != nil {
+		return st, err
+	}
+	for _, r := range recs {
+		if r.Seen() {
+			st.NodeLocalSeen[r.Task] = r.LastEnd
 		}
 	}
 	return st, nil
@@ -124,6 +141,11 @@ func (c *cli) printCutover(st cutoverStatus) {
 			st.WindowStart.UTC().Format(time.RFC3339), st.WindowEnd.UTC().Format(time.RFC3339))
 	default:
 		fmt.Fprintf(w, "cut-over window: ended %s: Python runs are reported only, both sides run\n", st.WindowEnd.UTC().Format(time.RFC3339))
+	}
+	for _, s := range jobs.Catalog() {
+		if at, ok := st.NodeLocalSeen[s.Name]; ok {
+			fmt.Fprintf(w, "node-local %s: the Python side last ran it %s ago (not counted: each node runs its own)\n", s.Name, short(now.Sub(at)))
+		}
 	}
 	if len(st.PythonRuns) == 0 {
 		fmt.Fprintln(w, "Python scheduler runs of tasks scheduled here: none seen")

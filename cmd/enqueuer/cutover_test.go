@@ -38,10 +38,16 @@ func TestStatusAndSchedulesShowThePythonSchedulersRuns(t *testing.T) {
 	if !d.Handle(ctx, ev) {
 		t.Fatal("the Python run was not counted")
 	}
+	journal, _ := json.Marshal(map[string]any{"topic": "scheduler_task_run", "source": "scheduler", "status": "ok",
+		"payload": map[string]any{"task": jobs.JournalStream, "error": ""}, "ts": float64(now.Add(-3*time.Minute).UnixMicro()) / 1e6})
+	if d.Handle(ctx, journal) {
+		t.Fatal("a node-local task's Python run was counted")
+	}
 
 	code, out, stderr := runBinary(t, env, "status")
 	for _, want := range []string{"held by python-node-1", "limbic_dedup_task and limbic_org_task stand down", "cut-over window:",
-		"kg_decay_task", "2m ago", "build_scheduler, consolidation_main.py (as kg_decay)"} {
+		"kg_decay_task", "2m ago", "build_scheduler, consolidation_main.py (as kg_decay)",
+		"node-local journal_stream: the Python side last ran it 3m ago (not counted"} {
 		if code != exitOK || !strings.Contains(out, want) {
 			t.Errorf("status: exit %d, output lacks %q:\n%s%s", code, want, out, stderr)
 		}

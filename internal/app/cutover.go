@@ -31,19 +31,20 @@ func (a *app) coexist(o *server.Options) {
 	}
 }
 
-// watched are the tasks this worker runs that the Python scheduler also
-// ran: its scheduled periodic and supervised tasks (when its scheduler
-// runs) and its node-local loops.
+// watched are the tasks this worker schedules that the Python scheduler
+// also ran: its periodic and supervised tasks, when its scheduler runs.
+// The node-local loops are left out: each node runs its own, a worker
+// without journalctl runs none, and an event does not say which node the
+// Python run served, so a Python run of one is not a double run the
+// cluster can see (it is recorded, for the hand-over point and `enqueuer
+// status`).
 func (a *app) watched() map[string]legacy.Schedule {
 	out := map[string]legacy.Schedule{}
+	if !a.cfg.SchedulerEnabled {
+		return out
+	}
 	for _, d := range a.decisions {
-		if !d.Scheduled || len(legacy.Registrations(d.Spec.Name)) == 0 {
-			continue
-		}
-		switch {
-		case d.Spec.Kind == jobs.NodeLocal:
-			out[d.Spec.Name] = legacy.Schedule{Interval: d.Interval}
-		case (d.Spec.Kind == jobs.Periodic || d.Spec.Kind == jobs.Supervised) && a.cfg.SchedulerEnabled:
+		if d.Scheduled && (d.Spec.Kind == jobs.Periodic || d.Spec.Kind == jobs.Supervised) && len(legacy.Registrations(d.Spec.Name)) > 0 {
 			out[d.Spec.Name] = legacy.Schedule{Interval: d.Interval, Queued: true}
 		}
 	}
