@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/cursors"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -119,5 +120,49 @@ func TestCursorTasksDescribeTheHandlers(t *testing.T) {
 		if !ok || ct.PerRun != perRun {
 			t.Errorf("cursors says %s reads %d messages a channel and run; the handler reads %d", task, ct.PerRun, perRun)
 		}
+	}
+}
+
+// An operator moves a planner's cursor past units already queued: the
+// units still run but move nothing, the cursor stays where it was put, and
+// the next pass plans only what comes after it.
+func TestACursorSetByHandOverridesPlannedUnits(t *testing.T) {
+	ctx := context.Background()
+	v := newKGEnv(t)
+	d := v.deps()
+	chatter(t, v.rdb, guildChan, v.now.Add(-50*time.Minute), 0, 60)
+	if res, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err != nil || res["units_planned"] == 0 {
+		t.Fatalf("planning: %v, %v", res, err)
+	}
+	change, err := cursors.Parse(jobs.LimbicAnchoringWorker, guildChan.String(), "now-5m", v.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := change.Resolve(ctx, v.rdb, v.now)
+	if err != nil || len(p.Moves) != 1 || !p.Moves[0].DropsPlanned {
+		t.Fatalf("resolve: %+v, %v; want one move dropping the planned segments", p, err)
+	}
+	if err := p.Apply(ctx, v.rdb, v.now); err != nil {
+		t.Fatal(err)
+	}
+	set := msgcache.Position{TS: v.now.Add(-5 * time.Minute).UnixMilli()}
+	if _, err := v.units.drain(ctx, d, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := cursorOf(t, v.rdb, cursors.AnchoringPrefix+guildChan.String()); got != set {
+		t.Fatalf("cursor %v after the old units ran, want where it was set, %v", got, set)
+	}
+	before := len(v.llm.Calls())
+	fresh := chatter(t, v.rdb, guildChan, v.now.Add(-5*time.Minute-1000*30*time.Second), 1000, 6) // from now-5m on, 30 s apart
+	v.now = v.now.Add(time.Minute)
+	if _, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.units.drain(ctx, d, false); err != nil {
+		t.Fatal(err)
+	}
+	sent := sentCounts(v.llm.Calls()[before:])
+	if len(sent) != len(userTexts(fresh)) {
+		t.Errorf("the pass after the set sent %d messages, want the %d after the cursor", len(sent), len(userTexts(fresh)))
 	}
 }
