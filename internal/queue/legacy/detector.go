@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -200,17 +201,14 @@ func (d *Detector) Handle(ctx context.Context, raw []byte) bool {
 		return false
 	}
 	d.Metrics.inc(task)
-	services := ""
-	for i, reg := range regs {
-		if i > 0 {
-			services += ", "
-		}
-		services += reg.Service
+	var from []string
+	for _, reg := range regs {
+		from = append(from, reg.Service)
 	}
-	attrs := []any{"task", task, "registered_as", p.Task, "registered_by", RegisteredBy(task), "this_run_from", services,
+	attrs := []any{"task", task, "registered_as", p.Task, "registered_by", RegisteredBy(task), "this_run_from", strings.Join(from, ", "),
 		"python_run_ended", end.UTC().Format(time.RFC3339)}
 	if until.IsZero() {
-		attrs = append(attrs, "stand_down", "no (outside the cut-over window, or a node-local task): both ran")
+		attrs = append(attrs, "stand_down", "no: outside the cut-over window (or it is off), both ran")
 	} else {
 		attrs = append(attrs, "stand_down_until", until.UTC().Format(time.RFC3339))
 	}
