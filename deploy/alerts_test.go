@@ -54,7 +54,7 @@ var wantAlerts = []string{
 	"StargazerTaskFailingRepeatedly", "StargazerTaskArchived", "StargazerPeriodicTaskNotRun",
 	"StargazerSchedulerMissedOccurrences", "StargazerSchedulerOverlap", "StargazerQueueLatencyHigh",
 	"StargazerSingletonHeldPastTimeout", "StargazerLeaseRecoveries", "StargazerLLMRateLimited",
-	"StargazerRedisUnreachable", "StargazerNoWorkerAlive",
+	"StargazerRedisUnreachable", "StargazerNoWorkerAlive", "StargazerLegacySchedulerStillRuns",
 }
 
 func TestAlertRulesLoadWithPrometheusRuleParser(t *testing.T) {

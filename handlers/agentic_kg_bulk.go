@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
@@ -24,7 +25,7 @@ const (
 	// KGBulkCursorPrefix + "<platform>:<channel id>" is a channel's
 	// incremental cursor hash (ts, key, updated_at), separate from the
 	// other extraction tasks' cursors.
-	KGBulkCursorPrefix = "sgjobs:kgbulk:cursor:"
+	KGBulkCursorPrefix = cursors.BulkPrefix
 	// DefaultKGBulkDir is where runs are dumped without KG_BULK_DIR.
 	DefaultKGBulkDir = "var/kg_bulk_scheduled"
 	// kgBulkTopic is the original's debug-event topic.

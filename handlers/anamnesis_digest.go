@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
 	"github.com/stargazer/stargazer-jobs/internal/store/ragstore"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -19,7 +20,7 @@ import (
 const (
 	// AnamnesisCursorKey holds the index of the next fragment of the RAG
 	// fragment store to digest.
-	AnamnesisCursorKey = "sgjobs:anamnesis:cursor"
+	AnamnesisCursorKey = cursors.AnamnesisKey
 	// anamnesisPerRun: fragments read per run (every 20 min). Lore
 	// fragments are long (up to 2,000 characters in the prompt), so this
 	// is about 15 LLM calls, well within the 15-minute timeout.
@@ -40,14 +41,22 @@ const (
 // It does not wrap around: every fragment is already in the graph, and
 // once the ledger has forgotten it (30 days) a second pass would count its
 // mentions twice.
+//
+// Its first position: with a Python side (HandOver set, the default), a
+// missing cursor starts at the end of the store, so the first run after a
+// cut-over digests nothing the Python side already paid for (and counted in
+// the graph) and later runs digest what is appended; `enqueuer cursors set
+// anamnesis_digest fragments N` starts it elsewhere. With no Python side it
+// starts at the first fragment.
 type anamnesisDigest struct {
-	engine extract.Config
-	store  *ragstore.Store
-	log    *slog.Logger
+	engine   extract.Config
+	store    *ragstore.Store
+	handOver bool
+	log      *slog.Logger
 }
 
 func newAnamnesisDigest(k kit) Worker[*jobs.Empty] {
-	return &anamnesisDigest{engine: k.extraction(), store: ragstore.New(k.Redis()), log: k.Logger}
+	return &anamnesisDigest{engine: k.extraction(), store: ragstore.New(k.Redis()), handOver: k.HandOver != nil, log: k.Logger}
 }
 
 func (h *anamnesisDigest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
@@ -57,6 +66,16 @@ func (h *anamnesisDigest) Work(ctx context.Context, _ *jobs.Empty) (Result, erro
 		return nil, fmt.Errorf("%s: %w: %w", task, err, asynq.SkipRetry)
 	}
 	dg := digest{store: h.store, eng: eng}
+	if h.handOver {
+		cursor, started, err := h.store.StartAtEnd(ctx, AnamnesisCursorKey)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", task, err)
+		}
+		if started {
+			h.log.InfoContext(ctx, "anamnesis cursor absent: starting at the end of the fragment store, after what the Python side digested",
+				"task", task, "cursor", cursor, "hint", "enqueuer cursors set anamnesis_digest fragments 0 digests the whole store")
+		}
+	}
 	if err := dg.read(ctx, h.log); err != nil {
 		return nil, fmt.Errorf("%s: %w", task, err)
 	}

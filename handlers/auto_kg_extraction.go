@@ -5,16 +5,18 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
 // autoKGPass is auto_kg_extraction's planner: every 4 h, everything new
 // since each channel's cursor. A channel seen for the first time starts a
-// day back ("recent conversations"); a backlog larger than one pass's
+// day back ("recent conversations"), and, after a cut-over, no earlier than
+// the task's hand-over point (the start of the last Python run seen); a backlog larger than one pass's
 // bounds is planned by the next passes as units settle.
 var autoKGPass = channelPass{
 	task:         jobs.AutoKGExtraction,
-	cursorPrefix: "sgjobs:kgx:cursor:",
+	cursorPrefix: cursors.ExtractionPrefix,
 	lookback:     24 * time.Hour,
 	perChannel:   2_000,
 	perPass:      20_000,

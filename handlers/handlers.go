@@ -104,6 +104,19 @@ type Deps struct {
 	// EmbedLimiter paces embeddings calls across all workers (nil: no
 	// limit beyond the embeddings queue's low weight).
 	EmbedLimiter Limiter
+	// HandOver says where the cursor-driven tasks take over from the
+	// Python side after a cut-over (legacy.HandOver); nil when there is
+	// no Python side (LEGACY_COEXISTENCE=false): each task then starts
+	// from its own look-back, anamnesis_digest at the first fragment.
+	HandOver HandOver
+}
+
+// HandOver fixes, the first time a task asks, the point from which it
+// takes over from the Python side, and returns it ever after: a
+// cursor-driven task starts no earlier than it, so its first runs do not
+// pay again for history the Python side processed.
+type HandOver interface {
+	Point(ctx context.Context, task string) (time.Time, error)
 }
 
 // Models are the model names of each kind of LLM call.

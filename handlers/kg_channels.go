@@ -110,6 +110,9 @@ type passDeps struct {
 	now      func() time.Time
 	log      *slog.Logger
 	batch    batchBounds
+	// handOver, when set, bounds where a channel without a cursor
+	// starts: no earlier than the task's hand-over point.
+	handOver HandOver
 }
 
 // batchBounds are the engine's bounds of one LLM call, which a unit
@@ -127,7 +130,24 @@ func engineBounds(c extract.Config) batchBounds {
 func newPassDeps(k kit) passDeps {
 	rdb := k.Redis()
 	return passDeps{cache: msgcache.New(rdb), rdb: rdb, enqueuer: k.Enqueuer, tasks: k.Tasks, now: k.Now, log: k.Logger,
-		batch: engineBounds(extract.Config{})}
+		batch: engineBounds(extract.Config{}), handOver: k.HandOver}
+}
+
+// floor is where a channel with neither cursor nor chain starts: its
+// look-back, and, after a cut-over, no earlier than the task's hand-over
+// point (the Python side extracted what came before).
+func (p channelPass) floor(ctx context.Context, d passDeps) (msgcache.Position, error) {
+	from := d.now().Add(-p.lookback)
+	if d.handOver != nil {
+		point, err := d.handOver.Point(ctx, p.task)
+		if err != nil {
+			return msgcache.Position{}, err
+		}
+		if point.After(from) {
+			from = point
+		}
+	}
+	return msgcache.Position{TS: from.UnixMilli()}, nil
 }
 
 // planStats are a planning pass's counts.
@@ -208,7 +228,10 @@ func (p channelPass) run(ctx context.Context, d passDeps) (planStats, error) {
 	if err != nil {
 		return st, err
 	}
-	floor := msgcache.Position{TS: d.now().Add(-p.lookback).UnixMilli()}
+	floor, err := p.floor(ctx, d)
+	if err != nil {
+		return st, err
+	}
 	outstanding := 0
 	var work []*chanWork
 	for i, c := range chans {
@@ -262,7 +285,7 @@ func (p channelPass) run(ctx context.Context, d passDeps) (planStats, error) {
 			return st, err
 		}
 	}
-	if err := p.measure(ctx, d, store, chans, &st); err != nil {
+	if err := p.measure(ctx, d, store, chans, floor, &st); err != nil {
 		return st, err
 	}
 	return st, nil
@@ -486,7 +509,7 @@ func (p channelPass) reenqueue(ctx context.Context, d passDeps, store *plan.Stor
 
 // measure writes the backlog: per channel the messages after its cursor
 // (or its chain's root) and the oldest of them.
-func (p channelPass) measure(ctx context.Context, d passDeps, store *plan.Store, chans []msgcache.Channel, st *planStats) error {
+func (p channelPass) measure(ctx context.Context, d passDeps, store *plan.Store, chans []msgcache.Channel, floor msgcache.Position, st *planStats) error {
 	names := make([]string, len(chans))
 	for i, c := range chans {
 		names[i] = c.String()
@@ -495,7 +518,6 @@ func (p channelPass) measure(ctx context.Context, d passDeps, store *plan.Store,
 	if err != nil {
 		return err
 	}
-	floor := msgcache.Position{TS: d.now().Add(-p.lookback).UnixMilli()}
 	from := make([]msgcache.Position, len(chans))
 	live := map[string]bool{}
 	for i, ch := range chains {

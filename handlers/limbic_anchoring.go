@@ -7,19 +7,22 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
 // anchoringPass is limbic_anchoring_worker's planner: every minute, the
 // new messages of every channel, found by scanning the message sets (no
 // static channel list). A channel seen for the first time starts an hour
-// back. A pass plans at most 2,000 messages of a channel and 20,000 in all
+// back, and, after a cut-over, no earlier than the task's hand-over point:
+// the Python anchoring loop ran in real time, so its first pass plans only
+// messages the Python side did not anchor. A pass plans at most 2,000 messages of a channel and 20,000 in all
 // (planning is Redis reads: milliseconds per thousand messages), and no
 // more while 20,000 are planned and not settled, so a stalled LLM cannot
 // grow the chains without end.
 var anchoringPass = channelPass{
 	task:         jobs.LimbicAnchoringWorker,
-	cursorPrefix: "sg:ka:cursor:",
+	cursorPrefix: cursors.AnchoringPrefix,
 	lookback:     time.Hour,
 	perChannel:   2_000,
 	perPass:      20_000,

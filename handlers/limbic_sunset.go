@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -23,10 +24,10 @@ const (
 	// SunsetDoneKey: sorted set of the UTC days (YYYY-MM-DD) whose epoch
 	// is synthesised, score = when (ms), so the hourly passes in between
 	// cost one Redis call.
-	SunsetDoneKey = "sgjobs:sunset:done"
+	SunsetDoneKey = cursors.SunsetDoneKey
 	// sunsetLookback: a pass catches up on missed days this far back and
 	// no further (the first deployment does not synthesise all history).
-	sunsetLookback = 7
+	sunsetLookback = cursors.SunsetLookbackDays
 	// sunsetGrace: a day is due this long after it ends, so the anchoring
 	// worker (every minute) has folded in its last messages.
 	sunsetGrace = 15 * time.Minute
@@ -64,18 +65,28 @@ type limbicSunset struct {
 	locked Graph
 	llm    ChatModel
 	model  string
-	now    func() time.Time
-	log    *slog.Logger
+	// handOver: after a cut-over, days that ended before the task's
+	// hand-over point are the Python side's, not synthesised again.
+	handOver HandOver
+	now      func() time.Time
+	log      *slog.Logger
 }
 
 func newLimbicSunset(k kit) Worker[*jobs.Empty] {
 	return &limbicSunset{redis: k.Redis(), graph: k.Graph(), locked: k.writeLockedGraph(), llm: k.LLM(),
-		model: k.Models.Extraction, now: k.Now, log: k.Logger}
+		model: k.Models.Extraction, handOver: k.HandOver, now: k.Now, log: k.Logger}
 }
 
 func (h *limbicSunset) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
 	const task = jobs.LimbicSunsetProcessor
 	s := sunset{h: h}
+	if h.handOver != nil {
+		point, err := h.handOver.Point(ctx, task)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", task, err)
+		}
+		s.from = point
+	}
 	days, err := s.due(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", task, err)
@@ -96,6 +107,8 @@ func (h *limbicSunset) Work(ctx context.Context, _ *jobs.Empty) (Result, error) 
 // sunset is one pass of limbic_sunset_processor.
 type sunset struct {
 	h *limbicSunset
+	// from: days that ended before it are not due (the hand-over point).
+	from time.Time
 	// Counts of the pass.
 	processed, empty, created, updated, linked, links, calls, promptTokens, completionTokens int
 }
@@ -109,7 +122,7 @@ func (s *sunset) due(ctx context.Context) ([]time.Time, error) {
 	var names []string
 	for k := sunsetLookback; k >= 1; k-- {
 		day := today.AddDate(0, 0, -k)
-		if now.Before(day.AddDate(0, 0, 1).Add(sunsetGrace)) {
+		if now.Before(day.AddDate(0, 0, 1).Add(sunsetGrace)) || !day.AddDate(0, 0, 1).After(s.from) {
 			continue
 		}
 		days = append(days, day)

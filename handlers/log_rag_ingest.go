@@ -52,13 +52,16 @@ type logRAGIngest struct {
 	// node names this node's cursor; unit is the systemd unit read;
 	// command overrides journalctl (tests); dir is JOURNAL_DIR.
 	node, unit, command, dir string
-	now                      func() time.Time
-	log                      *slog.Logger
+	// handOver bounds a node's first run: no earlier than the task's
+	// hand-over point (the Python side ingested what came before).
+	handOver HandOver
+	now      func() time.Time
+	log      *slog.Logger
 }
 
 func newLogRAGIngest(k kit) Worker[*jobs.Empty] {
 	return &logRAGIngest{store: logstore.New(k.Redis()), embedder: k.Embedder(), model: k.Models.Embeddings,
-		limiter: k.EmbedLimiter, node: k.NodeName, unit: cmp.Or(k.JournalUnit, "stargazer"), command: k.JournalCommand, dir: k.JournalDir, now: k.Now, log: k.Logger}
+		limiter: k.EmbedLimiter, node: k.NodeName, unit: cmp.Or(k.JournalUnit, "stargazer"), command: k.JournalCommand, dir: k.JournalDir, handOver: k.HandOver, now: k.Now, log: k.Logger}
 }
 
 func (h *logRAGIngest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {
@@ -82,7 +85,17 @@ func (h *logRAGIngest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) 
 		AfterCursor: cur.After, StopAt: cur.PendingEnd, Limit: logRAGMaxLines,
 	}
 	if cur.After == "" {
-		if opts.Since, err = store.StartAt(ctx, host, unit, now.Add(-logRAGLookback)); err != nil {
+		since := now.Add(-logRAGLookback)
+		if h.handOver != nil {
+			point, err := h.handOver.Point(ctx, task)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", task, err)
+			}
+			if point.After(since) {
+				since = point
+			}
+		}
+		if opts.Since, err = store.StartAt(ctx, host, unit, since); err != nil {
 			return nil, fmt.Errorf("%s: %w", task, err)
 		}
 	}

@@ -66,7 +66,7 @@ func runBinary(t *testing.T, env map[string]string, args ...string) (int, string
 var commands = [][]string{
 	{}, {"list"}, {"run"}, {"status"}, {"schedules"}, {"locks"}, {"unlock"},
 	{"prompts"}, {"prompts", "add"}, {"prompts", "list"}, {"prompts", "cancel"},
-	{"completion"}, {"completion", "bash"}, {"help"},
+	{"completion"}, {"completion", "bash"}, {"help"}, {"cursors"}, {"cursors", "list"}, {"cursors", "set"},
 }
 
 func TestHelpOnEveryCommandExitsZero(t *testing.T) {

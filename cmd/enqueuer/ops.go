@@ -23,6 +23,9 @@ type scheduleEntry struct {
 	LastOutcome string     `json:"last_outcome"`
 	LastStatus  string     `json:"last_status"`
 	LastError   string     `json:"last_error"`
+	// PythonRuns is what was seen of the task's runs in the Python
+	// scheduler while the Go side scheduled it (nil: none).
+	PythonRuns *legacyRun `json:"python_runs"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -47,6 +50,10 @@ func (c *cli) schedulesCmd() *cobra.Command {
 			defer rdb.Close()
 			insp := asynq.NewInspectorFromRedisClient(rdb)
 			defer insp.Close()
+			runs, err := legacyRuns(ctx, rdb)
+			if err != nil {
+				return failure("%v", err)
+			}
 			var out []scheduleEntry
 			for _, spec := range jobs.Catalog() {
 				st, found, err := periodic.ReadState(ctx, rdb, spec.Name)
@@ -59,6 +66,9 @@ func (c *cli) schedulesCmd() *cobra.Command {
 				e := scheduleEntry{
 					Name: spec.Name, Interval: st.Interval.Seconds(), Next: timePtr(st.Next),
 					LastRun: timePtr(st.LastRun), LastTaskID: st.LastTaskID, LastOutcome: st.LastOutcome,
+				}
+				if r, ok := runs[spec.Name]; ok {
+					e.PythonRuns = &r
 				}
 				if st.LastTaskID != "" {
 					if info, err := insp.GetTaskInfo(spec.Queue, st.LastTaskID); err == nil {
@@ -98,6 +108,9 @@ func (c *cli) schedulesCmd() *cobra.Command {
 				}
 				if e.LastError != "" {
 					status += ": " + e.LastError
+				}
+				if r := e.PythonRuns; r != nil {
+					status = pythonRunNote(*r, now) + "; " + status
 				}
 				rows = append(rows, []string{e.Name, short(time.Duration(e.Interval * float64(time.Second))), next, last, status})
 			}

@@ -208,17 +208,25 @@ type taskStatus struct {
 func (c *cli) statusCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status ID",
-		Short: "A task's state, retries, last error and result",
+		Use:   "status [ID]",
+		Short: "A task's state, retries, last error and result; without ID, the cut-over's",
 		Long: `A task's state, retries, last error and result, looked up in every queue.
-Finished tasks enqueued by hand are kept for a day.`,
-		Args: cobra.ExactArgs(1),
+Finished tasks enqueued by hand are kept for a day.
+
+Without an ID: the coexistence with the Python scheduler during a cut-over
+(docs/migration.md): who holds the Python supervisor's lease, the cut-over
+window, and the tasks the Python scheduler was seen running while the Go
+workers schedule them.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rdb, err := c.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
+			if len(args) == 0 {
+				return c.cutoverStatus(cmd.Context(), rdb, asJSON)
+			}
 			insp := asynq.NewInspectorFromRedisClient(rdb)
 			defer insp.Close()
 			queues, err := insp.Queues()

@@ -60,6 +60,7 @@ func (a *app) startBackground(ctx context.Context) error {
 		a.log.Info("scheduler disabled (SCHEDULER_ENABLED=false): this process only runs tasks")
 	}
 	a.superviseNodeLocal(bg, &wg)
+	a.watchLegacyRuns(bg, &wg)
 	return nil
 }
 
@@ -109,7 +110,7 @@ func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Con
 	if status != server.StatusSkipped {
 		e := events.Event{Topic: "scheduler_task_run", Source: "scheduler", Status: "ok",
 			DurationMS: float64(elapsed.Microseconds()) / 1000, Preview: "task=" + task + " status=ok",
-			Payload: map[string]any{"task": task, "error": ""}}
+			Payload: map[string]any{"task": task, "error": "", "origin": events.Origin}}
 		if err != nil {
 			e.Status, e.Preview, e.Payload["error"] = "error", "task="+task+" status=error", err.Error()
 		}

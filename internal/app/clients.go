@@ -26,6 +26,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/kg/plan"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/queue/legacy"
 	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
@@ -99,6 +100,9 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	}
 	if a.journal != nil {
 		d.Journal = a.journal
+	}
+	if cfg.LegacyCoexistence {
+		d.HandOver = legacy.HandOver{Redis: a.rdb}
 	}
 	if cfg.FalkorDBURL != "" && cfg.Role != config.RoleNode { // no node-local task uses the graph
 		g, closeGraph, err := openGraph(ctx, a.log, cfg)

@@ -57,12 +57,14 @@ func metric(t *testing.T, addr, prefix string) float64 {
 	return 0
 }
 
-// While the Python supervisor's lease exists, dedup and org stand down at
-// every occurrence; once it is gone, their next occurrence runs.
-func TestSupervisedTasksStandDownWhileTheLegacyLeaderHoldsItsLease(t *testing.T) {
+// With no cut-over setting at all, while the Python supervisor's lease
+// (the bot's default SG_LEADER_KEY) exists, dedup and org stand down at
+// every occurrence; once it is gone, they run within one interval.
+func TestSupervisedTasksStandDownWhileTheLegacyLeaderHoldsItsLeaseWithNoSetting(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a whole worker over several occurrences: skipped under -short")
 	}
+	const interval = 2 * time.Second
 	r := redistest.Start(t)
 	fk := falkortest.Start(t)
 	llm := extracttest.Start(t)
@@ -73,7 +75,7 @@ func TestSupervisedTasksStandDownWhileTheLegacyLeaderHoldsItsLease(t *testing.T)
 	}
 	addr := runApp(t, map[string]string{
 		"REDIS_URL": r.URL(), "FALKORDB_URL": fk.URL(), "LLM_BASE_URL": llm.BaseURL(),
-		"LEGACY_LEADER_KEY": "sg:leader:supervisor", "KA_DEDUP_INTERVAL_SECONDS": "2", "KA_ORG_INTERVAL_SECONDS": "2",
+		"KA_DEDUP_INTERVAL_SECONDS": "2", "KA_ORG_INTERVAL_SECONDS": "2",
 	})
 	for _, task := range []string{jobs.LimbicDedup, jobs.LimbicOrg} {
 		poll.Until(t, task+" standing down twice", func() bool {
@@ -84,10 +86,44 @@ func TestSupervisedTasksStandDownWhileTheLegacyLeaderHoldsItsLease(t *testing.T)
 		}
 	}
 	rdb.Del(ctx, "sg:leader:supervisor") // the Python supervisor stopped
+	released := time.Now()
 	for _, task := range []string{jobs.LimbicDedup, jobs.LimbicOrg} {
 		poll.Until(t, task+" running once the lease is gone", func() bool {
 			return metric(t, addr, `stargazer_task_runs_total{status="ok",task="`+task+`"}`) >= 1
 		})
+	}
+	// One interval, plus the scheduler's 1 s poll and the run itself.
+	took := time.Since(released)
+	t.Logf("FIGURE both supervised tasks ran %.1f s after the lease was released (interval %v)", took.Seconds(), interval)
+	if took > interval+2*time.Second {
+		t.Errorf("ran %v after the release, more than one interval (%v) and the scheduler's poll", took, interval)
+	}
+}
+
+// A deployment with no Python side opts out: the lease, whoever holds it,
+// stands nothing down.
+func TestNoCoexistenceRunsTheSupervisedTasksWhateverHoldsTheLease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole worker: skipped under -short")
+	}
+	r := redistest.Start(t)
+	fk := falkortest.Start(t)
+	llm := extracttest.Start(t)
+	rdb := r.Client(t)
+	if err := rdb.Set(context.Background(), "sg:leader:supervisor", "someone", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	addr := runApp(t, map[string]string{
+		"REDIS_URL": r.URL(), "FALKORDB_URL": fk.URL(), "LLM_BASE_URL": llm.BaseURL(),
+		"LEGACY_COEXISTENCE": "false", "KA_DEDUP_INTERVAL_SECONDS": "1", "KA_ORG_INTERVAL_SECONDS": "1",
+	})
+	for _, task := range []string{jobs.LimbicDedup, jobs.LimbicOrg} {
+		poll.Until(t, task+" running", func() bool {
+			return metric(t, addr, `stargazer_task_runs_total{status="ok",task="`+task+`"}`) >= 1
+		})
+		if n := metric(t, addr, `stargazer_task_stood_down_total{reason="legacy_leader",task="`+task+`"}`); n != 0 {
+			t.Errorf("%s stood down %v times with LEGACY_COEXISTENCE=false", task, n)
+		}
 	}
 }
 

@@ -40,6 +40,9 @@ func TestEachLLMPurposeCallsItsOwnEndpoint(t *testing.T) {
 		"LLM_BASE_URL": chat.BaseURL(), "API_KEY": "sk-chat-secret",
 		"EXTRACTION_LLM_BASE_URL": extraction.BaseURL(),
 		"KA_ENABLED":              "true", "SCHEDULER_ENABLED": "false",
+		// No Python side: anchoring reads the last hour, not only what
+		// arrives after its hand-over point.
+		"LEGACY_COEXISTENCE": "false",
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

@@ -7,7 +7,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/server"
-	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -35,11 +34,7 @@ func (a *app) startServer(ctx context.Context) error {
 		Catalog: a.catalog, RedisClient: a.rdb, SingletonLease: cfg.SingletonLease,
 		KillSwitch: a.killSwitch, SkipAsynqWorkarounds: !a.asynqCovered,
 	}
-	if cfg.LegacyLeaderKey != "" {
-		wopt.LegacyLeader = singleton.LegacyLeader{Redis: a.rdb, Key: cfg.LegacyLeaderKey}
-		a.log.Info("coexistence with the Python supervisor: limbic_dedup_task and limbic_org_task stand down while its lease exists",
-			"legacy_leader_key", cfg.LegacyLeaderKey)
-	}
+	a.coexist(&wopt)
 	mux := server.Mux(wopt)
 	deps, err := a.handlerDeps(ctx)
 	if err != nil {

@@ -101,9 +101,14 @@ type Config struct {
 	NodeName      string                   `env:"NODE_NAME" help:"Names this node for its log_rag_ingest cursor (one per node and unit). Empty: the machine id (/etc/machine-id, which outlives pods and renames), else the host name. In Kubernetes, spec.nodeName through the downward API."`
 	// DeploymentID names this rollout; startup tasks run once per ID.
 	DeploymentID string `env:"DEPLOYMENT_ID" check:"deployment_id" help:"Names this rollout: startup_channel_backfill is enqueued once per DEPLOYMENT_ID however many workers start (task ID startup_channel_backfill@<id>, kept 24 h). Set it per rollout (image tag, commit, Kubernetes pod-template-hash). Empty: derived from the worker binary (its VCS revision, else a hash of the file), so restarting the same build within 24 h does not backfill again."`
-	// LegacyLeaderKey is the Python supervisor's SG_LEADER_KEY, during a
-	// cut-over.
-	LegacyLeaderKey string `env:"LEGACY_LEADER_KEY" help:"During a cut-over from the Python scheduler: the bot's SG_LEADER_KEY (sg:leader:supervisor). While that lease exists, limbic_dedup_task and limbic_org_task (the loops the Python TaskSupervisor ran) stand down at each occurrence. Empty: off (docs/migration.md)."`
+	// LegacyCoexistence, SGLeaderKey, LegacyLeaderKey and
+	// LegacyRunStandDownWindow make a cut-over from the Python scheduler
+	// safe by default (docs/migration.md, "Coexistence"); cutover.go
+	// resolves them.
+	LegacyCoexistence        bool   `env:"LEGACY_COEXISTENCE" default:"true" help:"The workers defer to a Python scheduler that may still run beside them (docs/migration.md): limbic_dedup_task and limbic_org_task stand down while the Python TaskSupervisor holds its lease (SG_LEADER_KEY); a task seen running in the Python scheduler stands down for the rest of its interval (LEGACY_RUN_STAND_DOWN_WINDOW); cursor-driven tasks start where the Python side left off, not in history. false: a deployment with no Python side, ever (the cursors then start from their own look-backs, anamnesis_digest at the first fragment); Python runs are still reported."`
+	SGLeaderKey              string `env:"SG_LEADER_KEY" default:"sg:leader:supervisor" help:"The Python TaskSupervisor's leader lease, under the bot's own variable and default: while this key exists (and LEGACY_COEXISTENCE is on), limbic_dedup_task and limbic_org_task stand down at each occurrence; they run at the first occurrence after it is gone."`
+	LegacyLeaderKey          string `env:"LEGACY_LEADER_KEY" help:"Older name of SG_LEADER_KEY, still honoured: when set it is the lease key. Setting both to different keys is an error."`
+	LegacyRunStandDownWindow Window `env:"LEGACY_RUN_STAND_DOWN_WINDOW" default:"720h" help:"How long after the cut-over started (the first worker scheduler on this Redis) a task seen running in the Python scheduler stands down in Go for the rest of its interval, so a run is not paid twice. After it, such runs are only reported (log, stargazer_legacy_runs_total, alert): standing down for good on the word of a pub/sub message would let any stray publisher stop the Go side. 0 or off: never stand down."`
 	// SingletonLease is how long a singleton run's lease lasts unrenewed.
 	SingletonLease time.Duration `env:"SINGLETON_LEASE" default:"30s" help:"Lease of a running singleton task, renewed every third of it. A worker that stops renewing (dead, frozen, cut off) loses it after this long, and its ownership checks fail from then on."`
 	// FastLeaseRecovery runs the worker's own lease recoverer.

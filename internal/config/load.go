@@ -116,6 +116,9 @@ func Load(getenv func(string) string, args []string, usage io.Writer) (Config, e
 	if c.MonitorViewUser != "" && c.MonitorViewUser == c.MonitorUser {
 		return c, &Error{Setting: "MONITOR_VIEW_USER", Reason: "must differ from MONITOR_USER"}
 	}
+	if err := c.checkCutover(); err != nil {
+		return c, err
+	}
 	return c, nil
 }
 

@@ -48,6 +48,10 @@ type Options struct {
 	// LegacyLeader, if set, makes the supervised tasks stand down while the
 	// Python supervisor holds its lease (LEGACY_LEADER_KEY).
 	LegacyLeader LegacyLeader
+	// LegacyRuns, if set, makes a scheduled occurrence stand down while
+	// the Python scheduler's last run of its task is recent (the cut-over
+	// window; legacyrun.go).
+	LegacyRuns LegacyRuns
 }
 
 // Observer records each run, for metrics. Task names are bounded: a type
@@ -149,7 +153,7 @@ func Mux(o Options) *asynq.ServeMux {
 	// observe, so that a panic in our own middleware is still archived and
 	// counted. Every middleware also releases what it took in a defer, which
 	// runs on a panic too (docs/scheduling.md lists them).
-	mux.Use(observe(o, specs), recoverPanics(o.Logger), standDown(o, specs), singletons(o, specs), recoverPanics(o.Logger))
+	mux.Use(observe(o, specs), recoverPanics(o.Logger), standDown(o, specs), standDownForLegacyRuns(o, specs), singletons(o, specs), recoverPanics(o.Logger))
 	return mux
 }
 
@@ -352,7 +356,7 @@ func publish(p *events.Async, log *slog.Logger, task, id, status, errMsg string,
 		Topic: "scheduler_task_run", Source: "scheduler", Status: evStatus,
 		DurationMS: float64(elapsed.Microseconds()) / 1000,
 		Preview:    fmt.Sprintf("task=%s status=%s", task, evStatus),
-		Payload:    map[string]any{"task": task, "error": errMsg, "task_id": id},
+		Payload:    map[string]any{"task": task, "error": errMsg, "task_id": id, "origin": events.Origin},
 	}
 	if !p.Offer(e) {
 		log.Debug("debug event dropped: the event buffer is full")

@@ -124,7 +124,8 @@ func TestEveryRunOutcomePublishesOneSchedulerTaskRunEvent(t *testing.T) {
 		if err := json.Unmarshal([]byte(msg.Payload), &e); err != nil {
 			t.Fatal(err)
 		}
-		if e.Topic != "scheduler_task_run" || e.Status != "ok" || e.Payload["task"] != jobs.ScheduledPromptCleanup || e.DurationMS <= 0 {
+		if e.Topic != "scheduler_task_run" || e.Status != "ok" || e.Payload["task"] != jobs.ScheduledPromptCleanup || e.DurationMS <= 0 ||
+			e.Payload["origin"] != events.Origin {
 			t.Errorf("event %+v", e)
 		}
 	case <-time.After(15 * time.Second):

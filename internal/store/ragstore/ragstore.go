@@ -159,3 +159,33 @@ func str(v any) string {
 	s, _ := v.(string)
 	return s
 }
+
+// startScript sets an absent cursor to the store's length, in one step:
+// a fragment appended meanwhile is after it.
+var startScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then return {v, 0} end
+local n = redis.call('LLEN', KEYS[2])
+redis.call('SET', KEYS[1], n)
+return {tostring(n), 1}
+`)
+
+// StartAtEnd sets the cursor at key to the end of the corpus if it has
+// none, and returns the cursor and whether this call set it: a reader
+// taking over from another (the Python side, after a cut-over) starts with
+// what is appended from now on instead of the whole corpus.
+func (s *Store) StartAtEnd(ctx context.Context, key string) (int64, bool, error) {
+	res, err := startScript.Run(ctx, s.rdb, []string{key, FragmentsKey}).Slice()
+	if err != nil {
+		return 0, false, fmt.Errorf("ragstore: starting cursor %s at the end: %w", key, err)
+	}
+	if len(res) != 2 {
+		return 0, false, fmt.Errorf("ragstore: starting cursor %s at the end: %d values from the script", key, len(res))
+	}
+	v, err := strconv.ParseInt(str(res[0]), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("ragstore: cursor %s is %q: %w", key, res[0], err)
+	}
+	started, _ := res[1].(int64)
+	return v, started == 1, nil
+}

@@ -254,6 +254,10 @@ func Env(redisURL, falkorURL, llmURL string, extra map[string]string) map[string
 		"REDIS_URL": redisURL, "FALKORDB_URL": falkorURL, "FALKORDB_GRAPH": "kg", "LLM_BASE_URL": llmURL,
 		"KA_ENABLED": "true", "TASK_INTERVALS": strings.Join(off, ","), "LOG_LEVEL": "warn",
 		"SHUTDOWN_TIMEOUT": "5s", "WORKER_CONCURRENCY": "10", "QUEUE_METRICS": "false",
+		// A Go-only deployment: the seeded messages are history the
+		// planner must read (after a cut-over it would start at its
+		// hand-over point, after them).
+		"LEGACY_COEXISTENCE": "false",
 	}
 	for k, v := range extra {
 		env[k] = v
