@@ -115,6 +115,8 @@ if [ ! -f "$falkordb_module" ]; then
   retry install_falkordb_module || { echo "could not install the FalkorDB module" >&2; exit 1; }
 fi
 
+./scripts/kube-tools.sh # etcd, kube-apiserver, kubectl and CRDs for deploy/'s API server tests, cached by version
+
 if [ "${1:-}" = --install-only ]; then
   exit 0
 fi
