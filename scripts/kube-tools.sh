@@ -150,6 +150,7 @@ install_crds() (
     echo "$sum  $tmp/$name/$(basename "$path")" | sha256sum -c --quiet ||
       { echo "kube-tools: $module $path does not match its pinned sha256" >&2; return 1; }
   done
+  chmod 755 "$tmp"
   rm -rf "$crd_dir"
   mv "$tmp" "$crd_dir"
   trap - EXIT

@@ -41,8 +41,11 @@ func TestStartServesTheAPIAndCleansUp(t *testing.T) {
 		if _, err := s.Shell(ctx, t.TempDir(), "kubectl create namespace probe && kubectl -n probe create configmap c --from-literal=k=v"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Kubectl(ctx, t.TempDir(), "--token=wrong", "get", "namespaces"); err == nil || !strings.Contains(err.Error(), "Unauthorized") {
-			t.Errorf("a wrong token: %v, want Unauthorized", err)
+		if _, err := s.Kubectl(ctx, t.TempDir(), "--token=wrong", "get", "namespaces"); err == nil || !strings.Contains(err.Error(), "provide credentials") {
+			t.Errorf("a wrong token: %v, want a refusal for credentials", err)
+		}
+		if _, err := s.Kubectl(ctx, t.TempDir(), "--as=nobody", "-n", "probe", "get", "configmaps"); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+			t.Errorf("a user without a role: %v, want Forbidden (RBAC)", err)
 		}
 		pids = s.PIDs()
 		if len(pids) != 2 {
