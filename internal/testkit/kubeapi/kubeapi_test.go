@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -57,5 +59,25 @@ func TestStartServesTheAPIAndCleansUp(t *testing.T) {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("process %d still exists after cleanup (kill 0: %v)", pid, err)
 		}
+	}
+}
+
+// Without the tools, Start fails the test (it does not skip it) and names
+// the command that installs them. The test runs itself in a child process
+// whose cache directory is empty.
+func TestStartFailsNamingTheInstallCommandWithoutTools(t *testing.T) {
+	if os.Getenv("KUBEAPI_TEST_CHILD") == "1" {
+		kubeapi.Start(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStartFailsNamingTheInstallCommandWithoutTools$", "-test.v")
+	cmd.Env = append(os.Environ(), "KUBEAPI_TEST_CHILD=1", "XDG_CACHE_HOME="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Fatalf("child test: %v, want it to fail\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--- FAIL") || !strings.Contains(string(out), "./scripts/test.sh --install-only") {
+		t.Errorf("child test output does not fail naming ./scripts/test.sh --install-only:\n%s", out)
 	}
 }
