@@ -118,7 +118,14 @@ func Start(tb testing.TB) *Server {
 	tb.Helper()
 	tools := FindTools(tb)
 	s := &Server{Dir: tb.TempDir(), Tools: tools}
-	tb.Cleanup(s.stop)
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			for _, p := range s.procs {
+				tb.Logf("kubeapi: end of the %s log:\n%s", p.name, p.tail())
+			}
+		}
+		s.stop()
+	})
 	if err := s.writeCredentials(); err != nil {
 		tb.Fatalf("kubeapi: %v", err)
 	}
