@@ -296,6 +296,12 @@ func TestOverlaysOnAPIServerRejectMutations(t *testing.T) {
 			want: ".spec.podMetricsEndpoints[0].interval: expected string",
 		},
 		{
+			name: "a deprecated field (an API server warning)", overlay: "dev", file: "base/worker.yaml",
+			old:  `(?m)^(      serviceAccountName: \S+\n)`,
+			new:  "${1}      nodeSelector:\n        beta.kubernetes.io/os: linux\n",
+			want: `the API server warned: Warning: spec.template.spec.nodeSelector[beta.kubernetes.io/os]: deprecated`,
+		},
+		{
 			name: "broken selector in a Deployment", overlay: "dev", file: "base/worker.yaml",
 			old:  `(?m)^(  template:\n    metadata:\n      labels:\n(?:        .*\n)*?        app\.kubernetes\.io/component: )worker$`,
 			new:  "${1}workers",
@@ -401,8 +407,16 @@ func verifyOverlay(t *testing.T, plan readmePlan, root, overlay string) error {
 		return err
 	}
 	for _, c := range plan.forOverlay(t, overlay) {
-		if _, err := srv.Shell(ctx, root, c.line); err != nil {
+		_, stderr, err := srv.Shell(ctx, root, c.line)
+		if err != nil {
 			return fmt.Errorf("README step %d: %w", c.step, err)
+		}
+		// The API server's warnings (a deprecated API or field, a
+		// duplicate entry it will drop) are failures too.
+		for _, l := range strings.Split(string(stderr), "\n") {
+			if strings.HasPrefix(l, "Warning:") {
+				return fmt.Errorf("README step %d: %s: the API server warned: %s", c.step, c.line, l)
+			}
 		}
 		if strings.Contains(c.line, "--dry-run=server") {
 			// A dry run stores nothing.

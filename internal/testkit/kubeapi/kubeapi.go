@@ -170,21 +170,28 @@ func (s *Server) Kubectl(ctx context.Context, dir string, args ...string) ([]byt
 }
 
 // Shell runs a command line with bash in dir, as an operator would type it
-// (quotes and all), with kubectl on PATH pointing at this server.
-func (s *Server) Shell(ctx context.Context, dir, line string) ([]byte, error) {
-	return s.run(exec.CommandContext(ctx, "bash", "-c", line), dir)
+// (quotes and all), with kubectl on PATH pointing at this server. It
+// returns the standard output and the standard error (where kubectl prints
+// the API server's warnings).
+func (s *Server) Shell(ctx context.Context, dir, line string) (stdout, stderr []byte, err error) {
+	return s.runBoth(exec.CommandContext(ctx, "bash", "-c", line), dir)
 }
 
 func (s *Server) run(cmd *exec.Cmd, dir string) ([]byte, error) {
+	stdout, _, err := s.runBoth(cmd, dir)
+	return stdout, err
+}
+
+func (s *Server) runBoth(cmd *exec.Cmd, dir string) ([]byte, []byte, error) {
 	cmd.Dir = dir
 	cmd.Env = s.Env()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Run(); err != nil {
-		return stdout.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(stderr.String()))
+		return stdout.Bytes(), stderr.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(stderr.String()))
 	}
-	return stdout.Bytes(), nil
+	return stdout.Bytes(), stderr.Bytes(), nil
 }
 
 // process is one child: its command and where its output goes.

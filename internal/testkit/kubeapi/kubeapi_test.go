@@ -40,7 +40,7 @@ func TestStartServesTheAPIAndCleansUp(t *testing.T) {
 		}
 
 		// RBAC is on: the admin token works, a request without it is refused.
-		if _, err := s.Shell(ctx, t.TempDir(), "kubectl create namespace probe && kubectl -n probe create configmap c --from-literal=k=v"); err != nil {
+		if _, _, err := s.Shell(ctx, t.TempDir(), "kubectl create namespace probe && kubectl -n probe create configmap c --from-literal=k=v"); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Kubectl(ctx, t.TempDir(), "--token=wrong", "get", "namespaces"); err == nil || !strings.Contains(err.Error(), "provide credentials") {
