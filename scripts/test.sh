@@ -120,6 +120,7 @@ if [ ! -f "$falkordb_module" ]; then
 fi
 
 FALKORDB_MODULE="$falkordb_module" ./scripts/container-tools.sh --install-only
+./scripts/kube-tools.sh # etcd, kube-apiserver, kubectl and CRDs for deploy/'s API server tests, cached by version
 
 if [ "${1:-}" = --install-only ]; then
   exit 0
