@@ -449,12 +449,16 @@ func verifyOverlay(t *testing.T, plan readmePlan, root, overlay string) error {
 	return f.err()
 }
 
-// installCRDs applies the CRDs scripts/kube-tools.sh put in the cache, once
-// each file's sha256 matches deploy/third_party's ORIGIN.md, and waits for
-// the API server to serve them.
+// installCRDs applies the CRDs vendored in deploy/third_party, once each
+// file's sha256 matches its ORIGIN.md, and waits for the API server to
+// serve them.
 func installCRDs(ctx context.Context, t *testing.T, srv *kubeapi.Server) error {
 	t.Helper()
-	files, err := thirdPartyCRDs(srv.Tools.CRDDir)
+	dir, err := filepath.Abs(filepath.Join(repoRoot, "deploy", "third_party"))
+	if err != nil {
+		return err
+	}
+	files, err := thirdPartyCRDs(dir)
 	if err != nil {
 		return err
 	}
@@ -472,7 +476,7 @@ func installCRDs(ctx context.Context, t *testing.T, srv *kubeapi.Server) error {
 // thirdPartyCRDs lists the CRD files deploy/third_party/*/ORIGIN.md pin,
 // in dir, after checking each one's sha256 and its LICENSE beside it.
 func thirdPartyCRDs(dir string) ([]string, error) {
-	origins, err := filepath.Glob(filepath.Join(repoRoot, "deploy", "third_party", "*", "ORIGIN.md"))
+	origins, err := filepath.Glob(filepath.Join(dir, "*", "ORIGIN.md"))
 	if err != nil || len(origins) == 0 {
 		return nil, fmt.Errorf("no deploy/third_party/*/ORIGIN.md (%v)", err)
 	}
@@ -495,7 +499,7 @@ func thirdPartyCRDs(dir string) ([]string, error) {
 			f := filepath.Join(dir, project, r[1])
 			data, err := os.ReadFile(f)
 			if err != nil {
-				return nil, fmt.Errorf("%w; run ./scripts/test.sh --install-only", err)
+				return nil, err
 			}
 			if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != r[2] {
 				return nil, fmt.Errorf("%s: sha256 %x, %s pins %s", f, sum, o, r[2])

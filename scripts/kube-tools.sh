@@ -11,25 +11,25 @@
 #
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/stargazer-jobs/kubernetes-v1.34.4/{kube-apiserver,kubectl}
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/stargazer-jobs/etcd-v3.6.16/etcd
-#   ${XDG_CACHE_HOME:-$HOME/.cache}/stargazer-jobs/crds-<pins>/...   (see deploy/third_party)
 #
 # The CustomResourceDefinitions the manifests use (KEDA's ScaledObject, the
-# Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule) come
-# out of the upstream projects' Go modules at pinned versions, each checked
-# against the sha256 recorded in deploy/third_party/*/ORIGIN.md, with the
-# module's LICENSE beside it.
+# Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule) are
+# vendored in deploy/third_party, with their licenses; --update-crds copies
+# them there again out of the upstream projects' Go modules at the versions
+# pinned below, each checked against its sha256.
 #
 # scripts/test.sh runs this in its install phase. Run by hand:
-#   ./scripts/kube-tools.sh          # build what is missing, print where it is
-#   ./scripts/kube-tools.sh --print  # print the directories only (no build)
+#   ./scripts/kube-tools.sh               # build what is missing, print where it is
+#   ./scripts/kube-tools.sh --print       # print the directories only (no build)
+#   ./scripts/kube-tools.sh --update-crds # re-vendor the CRDs (after changing a pin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBE_VERSION=v1.34.4  # k8s.io/kubernetes; its staging modules are k8s.io/* v0.34.4
 ETCD_VERSION=v3.6.16  # go.etcd.io/etcd/server/v3
 # CRD sources: Go module, version, path inside the module, sha256. Keep in
-# step with deploy/third_party/*/ORIGIN.md (deploy's tests read the same
-# files from the cache and compare these sums).
+# step with deploy/third_party/*/ORIGIN.md (deploy's tests check the
+# vendored files against the sums there).
 KEDA_MODULE=github.com/kedacore/keda/v2@v2.17.0
 PROMOP_MODULE=github.com/prometheus-operator/prometheus-operator@v0.86.1
 CRDS=(
@@ -42,10 +42,10 @@ CRDS=(
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/stargazer-jobs
 kube_dir=$cache/kubernetes-$KUBE_VERSION
 etcd_dir=$cache/etcd-$ETCD_VERSION
-crd_dir=$cache/crds-keda-${KEDA_MODULE##*@}-prometheus-operator-${PROMOP_MODULE##*@}
+crd_dir=deploy/third_party
 
 if [ "${1:-}" = --print ]; then
-  printf '%s\n' "$kube_dir" "$etcd_dir" "$crd_dir"
+  printf '%s\n' "$kube_dir" "$etcd_dir"
   exit 0
 fi
 
@@ -135,26 +135,27 @@ EOF
   mv "$tmp/out" "$etcd_dir"
 )
 
-# install_crds: copies each CRD and its module's LICENSE out of the module
-# cache after checking the CRD's sha256 against the pin.
-install_crds() (
-  tmp=$(mktemp -d "$cache/.crds.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT
+# update_crds: copies each CRD and its module's LICENSE out of the module
+# cache into deploy/third_party/<project>/, after checking the CRD's sha256
+# against the pin.
+update_crds() {
+  local entry name module path sum dir
   for entry in "${CRDS[@]}"; do
     IFS='|' read -r name module path sum <<<"$entry"
     dir=$(retry go mod download -json "$module" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
     [ -n "$dir" ] || { echo "kube-tools: go mod download $module gave no directory" >&2; return 1; }
-    mkdir -p "$tmp/$name"
-    cp "$dir/$path" "$tmp/$name/"
-    cp "$dir/LICENSE" "$tmp/$name/LICENSE"
-    echo "$sum  $tmp/$name/$(basename "$path")" | sha256sum -c --quiet ||
+    echo "$sum  $dir/$path" | sha256sum -c --quiet ||
       { echo "kube-tools: $module $path does not match its pinned sha256" >&2; return 1; }
+    mkdir -p "$crd_dir/$name"
+    install -m 644 "$dir/$path" "$crd_dir/$name/"
+    install -m 644 "$dir/LICENSE" "$crd_dir/$name/LICENSE"
   done
-  chmod 755 "$tmp"
-  rm -rf "$crd_dir"
-  mv "$tmp" "$crd_dir"
-  trap - EXIT
-)
+}
+if [ "${1:-}" = --update-crds ]; then
+  update_crds
+  echo "kube-tools: CRDs vendored in $crd_dir; update the ORIGIN.md files if a pin changed"
+  exit 0
+fi
 
 total=$SECONDS
 # Not `test || build`: errexit does not apply on the left of ||.
@@ -164,7 +165,4 @@ fi
 if [ ! -x "$kube_dir/kube-apiserver" ] || [ ! -x "$kube_dir/kubectl" ]; then
   timed "kube-apiserver and kubectl $KUBE_VERSION" build_kubernetes
 fi
-if [ ! -d "$crd_dir" ]; then
-  timed "CRDs ($KEDA_MODULE, $PROMOP_MODULE)" install_crds
-fi
-echo "kube-tools: ready in $((SECONDS - total))s: $kube_dir $etcd_dir $crd_dir"
+echo "kube-tools: ready in $((SECONDS - total))s: $kube_dir $etcd_dir"

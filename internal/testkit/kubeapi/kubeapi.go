@@ -36,12 +36,11 @@ import (
 	"time"
 )
 
-// Tools are the binaries and CRD files scripts/kube-tools.sh installs.
+// Tools are the binaries scripts/kube-tools.sh builds.
 type Tools struct {
 	Etcd          string // etcd binary
 	KubeAPIServer string // kube-apiserver binary
 	Kubectl       string // kubectl binary
-	CRDDir        string // the CRDs, one folder per upstream project (see deploy/third_party)
 }
 
 // installHint is what a test failing for want of the tools tells the reader.
@@ -81,16 +80,15 @@ func FindTools(tb testing.TB) Tools {
 		tb.Fatalf("kubeapi: scripts/kube-tools.sh --print: %v", err)
 	}
 	dirs := strings.Fields(string(out))
-	if len(dirs) != 3 {
-		tb.Fatalf("kubeapi: scripts/kube-tools.sh --print gave %q, want three directories", out)
+	if len(dirs) != 2 {
+		tb.Fatalf("kubeapi: scripts/kube-tools.sh --print gave %q, want two directories", out)
 	}
 	t := Tools{
 		KubeAPIServer: filepath.Join(dirs[0], "kube-apiserver"),
 		Kubectl:       filepath.Join(dirs[0], "kubectl"),
 		Etcd:          filepath.Join(dirs[1], "etcd"),
-		CRDDir:        dirs[2],
 	}
-	for _, p := range []string{t.KubeAPIServer, t.Kubectl, t.Etcd, t.CRDDir} {
+	for _, p := range []string{t.KubeAPIServer, t.Kubectl, t.Etcd} {
 		if _, err := os.Stat(p); err != nil {
 			tb.Fatalf("kubeapi: %s is missing: %s", p, installHint)
 		}
