@@ -4,7 +4,12 @@
 # Chromium for the dashboard test, FalkorDB for the graph tests (valkey-server
 # plus the FalkorDB module, see internal/testkit/falkortest), and Prometheus
 # for the alerting test in deploy/ (it scrapes a real worker and evaluates
-# deploy/prometheus/alerts.yml).
+# deploy/prometheus/alerts.yml); podman, Docker Compose and the images the
+# compose file names for the stack test in deploy/stack
+# (scripts/container-tools.sh); etcd, kube-apiserver and kubectl for the
+# API server tests in deploy/ (scripts/kube-tools.sh). The tools and images
+# are cached by version under ~/.cache/stargazer-jobs: a second run builds
+# none of them.
 #
 #   ./scripts/test.sh                 # install what is missing, then gofmt, vet, test
 #   ./scripts/test.sh --install-only  # only the installs
@@ -29,6 +34,20 @@ retry() {
     [ "$attempt" -eq 3 ] && { echo "failed 3 times: $*" >&2; return 1; }
     sleep 10
   done
+}
+
+# The Kubernetes tools need only Go and the module proxy, and their cold
+# build is the longest step (about 14 min on 2 cores): it runs in the
+# background while the packages and images below are installed.
+kube_log=$(mktemp "${TMPDIR:-/tmp}/kube-tools.XXXXXX.log")
+./scripts/kube-tools.sh >"$kube_log" 2>&1 &
+kube_pid=$!
+wait_kube_tools() {
+  local status=0
+  wait "$kube_pid" || status=$?
+  cat "$kube_log"
+  rm -f "$kube_log"
+  [ "$status" -eq 0 ] || { echo "scripts/kube-tools.sh failed ($status)" >&2; exit 1; }
 }
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
@@ -120,7 +139,7 @@ if [ ! -f "$falkordb_module" ]; then
 fi
 
 FALKORDB_MODULE="$falkordb_module" ./scripts/container-tools.sh --install-only
-./scripts/kube-tools.sh # etcd, kube-apiserver, kubectl and CRDs for deploy/'s API server tests, cached by version
+wait_kube_tools
 
 if [ "${1:-}" = --install-only ]; then
   exit 0
@@ -133,7 +152,12 @@ if [ -n "$unformatted" ]; then
 fi
 echo "== go vet"
 go vet ./...
-echo "== go test -race"
 # -timeout: go test's default (10 min per package binary) is about what
 # internal/e2e's multi-process scenarios take on a slow CI machine.
-go test -race -count=1 -timeout 30m ./...
+# The deployment tests go first, on their own: building the images (a cold
+# Go build inside a container) loads both cores for minutes, and the
+# multi-process scenarios of internal/e2e measure time.
+echo "== go test -race ./deploy/... (images, the compose stack, the API server)"
+go test -race -count=1 -timeout 30m ./deploy/...
+echo "== go test -race (everything else)"
+go test -race -count=1 -timeout 30m $(go list ./... | grep -v '/deploy\(/\|$\)')
