@@ -54,7 +54,6 @@ func (c *clock) Add(d time.Duration) {
 
 const model = "google/gemini-2.5-flash"
 
-
 func TestCallsAreChargedToTheirTaskModelAndPurposeWithTheirPrice(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
@@ -151,7 +150,7 @@ func TestTheClusterBudgetHoldsEveryTaskTogether(t *testing.T) {
 	ctx := context.Background()
 	l := spend.New(rdb, spend.Options{
 		Prices:  map[string]spend.Price{model: {Prompt: 1, Completion: 1}}, // $1 per million
-		Budgets: map[string]spend.Limit{spend.Cluster: spend.USD(0.002)},  // 2,000 tokens' worth
+		Budgets: map[string]spend.Limit{spend.Cluster: spend.USD(0.002)},   // 2,000 tokens' worth
 	})
 	fake := &fakeChat{u: llm.Usage{PromptTokens: 500, CompletionTokens: 500}, content: "ok"}
 	m := l.Chat(fake, time.Minute)
