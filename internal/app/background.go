@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
@@ -34,6 +35,7 @@ func (a *app) startBackground(ctx context.Context) error {
 		s, err := periodic.New(periodic.Config{
 			Redis: a.rdb, Enqueuer: asynqcompat.RecordEnqueues(a.client, a.rdb, a.log), States: periodic.InspectorStates{Inspector: a.insp},
 			Observer: a.metrics, Logger: a.log.With("component", "scheduler"), SkipAsynqWorkarounds: !a.asynqCovered,
+			Holds: spend.NewGate(a.spend, a.insp, a.log.With("component", "spend")),
 		}, entries(a.decisions))
 		if err != nil {
 			return err
@@ -86,7 +88,7 @@ func (a *app) superviseNodeLocal(ctx context.Context, wg *sync.WaitGroup) {
 func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Context) error) error {
 	a.metrics.RunStarted(task)
 	start := time.Now()
-	err := fn(ctx)
+	err := fn(spend.WithTask(ctx, task))
 	elapsed := time.Since(start)
 	status := server.StatusOK
 	switch {
