@@ -99,8 +99,6 @@ func NewServer(o Options) *asynq.Server {
 		Queues:          jobs.Queues(),
 		ShutdownTimeout: o.ShutdownTimeout,
 		RetryDelayFunc:  RetryDelay(o.Catalog),
-		// A deferred run waits for its budget; it did not fail.
-		IsFailure: func(err error) bool { return !errors.Is(err, ErrDeferred) },
 		Logger:          slogAdapter{log.With("component", "asynq")},
 		LogLevel:        asynq.WarnLevel,
 		HealthCheckFunc: func(err error) {
@@ -108,6 +106,8 @@ func NewServer(o Options) *asynq.Server {
 				log.Error("redis health check failed; asynq keeps retrying", "component", "healthcheck", "error", err)
 			}
 		},
+		// A deferred run waits for its budget; it did not fail.
+		IsFailure: func(err error) bool { return !errors.Is(err, ErrDeferred) },
 	})
 }
 
