@@ -123,6 +123,7 @@ Exit codes: 0 ok, 1 runtime failure (e.g. Redis unreachable), 2 usage error.`,
 		return usageError("%v\nRun '%s --help' for usage.", err, cmd.CommandPath())
 	})
 	root.AddCommand(c.listCmd(), c.runCmd(), c.statusCmd(), c.schedulesCmd(), c.backlogCmd(), c.locksCmd(), c.unlockCmd(), c.promptsCmd())
+	root.AddCommand(c.spendCmd(), c.budgetCmd())
 	return root
 }
 
