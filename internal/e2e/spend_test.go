@@ -1,0 +1,260 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/llmtest"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/jobs"
+)
+
+var (
+	enqueuerOnce sync.Once
+	enqueuerBin  string
+	enqueuerErr  error
+)
+
+// enqueuer runs the enqueuer binary against redisURL and returns its
+// output.
+func enqueuer(t *testing.T, redisURL string, env map[string]string, args ...string) string {
+	t.Helper()
+	enqueuerOnce.Do(func() {
+		enqueuerBin = filepath.Join(filepath.Dir(binary), "enqueuer")
+		out, err := exec.Command("go", "build", "-o", enqueuerBin, "github.com/stargazer/stargazer-jobs/cmd/enqueuer").CombinedOutput()
+		if err != nil {
+			enqueuerErr = fmt.Errorf("building the enqueuer: %v\n%s", err, out)
+		}
+	})
+	if enqueuerErr != nil {
+		t.Fatal(enqueuerErr)
+	}
+	cmd := exec.Command(enqueuerBin, args...)
+	cmd.Env = []string{"REDIS_URL=" + redisURL}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("enqueuer %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// channels seeds n channels with one new message each, newer than any
+// before, and returns them.
+func newMessages(t *testing.T, rdb *redis.Client, n, wave int) []msgcache.Channel {
+	t.Helper()
+	cache := msgcache.New(rdb)
+	var out []msgcache.Channel
+	for i := range n {
+		c := msgcache.Channel{Platform: "discord", ID: fmt.Sprintf("3100000000000000%02d", i)}
+		out = append(out, c)
+		if _, _, err := cache.Log(context.Background(), msgcache.Message{Channel: c, MessageID: fmt.Sprintf("w%d-%d", wave, i),
+			UserID: "u1", UserName: "ada", Text: fmt.Sprintf("wave %d in channel %d", wave, i), Time: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// summarised counts the channels whose summary covers wave's message.
+func summarised(t *testing.T, rdb *redis.Client, cs []msgcache.Channel, since time.Time) int {
+	t.Helper()
+	n := 0
+	for _, c := range cs {
+		s, ok, err := msgcache.New(rdb).Summary(context.Background(), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok && s.LastMessageTS >= since.UnixMilli() {
+			n++
+		}
+	}
+	return n
+}
+
+// awaitLLM polls cond every 100 ms for up to limit.
+func awaitLLM(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ledgerTotal adds up the ledger's spent tokens of scope over days.
+func ledgerTotal(t *testing.T, rdb *redis.Client, now time.Time, days int, scope string) (calls, prompt, completion int64) {
+	t.Helper()
+	ds, err := spend.ReadDays(context.Background(), rdb, now, days)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		for _, l := range d.Lines {
+			if scope == spend.Cluster || l.Task == scope {
+				calls += l.Calls
+				prompt += l.Prompt
+				completion += l.Completion
+			}
+		}
+	}
+	return calls, prompt, completion
+}
+
+// sumMetric adds a series up over the workers.
+func sumMetric(ps []*proc, prefix string) float64 {
+	n := 0.0
+	for _, p := range ps {
+		n += p.Metric(prefix)
+	}
+	return n
+}
+
+// Three workers share one budget: channel_summarization=20k with a fake LLM
+// reporting 1,000 tokens a call, and three waves of new messages in 20
+// channels (60 calls). The first wave spends the budget exactly; the
+// second is deferred to the next window (the workers' clock is moved to
+// the next UTC day) and written then; the third is deferred again and
+// written within a scheduler tick of a raised budget. No run is archived,
+// retried or counted as failed.
+func TestSpendBudgetDefersSummariesToTheNextWindowAcrossThreeWorkers(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	fake := llmtest.NewServer(t)
+	const perCall = 1000
+	env := map[string]string{
+		"LLM_BASE_URL": fake.BaseURL(), "LLM_BUDGETS": "channel_summarization=20k", "E2E_CLOCK": "1",
+		"LLM_PRICES":     "google/gemini-2.5-flash=0.30/2.50",
+		"TASK_INTERVALS": "channel_summarization=2s,channel_heartbeat=off,scheduled_prompt_tick=off,e2e_plain=off,e2e_single=off",
+	}
+	cs := newMessages(t, rdb, 20, 1)
+	wave1 := time.Now().Add(-time.Second)
+	// Due now rather than after the task's 10-minute initial delay.
+	rdb.HSet(ctx, "sgjobs:schedule:"+jobs.ChannelSummarization, "next_ms", time.Now().UnixMilli(), "interval_ms", 2000)
+	var ws []*proc
+	for range 3 {
+		ws = append(ws, start(t, srv.URL(), env))
+	}
+
+	// Wave 1: twenty calls, the whole budget.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, w := range ws {
+				t.Logf("worker %d:\n%s", w.Pid(), w.Logs())
+			}
+		}
+	})
+	awaitLLM(t, "wave 1 summarised", time.Minute, func() bool { return summarised(t, rdb, cs, wave1) == 20 })
+	if n := len(fake.Calls()); n != 20 {
+		t.Fatalf("%d calls for wave 1, want 20", n)
+	}
+
+	// Wave 2: the first call is refused, the run deferred to the next day.
+	wave2 := time.Now()
+	newMessages(t, rdb, 20, 2)
+	awaitLLM(t, "channel_summarization deferred", 30*time.Second, func() bool {
+		ds, _ := spend.Deferrals(ctx, rdb)
+		return len(ds) == 1 && ds[0].Task == jobs.ChannelSummarization && ds[0].Reason == spend.ReasonBudget
+	})
+	time.Sleep(5 * time.Second) // two intervals and more: the occurrences wait, held
+	calls, prompt, completion := ledgerTotal(t, rdb, time.Now(), 1, jobs.ChannelSummarization)
+	inFlight := int64(1) // a singleton calls one channel at a time
+	if spent := prompt + completion; spent > 20_000+inFlight*perCall || calls != 20 || len(fake.Calls()) != 20 {
+		t.Fatalf("day 1: %d calls reached the LLM, the ledger has %d calls and %d tokens: want 20 calls and at most 20k + %d in flight × 1,000",
+			len(fake.Calls()), calls, spent, inFlight)
+	}
+	if n := summarised(t, rdb, cs, wave2); n != 0 {
+		t.Fatalf("%d summaries of wave 2 written over the budget", n)
+	}
+	out := enqueuer(t, srv.URL(), env, "schedules", "--wide")
+	if !strings.Contains(out, "channel_summarization") || !strings.Contains(out, "deferred: budget until") {
+		t.Fatalf("enqueuer schedules does not show the deferral:\n%s", out)
+	}
+	out = enqueuer(t, srv.URL(), env, "spend", "--wide")
+	if !strings.Contains(out, "deferred: budget until") || !strings.Contains(out, "20000") {
+		t.Fatalf("enqueuer spend:\n%s", out)
+	}
+	stoodDown := sumMetric(ws, `stargazer_task_stood_down_total{reason="budget",task="channel_summarization"}`)
+	deferredRuns := sumMetric(ws, `stargazer_task_runs_total{status="deferred",task="channel_summarization"}`)
+	if stoodDown < 1 || deferredRuns < 1 || stoodDown > 2 {
+		t.Fatalf("%v runs stood down, %v deferred: want the one that met the refusal (the scheduler holds the next ones)", stoodDown, deferredRuns)
+	}
+	if g := sumMetric(ws[:1], `stargazer_llm_deferred{reason="budget",task="channel_summarization"}`); g != 1 {
+		t.Errorf("stargazer_llm_deferred = %v, want 1", g)
+	}
+
+	// The next UTC day: the deferral lifts and wave 2 is written.
+	now := time.Now()
+	offset := spend.WindowEnd(now).Sub(now) + time.Second
+	rdb.Set(ctx, "e2e:clock:offset_ms", offset.Milliseconds(), 0)
+	nextDay := now.Add(offset)
+	awaitLLM(t, "wave 2 summarised on the next day", 30*time.Second, func() bool { return summarised(t, rdb, cs, wave2) == 20 })
+	if n := len(fake.Calls()); n != 40 {
+		t.Fatalf("%d calls after wave 2, want 40", n)
+	}
+
+	// Wave 3: deferred again (the new day's budget is spent), then the
+	// budget is raised at run time.
+	wave3 := time.Now()
+	newMessages(t, rdb, 20, 3)
+	awaitLLM(t, "deferred again", 30*time.Second, func() bool {
+		ds, _ := spend.Deferrals(ctx, rdb)
+		return len(ds) == 1
+	})
+	time.Sleep(3 * time.Second)
+	if n := len(fake.Calls()); n != 40 {
+		t.Fatalf("%d calls while deferred on day 2, want 40", n)
+	}
+	raised := time.Now()
+	enqueuer(t, srv.URL(), env, "budget", "set", "channel_summarization", "40k")
+	awaitLLM(t, "a call after the raise", 10*time.Second, func() bool { return len(fake.Calls()) > 40 })
+	resumed := time.Since(raised)
+	t.Logf("FIGURE resumed %.2f s after enqueuer budget set (scheduler tick 1 s)", resumed.Seconds())
+	if resumed > 3*time.Second { // one tick (1 s plus jitter), the enqueue, the fetch; margin for a loaded machine
+		t.Errorf("resumed %v after the raise, want within one scheduler tick", resumed)
+	}
+	awaitLLM(t, "wave 3 summarised", 30*time.Second, func() bool { return summarised(t, rdb, cs, wave3) == 20 })
+
+	// Exactly what the fake reported is in the ledger: 60 calls, 60k
+	// tokens, 20k on the first day and 40k on the second.
+	reported, u := fake.Reported()
+	calls, prompt, completion = ledgerTotal(t, rdb, nextDay, 2, jobs.ChannelSummarization)
+	if reported != 60 || calls != 60 || prompt != int64(u.PromptTokens) || completion != int64(u.CompletionTokens) {
+		t.Fatalf("fake reported %d calls %+v; ledger %d calls, %d prompt, %d completion", reported, u, calls, prompt, completion)
+	}
+	if _, p1, c1 := ledgerTotal(t, rdb, now, 1, jobs.ChannelSummarization); p1+c1 != 20_000 {
+		t.Errorf("day 1 spent %d tokens, want 20k", p1+c1)
+	}
+	// Nothing archived, retried or failed.
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	q, err := insp.GetQueueInfo(jobs.QueueDefault)
+	if err != nil || q.Archived != 0 || q.Retry != 0 || q.Failed != 0 {
+		t.Fatalf("default queue %+v (%v): want nothing archived, retrying or failed", q, err)
+	}
+	for _, m := range []string{
+		`stargazer_task_crashes_total{class="error",task="channel_summarization"}`,
+		`stargazer_task_archived_total{task="channel_summarization"}`,
+		`stargazer_task_runs_total{status="error",task="channel_summarization"}`,
+	} {
+		if n := sumMetric(ws, m); n != 0 {
+			t.Errorf("%s = %v", m, n)
+		}
+	}
+}
