@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
@@ -257,4 +258,59 @@ func TestSpendBudgetDefersSummariesToTheNextWindowAcrossThreeWorkers(t *testing.
 			t.Errorf("%s = %v", m, n)
 		}
 	}
+}
+
+// Exactly-once charging across a crash: a worker is SIGKILLed while one of
+// its calls is in flight, its run is redelivered to another worker, which
+// makes the remaining calls. Every call the fake reported (each with a
+// different usage) is in the ledger once; the killed call, which reported
+// nothing, is charged nothing; no call is charged twice.
+func TestSpendChargesEachCallOnceAcrossAKilledWorker(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	fake := llmtest.NewServer(t)
+	fake.SetUsage(func(n int) llm.Usage { return llm.Usage{PromptTokens: 1000 + n, CompletionTokens: 10 * n, TotalTokens: 1000 + 11*n} })
+	fake.Hold(func(n int) bool { return n == 4 })
+	env := map[string]string{
+		"LLM_BASE_URL":   fake.BaseURL(),
+		"TASK_INTERVALS": "channel_summarization=1h,channel_heartbeat=off,scheduled_prompt_tick=off,e2e_plain=off,e2e_single=off",
+	}
+	cs := newMessages(t, rdb, 10, 1)
+	since := time.Now().Add(-time.Second)
+	rdb.HSet(ctx, "sgjobs:schedule:"+jobs.ChannelSummarization, "next_ms", time.Now().UnixMilli(), "interval_ms", time.Hour.Milliseconds())
+	a := start(t, srv.URL(), env)
+	select {
+	case <-fake.Held():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no fourth call:\n%s", a.Logs())
+	}
+	b := start(t, srv.URL(), env)
+	killed := time.Now()
+	a.Kill() // mid-call: the fourth call is in flight
+	fake.Hold(nil)
+	fake.Release()
+	awaitLLM(t, "the redelivered run summarising the rest", 3*time.Minute, func() bool { return summarised(t, rdb, cs, since) == 10 })
+	t.Logf("FIGURE redelivered and finished %.1f s after the SIGKILL", time.Since(killed).Seconds())
+
+	reported, u := fake.Reported()
+	calls, prompt, completion := ledgerTotal(t, rdb, time.Now(), 1, jobs.ChannelSummarization)
+	t.Logf("fake: %d calls received, %d reported (%+v); ledger: %d calls, %d prompt, %d completion",
+		len(fake.Calls()), reported, u, calls, prompt, completion)
+	if reported != 10 || len(fake.Calls()) != 11 {
+		t.Fatalf("fake received %d calls and reported %d: want 11 and 10 (the killed call reported nothing)", len(fake.Calls()), reported)
+	}
+	if calls != int64(reported) || prompt != int64(u.PromptTokens) || completion != int64(u.CompletionTokens) {
+		t.Fatalf("ledger %d calls / %d prompt / %d completion, fake reported %d / %d / %d", calls, prompt, completion,
+			reported, u.PromptTokens, u.CompletionTokens)
+	}
+	// The killed call's reservation is still held (it lapses at its lease's
+	// end, uncharged): it is no spend.
+	ds, _ := spend.ReadDays(ctx, rdb, time.Now(), 1)
+	tot := ds[0].Totals[jobs.ChannelSummarization]
+	if tot.SpentTokens != prompt+completion {
+		t.Fatalf("spent %d, want %d", tot.SpentTokens, prompt+completion)
+	}
+	t.Logf("reserved by the killed call until its lease ends: %d tokens", tot.HeldTokens)
+	b.term()
 }

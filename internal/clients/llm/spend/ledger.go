@@ -102,8 +102,17 @@ func (l *Ledger) reserve(ctx context.Context, task, model string, est reserved, 
 	day := Day(now)
 	r := &reservation{day: day, task: task, model: model, est: est}
 	r.member = fmt.Sprintf("%s|%s|%s|%d|%d", newCallID(), day, task, est.Tokens, est.USDNano)
+	if err := l.runReserve(ctx, r, chat, lease, now); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// runReserve runs the reservation script for r: a replay of the same
+// reservation (a client retry) reserves nothing twice.
+func (l *Ledger) runReserve(ctx context.Context, r *reservation, chat bool, lease time.Duration, now time.Time) error {
 	var taskLim, clusterLim string
-	if b, ok := l.o.Budgets[task]; ok {
+	if b, ok := l.o.Budgets[r.task]; ok {
 		taskLim = b.arg()
 	}
 	if b, ok := l.o.Budgets[Cluster]; ok {
@@ -115,22 +124,22 @@ func (l *Ledger) reserve(ctx context.Context, task, model string, est reserved, 
 		}
 		return "0"
 	}
-	res, err := reserveScript.Run(ctx, l.rdb, []string{DayKey(day), InflightKey, OverridesKey, l.o.SwitchKey},
-		r.member, task, est.Tokens, est.USDNano, taskLim, clusterLim, lease.Milliseconds(),
+	res, err := reserveScript.Run(ctx, l.rdb, []string{DayKey(r.day), InflightKey, OverridesKey, l.o.SwitchKey},
+		r.member, r.task, r.est.Tokens, r.est.USDNano, taskLim, clusterLim, lease.Milliseconds(),
 		flag(chat), flag(l.o.SwitchOff), dayPrefix, ttlSeconds).Slice()
 	if err != nil {
-		return nil, fmt.Errorf("llm spend: reserving a call of %s: %w", task, err)
+		return fmt.Errorf("llm spend: reserving a call of %s: %w", r.task, err)
 	}
 	code, _ := res[0].(int64)
 	switch code {
 	case 0:
-		return r, nil
+		return nil
 	case 1:
 		what, _ := res[2].(string)
-		return nil, &Refusal{Task: task, Reason: ReasonKillSwitch, Switch: what}
+		return &Refusal{Task: r.task, Reason: ReasonKillSwitch, Switch: what}
 	}
 	if len(res) < 5 {
-		return nil, fmt.Errorf("llm spend: reserving a call of %s: unexpected answer %v", task, res)
+		return fmt.Errorf("llm spend: reserving a call of %s: unexpected answer %v", r.task, res)
 	}
 	scope, _ := res[1].(string)
 	unit, _ := res[2].(string)
@@ -138,8 +147,8 @@ func (l *Ledger) reserve(ctx context.Context, task, model string, est reserved, 
 	used, _ := res[4].(string)
 	lim, _ := parseLimit(unit + ":" + limit)
 	u, _ := strconv.ParseInt(used, 10, 64)
-	return nil, &Refusal{Task: task, Reason: ReasonBudget, Scope: scope, Limit: lim, Used: u,
-		NeedTokens: est.Tokens, NeedUSDNano: est.USDNano, Window: day, Until: WindowEnd(now)}
+	return &Refusal{Task: r.task, Reason: ReasonBudget, Scope: scope, Limit: lim, Used: u,
+		NeedTokens: r.est.Tokens, NeedUSDNano: r.est.USDNano, Window: r.day, Until: WindowEnd(now)}
 }
 
 // Charge is what a settled call used.

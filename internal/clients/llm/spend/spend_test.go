@@ -250,3 +250,67 @@ func TestOverrunIsBoundedByTheCallsInFlight(t *testing.T) {
 		t.Fatalf("%d tokens still reserved after every call settled", h)
 	}
 }
+
+// A reservation or a settlement that runs twice (a client that retried a
+// script whose answer it lost) reserves and charges once: the call ID
+// reserved before the request makes the charge idempotent.
+func TestAReplayedReservationOrSettlementChargesOnce(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	ctx := context.Background()
+	l := spend.New(rdb, spend.Options{})
+	r, err := l.Reserve(ctx, "t", model, 100, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := spend.ReadDays(ctx, rdb, time.Now(), 1)
+	if h := d[0].Totals["t"].HeldTokens; h != 100 {
+		t.Fatalf("held %d", h)
+	}
+	for i, want := range []bool{true, false, false} {
+		charged, err := l.Settle(ctx, r, 700, 300)
+		if err != nil || charged != want {
+			t.Fatalf("settlement %d: charged %v (%v), want %v", i+1, charged, err, want)
+		}
+	}
+	d, _ = spend.ReadDays(ctx, rdb, time.Now(), 1)
+	if tot := d[0].Totals["t"]; tot.SpentTokens != 1000 || tot.HeldTokens != 0 || d[0].Lines[0].Calls != 1 {
+		t.Fatalf("after three settlements: %+v, %+v", tot, d[0].Lines)
+	}
+	// A reservation replayed while it is held reserves nothing more.
+	r2, _ := l.Reserve(ctx, "t", model, 100, time.Minute)
+	if err := l.Replay(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = spend.ReadDays(ctx, rdb, time.Now(), 1)
+	if h := d[0].Totals["t"].HeldTokens; h != 100 {
+		t.Fatalf("held %d after a replayed reservation, want 100", h)
+	}
+}
+
+// The reservation of a worker that died mid-call is released at its
+// lease's end by the next reservation, counted as orphaned and not
+// charged: its usage was never reported. A settlement arriving after that
+// charges nothing either.
+func TestAnOrphanedReservationIsReleasedAtItsLeaseEnd(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	ctx := context.Background()
+	l := spend.New(rdb, spend.Options{Budgets: map[string]spend.Limit{"t": spend.Tokens(150)}})
+	orphan, err := l.Reserve(ctx, "t", model, 100, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Reserve(ctx, "t", model, 100, time.Minute); !errors.Is(err, llm.ErrRefused) {
+		t.Fatalf("while the orphan holds 100 of 150: %v, want a refusal", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := l.Reserve(ctx, "t", model, 100, time.Minute); err != nil {
+		t.Fatalf("after the orphan's lease: %v", err)
+	}
+	d, _ := spend.ReadDays(ctx, rdb, time.Now(), 1)
+	if tot := d[0].Totals["t"]; tot.Orphaned != 1 || tot.HeldTokens != 100 || tot.SpentTokens != 0 {
+		t.Fatalf("totals %+v", tot)
+	}
+	if charged, err := l.Settle(ctx, orphan, 500, 500); err != nil || charged {
+		t.Fatalf("late settlement charged %v (%v)", charged, err)
+	}
+}
