@@ -16,7 +16,9 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
+	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
@@ -270,7 +272,9 @@ func TestSpendChargesEachCallOnceAcrossAKilledWorker(t *testing.T) {
 	rdb := srv.Client(t)
 	ctx := context.Background()
 	fake := llmtest.NewServer(t)
-	fake.SetUsage(func(n int) llm.Usage { return llm.Usage{PromptTokens: 1000 + n, CompletionTokens: 10 * n, TotalTokens: 1000 + 11*n} })
+	fake.SetUsage(func(n int) llm.Usage {
+		return llm.Usage{PromptTokens: 1000 + n, CompletionTokens: 10 * n, TotalTokens: 1000 + 11*n}
+	})
 	fake.Hold(func(n int) bool { return n == 4 })
 	env := map[string]string{
 		"LLM_BASE_URL":   fake.BaseURL(),
@@ -313,4 +317,122 @@ func TestSpendChargesEachCallOnceAcrossAKilledWorker(t *testing.T) {
 	}
 	t.Logf("reserved by the killed call until its lease ends: %d tokens", tot.HeldTokens)
 	b.term()
+}
+
+// seedGraph writes a near-duplicate pair for limbic_dedup_task to judge
+// and a hub of six neighbours for limbic_org_task to organise: each pass
+// makes one LLM call.
+func seedGraph(t *testing.T, g *graph.Graph) {
+	t.Helper()
+	seen := time.Now().UnixMilli()
+	for _, n := range []string{"New York City", "New York Cty", "Alice", "Bob", "Carol", "Dave", "Paris", "Rome", "Zed"} {
+		falkortest.Exec(t, g, `CREATE (:Entity {key: $k, name: $n, normalized_name: $nn, type: 'thing', mention_count: 2, first_seen: $s, last_seen: $s})`,
+			map[string]any{"k": graph.EntityKey(n, "thing"), "n": n, "nn": graph.NormalizeName(n), "s": seen})
+	}
+	for _, l := range [][2]string{{"Alice", "Bob"}, {"Alice", "Carol"}, {"Alice", "Dave"}, {"Alice", "Paris"}, {"Rome", "Alice"}, {"Alice", "Zed"}} {
+		falkortest.Exec(t, g, `MATCH (a:Entity {key: $a}), (b:Entity {key: $b}) CREATE (a)-[:REL {type: 'knows', weight: 1.0, last_seen: 1}]->(b)`,
+			map[string]any{"a": graph.EntityKey(l[0], "thing"), "b": graph.EntityKey(l[1], "thing")})
+	}
+}
+
+// With the chat-LLM kill switch off, limbic_dedup_task and limbic_org_task
+// (which are not chat-LLM tasks, and so not stood down at start) end their
+// run at the first refused call: one attempt each, no retry, no failure;
+// the scheduler holds them while the switch is off, and they run normally
+// within a tick of it coming back on. (Before, each run was retried up to
+// SupervisedMaxRetry, 1,446 times, failing with "the chat-LLM kill switch
+// is off".)
+func TestKillSwitchEndsDedupAndOrgAtTheirFirstRefusal(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	fk := falkortest.Start(t)
+	seedGraph(t, graph.New(fk.Client(t), "stargazer"))
+	fake := llmtest.NewServer(t)
+	fake.SetContent(`{"verdicts":[],"categories":[]}`)
+	rdb.Set(ctx, "sg:switch:chat_llm", "off", 0)
+	env := map[string]string{
+		"LLM_BASE_URL": fake.BaseURL(), "FALKORDB_URL": fk.URL(),
+		"KA_DEDUP_INTERVAL_SECONDS": "2", "KA_ORG_INTERVAL_SECONDS": "2", "KA_ORG_HUB_DEGREE_THRESHOLD": "6",
+		"TASK_INTERVALS": "channel_summarization=off,channel_heartbeat=off,scheduled_prompt_tick=off,kg_consolidation_task=off,kg_decay_task=off,e2e_plain=off,e2e_single=off",
+	}
+	w := start(t, srv.URL(), env)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("worker:\n%s", w.Logs())
+		}
+	})
+	tasks := []string{jobs.LimbicDedup, jobs.LimbicOrg}
+	awaitLLM(t, "dedup and org deferred by the switch", time.Minute, func() bool {
+		ds, _ := spend.Deferrals(ctx, rdb)
+		n := 0
+		for _, d := range ds {
+			if d.Reason == spend.ReasonKillSwitch {
+				n++
+			}
+		}
+		return n == 2
+	})
+	time.Sleep(8 * time.Second) // four intervals
+	for _, task := range tasks {
+		m := func(s string) float64 { return w.Metric(fmt.Sprintf(s, task)) }
+		if n := m(`stargazer_task_starts_total{task=%q}`); n != 1 {
+			t.Errorf("%s started %v times with the switch off, want one attempt", task, n)
+		}
+		if n := m(`stargazer_task_runs_total{status="deferred",task=%q}`); n != 1 {
+			t.Errorf("%s: %v deferred runs, want 1", task, n)
+		}
+		if n := m(`stargazer_task_stood_down_total{reason="kill_switch",task=%q}`); n != 1 {
+			t.Errorf("%s stood down %v times, want 1", task, n)
+		}
+		if n := m(`stargazer_task_runs_total{status="error",task=%q}`) + m(`stargazer_task_archived_total{task=%q}`); n != 0 {
+			t.Errorf("%s: %v failed or archived runs", task, n)
+		}
+	}
+	if n := len(fake.Calls()); n != 0 {
+		t.Fatalf("%d LLM calls with the switch off", n)
+	}
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr})
+	defer insp.Close()
+	if q, err := insp.GetQueueInfo(jobs.QueueMaintenance); err != nil || q.Retry != 0 || q.Archived != 0 || q.Failed != 0 {
+		t.Fatalf("maintenance queue %+v (%v): want no retry, archive or failure", q, err)
+	}
+
+	rdb.Del(ctx, "sg:switch:chat_llm")
+	on := time.Now()
+	for _, task := range tasks {
+		awaitLLM(t, task+" running once the switch is back on", 30*time.Second, func() bool {
+			return w.Metric(fmt.Sprintf(`stargazer_task_runs_total{status="ok",task=%q}`, task)) >= 1
+		})
+	}
+	t.Logf("FIGURE dedup and org ran normally %.1f s after the switch came back on", time.Since(on).Seconds())
+	if n := len(fake.Calls()); n < 2 {
+		t.Fatalf("%d LLM calls once the switch is on, want dedup's and org's", n)
+	}
+}
+
+// A malformed LLM_PRICES or LLM_BUDGETS entry stops the worker at startup
+// with a message naming the setting and the entry; a model without a price
+// is named in a warning.
+func TestMalformedPricesOrBudgetsStopStartupAndUnpricedModelsWarn(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, c := range []struct{ env, value, want string }{
+		{"LLM_BUDGETS", "channel_summarization=2M,anamnesis_digest=$0.5x", `entry "anamnesis_digest=$0.5x"`},
+		{"LLM_BUDGETS", "channel_sumarization=2M", `entry "channel_sumarization=2M": no task "channel_sumarization" in the catalog`},
+		{"LLM_BUDGETS", "kg_extract_unit=2M", `entry "kg_extract_unit=2M": kg_extract_unit's calls count against its parent's budget`},
+		{"LLM_PRICES", "google/gemini-2.5-flash=0.30", `entry "google/gemini-2.5-flash=0.30" is not MODEL=PROMPT/COMPLETION`},
+	} {
+		cmd := exec.Command(binary)
+		cmd.Env = []string{"REDIS_URL=" + srv.URL(), "HTTP_ADDR=" + redistest.FreeAddr(t), c.env + "=" + c.value}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.env) || !strings.Contains(string(out), c.want) {
+			t.Errorf("%s=%s: exit %v, output:\n%s\nwant the setting and %s", c.env, c.value, err, out, c.want)
+		}
+	}
+	w := start(t, srv.URL(), map[string]string{"LLM_BASE_URL": "http://127.0.0.1:9/v1",
+		"LLM_PRICES": "google/gemini-2.5-flash=0.30/2.50", "TASK_INTERVALS": "e2e_plain=off,e2e_single=off"})
+	if !strings.Contains(w.Logs(), "LLM models without a price in LLM_PRICES") || !strings.Contains(w.Logs(), "google/gemini-2.5-flash-lite") {
+		t.Fatalf("no warning naming the unpriced models:\n%s", w.Logs())
+	}
+	w.term()
 }
