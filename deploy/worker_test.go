@@ -124,6 +124,8 @@ func startLiveWorkerAt(t *testing.T, addr string, failing bool) *liveWorker {
 	env := map[string]string{
 		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
 		"EMBEDDINGS_BASE_URL": emb.URL + "/v1",
+		// A budget, so the spend ledger's budget series exist.
+		"LLM_BUDGETS": "embed_messages=1M",
 		"TASK_INTERVALS":      fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
 	}
 	var releaseOnce sync.Once
@@ -214,6 +216,7 @@ func (w *liveWorker) exercise(t *testing.T) {
 		for _, n := range []string{
 			"stargazer_llm_calls_total", "stargazer_task_items_total", "stargazer_singleton_held_since_timestamp_seconds",
 			"stargazer_task_last_success_timestamp_seconds", "stargazer_task_crashes_total", "stargazer_scheduler_lateness_seconds_bucket",
+			"stargazer_llm_spend_tokens_total", // the ledger's, read at most every 10 s
 		} {
 			if !names[n] {
 				return false
