@@ -125,8 +125,8 @@ func startLiveWorkerAt(t *testing.T, addr string, failing bool) *liveWorker {
 		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
 		"EMBEDDINGS_BASE_URL": emb.URL + "/v1",
 		// A budget, so the spend ledger's budget series exist.
-		"LLM_BUDGETS": "embed_messages=1M",
-		"TASK_INTERVALS":      fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
+		"LLM_BUDGETS":    "embed_messages=1M",
+		"TASK_INTERVALS": fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
 	}
 	var releaseOnce sync.Once
 	extra := map[string]asynq.Handler{
