@@ -124,9 +124,10 @@ func startLiveWorkerAt(t *testing.T, addr string, failing bool) *liveWorker {
 	env := map[string]string{
 		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
 		"EMBEDDINGS_BASE_URL": emb.URL + "/v1",
+		"TASK_INTERVALS":      fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
+
 		// A budget, so the spend ledger's budget series exist.
-		"LLM_BUDGETS":    "embed_messages=1M",
-		"TASK_INTERVALS": fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
+		"LLM_BUDGETS": "embed_messages=1M",
 	}
 	var releaseOnce sync.Once
 	extra := map[string]asynq.Handler{
