@@ -10,7 +10,6 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/config"
-	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
 )
 
 // typicalMessageChars is the message length the engine's own estimate
@@ -31,8 +30,7 @@ type backlogCost struct {
 // will cost with the extraction model, from the tokens per message the
 // ledger measured over the last 7 days, else the engine's own estimate.
 func backlogCosts(ctx context.Context, rdb redis.UniversalClient, cfg config.Config, out []backlogEntry, now time.Time) error {
-	prompt, completion := extract.EstimatePerMessage(typicalMessageChars)
-	fallback := spend.PerMessage{Prompt: prompt, Completion: completion}
+	fallback := spend.EnginePerMessage(typicalMessageChars)
 	for i := range out {
 		f, err := spend.ForecastExtraction(ctx, rdb, pricesOf(cfg), now, out[i].Task, cfg.KGExtractionModel, out[i].Pending, fallback)
 		if err != nil {

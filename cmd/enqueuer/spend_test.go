@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/meter"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/kg/plan"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
@@ -28,12 +29,13 @@ const flash = "google/gemini-2.5-flash"
 // charge makes n calls of task through a ledger, as a worker would.
 func charge(t *testing.T, l *spend.Ledger, task string, n int, r llm.Request) {
 	t.Helper()
-	m := l.Chat(usageChat{u: llm.Usage{PromptTokens: 800, CompletionTokens: 200}}, time.Minute)
+	m := meter.Chat(l, usageChat{u: llm.Usage{PromptTokens: 800, CompletionTokens: 200}}, time.Minute)
 	for range n {
 		if _, err := m.Chat(spend.WithTask(context.Background(), task), r); err != nil {
 			t.Fatal(err)
 		}
 	}
+	l.Wait()
 }
 
 func TestSpendShowsEachTasksSpendBesideItsBudgetAndState(t *testing.T) {
@@ -48,7 +50,7 @@ func TestSpendShowsEachTasksSpendBesideItsBudgetAndState(t *testing.T) {
 		Budgets: map[string]spend.Limit{jobs.ChannelSummarization: spend.Tokens(5000)}})
 	req := llm.Request{Model: flash, Purpose: "summary", Messages: []llm.Message{{Role: "user", Content: "hi"}}}
 	charge(t, l, jobs.ChannelSummarization, 5, req)
-	_, err := l.Chat(usageChat{}, time.Minute).Chat(spend.WithTask(context.Background(), jobs.ChannelSummarization), req)
+	_, err := meter.Chat(l, usageChat{}, time.Minute).Chat(spend.WithTask(context.Background(), jobs.ChannelSummarization), req)
 	r, ok := spend.AsRefusal(err)
 	if !ok {
 		t.Fatalf("sixth call: %v, want a refusal", err)

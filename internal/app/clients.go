@@ -17,6 +17,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/meter"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/matrix"
@@ -62,6 +63,7 @@ func (a *app) connect() error {
 	a.publisher = events.NewPublisher(a.rdb, a.cfg.DebugEventsChannel)
 	a.killSwitch = killswitch.New(a.rdb, a.cfg.ChatLLMSwitchKey, a.cfg.ChatLLMEnabled)
 	a.spend = a.newLedger()
+	a.stops.push(a.spend.Wait) // settlements in flight land before Redis closes
 	a.warnUnpriced()
 	a.stops.push(func() { a.client.Close() })
 
@@ -121,7 +123,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 			d.ExtractionLLM = a.chatModel(e, c)
 			d.LLMKeyMissing = e.APIKey == "" && !e.Own
 		case config.PurposeEmbeddings:
-			d.Embedder = a.spend.Embedder(c, e.Timeout+reservationMargin)
+			d.Embedder = meter.Embedder(a.spend, c, e.Timeout+reservationMargin)
 		}
 	}
 	if len(cfg.GeminiAPIKeys) > 0 {
@@ -174,7 +176,7 @@ func (a *app) chatModel(e config.LLMEndpoint, c *llm.Client) handlers.ChatModel 
 	if e.Own {
 		name = e.Purpose
 	}
-	return budget.New(a.spend.Chat(c, e.Timeout+reservationMargin), a.rdb, name, budget.Limits{
+	return budget.New(meter.Chat(a.spend, c, e.Timeout+reservationMargin), a.rdb, name, budget.Limits{
 		MaxInFlight: a.cfg.LLMMaxInFlight, RequestsPerMinute: a.cfg.LLMRequestsPerMinute, TokensPerMinute: a.cfg.LLMTokensPerMinute,
 	}, a.budgetMetrics)
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/jobs"
@@ -103,7 +104,7 @@ func deferrals(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 				return deferRun(ctx, o, spec, d, nil)
 			}
 			err = next.ProcessTask(ctx, t)
-			if r, ok := spend.AsRefusal(err); ok && ctx.Err() == nil {
+			if r, ok := refusal(err); ok && ctx.Err() == nil {
 				id, _ := asynq.GetTaskID(ctx)
 				return deferRun(ctx, o, spec, r.Deferral(owner, id, o.Spend.Now()), err)
 			}
@@ -172,4 +173,16 @@ func untilText(t time.Time) string {
 		return "the kill switch is back on"
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+// refusal is the refusal that stopped a run: the ledger's, or a kill
+// switch refusal made elsewhere (killswitch.ErrOff), without details.
+func refusal(err error) (*spend.Refusal, bool) {
+	if r, ok := spend.AsRefusal(err); ok {
+		return r, true
+	}
+	if errors.Is(err, llm.ErrRefused) {
+		return &spend.Refusal{Reason: spend.ReasonKillSwitch, Switch: err.Error()}, true
+	}
+	return nil, false
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/meter"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/server"
@@ -40,7 +41,7 @@ func TestARunWhoseBudgetIsSpentIsDeferredNotFailed(t *testing.T) {
 	h.opts.Spend = ledger
 	h.mux = newMux(h)
 	fake := &okChat{}
-	model := ledger.Chat(fake, time.Minute)
+	model := meter.Chat(ledger, fake, time.Minute)
 	call := func(ctx context.Context) error {
 		_, err := model.Chat(ctx, llm.Request{Model: "m", Messages: []llm.Message{{Role: "user", Content: "hello"}}})
 		return err

@@ -27,10 +27,20 @@ local function held(raw)
   local unit, n = string.match(lim, '^([tu]):(%d+)$')
   if not unit then return false end
   n = tonumber(n)
-  local f, need = 'tokens', tonumber(rec.need_tokens) or 1
-  if unit == 'u' then f, need = 'usd_nano', tonumber(rec.need_usd_nano) or 0 end
-  local used = tonumber(redis.call('HGET', KEYS[4], 'spent_' .. f .. '|' .. rec.scope) or '0')
-    + tonumber(redis.call('HGET', KEYS[4], 'held_' .. f .. '|' .. rec.scope) or '0')
+  local need = tonumber(rec.need_tokens) or 1
+  if unit == 'u' then need = tonumber(rec.need_usd_nano) or 0 end
+  local t = {0, 0, 0, 0}
+  local v = redis.call('HGET', KEYS[4], 'total|' .. rec.scope)
+  if v then
+    local i = 1
+    for x in string.gmatch(v, '%-?%d+') do
+      if i > 4 then break end
+      t[i] = tonumber(x)
+      i = i + 1
+    end
+  end
+  local used = t[1] + t[3]
+  if unit == 'u' then used = t[2] + t[4] end
   return n == 0 or used + need > n
 end
 local out = {}

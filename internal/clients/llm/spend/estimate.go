@@ -100,3 +100,24 @@ func ForecastExtraction(ctx context.Context, rdb redis.UniversalClient, prices m
 	price, priced := prices[model]
 	return Cost(task, model, messages, per, price, priced), nil
 }
+
+// The extraction engine's own estimate of a message's cost, before the
+// ledger measured any: a full batch's prompt is the instructions and one
+// line per message, enginePromptOverhead characters a message (its share
+// of the instructions, its line's number, time, source and author) plus
+// its text, at a quarter token a character; the answer is
+// EngineAnswerTokensPerMessage, as the extraction benchmark measured it
+// (docs/performance.md: 74.2 tokens of answer a message). A test in the
+// engine's package holds the overhead to its prompt.
+const (
+	enginePromptOverhead         = 83.13
+	EngineAnswerTokensPerMessage = 74
+	engineMaxChars               = 2000 // the engine clips a message at 2,000 characters
+)
+
+// EnginePerMessage is the engine's estimate for messages of avgChars
+// characters.
+func EnginePerMessage(avgChars int) PerMessage {
+	c := float64(min(max(avgChars, 1), engineMaxChars))
+	return PerMessage{Prompt: (c + enginePromptOverhead) / 4, Completion: EngineAnswerTokensPerMessage, Source: SourceEngine}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,6 +38,9 @@ type Options struct {
 type Ledger struct {
 	rdb redis.UniversalClient
 	o   Options
+	// settling counts the settlements in flight (SettleLater), which Wait
+	// waits for.
+	settling sync.WaitGroup
 }
 
 // New returns the ledger kept in rdb.
@@ -79,30 +83,49 @@ var reserveScript = redis.NewScript(reserveSrc)
 var settleSrc string
 var settleScript = redis.NewScript(settleSrc)
 
-// reserved is what a call is expected to use, reserved before it starts.
-type reserved struct {
+// Call is a call about to be made: its task, model and estimate (its
+// prompt's tokens and max_tokens, and their price). Chat calls are held by
+// the kill switch; embeddings calls are not.
+type Call struct {
+	Task, Model     string
 	Tokens, USDNano int64
+	Chat            bool
 }
 
-// reservation is a call's reserved estimate, until it is settled.
-type reservation struct {
-	member, day, task, model string
-	est                      reserved
+// Reservation is a call's reserved estimate, until it is settled.
+type Reservation struct {
+	member, day string
+	call        Call
 }
+
+// Task is the task the call is charged to.
+func (r *Reservation) Task() string { return r.call.Task }
+
+// Model is the call's model.
+func (r *Reservation) Model() string { return r.call.Model }
+
+
 
 // ttlSeconds is the ledger's retention as the scripts take it.
 var ttlSeconds = int64(Retention / time.Second)
 
-// reserve takes est for a call of task before it starts. It returns a
-// *Refusal when the kill switch is off (chat, checked) or a budget would
-// be crossed; a Redis error otherwise. lease bounds how long the
-// reservation outlives a worker that dies mid-call.
-func (l *Ledger) reserve(ctx context.Context, task, model string, est reserved, chat bool, lease time.Duration) (*reservation, error) {
+// Reserve reserves c's estimate before the call starts. It returns a
+// *Refusal when the kill switch is off (a chat call) or a budget would be
+// crossed, a Redis error otherwise. lease bounds how long the reservation
+// outlives a worker that dies mid-call (the call's timeout and a margin).
+func (l *Ledger) Reserve(ctx context.Context, c Call, lease time.Duration) (*Reservation, error) {
+	if c.Task == "" {
+		c.Task = Unknown
+	}
+	// The run's previous call is charged first.
+	if err := settled(ctx); err != nil {
+		return nil, fmt.Errorf("llm spend: waiting for the previous call's settlement: %w", err)
+	}
 	now := l.o.Now()
 	day := Day(now)
-	r := &reservation{day: day, task: task, model: model, est: est}
-	r.member = fmt.Sprintf("%s|%s|%s|%d|%d", newCallID(), day, task, est.Tokens, est.USDNano)
-	if err := l.runReserve(ctx, r, chat, lease, now); err != nil {
+	r := &Reservation{day: day, call: c}
+	r.member = fmt.Sprintf("%s|%s|%s|%d|%d", newCallID(), day, c.Task, c.Tokens, c.USDNano)
+	if err := l.runReserve(ctx, r, lease, now); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -110,25 +133,20 @@ func (l *Ledger) reserve(ctx context.Context, task, model string, est reserved, 
 
 // runReserve runs the reservation script for r: a replay of the same
 // reservation (a client retry) reserves nothing twice.
-func (l *Ledger) runReserve(ctx context.Context, r *reservation, chat bool, lease time.Duration, now time.Time) error {
+func (l *Ledger) runReserve(ctx context.Context, r *Reservation, lease time.Duration, now time.Time) error {
+	c := r.call
 	var taskLim, clusterLim string
-	if b, ok := l.o.Budgets[r.task]; ok {
+	if b, ok := l.o.Budgets[c.Task]; ok {
 		taskLim = b.arg()
 	}
 	if b, ok := l.o.Budgets[Cluster]; ok {
 		clusterLim = b.arg()
 	}
-	flag := func(b bool) string {
-		if b {
-			return "1"
-		}
-		return "0"
-	}
 	res, err := reserveScript.Run(ctx, l.rdb, []string{DayKey(r.day), InflightKey, OverridesKey, l.o.SwitchKey},
-		r.member, r.task, r.est.Tokens, r.est.USDNano, taskLim, clusterLim, lease.Milliseconds(),
-		flag(chat), flag(l.o.SwitchOff), dayPrefix, ttlSeconds).Slice()
+		r.member, c.Task, c.Tokens, c.USDNano, taskLim, clusterLim, lease.Milliseconds(),
+		flag(c.Chat), flag(l.o.SwitchOff), dayPrefix, ttlSeconds).Slice()
 	if err != nil {
-		return fmt.Errorf("llm spend: reserving a call of %s: %w", r.task, err)
+		return fmt.Errorf("llm spend: reserving a call of %s: %w", c.Task, err)
 	}
 	code, _ := res[0].(int64)
 	switch code {
@@ -136,10 +154,10 @@ func (l *Ledger) runReserve(ctx context.Context, r *reservation, chat bool, leas
 		return nil
 	case 1:
 		what, _ := res[2].(string)
-		return &Refusal{Task: r.task, Reason: ReasonKillSwitch, Switch: what}
+		return &Refusal{Task: c.Task, Reason: ReasonKillSwitch, Switch: what}
 	}
 	if len(res) < 5 {
-		return fmt.Errorf("llm spend: reserving a call of %s: unexpected answer %v", r.task, res)
+		return fmt.Errorf("llm spend: reserving a call of %s: unexpected answer %v", c.Task, res)
 	}
 	scope, _ := res[1].(string)
 	unit, _ := res[2].(string)
@@ -147,8 +165,15 @@ func (l *Ledger) runReserve(ctx context.Context, r *reservation, chat bool, leas
 	used, _ := res[4].(string)
 	lim, _ := parseLimit(unit + ":" + limit)
 	u, _ := strconv.ParseInt(used, 10, 64)
-	return &Refusal{Task: r.task, Reason: ReasonBudget, Scope: scope, Limit: lim, Used: u,
-		NeedTokens: r.est.Tokens, NeedUSDNano: r.est.USDNano, Window: r.day, Until: WindowEnd(now)}
+	return &Refusal{Task: c.Task, Reason: ReasonBudget, Scope: scope, Limit: lim, Used: u,
+		NeedTokens: c.Tokens, NeedUSDNano: c.USDNano, Window: r.day, Until: WindowEnd(now)}
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // Charge is what a settled call used.
@@ -165,28 +190,56 @@ type Charge struct {
 	Answered bool
 }
 
-// settle turns r into c (or releases it). It returns whether it charged:
-// false when r was already settled or released at its lease's end.
-func (l *Ledger) settle(ctx context.Context, r *reservation, c Charge) (bool, error) {
-	price, priced := l.o.Prices[r.model]
+// Settle turns r into what the call used (or releases it, for a call
+// that got no answer). It reports whether it charged: false when r was
+// already settled (a replay) or released at its lease's end. Each call is
+// charged once.
+func (l *Ledger) Settle(ctx context.Context, r *Reservation, c Charge) (bool, error) {
+	price, priced := l.o.Prices[r.call.Model]
 	var usd int64
 	if priced {
 		usd = price.Cost(c.Prompt, c.Completion)
 	}
-	flag := func(b bool) string {
-		if b {
-			return "1"
-		}
-		return "0"
-	}
 	n, err := settleScript.Run(ctx, l.rdb, []string{DayKey(r.day), InflightKey},
-		r.member, r.task, c.Purpose, r.model, c.Prompt, c.Completion, usd, flag(c.Estimated), flag(!priced),
-		r.est.Tokens, r.est.USDNano, ttlSeconds, c.Items, flag(c.Answered)).Int()
+		r.member, r.call.Task, c.Purpose, r.call.Model, c.Prompt, c.Completion, usd, flag(c.Estimated), flag(!priced),
+		r.call.Tokens, r.call.USDNano, ttlSeconds, c.Items, flag(c.Answered)).Int()
 	if err != nil {
-		return false, fmt.Errorf("llm spend: settling a call of %s: %w", r.task, err)
+		return false, fmt.Errorf("llm spend: settling a call of %s: %w", r.call.Task, err)
 	}
 	return n == 1, nil
 }
+
+// settleTimeout bounds a settlement, which runs after the call whatever
+// its context says: the call was made and must be charged.
+const settleTimeout = 5 * time.Second
+
+// SettleLater settles r in the background, so the caller, which has its
+// answer, does not wait for the bookkeeping: the settlement is sent at
+// once, as a synchronous one would be, and only its reply is not waited
+// for: the run's next call (same WithTask context) waits for it before it
+// reserves, which the run's own work between two calls usually covers.
+// Until it lands the call counts as in flight (its reservation holds its
+// estimate). A settlement that fails leaves the reservation to lapse
+// at its lease's end, uncharged, and is logged. Wait waits for those in
+// flight (at shutdown, before the Redis client closes).
+func (l *Ledger) SettleLater(ctx context.Context, r *Reservation, c Charge) {
+	l.settling.Add(1)
+	done := make(chan struct{})
+	settling(ctx, done)
+	go func() {
+		defer l.settling.Done()
+		defer close(done)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+		if _, err := l.Settle(sctx, r, c); err != nil {
+			l.o.Logger.WarnContext(ctx, "LLM call not charged: the spend ledger could not be written", "task", r.call.Task,
+				"model", r.call.Model, "prompt_tokens", c.Prompt, "completion_tokens", c.Completion, "error", err)
+		}
+	}()
+}
+
+// Wait waits for the settlements in flight.
+func (l *Ledger) Wait() { l.settling.Wait() }
 
 // newCallID names a call: 96 random bits, reserved before the request.
 func newCallID() string {

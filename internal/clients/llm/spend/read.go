@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -90,59 +91,21 @@ func ReadDays(ctx context.Context, rdb redis.UniversalClient, now time.Time, n i
 
 func parseDay(day string, h map[string]string) DayLedger {
 	d := DayLedger{Day: day, Totals: map[string]Totals{}}
-	lines := map[[3]string]*Line{}
+	var lines []Line
 	for f, v := range h {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			continue
-		}
+		n, ok := ints(v)
 		p := splitField(f)
 		switch {
-		case len(p) == 2:
-			t := d.Totals[p[1]]
-			switch p[0] {
-			case "spent_tokens":
-				t.SpentTokens = n
-			case "spent_usd_nano":
-				t.SpentUSDNano = n
-			case "held_tokens":
-				t.HeldTokens = n
-			case "held_usd_nano":
-				t.HeldUSDNano = n
-			case "orphaned":
-				t.Orphaned = n
-			default:
-				continue
-			}
-			d.Totals[p[1]] = t
-		case len(p) == 4:
-			k := [3]string{p[1], p[2], p[3]}
-			l := lines[k]
-			if l == nil {
-				l = &Line{Task: p[1], Purpose: p[2], Model: p[3]}
-				lines[k] = l
-			}
-			switch p[0] {
-			case "calls":
-				l.Calls = n
-			case "prompt":
-				l.Prompt = n
-			case "completion":
-				l.Completion = n
-			case "usd_nano":
-				l.USDNano = n
-			case "estimated":
-				l.Estimated = n
-			case "unpriced":
-				l.Unpriced = n
-			case "items":
-				l.Items = n
-			}
+		case !ok:
+			continue
+		case len(p) == 2 && p[0] == "total" && len(n) == 5:
+			d.Totals[p[1]] = Totals{SpentTokens: n[0], SpentUSDNano: n[1], HeldTokens: n[2], HeldUSDNano: n[3], Orphaned: n[4]}
+		case len(p) == 4 && p[0] == "line" && len(n) == 7:
+			lines = append(lines, Line{Task: p[1], Purpose: p[2], Model: p[3], Calls: n[0], Prompt: n[1], Completion: n[2],
+				USDNano: n[3], Estimated: n[4], Unpriced: n[5], Items: n[6]})
 		}
 	}
-	for _, l := range lines {
-		d.Lines = append(d.Lines, *l)
-	}
+	d.Lines = lines
 	sort.Slice(d.Lines, func(i, j int) bool {
 		a, b := d.Lines[i], d.Lines[j]
 		if a.Task != b.Task {
@@ -154,4 +117,18 @@ func parseDay(day string, h map[string]string) DayLedger {
 		return a.Purpose < b.Purpose
 	})
 	return d
+}
+
+// ints reads a packed ledger value: integers separated by spaces.
+func ints(v string) ([]int64, bool) {
+	f := strings.Fields(v)
+	out := make([]int64, len(f))
+	for i, x := range f {
+		n, err := strconv.ParseInt(x, 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		out[i] = n
+	}
+	return out, true
 }

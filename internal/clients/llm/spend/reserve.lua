@@ -6,12 +6,30 @@
 -- '' none), ARGV[7] lease (ms), ARGV[8] '1' when the kill switch applies,
 -- ARGV[9] '1' when the switch is off for good (startup setting),
 -- ARGV[10] ledger key prefix (of a day), ARGV[11] ledger TTL (s)
+-- A scope's totals are one field, total|<scope>: "spent_tokens
+-- spent_usd_nano held_tokens held_usd_nano orphaned" (few commands per
+-- call: each costs the script more than its work).
 -- Returns {0} reserved, {1, 'kill_switch', what} or
 -- {2, scope, unit, limit, used}: a budget would be crossed.
 redis.replicate_commands()
 local function off(v)
   v = string.lower((string.gsub(v, '^%s*(.-)%s*$', '%1')))
   return v == 'off' or v == 'false' or v == '0' or v == 'no' or v == 'disabled'
+end
+local function totals(v)
+  local t = {0, 0, 0, 0, 0}
+  if v then
+    local i = 1
+    for n in string.gmatch(v, '%-?%d+') do
+      if i > 5 then break end
+      t[i] = tonumber(n)
+      i = i + 1
+    end
+  end
+  return t
+end
+local function fmt(t)
+  return string.format('%d %d %d %d %d', t[1], t[2], t[3], t[4], t[5])
 end
 if ARGV[8] == '1' then
   if ARGV[9] == '1' then return {1, 'kill_switch', 'BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED=false'} end
@@ -30,36 +48,35 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0,
   if day then
     local k = ARGV[10] .. day
     if redis.call('EXISTS', k) == 1 then
-      for _, s in ipairs({task, '*'}) do
-        redis.call('HINCRBY', k, 'held_tokens|' .. s, string.format('%d', -tonumber(tok)))
-        redis.call('HINCRBY', k, 'held_usd_nano|' .. s, string.format('%d', -tonumber(usd)))
-      end
-      redis.call('HINCRBY', k, 'orphaned|' .. task, 1)
+      local v = redis.call('HMGET', k, 'total|' .. task, 'total|*')
+      local a, c = totals(v[1]), totals(v[2])
+      a[3], a[4], a[5] = a[3] - tonumber(tok), a[4] - tonumber(usd), a[5] + 1
+      c[3], c[4] = c[3] - tonumber(tok), c[4] - tonumber(usd)
+      redis.call('HSET', k, 'total|' .. task, fmt(a), 'total|*', fmt(c))
     end
   end
   redis.call('ZREM', KEYS[2], m)
 end
 local ov = redis.call('HMGET', KEYS[3], ARGV[2], '*')
-local function over(scope, lim)
+local cur = redis.call('HMGET', KEYS[1], 'total|' .. ARGV[2], 'total|*')
+local mine, all = totals(cur[1]), totals(cur[2])
+local tok, usd = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function over(scope, lim, tt)
   if not lim or lim == '' then return nil end
   local unit, n = string.match(lim, '^([tu]):(%d+)$')
   if not unit then return nil end -- 'none', or not ours
   n = tonumber(n)
-  local f, est = 'tokens', tonumber(ARGV[3])
-  if unit == 'u' then f, est = 'usd_nano', tonumber(ARGV[4]) end
-  local used = tonumber(redis.call('HGET', KEYS[1], 'spent_' .. f .. '|' .. scope) or '0')
-    + tonumber(redis.call('HGET', KEYS[1], 'held_' .. f .. '|' .. scope) or '0')
+  local used, est = tt[1] + tt[3], tok
+  if unit == 'u' then used, est = tt[2] + tt[4], usd end
   if n == 0 or used + est > n then
     return {2, scope, unit, tostring(n), string.format('%d', used)}
   end
   return nil
 end
-local r = over(ARGV[2], ov[1] or ARGV[5]) or over('*', ov[2] or ARGV[6])
+local r = over(ARGV[2], ov[1] or ARGV[5], mine) or over('*', ov[2] or ARGV[6], all)
 if r then return r end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), ARGV[1])
-for _, s in ipairs({ARGV[2], '*'}) do
-  redis.call('HINCRBY', KEYS[1], 'held_tokens|' .. s, ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'held_usd_nano|' .. s, ARGV[4])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[11])
+mine[3], mine[4] = mine[3] + tok, mine[4] + usd
+all[3], all[4] = all[3] + tok, all[4] + usd
+redis.call('HSET', KEYS[1], 'total|' .. ARGV[2], fmt(mine), 'total|*', fmt(all))
 return {0}

@@ -9,16 +9,16 @@
 // Keys (docs/data-model.md, "LLM spend"):
 //
 //	sgjobs:llm:spend:day:<YYYY-MM-DD>  hash, the day's ledger, kept 90 days:
-//	    calls|<task>|<purpose>|<model>        calls charged
-//	    prompt|…, completion|…                tokens reported (or estimated)
-//	    usd_nano|…                            cost, in 1e-9 USD
-//	    estimated|…, unpriced|…, items|…      calls charged from an estimate,
-//	                                          calls of a model without a price,
-//	                                          messages the calls covered
-//	    spent_tokens|<task or *>, spent_usd_nano|…   settled totals
-//	    held_tokens|<task or *>, held_usd_nano|…     reserved by calls in flight
-//	    orphaned|<task>                       reservations released at their
-//	                                          lease's end (the worker died mid-call)
+//	    line|<task>|<purpose>|<model>  "calls prompt completion usd_nano
+//	                                   estimated unpriced items": calls charged,
+//	                                   tokens reported (or estimated), cost in
+//	                                   1e-9 USD, calls charged from an estimate,
+//	                                   calls of a model without a price, messages
+//	                                   the calls covered
+//	    total|<task or *>              "spent_tokens spent_usd_nano held_tokens
+//	                                   held_usd_nano orphaned": settled, reserved
+//	                                   by calls in flight, reservations released at
+//	                                   their lease's end (the worker died mid-call)
 //	sgjobs:llm:spend:inflight           zset, the reservations of calls in
 //	                                    flight, scored by their lease's end
 //	sgjobs:llm:spend:budgets            hash, run-time budget overrides
@@ -45,9 +45,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
-
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 )
 
 // Keys.
@@ -167,7 +166,8 @@ func parseLimit(s string) (Limit, bool) {
 
 // Refusal is a call that did not start: the kill switch is off (Reason
 // ReasonKillSwitch), or the call would cross a budget (ReasonBudget:
-// Scope's, the task's or the cluster's). It is an llm.ErrRefused.
+// Scope's, the task's or the cluster's). The metered LLM clients return it
+// as an llm.ErrRefused (internal/clients/llm/meter).
 type Refusal struct {
 	Task   string
 	Reason string
@@ -199,33 +199,65 @@ func (r *Refusal) Error() string {
 		r.Task, r.Scope, r.Limit, used, r.Window, r.Until.UTC().Format(time.RFC3339))
 }
 
-// Is makes a refusal an llm.ErrRefused.
-func (r *Refusal) Is(target error) bool { return target == llm.ErrRefused }
-
-// AsRefusal finds a refusal in err's chain. A kill switch refusal made
-// elsewhere (killswitch.ErrOff) is one too, without details.
+// AsRefusal finds a refusal in err's chain.
 func AsRefusal(err error) (*Refusal, bool) {
 	var r *Refusal
 	if errors.As(err, &r) {
 		return r, true
-	}
-	if errors.Is(err, llm.ErrRefused) {
-		return &Refusal{Reason: ReasonKillSwitch, Switch: err.Error()}, true
 	}
 	return nil, false
 }
 
 type taskKey struct{}
 
-// WithTask attributes the LLM calls made under ctx to task.
+// attribution is what ctx says about its calls: the task they are charged
+// to, and the run's last settlement in flight, which its next call waits
+// for, so a run's calls settle in order and a run calling one at a time
+// has one call in flight, as far as its budget can tell.
+type attribution struct {
+	task string
+	mu   sync.Mutex
+	last chan struct{}
+}
+
+// WithTask attributes the LLM calls made under ctx to task: one run's.
 func WithTask(ctx context.Context, task string) context.Context {
-	return context.WithValue(ctx, taskKey{}, task)
+	return context.WithValue(ctx, taskKey{}, &attribution{task: task})
 }
 
 // TaskOf is the task ctx's calls are charged to (Unknown if none).
 func TaskOf(ctx context.Context) string {
-	if t, ok := ctx.Value(taskKey{}).(string); ok && t != "" {
-		return t
+	if a, ok := ctx.Value(taskKey{}).(*attribution); ok && a.task != "" {
+		return a.task
 	}
 	return Unknown
+}
+
+// settled waits until the run's last settlement has landed (or ctx ends).
+func settled(ctx context.Context) error {
+	a, ok := ctx.Value(taskKey{}).(*attribution)
+	if !ok {
+		return nil
+	}
+	a.mu.Lock()
+	last := a.last
+	a.mu.Unlock()
+	if last == nil {
+		return nil
+	}
+	select {
+	case <-last:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// settling records done as the run's last settlement in flight.
+func settling(ctx context.Context, done chan struct{}) {
+	if a, ok := ctx.Value(taskKey{}).(*attribution); ok {
+		a.mu.Lock()
+		a.last = done
+		a.mu.Unlock()
+	}
 }

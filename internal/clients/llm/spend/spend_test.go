@@ -11,6 +11,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/meter"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 )
@@ -60,7 +61,7 @@ func TestCallsAreChargedToTheirTaskModelAndPurposeWithTheirPrice(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)}
 	l := spend.New(rdb, spend.Options{Prices: map[string]spend.Price{model: {Prompt: 0.30, Completion: 2.50}}, Now: clk.Now})
 	fake := &fakeChat{u: llm.Usage{PromptTokens: 1000, CompletionTokens: 200}, content: "ok"}
-	m := l.Chat(fake, time.Minute)
+	m := meter.Chat(l, fake, time.Minute)
 	tctx := spend.WithTask(ctx, "channel_summarization")
 	for range 3 {
 		if _, err := m.Chat(tctx, llm.Request{Model: model, Purpose: "summary", Messages: []llm.Message{{Role: "user", Content: "hello"}}}); err != nil {
@@ -74,6 +75,7 @@ func TestCallsAreChargedToTheirTaskModelAndPurposeWithTheirPrice(t *testing.T) {
 	if _, err := m.Chat(tctx, llm.Request{Model: "other/model", Messages: []llm.Message{{Role: "user", Content: strings.Repeat("x", 800)}}}); err != nil {
 		t.Fatal(err)
 	}
+	l.Wait()
 	days, err := spend.ReadDays(ctx, rdb, clk.Now(), 1)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +111,7 @@ func TestACallThatWouldCrossItsBudgetDoesNotStart(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 5, 1, 23, 0, 0, 0, time.UTC)}
 	l := spend.New(rdb, spend.Options{Budgets: map[string]spend.Limit{"channel_summarization": spend.Tokens(3000)}, Now: clk.Now})
 	fake := &fakeChat{u: llm.Usage{PromptTokens: 800, CompletionTokens: 200}, content: "ok"}
-	m := l.Chat(fake, time.Minute)
+	m := meter.Chat(l, fake, time.Minute)
 	tctx := spend.WithTask(ctx, "channel_summarization")
 	req := llm.Request{Model: model, Messages: []llm.Message{{Role: "user", Content: strings.Repeat("x", 400)}}} // 100 tokens
 	var refusal error
@@ -153,7 +155,7 @@ func TestTheClusterBudgetHoldsEveryTaskTogether(t *testing.T) {
 		Budgets: map[string]spend.Limit{spend.Cluster: spend.USD(0.002)},   // 2,000 tokens' worth
 	})
 	fake := &fakeChat{u: llm.Usage{PromptTokens: 500, CompletionTokens: 500}, content: "ok"}
-	m := l.Chat(fake, time.Minute)
+	m := meter.Chat(l, fake, time.Minute)
 	req := llm.Request{Model: model, Messages: []llm.Message{{Role: "user", Content: "hi"}}}
 	if _, err := m.Chat(spend.WithTask(ctx, "a"), req); err != nil {
 		t.Fatal(err)
@@ -161,6 +163,7 @@ func TestTheClusterBudgetHoldsEveryTaskTogether(t *testing.T) {
 	if _, err := m.Chat(spend.WithTask(ctx, "b"), req); err != nil {
 		t.Fatal(err)
 	}
+	l.Wait() // three runs: b's call is in flight until its settlement lands
 	_, err := m.Chat(spend.WithTask(ctx, "c"), req)
 	r, ok := spend.AsRefusal(err)
 	if !ok || r.Scope != spend.Cluster || !r.Limit.InUSD {
@@ -173,7 +176,7 @@ func TestTheKillSwitchIsABudgetOfZero(t *testing.T) {
 	ctx := context.Background()
 	l := spend.New(rdb, spend.Options{SwitchKey: killswitch.DefaultKey})
 	fake := &fakeChat{u: llm.Usage{PromptTokens: 1, CompletionTokens: 1}, content: "ok"}
-	m := l.Chat(fake, time.Minute)
+	m := meter.Chat(l, fake, time.Minute)
 	req := llm.Request{Model: model, Messages: []llm.Message{{Role: "user", Content: "hi"}}}
 	rdb.Set(ctx, killswitch.DefaultKey, " OFF ", 0)
 	_, err := m.Chat(spend.WithTask(ctx, "limbic_dedup_task"), req)
@@ -182,14 +185,14 @@ func TestTheKillSwitchIsABudgetOfZero(t *testing.T) {
 		t.Fatalf("switch off: %v (%+v), %d calls", err, r, fake.calls.Load())
 	}
 	// Embeddings are not chat: the switch does not hold them.
-	if _, _, err := l.Embedder(embedFunc(func() {}), time.Minute).Embed(ctx, "emb", []string{"x"}); err != nil {
+	if _, _, err := meter.Embedder(l, embedFunc(func() {}), time.Minute).Embed(ctx, "emb", []string{"x"}); err != nil {
 		t.Fatalf("embeddings with the switch off: %v", err)
 	}
 	rdb.Set(ctx, killswitch.DefaultKey, "on", 0)
 	if _, err := m.Chat(ctx, req); err != nil {
 		t.Fatalf("switch on: %v", err)
 	}
-	off := spend.New(rdb, spend.Options{SwitchKey: killswitch.DefaultKey, SwitchOff: true}).Chat(fake, time.Minute)
+	off := meter.Chat(spend.New(rdb, spend.Options{SwitchKey: killswitch.DefaultKey, SwitchOff: true}), fake, time.Minute)
 	if _, err := off.Chat(ctx, req); !errors.Is(err, llm.ErrRefused) {
 		t.Fatalf("switched off by the startup setting: %v", err)
 	}
@@ -216,7 +219,7 @@ func TestOverrunIsBoundedByTheCallsInFlight(t *testing.T) {
 	const budget, perCall = 20_000, 1_000
 	l := spend.New(rdb, spend.Options{Budgets: map[string]spend.Limit{"limbic_anchoring_worker": spend.Tokens(budget)}})
 	fake := &fakeChat{u: llm.Usage{PromptTokens: 900, CompletionTokens: 100}, content: "ok", hold: make(chan struct{})}
-	m := l.Chat(fake, time.Minute)
+	m := meter.Chat(l, fake, time.Minute)
 	req := llm.Request{Model: model, Messages: []llm.Message{{Role: "user", Content: strings.Repeat("x", 400)}}} // estimate: 100
 	const workers = 40
 	var wg sync.WaitGroup
@@ -236,6 +239,7 @@ func TestOverrunIsBoundedByTheCallsInFlight(t *testing.T) {
 	}
 	close(fake.hold)
 	wg.Wait()
+	l.Wait()
 	d, _ := spend.ReadDays(context.Background(), rdb, time.Now(), 1)
 	spent := d[0].Totals["limbic_anchoring_worker"].SpentTokens
 	inFlight := int64(workers)
@@ -258,7 +262,7 @@ func TestAReplayedReservationOrSettlementChargesOnce(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
 	l := spend.New(rdb, spend.Options{})
-	r, err := l.Reserve(ctx, "t", model, 100, time.Minute)
+	r, err := l.Reserve(ctx, spend.Call{Task: "t", Model: model, Tokens: 100}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +271,7 @@ func TestAReplayedReservationOrSettlementChargesOnce(t *testing.T) {
 		t.Fatalf("held %d", h)
 	}
 	for i, want := range []bool{true, false, false} {
-		charged, err := l.Settle(ctx, r, 700, 300)
+		charged, err := l.Settle(ctx, r, spend.Charge{Purpose: "chat", Prompt: 700, Completion: 300, Answered: true})
 		if err != nil || charged != want {
 			t.Fatalf("settlement %d: charged %v (%v), want %v", i+1, charged, err, want)
 		}
@@ -277,7 +281,7 @@ func TestAReplayedReservationOrSettlementChargesOnce(t *testing.T) {
 		t.Fatalf("after three settlements: %+v, %+v", tot, d[0].Lines)
 	}
 	// A reservation replayed while it is held reserves nothing more.
-	r2, _ := l.Reserve(ctx, "t", model, 100, time.Minute)
+	r2, _ := l.Reserve(ctx, spend.Call{Task: "t", Model: model, Tokens: 100}, time.Minute)
 	if err := l.Replay(ctx, r2); err != nil {
 		t.Fatal(err)
 	}
@@ -295,22 +299,22 @@ func TestAnOrphanedReservationIsReleasedAtItsLeaseEnd(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
 	l := spend.New(rdb, spend.Options{Budgets: map[string]spend.Limit{"t": spend.Tokens(150)}})
-	orphan, err := l.Reserve(ctx, "t", model, 100, 50*time.Millisecond)
+	orphan, err := l.Reserve(ctx, spend.Call{Task: "t", Model: model, Tokens: 100}, 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Reserve(ctx, "t", model, 100, time.Minute); !errors.Is(err, llm.ErrRefused) {
+	if _, err := l.Reserve(ctx, spend.Call{Task: "t", Model: model, Tokens: 100}, time.Minute); !errors.As(err, new(*spend.Refusal)) {
 		t.Fatalf("while the orphan holds 100 of 150: %v, want a refusal", err)
 	}
 	time.Sleep(100 * time.Millisecond)
-	if _, err := l.Reserve(ctx, "t", model, 100, time.Minute); err != nil {
+	if _, err := l.Reserve(ctx, spend.Call{Task: "t", Model: model, Tokens: 100}, time.Minute); err != nil {
 		t.Fatalf("after the orphan's lease: %v", err)
 	}
 	d, _ := spend.ReadDays(ctx, rdb, time.Now(), 1)
 	if tot := d[0].Totals["t"]; tot.Orphaned != 1 || tot.HeldTokens != 100 || tot.SpentTokens != 0 {
 		t.Fatalf("totals %+v", tot)
 	}
-	if charged, err := l.Settle(ctx, orphan, 500, 500); err != nil || charged {
+	if charged, err := l.Settle(ctx, orphan, spend.Charge{Purpose: "chat", Prompt: 500, Completion: 500, Answered: true}); err != nil || charged {
 		t.Fatalf("late settlement charged %v (%v)", charged, err)
 	}
 }

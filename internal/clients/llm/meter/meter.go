@@ -1,10 +1,16 @@
-package spend
+// Package meter charges every LLM call to the spend ledger
+// (internal/clients/llm/spend): it wraps a chat model or an embedder so
+// that each call reserves its estimate before it starts (and is refused,
+// as an llm.ErrRefused, when the kill switch is off or a budget would be
+// crossed), and is settled to the usage the provider reported after.
+package meter
 
 import (
 	"context"
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 )
 
 // ChatModel makes chat/completions calls (*llm.Client).
@@ -12,21 +18,18 @@ type ChatModel interface {
 	Chat(ctx context.Context, r llm.Request) (*llm.Response, error)
 }
 
-// Embedder makes embeddings calls (*llm.Client).
-type Embedder interface {
+// EmbeddingModel makes embeddings calls (*llm.Client).
+type EmbeddingModel interface {
 	Embed(ctx context.Context, model string, inputs []string) ([][]float32, llm.Usage, error)
 }
 
-// settleTimeout bounds a settlement, which runs after the call whatever
-// its context says: the call was made and must be charged.
-const settleTimeout = 5 * time.Second
-
 // Chat wraps m so that every call is reserved, refused when the kill
-// switch is off or a budget would be crossed (a *Refusal, before the
-// call), and charged to its task (WithTask) after. lease is how long a
+// switch is off or a budget would be crossed (an llm.ErrRefused wrapping
+// the *spend.Refusal, before the call), and charged to its task
+// (spend.WithTask) after. lease is how long a
 // reservation outlives a worker that died mid-call: the call's timeout and
 // a margin.
-func (l *Ledger) Chat(m ChatModel, lease time.Duration) ChatModel {
+func Chat(l *spend.Ledger, m ChatModel, lease time.Duration) ChatModel {
 	if m == nil {
 		return nil
 	}
@@ -35,7 +38,7 @@ func (l *Ledger) Chat(m ChatModel, lease time.Duration) ChatModel {
 
 // Embedder wraps e like Chat; the kill switch, which is for chat calls,
 // does not apply.
-func (l *Ledger) Embedder(e Embedder, lease time.Duration) Embedder {
+func Embedder(l *spend.Ledger, e EmbeddingModel, lease time.Duration) EmbeddingModel {
 	if e == nil {
 		return nil
 	}
@@ -43,7 +46,7 @@ func (l *Ledger) Embedder(e Embedder, lease time.Duration) Embedder {
 }
 
 type meteredChat struct {
-	l     *Ledger
+	l     *spend.Ledger
 	m     ChatModel
 	lease time.Duration
 }
@@ -53,27 +56,27 @@ type meteredChat struct {
 func promptTokens(chars int) int64 { return max(1, int64(chars)/4) }
 
 func (mc meteredChat) Chat(ctx context.Context, r llm.Request) (*llm.Response, error) {
-	task := TaskOf(ctx)
+	task := spend.TaskOf(ctx)
 	chars := 0
 	for _, m := range r.Messages {
 		chars += len(m.Content)
 	}
 	prompt := promptTokens(chars)
 	completion := int64(max(r.MaxTokens, 0))
-	est := reserved{Tokens: prompt + completion}
+	est := spend.Call{Task: task, Model: r.Model, Tokens: prompt + completion, Chat: true}
 	if p, ok := mc.l.Price(r.Model); ok {
 		est.USDNano = p.Cost(prompt, completion)
 	}
-	res, err := mc.l.reserve(ctx, task, r.Model, est, true, mc.lease)
+	res, err := mc.l.Reserve(ctx, est, mc.lease)
 	if err != nil {
-		return nil, err
+		return nil, refused(err)
 	}
 	resp, err := mc.m.Chat(ctx, r)
 	purpose := r.Purpose
 	if purpose == "" {
 		purpose = "chat"
 	}
-	c := Charge{Purpose: purpose, Items: int64(max(r.Items, 0))}
+	c := spend.Charge{Purpose: purpose, Items: int64(max(r.Items, 0))}
 	u := llm.UsageOf(err)
 	content := ""
 	if resp != nil {
@@ -86,13 +89,13 @@ func (mc meteredChat) Chat(ctx context.Context, r llm.Request) (*llm.Response, e
 		// No usage reported: the prompt's estimate plus the reply's size.
 		c.Prompt, c.Completion, c.Estimated = prompt, int64(len(content))/4, true
 	}
-	mc.l.settleAfter(ctx, res, c)
+	mc.l.SettleLater(ctx, res, c)
 	return resp, err
 }
 
 type meteredEmbedder struct {
-	l     *Ledger
-	e     Embedder
+	l     *spend.Ledger
+	e     EmbeddingModel
 	lease time.Duration
 }
 
@@ -100,38 +103,43 @@ func (me meteredEmbedder) Embed(ctx context.Context, model string, inputs []stri
 	if len(inputs) == 0 {
 		return me.e.Embed(ctx, model, inputs)
 	}
-	task := TaskOf(ctx)
+	task := spend.TaskOf(ctx)
 	chars := 0
 	for _, in := range inputs {
 		chars += len(in)
 	}
 	prompt := promptTokens(chars)
-	est := reserved{Tokens: prompt}
+	est := spend.Call{Task: task, Model: model, Tokens: prompt}
 	if p, ok := me.l.Price(model); ok {
 		est.USDNano = p.Cost(prompt, 0)
 	}
-	res, err := me.l.reserve(ctx, task, model, est, false, me.lease)
+	res, err := me.l.Reserve(ctx, est, me.lease)
 	if err != nil {
-		return nil, llm.Usage{}, err
+		return nil, llm.Usage{}, refused(err)
 	}
 	vecs, u, err := me.e.Embed(ctx, model, inputs)
-	c := Charge{Purpose: "embedding", Items: int64(len(inputs)),
+	c := spend.Charge{Purpose: "embedding", Items: int64(len(inputs)),
 		Prompt: int64(u.PromptTokens), Completion: int64(u.CompletionTokens), Answered: err == nil || u != (llm.Usage{})}
 	if c.Answered && c.Prompt+c.Completion == 0 {
 		c.Prompt, c.Estimated = prompt, true
 	}
-	me.l.settleAfter(ctx, res, c)
+	me.l.SettleLater(ctx, res, c)
 	return vecs, u, err
 }
 
-// settleAfter settles r whatever ctx says (the call was made), within
-// settleTimeout. A settlement that fails leaves the reservation to lapse
-// at its lease's end, uncharged, and is logged.
-func (l *Ledger) settleAfter(ctx context.Context, r *reservation, c Charge) {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-	defer cancel()
-	if _, err := l.settle(sctx, r, c); err != nil {
-		l.o.Logger.WarnContext(ctx, "LLM call not charged: the spend ledger could not be written", "task", r.task,
-			"model", r.model, "prompt_tokens", c.Prompt, "completion_tokens", c.Completion, "error", err)
+// refusal is a spend.Refusal as the LLM clients' callers see it: an
+// llm.ErrRefused, which stops a run at once and defers it (errors.As
+// still finds the *spend.Refusal, for the deferral's details).
+type refusal struct{ *spend.Refusal }
+
+func (r refusal) Is(target error) bool { return target == llm.ErrRefused }
+func (r refusal) Unwrap() error        { return r.Refusal }
+
+// refused marks a refusal of the ledger as an llm.ErrRefused; other
+// errors (Redis) pass as they are.
+func refused(err error) error {
+	if r, ok := spend.AsRefusal(err); ok {
+		return refusal{r}
 	}
+	return err
 }
