@@ -130,7 +130,9 @@ func BenchmarkSpendAccounting(b *testing.B) {
 		ratios = append(ratios, pair[1].Seconds()/pair[0].Seconds())
 		round++
 	}
-	med := func(name string) float64 { return median(took[name], func(d time.Duration) float64 { return d.Seconds() }) }
+	med := func(name string) float64 {
+		return median(took[name], func(d time.Duration) float64 { return d.Seconds() })
+	}
 	b.ReportMetric(med("before"), "s/10k-before")
 	b.ReportMetric(med("after"), "s/10k-after")
 	b.ReportMetric(100*(median(ratios, func(r float64) float64 { return r })-1), "%wall-after/before")

@@ -104,8 +104,6 @@ func (r *Reservation) Task() string { return r.call.Task }
 // Model is the call's model.
 func (r *Reservation) Model() string { return r.call.Model }
 
-
-
 // ttlSeconds is the ledger's retention as the scripts take it.
 var ttlSeconds = int64(Retention / time.Second)
 
