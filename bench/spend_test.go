@@ -149,6 +149,7 @@ func BenchmarkSpendAccounting(b *testing.B) {
 	b.ReportMetric(float64(after.n.Load())/float64(calls["after"]), "rtt/call-after")
 	b.Logf("rounds %d: before %v, after %v; %d and %d LLM calls; after/before per round %.3f", round, took["before"], took["after"],
 		calls["before"], calls["after"], ratios)
+	ledger.Wait()
 	days, err := spend.ReadDays(context.Background(), ledgerRedis, time.Now(), 1)
 	if err != nil {
 		b.Fatal(err)
@@ -191,16 +192,17 @@ func BenchmarkSpendCallPath(b *testing.B) {
 	rdb := srv.Client(b)
 	req := llm.Extraction("kg-model", strings.Repeat("x", 4000), llm.JSONObject)
 	ctx := spend.WithTask(context.Background(), "limbic_anchoring_worker")
+	ledger := spend.New(rdb, spend.Options{
+		Prices:    map[string]spend.Price{"kg-model": {Prompt: 0.30, Completion: 2.50}},
+		Budgets:   map[string]spend.Limit{"limbic_anchoring_worker": spend.Tokens(1 << 50), spend.Cluster: spend.USD(1e9)},
+		SwitchKey: killswitch.DefaultKey,
+	})
 	for _, c := range []struct {
 		name string
 		m    extract.ChatModel
 	}{
 		{"switch-read", killswitch.New(rdb, killswitch.DefaultKey, true).Guard(nopChat{})},
-		{"ledger", meter.Chat(spend.New(rdb, spend.Options{
-			Prices:    map[string]spend.Price{"kg-model": {Prompt: 0.30, Completion: 2.50}},
-			Budgets:   map[string]spend.Limit{"limbic_anchoring_worker": spend.Tokens(1 << 50), spend.Cluster: spend.USD(1e9)},
-			SwitchKey: killswitch.DefaultKey,
-		}), nopChat{}, 3*time.Minute)},
+		{"ledger", meter.Chat(ledger, nopChat{}, 3*time.Minute)},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			for b.Loop() {
@@ -208,6 +210,7 @@ func BenchmarkSpendCallPath(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			ledger.Wait()
 		})
 	}
 }

@@ -225,8 +225,14 @@ func NewGate(l *Ledger, runner TaskRunner, log *slog.Logger) *Gate {
 // Check returns the tasks held now, and lifts the deferrals that ended
 // (compare-and-delete in one script, so one scheduler lifts each),
 // returning those tasks: the scheduler makes them due at once, and their
-// parked runs are run now. One Redis round trip.
+// parked runs are run now. One Redis command while nothing is deferred, a
+// script more while something is.
 func (g *Gate) Check(ctx context.Context) (held map[string]bool, lifted []string, err error) {
+	// Nothing deferred, the common case: one command, not a script.
+	n, err := g.l.rdb.Exists(ctx, DeferredKey).Result()
+	if err != nil || n == 0 {
+		return nil, nil, err
+	}
 	res, err := g.l.check(ctx, "")
 	if err != nil {
 		return nil, nil, fmt.Errorf("llm spend: checking the deferrals: %w", err)
