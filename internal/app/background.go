@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
@@ -96,6 +97,10 @@ func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Con
 		status = server.StatusSkipped
 	case err != nil && ctx.Err() != nil:
 		status = server.StatusSkipped // stopped by shutdown, not failed
+	case errors.Is(err, llm.ErrRefused):
+		// Its LLM budget is spent: the next round asks again (at its
+		// interval); what it did before the refusal is kept.
+		status = server.StatusDeferred
 	case err != nil:
 		status = server.StatusError
 	}
@@ -104,7 +109,7 @@ func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Con
 		run.Class = "error"
 	}
 	a.metrics.RunFinished(run)
-	if status != server.StatusSkipped {
+	if status != server.StatusSkipped && status != server.StatusDeferred {
 		e := events.Event{Topic: "scheduler_task_run", Source: "scheduler", Status: "ok",
 			DurationMS: float64(elapsed.Microseconds()) / 1000, Preview: "task=" + task + " status=ok",
 			Payload: map[string]any{"task": task, "error": ""}}
