@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/config"
 	"github.com/stargazer/stargazer-jobs/internal/logthrottle"
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
@@ -40,6 +42,9 @@ type Params struct {
 	Catalog []jobs.Spec
 	// Extra handlers, by task name, added to the ones of package handlers.
 	Extra map[string]asynq.Handler
+	// Clock is the clock of the LLM budget windows (default time.Now); a
+	// test moves it to the next UTC day.
+	Clock func() time.Time
 }
 
 // Run is the worker process. It runs its phases in order and blocks until
@@ -125,6 +130,8 @@ type app struct {
 	asynqCovered bool
 	// budgetMetrics observe the cluster-wide LLM budget.
 	budgetMetrics *budget.Metrics
+	// spend is the LLM spend ledger every call is charged to.
+	spend *spend.Ledger
 
 	publisher *events.Publisher
 	// journal watches this node's journal (nil where no journal task runs
@@ -164,7 +171,7 @@ func (a *app) gate() error {
 		return err
 	}
 	a.decisions = jobs.Gate(a.catalog, env)
-	return nil
+	return CheckBudgets(a.cfg.LLMBudgets, a.catalog)
 }
 
 // implemented is the set of tasks this process can run.

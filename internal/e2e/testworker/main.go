@@ -15,7 +15,10 @@
 //
 // E2E_SLEEP sets how long each run works. E2E_RUNLOG, if set, is a file
 // that every completed run is also appended to, so a test can count runs
-// even when Redis itself lost writes (a failover).
+// even when Redis itself lost writes (a failover). With E2E_CLOCK=1 the
+// clock of the LLM budget windows is real time plus the offset in
+// milliseconds held by the key e2e:clock:offset_ms (ClockKey), read every
+// 50 ms, so a test moves every worker to the next UTC day at once.
 package main
 
 import (
@@ -24,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,7 +50,32 @@ const (
 	StartedChannel = "e2e:started"     // pub/sub: "task|taskID|pid" when a run starts
 	PanicPrefix    = "e2e:panic:"      // if e2e:panic:<task> exists, the next run of task deletes it and panics
 	PanickedKey    = "e2e:panicked"    // list of "task|taskID|pid" of runs that panicked
+	ClockKey       = "e2e:clock:offset_ms"
 )
+
+// offsetClock is real time plus the offset a test keeps in ClockKey.
+func offsetClock(ctx context.Context, rdb *redis.Client) func() time.Time {
+	var offset atomic.Int64
+	read := func() {
+		if n, err := rdb.Get(ctx, ClockKey).Int64(); err == nil {
+			offset.Store(n)
+		}
+	}
+	read()
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				read()
+			}
+		}
+	}()
+	return func() time.Time { return time.Now().Add(time.Duration(offset.Load()) * time.Millisecond) }
+}
 
 func specs() []jobs.Spec {
 	empty := func() jobs.Payload { return &jobs.Empty{} }
@@ -123,11 +152,16 @@ func main() {
 		defer runlog.Close()
 	}
 	h := handler(rdb, sleep, runlog)
+	var clock func() time.Time
+	if os.Getenv("E2E_CLOCK") == "1" {
+		clock = offsetClock(ctx, rdb)
+	}
 	panics := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("e2e_panic always panics") })
 	err = app.Run(ctx, app.Params{
 		Args: os.Args[1:], Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr,
 		Catalog: append(jobs.Catalog(), specs()...),
 		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h, "e2e_panic": panics},
+		Clock:   clock,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testworker:", err)

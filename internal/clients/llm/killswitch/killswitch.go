@@ -22,8 +22,16 @@ import (
 // DefaultKey is the Redis key of the runtime switch.
 const DefaultKey = "sg:switch:chat_llm"
 
-// ErrOff is returned instead of a call while the switch is off.
-var ErrOff = errors.New("the chat-LLM kill switch is off")
+// ErrOff is returned instead of a call while the switch is off. It is a
+// refusal (errors.Is(err, llm.ErrRefused)): the run that meets it stops
+// and is deferred until the switch is back on, never retried as a
+// failure.
+var ErrOff error = offError{}
+
+type offError struct{}
+
+func (offError) Error() string        { return "the chat-LLM kill switch is off" }
+func (offError) Is(target error) bool { return target == llm.ErrRefused }
 
 // Switch reads the switch. The zero value is on.
 type Switch struct {
