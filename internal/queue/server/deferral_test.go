@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/meter"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
@@ -151,3 +152,55 @@ func TestARunWhoseBudgetIsSpentIsDeferredNotFailed(t *testing.T) {
 
 // newMux rebuilds h's mux after its options changed.
 func newMux(h *harness) *asynq.ServeMux { return server.Mux(h.opts) }
+
+// With the kill switch off, a chat-LLM run stands down at start on the
+// deferral path: its handler does not run, nothing is retried or failed,
+// and the task is recorded as deferred (kill_switch) until the switch is
+// back on, as `enqueuer schedules` and the alert read it.
+func TestAKillSwitchStandDownIsADeferral(t *testing.T) {
+	h := newHarness(t, 5*time.Second)
+	rdb := h.srv.Client(t)
+	ctx := context.Background()
+	// The runtime switch in Redis, off: the ledger and the switch read the
+	// same key, as the app wires them.
+	const key = "test:chat_llm_enabled"
+	if err := rdb.Set(ctx, key, "0", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ledger := spend.New(rdb, spend.Options{SwitchKey: key})
+	h.opts.Spend = ledger
+	h.opts.KillSwitch = killswitch.New(rdb, key, true)
+	h.mux = newMux(h)
+	var runs atomic.Int32
+	h.mux.HandleFunc(jobs.ChannelHeartbeat, func(context.Context, *asynq.Task) error {
+		runs.Add(1)
+		return nil
+	})
+	s := h.start(t)
+	defer s.Shutdown()
+
+	run, err := h.client.Enqueue(asynq.NewTask(jobs.ChannelHeartbeat, nil), asynq.Queue(jobs.QueueDefault), asynq.MaxRetry(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, "the run standing down", func() bool {
+		_, err := h.insp.GetTaskInfo(jobs.QueueDefault, run.ID)
+		return err != nil // revoked: neither retried nor archived
+	})
+	if n := runs.Load(); n != 0 {
+		t.Fatalf("the handler ran %d times with the kill switch off", n)
+	}
+	d, held, err := ledger.Held(ctx, jobs.ChannelHeartbeat)
+	if err != nil || !held || d.Reason != spend.ReasonKillSwitch {
+		t.Fatalf("deferral %+v held %v (%v): want the task deferred by the kill switch", d, held, err)
+	}
+	if n := testutil.ToFloat64(h.metrics.TaskStoodDown.WithLabelValues(jobs.ChannelHeartbeat, server.StandDownKillSwitch)); n != 1 {
+		t.Errorf("stood down %v times (kill_switch), want 1", n)
+	}
+	if n := testutil.ToFloat64(h.metrics.TaskRuns.WithLabelValues(jobs.ChannelHeartbeat, server.StatusDeferred)); n != 1 {
+		t.Errorf("%v deferred runs, want 1", n)
+	}
+	if q, err := h.insp.GetQueueInfo(jobs.QueueDefault); err != nil || q.Failed != 0 || q.Archived != 0 || q.Retry != 0 {
+		t.Fatalf("queue stats %+v (%v): want nothing failed, archived or waiting for a retry", q, err)
+	}
+}
