@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -32,26 +31,6 @@ func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
-}
-
-// extractionCorpus is the extraction benchmark's corpus (package extract's
-// BenchmarkExtract10kMessages): n short chat messages from 200 authors in
-// 40 channels, each naming two of 2,000 topics.
-func extractionCorpus(prefix string, n int) []extract.Fragment {
-	r := rand.New(rand.NewPCG(1, 2))
-	topic := func() string { return fmt.Sprintf("Topic%04d", r.IntN(2000)) }
-	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	out := make([]extract.Fragment, n)
-	for i := range out {
-		src := fmt.Sprintf("discord:%d", 1000+i*40/n)
-		out[i] = extract.Fragment{
-			ID: fmt.Sprintf("sg:msg:%s:%s-%06d", src, prefix, i), Source: src,
-			Author: fmt.Sprintf("user%03d", r.IntN(200)),
-			Text:   fmt.Sprintf("has anyone tried %s with %s yet? works for me", topic(), topic()),
-			Time:   t0.Add(time.Duration(i) * time.Second),
-		}
-	}
-	return out
 }
 
 // BenchmarkSpendAccounting measures what charging every LLM call to the
@@ -116,7 +95,7 @@ func BenchmarkSpendAccounting(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			frags := extractionCorpus(fmt.Sprintf("r%d-%s", round, p.name), n)
+			frags := extracttest.Corpus(fmt.Sprintf("r%d-%s", round, p.name), n, time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC))
 			start := time.Now()
 			res, err := e.Extract(ctx, frags)
 			if err != nil {
