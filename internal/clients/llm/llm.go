@@ -43,7 +43,7 @@ var (
 	// chat-LLM kill switch is off, or the task's spend budget is spent.
 	// No call of the same run can pass until the refusal lifts, so a run
 	// stops at the first one; it is never a failure to retry (the worker
-	// defers the run instead, internal/clients/llm/spend).
+	// defers the run instead, internal/spend).
 	ErrRefused = errors.New("llm: call refused before it started")
 )
 

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 )
 
 // The spend ledger's fallback estimate of a message's tokens (which the

@@ -8,9 +8,8 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -175,14 +174,13 @@ func untilText(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// refusal is the refusal that stopped a run: the ledger's, or a kill
-// switch refusal made elsewhere (killswitch.ErrOff), without details.
+// refusal is the refusal that stopped a run: the ledger's, or the kill
+// switch's met outside it (killswitch.ErrOff, which says where it was
+// read in err's message).
 func refusal(err error) (*spend.Refusal, bool) {
-	if r, ok := spend.AsRefusal(err); ok {
-		return r, true
+	r, ok := spend.AsRefusal(err)
+	if ok && r.Reason == spend.ReasonKillSwitch && r.Switch == "" {
+		r = &spend.Refusal{Reason: r.Reason, Switch: err.Error()}
 	}
-	if errors.Is(err, llm.ErrRefused) {
-		return &spend.Refusal{Reason: spend.ReasonKillSwitch, Switch: err.Error()}, true
-	}
-	return nil, false
+	return r, ok
 }

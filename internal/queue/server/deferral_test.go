@@ -14,9 +14,9 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/meter"
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/server"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/poll"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )

@@ -1,5 +1,5 @@
 // Package meter charges every LLM call to the spend ledger
-// (internal/clients/llm/spend): it wraps a chat model or an embedder so
+// (internal/spend): it wraps a chat model or an embedder so
 // that each call reserves its estimate before it starts (and is refused,
 // as an llm.ErrRefused, when the kill switch is off or a budget would be
 // crossed), and is settled to the usage the provider reported after.
@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm/spend"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 )
 
 // ChatModel makes chat/completions calls (*llm.Client).

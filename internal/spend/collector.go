@@ -3,12 +3,13 @@ package spend
 import (
 	"context"
 	"encoding/json"
-	"sync"
 	"time"
 	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stargazer/stargazer-jobs/internal/scrapecache"
 )
 
 // maxSeries bounds the lines a scrape exports: the ledger is in Redis,
@@ -17,20 +18,17 @@ const maxSeries = 1000
 
 // Collector exports today's ledger, the budgets and the deferrals, read
 // from Redis in one round trip at most once per cacheFor, however many
-// scrapers ask: the spend of every task and model (counters that restart
+// scrapers ask, and in the background when a read is slow (scrapecache):
+// a scrape never waits on Redis for long. It exports the spend of every task and model (counters that restart
 // at each UTC midnight, when the day's ledger starts), each budget's limit,
 // use and remainder, and which tasks are deferred.
 type Collector struct {
-	rdb      redis.UniversalClient
-	budgets  map[string]Limit
-	known    map[string]bool
-	cacheFor time.Duration
-	now      func() time.Time
+	rdb     redis.UniversalClient
+	budgets map[string]Limit
+	known   map[string]bool
+	now     func() time.Time
 
-	mu      sync.Mutex
-	readAt  time.Time
-	cached  []prometheus.Metric
-	readErr bool
+	cache *scrapecache.Cache[ledgerRead]
 
 	tokens, usd, calls, unpriced, limit, used, remaining, deferred, up *prometheus.Desc
 }
@@ -46,8 +44,8 @@ func NewCollector(rdb redis.UniversalClient, l *Ledger, known []string, cacheFor
 	for _, t := range known {
 		k[t] = true
 	}
-	return &Collector{
-		rdb: rdb, budgets: l.o.Budgets, known: k, cacheFor: cacheFor, now: l.o.Now,
+	c := &Collector{
+		rdb: rdb, budgets: l.o.Budgets, known: k, now: l.o.Now,
 		tokens: prometheus.NewDesc("stargazer_llm_spend_tokens_total",
 			"LLM tokens charged today (UTC; restarts at midnight) in the cluster's spend ledger, by task (the parent task of children and extraction units), model and kind (prompt, completion).",
 			[]string{"task", "model", "kind"}, nil),
@@ -68,6 +66,17 @@ func NewCollector(rdb redis.UniversalClient, l *Ledger, known []string, cacheFor
 			"1 while a task is deferred (its budget spent, or the kill switch off), by task and reason; 0 for a budgeted task that is not.", []string{"task", "reason"}, nil),
 		up: prometheus.NewDesc("stargazer_llm_spend_scrape_ok", "1 if the LLM spend ledger could be read from Redis.", nil, nil),
 	}
+	c.cache = scrapecache.New(func() ledgerRead {
+		ms, bad := c.read(c.now())
+		return ledgerRead{metrics: ms, bad: bad}
+	}, cacheFor, 0)
+	return c
+}
+
+// ledgerRead is one read of the ledger, as metrics.
+type ledgerRead struct {
+	metrics []prometheus.Metric
+	bad     bool
 }
 
 // Describe implements prometheus.Collector.
@@ -79,19 +88,12 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	now := c.now()
-	if c.readAt.IsZero() || now.Sub(c.readAt) >= c.cacheFor || now.Before(c.readAt) {
-		c.cached, c.readErr = c.read(now)
-		c.readAt = now
-	}
-	ms, bad := c.cached, c.readErr
-	c.mu.Unlock()
-	for _, m := range ms {
+	r, at := c.cache.Get()
+	for _, m := range r.metrics {
 		ch <- m
 	}
 	ok := 1.0
-	if bad {
+	if at.IsZero() || r.bad { // the first read still runs, or failed
 		ok = 0
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, ok)
