@@ -37,7 +37,7 @@ retry() {
 }
 
 # The Kubernetes tools need only Go and the module proxy, and their cold
-# build is the longest step (about 14 min on 2 cores): it runs in the
+# build is the longest step (about 10.5 min cold on 2 cores): it runs in the
 # background while the packages and images below are installed.
 kube_log=$(mktemp "${TMPDIR:-/tmp}/kube-tools.XXXXXX.log")
 ./scripts/kube-tools.sh >"$kube_log" 2>&1 &
@@ -145,19 +145,20 @@ if [ "${1:-}" = --install-only ]; then
   exit 0
 fi
 
-echo "== gofmt"
+echo "== gofmt ($SECONDS s since the start)"
 unformatted=$(gofmt -l .)
 if [ -n "$unformatted" ]; then
   echo "gofmt needed on:"; echo "$unformatted"; exit 1
 fi
-echo "== go vet"
+echo "== go vet ($SECONDS s since the start)"
 go vet ./...
 # -timeout: go test's default (10 min per package binary) is about what
 # internal/e2e's multi-process scenarios take on a slow CI machine.
 # The deployment tests go first, on their own: building the images (a cold
 # Go build inside a container) loads both cores for minutes, and the
 # multi-process scenarios of internal/e2e measure time.
-echo "== go test -race ./deploy/... (images, the compose stack, the API server)"
+echo "== go test -race ./deploy/... (images, the compose stack, the API server) ($SECONDS s since the start)"
 go test -race -count=1 -timeout 30m ./deploy/...
-echo "== go test -race (everything else)"
+echo "== go test -race (everything else) ($SECONDS s since the start)"
 go test -race -count=1 -timeout 30m $(go list ./... | grep -v '/deploy\(/\|$\)')
+echo "== passed in $SECONDS s"
