@@ -16,6 +16,13 @@
 // E2E_SLEEP sets how long each run works. E2E_RUNLOG, if set, is a file
 // that every completed run is also appended to, so a test can count runs
 // even when Redis itself lost writes (a failover).
+//
+// E2E_CLOCK_FILE, if set, names a file holding a duration ("4s", "-2.5s")
+// by which the worker's clock (app.Params.Now: the scheduler, the handlers,
+// the cut-over detector) is offset from the real one; the file is read
+// every 200 ms, so a test can skew a running worker and set it right again.
+// A missing or empty file is no offset. These are test-worker options, not
+// production settings.
 package main
 
 import (
@@ -24,6 +31,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -122,15 +131,48 @@ func main() {
 		}
 		defer runlog.Close()
 	}
+	now := time.Now
+	if path := os.Getenv("E2E_CLOCK_FILE"); path != "" {
+		now = offsetClock(ctx, path)
+	}
 	h := handler(rdb, sleep, runlog)
 	panics := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("e2e_panic always panics") })
 	err = app.Run(ctx, app.Params{
 		Args: os.Args[1:], Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr,
 		Catalog: append(jobs.Catalog(), specs()...),
 		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h, "e2e_panic": panics},
+		Now:     now,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testworker:", err)
 		os.Exit(1)
 	}
+}
+
+// offsetClock returns a clock offset by the duration in the file at path,
+// re-read every 200 ms until ctx ends.
+func offsetClock(ctx context.Context, path string) func() time.Time {
+	var offset atomic.Int64
+	read := func() {
+		b, err := os.ReadFile(path)
+		d, perr := time.ParseDuration(strings.TrimSpace(string(b)))
+		if err != nil || perr != nil {
+			d = 0
+		}
+		offset.Store(int64(d))
+	}
+	read()
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				read()
+			}
+		}
+	}()
+	return func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 }
