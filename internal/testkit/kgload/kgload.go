@@ -137,14 +137,23 @@ func Plan(ctx context.Context, rdb redis.UniversalClient) error {
 // whichever batch landed last.
 func Snapshot(tb testing.TB, g *graph.Graph) string {
 	tb.Helper()
+	s, err := SnapshotOf(context.Background(), g)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// SnapshotOf is Snapshot outside a test (the chaos command).
+func SnapshotOf(ctx context.Context, g *graph.Graph) (string, error) {
 	var b strings.Builder
 	for _, q := range []string{
 		`MATCH (e:Entity) RETURN e.key, e.name, e.type, e.mention_count, e.first_seen, e.last_seen ORDER BY e.key`,
 		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key, r.weight, r.last_seen ORDER BY a.key, r.type, c.key`,
 	} {
-		res, err := g.ROQuery(context.Background(), q, nil)
+		res, err := g.ROQuery(ctx, q, nil)
 		if err != nil {
-			tb.Fatal(err)
+			return "", err
 		}
 		for _, r := range res.Rows {
 			for i, v := range r {
@@ -155,7 +164,7 @@ func Snapshot(tb testing.TB, g *graph.Graph) string {
 			fmt.Fprintln(&b, r...)
 		}
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 // LLM is the extraction fake (extracttest) answering after a latency, with

@@ -352,9 +352,22 @@ func (c *checker) missing(task string, due time.Time, prev, next Occurrence) {
 }
 
 func (c *checker) ranIfEnqueued(o Occurrence) {
-	if o.Outcome != "enqueued" {
+	if o.Outcome == "duplicate" {
+		// Either a peer enqueued this very occurrence (and this scheduler
+		// moved the schedule on), or an instance of the singleton was
+		// still queued or running: the occurrence is skipped.
+		if _, ran := c.runsByID[o.ID]; ran {
+			c.note(InvOccurrenceMissed, "occurrence enqueued by one scheduler, recorded by another (duplicate)")
+			o.TaskID = o.ID
+		} else if _, enq := c.h.Enqueued[o.ID]; enq {
+			o.TaskID = o.ID
+		} else {
+			c.note(InvOccurrenceMissed, "occurrences skipped: duplicate (an instance of the singleton was queued or running)")
+			return
+		}
+	} else if o.Outcome != "enqueued" {
 		switch o.Outcome {
-		case "overlap", "coalesced", "duplicate":
+		case "overlap", "coalesced":
 			c.note(InvOccurrenceMissed, "occurrences skipped: "+o.Outcome)
 		}
 		return

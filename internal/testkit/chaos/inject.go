@@ -1,0 +1,220 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/testkit/chaos/check"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/faultproxy"
+)
+
+// inject runs the schedule from warm: each fault at its time, healed
+// after its duration; faults overlap as planned. It returns when every
+// fault has been healed.
+func (h *harness) inject(ctx context.Context, warm time.Time) {
+	var wg sync.WaitGroup
+	for _, p := range h.plan {
+		if h.o.Drop[p.ID] {
+			continue
+		}
+		wg.Go(func() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(warm.Add(p.At))):
+			}
+			f := h.run(ctx, p)
+			h.mu.Lock()
+			h.faults = append(h.faults, f)
+			h.mu.Unlock()
+			line := fmt.Sprintf("fault #%d %s %s %s", f.ID, f.Kind, f.Target, f.Detail)
+			if f.Skipped != "" {
+				line += " (not injected: " + f.Skipped + ")"
+			}
+			h.logf("%s", line)
+		})
+	}
+	wg.Wait()
+	// Whatever the period's end: nothing stays faulted.
+	h.fakes.SetLLMFault(LLMFault{})
+	for _, s := range h.slots {
+		s.redisProxy.SetMode(faultproxy.Pass)
+		s.redisProxy.SetLatency(0)
+		s.falkorProxy.SetMode(faultproxy.Pass)
+		s.falkorProxy.SetLatency(0)
+		_ = os.WriteFile(s.clockFile, []byte("0s"), 0o644)
+	}
+	if time.Until(warm.Add(h.o.Duration)) > 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Until(warm.Add(h.o.Duration))):
+		}
+	}
+}
+
+func (h *harness) slotOf(name string) *slot {
+	for _, s := range h.slots {
+		if s.name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// run injects one fault, waits its duration, heals it, and returns it as
+// executed.
+func (h *harness) run(ctx context.Context, p Planned) (f check.Fault) {
+	f = check.Fault{ID: p.ID, Kind: p.Kind, Target: p.Target, Start: time.Now()}
+	defer func() {
+		if f.End.IsZero() {
+			f.End = time.Now()
+		}
+	}()
+	switch p.Kind {
+	case check.KindKill, check.KindTerm:
+		s := h.slotOf(p.Target)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.cur == nil || !s.cur.alive() {
+			f.Skipped = "worker not running"
+			return f
+		}
+		sig, name := syscall.SIGKILL, "SIGKILL"
+		if p.Kind == check.KindTerm {
+			sig, name = syscall.SIGTERM, "SIGTERM"
+		}
+		pid := s.cur.pid
+		f.Start = time.Now()
+		s.cur.stop(sig, 20*time.Second)
+		f.Detail = fmt.Sprintf("%s pid %d, restart after %v", name, pid, p.For)
+		sleepCtx(ctx, p.For)
+		np, err := h.start(s, h.currentDeployment())
+		f.End = time.Now()
+		if err != nil {
+			f.Detail += "; restart failed: " + err.Error()
+		} else {
+			f.Detail += fmt.Sprintf(" as pid %d", np.pid)
+		}
+	case check.KindRedisKill:
+		f.Detail = fmt.Sprintf("SIGKILL redis-server, restart from its AOF after %v", p.For)
+		h.redis.Crash()
+		sleepCtx(ctx, p.For)
+		if err := h.redis.Relaunch(); err != nil {
+			f.Detail += "; restart failed: " + err.Error()
+		}
+	case check.KindRedisPause:
+		f.Detail = fmt.Sprintf("SIGSTOP redis-server for %v", p.For)
+		_ = h.redis.Signal(syscall.SIGSTOP)
+		sleepCtx(ctx, p.For)
+		_ = h.redis.Signal(syscall.SIGCONT)
+	case check.KindPartitionRedis, check.KindPartitionFalkor:
+		s := h.slotOf(p.Target)
+		px, what := s.redisProxy, "Redis"
+		if p.Kind == check.KindPartitionFalkor {
+			px, what = s.falkorProxy, "FalkorDB"
+		}
+		mode := faultproxy.Stall
+		if p.Mode == "drop" {
+			mode = faultproxy.Drop
+		}
+		f.Detail = fmt.Sprintf("%s ↔ %s %s for %v", p.Target, what, p.Mode, p.For)
+		px.SetMode(mode)
+		sleepCtx(ctx, p.For)
+		px.SetMode(faultproxy.Pass)
+	case check.KindLatencyRedis, check.KindLatencyFalkor:
+		s := h.slotOf(p.Target)
+		px, what := s.redisProxy, "Redis"
+		if p.Kind == check.KindLatencyFalkor {
+			px, what = s.falkorProxy, "FalkorDB"
+		}
+		f.Detail = fmt.Sprintf("%s ↔ %s +%v per chunk each way for %v", p.Target, what, p.Amount, p.For)
+		px.SetLatency(p.Amount)
+		sleepCtx(ctx, p.For)
+		px.SetLatency(0)
+	case check.KindFalkorStall:
+		f.Detail = fmt.Sprintf("SIGSTOP FalkorDB for %v", p.For)
+		_ = h.falkor.Signal(syscall.SIGSTOP)
+		sleepCtx(ctx, p.For)
+		_ = h.falkor.Signal(syscall.SIGCONT)
+	case check.KindLLM429, check.KindLLM5xx, check.KindLLMHang:
+		lf := LLMFault{}
+		switch p.Kind {
+		case check.KindLLM429:
+			lf = LLMFault{Mode: "429", RetryAfter: int(p.Amount / time.Second)}
+			f.Detail = fmt.Sprintf("429 with Retry-After %d for %v", lf.RetryAfter, p.For)
+		case check.KindLLM5xx:
+			lf = LLMFault{Mode: "5xx", Status: p.Status}
+			f.Detail = fmt.Sprintf("%d for %v", p.Status, p.For)
+		default:
+			lf = LLMFault{Mode: "hang"}
+			f.Detail = fmt.Sprintf("calls hang past the deadline for %v", p.For)
+		}
+		h.fakes.SetLLMFault(lf)
+		sleepCtx(ctx, p.For)
+		h.fakes.SetLLMFault(LLMFault{})
+	case check.KindMalformed:
+		f.Detail = p.What
+		if err := h.bot.malformed(ctx, p.What); err != nil {
+			f.Detail += "; not written: " + err.Error()
+		}
+	case check.KindClock:
+		s := h.slotOf(p.Target)
+		f.Detail = fmt.Sprintf("clock %+v for %v", p.Amount, p.For)
+		h.mu.Lock()
+		h.maxOffset = max(h.maxOffset, p.Amount.Abs())
+		h.mu.Unlock()
+		_ = os.WriteFile(s.clockFile, []byte(p.Amount.String()), 0o644)
+		sleepCtx(ctx, p.For)
+		_ = os.WriteFile(s.clockFile, []byte("0s"), 0o644)
+	case check.KindDeploy:
+		h.mu.Lock()
+		h.deployN++
+		id := fmt.Sprintf("deploy-%d", h.deployN)
+		h.deployment = id
+		h.deployments = append(h.deployments, check.Deployment{ID: id, Start: time.Now()})
+		h.mu.Unlock()
+		var out []string
+		for _, s := range h.slots {
+			s.mu.Lock()
+			if s.cur != nil && s.cur.alive() {
+				s.cur.stop(syscall.SIGTERM, 20*time.Second)
+			}
+			np, err := h.start(s, id)
+			s.mu.Unlock()
+			if err != nil {
+				out = append(out, s.name+" failed: "+err.Error())
+				continue
+			}
+			out = append(out, fmt.Sprintf("%s→%d", s.name, np.pid))
+		}
+		f.Detail = "rolling restart to " + id + ": " + strings.Join(out, " ")
+	case check.KindForeignScheduler:
+		fr, err := h.bot.foreignRun(ctx, p.What)
+		f.Detail = "task=" + p.What
+		if err != nil {
+			f.Skipped = "not published: " + err.Error()
+			return f
+		}
+		h.mu.Lock()
+		h.foreign = append(h.foreign, fr)
+		h.mu.Unlock()
+		if !fr.StandDownUntil.IsZero() {
+			f.End = fr.StandDownUntil
+		} else {
+			f.Detail += " (no worker recorded it)"
+		}
+	}
+	return f
+}

@@ -1,0 +1,224 @@
+package chaos
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/stargazer/stargazer-jobs/internal/testkit/chaos/check"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/faultproxy"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+)
+
+// process is one incarnation of a worker or of the node agent.
+type process struct {
+	name       string
+	cmd        *exec.Cmd
+	pid        int
+	start      time.Time
+	logPath    string
+	probe      string // PROBE_ADDR
+	deployment string
+	done       chan struct{}
+	// ended is how the harness ended it ("killed", "terminated"); set
+	// before the signal.
+	mu    sync.Mutex
+	ended string
+	end   time.Time
+}
+
+// slot is a worker (or the node agent) across its incarnations: its links
+// to Redis and FalkorDB through fault proxies of its own, and its clock.
+type slot struct {
+	name        string
+	node        bool
+	redisProxy  *faultproxy.Proxy
+	falkorProxy *faultproxy.Proxy
+	clockFile   string
+	env         map[string]string
+
+	mu  sync.Mutex // one process-level fault at a time
+	cur *process
+	n   int
+}
+
+// procs records every incarnation, for the history.
+type procs struct {
+	mu  sync.Mutex
+	all []*process
+}
+
+func (ps *procs) add(p *process) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.all = append(ps.all, p)
+}
+
+func (ps *procs) history() []check.Proc {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	out := make([]check.Proc, 0, len(ps.all))
+	for _, p := range ps.all {
+		p.mu.Lock()
+		out = append(out, check.Proc{Name: p.name, Pid: p.pid, Start: p.start, End: p.end, Ended: p.ended, Deployment: p.deployment})
+		p.mu.Unlock()
+	}
+	return out
+}
+
+// start runs a new incarnation of s from bin with its environment plus
+// extra, and waits until it is ready.
+func (h *harness) start(s *slot, deployment string) (*process, error) {
+	s.n++
+	p := &process{name: s.name, logPath: filepath.Join(h.dir, "logs", fmt.Sprintf("%s.%d.log", s.name, s.n)),
+		deployment: deployment, done: make(chan struct{})}
+	out, err := os.Create(p.logPath)
+	if err != nil {
+		return nil, err
+	}
+	httpAddr, probe := freeAddr(), freeAddr()
+	if httpAddr == "" || probe == "" {
+		out.Close()
+		return nil, fmt.Errorf("no free port")
+	}
+	p.probe = probe
+	p.cmd = exec.Command(h.bin)
+	p.cmd.Env = append(os.Environ(), "HTTP_ADDR="+httpAddr, "PROBE_ADDR="+probe, "DEPLOYMENT_ID="+deployment)
+	for k, v := range s.env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	// Its own process group: a signal to the harness is not theirs.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		out.Close()
+		return nil, err
+	}
+	p.pid, p.start = p.cmd.Process.Pid, time.Now()
+	go func() {
+		_ = p.cmd.Wait()
+		out.Close()
+		p.mu.Lock()
+		p.end = time.Now()
+		if p.ended == "" {
+			p.ended = "exited"
+		}
+		p.mu.Unlock()
+		close(p.done)
+	}()
+	h.procs.add(p)
+	s.cur = p
+	ready := `"msg":"worker started"`
+	if s.node {
+		ready = `"msg":"node role`
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(p.logPath); strings.Contains(string(b), ready) {
+			return p, nil
+		}
+		select {
+		case <-p.done:
+			b, _ := os.ReadFile(p.logPath)
+			return p, fmt.Errorf("%s exited while starting:\n%s", s.name, tail(string(b), 3000))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return p, fmt.Errorf("%s not ready within 45s (log %s)", s.name, p.logPath)
+}
+
+// stop ends p with sig ("killed" for SIGKILL, "terminated" for SIGTERM),
+// waiting for it; a process still running within after SIGTERM is killed.
+func (p *process) stop(sig syscall.Signal, after time.Duration) {
+	p.mu.Lock()
+	if p.ended == "" {
+		p.ended = map[syscall.Signal]string{syscall.SIGKILL: "killed", syscall.SIGTERM: "terminated"}[sig]
+	}
+	p.mu.Unlock()
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(after):
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+func (p *process) alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func freeAddr() string {
+	port, err := redistest.FreePort()
+	if err != nil {
+		return ""
+	}
+	return "127.0.0.1:" + strconv.Itoa(port)
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
+
+// metrics reads a few series from a process's /metrics on its probe
+// listener (not through its proxies).
+func metrics(probe string, names ...string) (map[string]float64, error) {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + probe + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		for _, n := range names {
+			if strings.HasPrefix(line, n+" ") {
+				f, _ := strconv.ParseFloat(line[len(n)+1:], 64)
+				out[n] = f
+			}
+		}
+	}
+	return out, sc.Err()
+}
+
+// tcpConns counts pid's established TCP connections (from /proc).
+func tcpConns(pid int) int {
+	inodes := map[string]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	n := 0
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) >= 10 && fs[3] == "01" && inodes[fs[9]] { // 01: ESTABLISHED
+				n++
+			}
+		}
+	}
+	return n
+}
