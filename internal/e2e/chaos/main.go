@@ -27,6 +27,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -38,6 +39,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/chaos"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/chaos/check"
@@ -63,6 +66,7 @@ type config struct {
 	minimizeRuns       int
 	minQuiet, maxQuiet time.Duration
 	binary             string
+	history            string
 }
 
 func parse(args []string, stderr io.Writer) (config, error) {
@@ -83,6 +87,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.minQuiet, "min-quiet", 45*time.Second, "shortest quiet period after the faults")
 	fs.DurationVar(&c.maxQuiet, "max-quiet", 5*time.Minute, "longest wait for everything to drain after the faults")
 	fs.StringVar(&c.binary, "worker-binary", "", "the testworker binary (default: built from ./internal/e2e/testworker)")
+	fs.StringVar(&c.history, "history", "", "also write the recorded history, as JSON, to this file")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -111,6 +116,9 @@ func parse(args []string, stderr io.Writer) (config, error) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// The harness's own Redis client retries through the faults it makes;
+	// go-redis's pool messages about them are noise here.
+	redis.SetLogger(quiet{})
 	c, err := parse(args, stderr)
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -151,6 +159,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	check.Write(stdout, hist, rep)
+	if c.history != "" {
+		b, err := json.MarshalIndent(hist, "", " ")
+		if err == nil {
+			err = os.WriteFile(c.history, b, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "chaos: writing the history:", err)
+		}
+	}
 	n := rep.Violations()
 	if n > 0 || c.keep || c.dir != "" {
 		fmt.Fprintf(stdout, "\nlogs: %s\n", dir)
@@ -260,3 +277,7 @@ func dropFlag(drop map[int]bool) string {
 	}
 	return " -drop " + strings.Join(s, ",")
 }
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}

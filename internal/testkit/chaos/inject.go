@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -145,8 +146,11 @@ func (h *harness) run(ctx context.Context, p Planned) (f check.Fault) {
 		px.SetLatency(0)
 	case check.KindFalkorStall:
 		f.Detail = fmt.Sprintf("SIGSTOP FalkorDB for %v", p.For)
+		before := h.dumps()
 		_ = h.falkor.Signal(syscall.SIGSTOP)
 		sleepCtx(ctx, p.For)
+		// What the workers hold while FalkorDB is frozen, against before.
+		f.Detail += h.saveStackGrowth(fmt.Sprintf("falkordb-stall-%d", p.ID), before)
 		_ = h.falkor.Signal(syscall.SIGCONT)
 	case check.KindLLM429, check.KindLLM5xx, check.KindLLMHang:
 		lf := LLMFault{}
@@ -217,4 +221,51 @@ func (h *harness) run(ctx context.Context, p Planned) (f check.Fault) {
 		}
 	}
 	return f
+}
+
+// dumps takes each live worker's goroutine dump, by pid.
+func (h *harness) dumps() map[int]string {
+	out := map[int]string{}
+	for _, s := range h.slots {
+		s.mu.Lock()
+		p := s.cur
+		s.mu.Unlock()
+		if p == nil || !p.alive() {
+			continue
+		}
+		if d, err := goroutines(p.http); err == nil {
+			out[p.pid] = d
+		}
+	}
+	return out
+}
+
+// saveStackGrowth writes, for each worker that holds more goroutines now
+// than in before, the stacks that grew, to logs/<name>.<what>.txt, and
+// says how many more each holds.
+func (h *harness) saveStackGrowth(what string, before map[int]string) string {
+	var notes []string
+	for _, s := range h.slots {
+		s.mu.Lock()
+		p := s.cur
+		s.mu.Unlock()
+		if p == nil || before[p.pid] == "" {
+			continue
+		}
+		now, err := goroutines(p.http)
+		if err != nil {
+			continue
+		}
+		more, report := newStacks(before[p.pid], now)
+		if more == 0 {
+			continue
+		}
+		path := filepath.Join(h.dir, "logs", s.name+"."+what+".txt")
+		_ = os.WriteFile(path, []byte(report), 0o644)
+		notes = append(notes, fmt.Sprintf("%s +%d", s.name, more))
+	}
+	if len(notes) == 0 {
+		return ""
+	}
+	return "; goroutines meanwhile: " + strings.Join(notes, ", ")
 }

@@ -3,10 +3,12 @@ package chaos
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +28,7 @@ type process struct {
 	start      time.Time
 	logPath    string
 	probe      string // PROBE_ADDR
+	http       string // HTTP_ADDR (no credentials: loopback, admin)
 	deployment string
 	done       chan struct{}
 	// ended is how the harness ended it ("killed", "terminated"); set
@@ -89,7 +92,7 @@ func (h *harness) start(s *slot, deployment string) (*process, error) {
 		out.Close()
 		return nil, fmt.Errorf("no free port")
 	}
-	p.probe = probe
+	p.probe, p.http = probe, httpAddr
 	p.cmd = exec.Command(h.bin)
 	p.cmd.Env = append(os.Environ(), "HTTP_ADDR="+httpAddr, "PROBE_ADDR="+probe, "DEPLOYMENT_ID="+deployment)
 	for k, v := range s.env {
@@ -221,4 +224,67 @@ func tcpConns(pid int) int {
 		}
 	}
 	return n
+}
+
+// goroutines is the process's goroutine dump (GET /debug/pprof/goroutine
+// on its HTTP_ADDR, debug=1: stacks grouped, with counts).
+func goroutines(addr string) (string, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("goroutine dump: %s", resp.Status)
+	}
+	return string(b), nil
+}
+
+// stackGroups splits a debug=1 goroutine dump into its stacks, keyed by
+// the stack (addresses and frames), with their counts.
+func stackGroups(dump string) map[string]int {
+	out := map[string]int{}
+	for _, blk := range strings.Split(dump, "\n\n") {
+		head, rest, ok := strings.Cut(blk, "\n")
+		if !ok || !strings.Contains(head, " @ ") {
+			continue
+		}
+		n, _ := strconv.Atoi(strings.Fields(head)[0])
+		var frames []string
+		for _, l := range strings.Split(rest, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == "#" {
+				frames = append(frames, f[2])
+			}
+		}
+		out[strings.Join(frames, "\n")] += n
+	}
+	return out
+}
+
+// newStacks lists the stacks with more goroutines in after than in
+// before, most first.
+func newStacks(before, after string) (more int, report string) {
+	b, a := stackGroups(before), stackGroups(after)
+	type grew struct {
+		stack string
+		n     int
+	}
+	var gs []grew
+	for st, n := range a {
+		if d := n - b[st]; d > 0 {
+			gs = append(gs, grew{st, d})
+			more += d
+		}
+	}
+	sort.Slice(gs, func(i, j int) bool { return gs[i].n > gs[j].n })
+	var sb strings.Builder
+	for _, g := range gs {
+		fmt.Fprintf(&sb, "+%d\n%s\n\n", g.n, g.stack)
+	}
+	return more, sb.String()
 }
