@@ -123,6 +123,9 @@ type harness struct {
 
 	leaseSamples    []check.LeaseSample
 	resourceSamples []check.ResourceSample
+	// earlyDumps are the workers' goroutine dumps a minute after their
+	// start, by pid: the end's are compared with them.
+	earlyDumps map[int]string
 }
 
 func (h *harness) logf(format string, args ...any) {
@@ -152,7 +155,7 @@ func Run(ctx context.Context, o Options) (*check.History, error) {
 	if o.MaxQuiet == 0 {
 		o.MaxQuiet = 5 * time.Minute
 	}
-	h := &harness{o: o, dir: o.Dir, bin: o.Binary, log: o.Log, deployment: "deploy-1", deployN: 1}
+	h := &harness{o: o, dir: o.Dir, bin: o.Binary, log: o.Log, deployment: "deploy-1", deployN: 1, earlyDumps: map[int]string{}}
 	h.plan = Schedule(o.Seed, o.Duration, o.Workers, o.Kinds)
 	hist := &check.History{Seed: o.Seed, Start: time.Now()}
 	defer h.teardown()
@@ -185,6 +188,7 @@ func Run(ctx context.Context, o Options) (*check.History, error) {
 	hist.End = time.Now()
 	stopSampling()
 	sampling.Wait()
+	h.saveGrowth()
 
 	if err := h.collect(ctx, hist); err != nil {
 		return hist, err
@@ -478,7 +482,15 @@ func (h *harness) sampleResources() {
 		h.mu.Lock()
 		h.resourceSamples = append(h.resourceSamples, check.ResourceSample{Proc: s.name, Pid: p.pid, At: time.Now(),
 			Goroutines: int(m["go_goroutines"]), FDs: int(m["process_open_fds"]), Conns: tcpConns(p.pid)})
+		_, dumped := h.earlyDumps[p.pid]
 		h.mu.Unlock()
+		if age := time.Since(p.start); !dumped && age > 50*time.Second && age < 90*time.Second {
+			if d, err := goroutines(p.http); err == nil {
+				h.mu.Lock()
+				h.earlyDumps[p.pid] = d
+				h.mu.Unlock()
+			}
+		}
 	}
 }
 
@@ -612,4 +624,28 @@ func clip(s string, n int) string {
 func (h *harness) graphOf(name string) (*graph.Graph, *redis.Client) {
 	c := redis.NewClient(&redis.Options{Addr: h.falkor.Addr, ReadTimeout: 2 * time.Minute, MaxRetries: -1})
 	return graph.New(c, name), c
+}
+
+// saveGrowth writes, for each worker alive since its early dump, the
+// goroutine stacks it holds more of at the end than then, to
+// logs/<name>.growth.txt: what to read when the resource invariant fails.
+func (h *harness) saveGrowth() {
+	h.mu.Lock()
+	early := maps.Clone(h.earlyDumps)
+	h.mu.Unlock()
+	for _, s := range h.slots {
+		s.mu.Lock()
+		p := s.cur
+		s.mu.Unlock()
+		if p == nil || !p.alive() || early[p.pid] == "" {
+			continue
+		}
+		now, err := goroutines(p.http)
+		if err != nil {
+			continue
+		}
+		more, report := newStacks(early[p.pid], now)
+		_ = os.WriteFile(filepath.Join(h.dir, "logs", s.name+".growth.txt"),
+			[]byte(fmt.Sprintf("pid %d: %d goroutines more at the end than a minute after its start, in these stacks:\n\n%s", p.pid, more, report)), 0o644)
+	}
 }
