@@ -169,7 +169,8 @@ func (h *harness) readFakes(hist *check.History) error {
 		if json.Unmarshal(sc.Bytes(), &c) != nil || (c.Service != "llm" && c.Service != "embeddings") {
 			continue
 		}
-		hist.LLMCalls = append(hist.LLMCalls, check.LLMCall{At: c.At, Purpose: c.Purpose, Status: c.Status, Fault: c.Fault})
+		hist.LLMCalls = append(hist.LLMCalls, check.LLMCall{At: c.At, Service: c.Service, Purpose: c.Purpose, Status: c.Status, Fault: c.Fault,
+			RetryAfter: time.Duration(c.RetryAfter) * time.Second})
 	}
 	return sc.Err()
 }

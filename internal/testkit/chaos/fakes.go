@@ -54,7 +54,9 @@ type FakeCall struct {
 	Purpose string    `json:"purpose,omitempty"`
 	Status  int       `json:"status"`
 	Fault   string    `json:"fault,omitempty"`
-	MS      float64   `json:"ms"`
+	// RetryAfter is the Retry-After of a 429, in seconds.
+	RetryAfter int     `json:"retry_after,omitempty"`
+	MS         float64 `json:"ms"`
 	// Messages are the texts of an extraction prompt's message lines.
 	Messages []string `json:"messages,omitempty"`
 }
@@ -148,7 +150,7 @@ func (f *Fakes) faulted(w http.ResponseWriter, r *http.Request, c *FakeCall) boo
 	lf := f.llmFault()
 	switch lf.Mode {
 	case "429":
-		c.Status, c.Fault = http.StatusTooManyRequests, "429"
+		c.Status, c.Fault, c.RetryAfter = http.StatusTooManyRequests, "429", lf.RetryAfter
 		w.Header().Set("Retry-After", strconv.Itoa(lf.RetryAfter))
 		writeJSON(w, c.Status, map[string]any{"error": map[string]any{"message": "rate limited", "type": "rate_limit_error"}})
 		return true

@@ -103,6 +103,7 @@ type harness struct {
 	dir    string
 	bin    string
 	log    io.Writer
+	logMu  sync.Mutex
 	plan   []Planned
 	redis  *redistest.Server
 	falkor *falkortest.Server
@@ -130,6 +131,8 @@ type harness struct {
 
 func (h *harness) logf(format string, args ...any) {
 	if h.log != nil {
+		h.logMu.Lock()
+		defer h.logMu.Unlock()
 		fmt.Fprintf(h.log, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
 }

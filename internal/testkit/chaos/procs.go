@@ -99,8 +99,10 @@ func (h *harness) start(s *slot, deployment string) (*process, error) {
 		p.cmd.Env = append(p.cmd.Env, k+"="+v)
 	}
 	p.cmd.Stdout, p.cmd.Stderr = out, out
-	// Its own process group: a signal to the harness is not theirs.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group: a signal to the harness (Ctrl-C) is not
+	// theirs, the harness stops them in order. If the harness dies, they
+	// die with it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		out.Close()
 		return nil, err

@@ -23,10 +23,11 @@ const (
 	InvResources        = "no goroutine/fd/connection growth in surviving workers"
 	InvDeployment       = "startup task once per deployment"
 	InvStandDown        = "a Python run stands the Go task down, then it runs again"
+	InvRetryAfter       = "a 429 pauses every worker's LLM calls for its Retry-After"
 )
 
 var invariantOrder = []string{InvOccurrenceOnce, InvOccurrenceMissed, InvPromptOnce, InvExtractedOnce, InvGraph,
-	InvSingleton, InvLeaseLapse, InvStuck, InvResources, InvDeployment, InvStandDown}
+	InvSingleton, InvLeaseLapse, InvStuck, InvResources, InvDeployment, InvStandDown, InvRetryAfter}
 
 // Violation is one breach of an invariant.
 type Violation struct {
@@ -92,6 +93,7 @@ func Check(h *History) *Report {
 	c.resources()
 	c.deployments()
 	c.standDowns()
+	c.retryAfter()
 	r := &Report{Counts: c.counts()}
 	for _, name := range invariantOrder {
 		r.Invariants = append(r.Invariants, c.get(name))
@@ -852,6 +854,61 @@ func (c *checker) standDowns() {
 		}
 	}
 	c.checked(InvStandDown, "Python runs", len(h.Foreign))
+}
+
+// retryAfter: after a 429 with a Retry-After, no chat/completions call
+// arrives from any worker until it has passed (the cluster-wide pause in
+// Redis). Calls already admitted may still arrive for a moment; a pause
+// the worker could not write (Redis down, or that worker cut off from it,
+// around the 429) is not one.
+func (c *checker) retryAfter() {
+	h := c.h
+	var calls []LLMCall
+	for _, l := range h.LLMCalls {
+		if l.Service == "llm" {
+			calls = append(calls, l)
+		}
+	}
+	sort.Slice(calls, func(i, j int) bool { return calls[i].At.Before(calls[j].At) })
+	const admitted = 500 * time.Millisecond
+	n := 0
+	for i, l := range calls {
+		if l.Status != 429 || l.RetryAfter <= 0 {
+			continue
+		}
+		n++
+		end := l.At.Add(l.RetryAfter - 200*time.Millisecond)
+		for _, m := range calls[i+1:] {
+			if m.At.After(end) {
+				break
+			}
+			if m.At.Before(l.At.Add(admitted)) {
+				continue
+			}
+			if why := c.redisImpairedAround(l.At); why != "" {
+				c.note(InvRetryAfter, "call during a pause the workers could not all see ("+why+")")
+				break
+			}
+			c.violate(InvRetryAfter, m.At, fmt.Sprintf("an LLM call arrived %v after a 429 with Retry-After %v", m.At.Sub(l.At).Round(time.Millisecond), l.RetryAfter),
+				fmt.Sprintf("429 at %s", l.At.Format("15:04:05.000")), fmt.Sprintf("call at %s (%s, answered %d)", m.At.Format("15:04:05.000"), m.Purpose, m.Status))
+			break
+		}
+	}
+	c.checked(InvRetryAfter, "429s answered", n)
+}
+
+// redisImpairedAround names a fault that kept a worker from Redis within
+// a few seconds of t, or "".
+func (c *checker) redisImpairedAround(t time.Time) string {
+	for _, f := range c.h.Faults {
+		switch f.Kind {
+		case KindRedisKill, KindRedisPause, KindPartitionRedis, KindLatencyRedis, KindKill, KindTerm, KindDeploy:
+			if f.Skipped == "" && !t.Before(f.Start.Add(-3*time.Second)) && !t.After(f.End.Add(3*time.Second)) {
+				return f.Kind
+			}
+		}
+	}
+	return ""
 }
 
 // recoveries measures, per fault kind, the time from a fault's healing to

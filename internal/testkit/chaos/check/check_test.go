@@ -152,6 +152,15 @@ func TestTheCheckerReportsEachBrokenGuarantee(t *testing.T) {
 				h.ResourceSamples = append(h.ResourceSamples, ResourceSample{Proc: "w0", Pid: 100, At: at(float64(5 * i)), Goroutines: g, FDs: 20, Conns: 5})
 			}
 		}, InvResources, "goroutines 30 → 80"},
+		{"an LLM call inside a 429's Retry-After", func(h *History) {
+			h.LLMCalls = append(h.LLMCalls,
+				LLMCall{At: at(20), Service: "llm", Purpose: "extraction", Status: 429, RetryAfter: 3 * time.Second},
+				LLMCall{At: at(20.1), Service: "llm", Purpose: "extraction", Status: 429, RetryAfter: 3 * time.Second}, // already admitted
+				LLMCall{At: at(21), Service: "llm", Purpose: "chat", Status: 200})
+		}, InvRetryAfter, "arrived 1s after a 429"},
+		{"a Go run during a Python run's stand-down", func(h *History) {
+			h.Foreign = append(h.Foreign, ForeignRun{At: at(10), Task: "kg_decay_task", StandDownUntil: at(13)})
+		}, InvStandDown, "during the stand-down"},
 		{"a deployment whose backfill never ran", func(h *History) {
 			h.Deployments = append(h.Deployments, Deployment{ID: "d2", Start: at(20)})
 			h.End = at(90)

@@ -244,10 +244,14 @@ type ForeignRun struct {
 
 // LLMCall is one call the LLM fake answered.
 type LLMCall struct {
+	// At is when the call arrived.
 	At      time.Time
+	Service string // llm (chat/completions) or embeddings
 	Purpose string // extraction, chat, embeddings
 	Status  int
 	Fault   string
+	// RetryAfter is a 429's Retry-After.
+	RetryAfter time.Duration
 }
 
 // Stuck is something that had not drained at the end of the quiet
