@@ -251,6 +251,9 @@ func goroutines(addr string) (string, error) {
 // the stack (addresses and frames), with their counts.
 func stackGroups(dump string) map[string]int {
 	out := map[string]int{}
+	if first, rest, ok := strings.Cut(dump, "\n"); ok && strings.HasPrefix(first, "goroutine profile:") {
+		dump = rest
+	}
 	for _, blk := range strings.Split(dump, "\n\n") {
 		head, rest, ok := strings.Cut(blk, "\n")
 		if !ok || !strings.Contains(head, " @ ") {

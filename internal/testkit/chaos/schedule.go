@@ -131,6 +131,11 @@ func Schedule(seed int64, period time.Duration, workers int, kinds []string) []P
 			res = []string{"net-falkordb:" + w}
 		case check.KindFalkorStall:
 			p.Target, p.For = "falkordb", secs(3, 12)
+			if r.IntN(4) == 0 {
+				// Now and then one longer than the graph write lock's
+				// 30 s and the singleton leases.
+				p.For = secs(30, 45)
+			}
 			res = []string{"falkordb"}
 		case check.KindLLM429:
 			p.Target, p.For, p.Amount = "llm", secs(5, 20), time.Duration(1+r.IntN(3))*time.Second

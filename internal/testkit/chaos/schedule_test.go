@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +87,14 @@ func TestParseKinds(t *testing.T) {
 	}
 	if got, _ := ParseKinds("kill"); !reflect.DeepEqual(got, []string{"kill"}) {
 		t.Fatalf("kill = %v", got)
+	}
+}
+
+func TestNewStacksCountsEveryGroupOfADump(t *testing.T) {
+	before := "goroutine profile: total 7\n6 @ 0x1 0x2\n#\t0x1\tpkg.loop+0x1\t/x.go:1\n\n1 @ 0x3\n#\t0x3\tpkg.wait+0x3\t/y.go:2\n\n"
+	after := "goroutine profile: total 9\n3 @ 0x3\n#\t0x3\tpkg.wait+0x3\t/y.go:2\n\n6 @ 0x1 0x2\n#\t0x1\tpkg.loop+0x1\t/x.go:1\n\n"
+	more, report := newStacks(before, after)
+	if more != 2 || !strings.Contains(report, "pkg.wait") || strings.Contains(report, "pkg.loop") {
+		t.Fatalf("+%d:\n%s", more, report)
 	}
 }
