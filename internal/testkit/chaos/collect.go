@@ -317,17 +317,17 @@ func (h *harness) reference(ctx context.Context, hist *check.History) error {
 }
 
 // snapshot is the graph as text: every entity with the properties
-// extraction sets, and every relationship with its weight (rounded: float
-// sums depend on the order batches land in). Unlike kgload.Snapshot it
-// leaves out a relationship's last_seen, which is the latest mention of
-// either end in the batch that stated it, and so depends on how the
-// messages were cut into batches; the bot's traffic names each author and
-// topic together once, so a weight does not.
+// extraction sets (its mentions and first and last mention: sums, minima
+// and maxima over messages, whatever the batches), and every relationship
+// once per edge, so a duplicated edge shows. A relationship's weight and
+// last_seen are left out: both are taken per batch (the strongest
+// statement, the latest mention of either end in it) and summed or
+// maximised across batches, so they depend on how the messages were cut.
 func snapshot(ctx context.Context, g *graph.Graph) (string, error) {
 	var b strings.Builder
 	for _, q := range []string{
 		`MATCH (e:Entity) RETURN e.key, e.name, e.type, e.mention_count, e.first_seen, e.last_seen ORDER BY e.key`,
-		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key, r.weight ORDER BY a.key, r.type, c.key`,
+		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key ORDER BY a.key, r.type, c.key`,
 	} {
 		res, err := g.ROQuery(ctx, q, nil)
 		if err != nil {

@@ -150,6 +150,9 @@ func Schedule(seed int64, period time.Duration, workers int, kinds []string) []P
 			p.Target, p.What = "bot", malformedRecords[r.IntN(len(malformedRecords))]
 		case check.KindClock:
 			off := secs(1, 5)
+			if r.IntN(3) == 0 {
+				off = secs(10, 40) // beyond the shortest intervals
+			}
 			if r.IntN(2) == 0 {
 				off = -off
 			}
