@@ -51,7 +51,7 @@ func (h *harness) collect(ctx context.Context, hist *check.History) error {
 		}
 	}
 	hist.Config = check.Config{Intervals: maps.Clone(Intervals), Singletons: singletons, SingletonLease: SingletonLease,
-		MaxClockOffset: maxOffset, MaxGoroutineGrowth: 25, MaxFDGrowth: 25, MaxConnGrowth: 12}
+		MaxClockOffset: maxOffset, MaxGoroutineGrowth: MaxGoroutineGrowth, MaxFDGrowth: MaxFDGrowth, MaxConnGrowth: MaxConnGrowth}
 
 	if err := h.readLogs(hist); err != nil {
 		return err

@@ -94,6 +94,19 @@ var Intervals = map[string]time.Duration{
 	jobs.LimbicOrg:                15 * time.Second,
 }
 
+// The growth a worker that lived through the run may show at the end over
+// a minute after its start. Goroutines: an idle worker holds a fixed set;
+// a pooled connection holds none, an HTTP keep-alive connection two. File
+// descriptors and TCP connections: the connection pools fill up to their
+// size in the bursts that follow a fault and keep their idle connections
+// (go-redis: 10 per CPU per client, here 20; HTTP: 2 idle per host), so the
+// bound is a pool and a half: a leak grows past it with every fault.
+const (
+	MaxGoroutineGrowth = 25
+	MaxConnGrowth      = 30
+	MaxFDGrowth        = 35
+)
+
 // SingletonLease is the run's SINGLETON_LEASE: short, so a worker cut off
 // from Redis loses its leases within the faults' durations.
 const SingletonLease = 6 * time.Second

@@ -48,6 +48,8 @@ type Invariant struct {
 	// Notes are what the check allowed, with the rule that allowed it
 	// (documented at-least-once, coalescing, takeovers...).
 	Notes map[string]int
+	// Growth is the largest growth seen per measure (resources only).
+	Growth map[string]int
 }
 
 // Recovery is how long the system took to work again after each fault of
@@ -754,6 +756,13 @@ func (c *checker) resources() {
 			continue
 		}
 		n++
+		inv := c.get(InvResources)
+		if inv.Growth == nil {
+			inv.Growth = map[string]int{}
+		}
+		for what, d := range map[string]int{"goroutines": late.Goroutines - early.Goroutines, "fds": late.FDs - early.FDs, "conns": late.Conns - early.Conns} {
+			inv.Growth[what] = max(inv.Growth[what], d)
+		}
 		for _, m := range []struct {
 			what        string
 			early, late int

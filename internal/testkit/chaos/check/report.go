@@ -55,6 +55,10 @@ func Write(w io.Writer, h *History, r *Report) {
 		for _, n := range notes {
 			fmt.Fprintf(w, "      allowed %4d× %s\n", inv.Notes[n], n)
 		}
+		if len(inv.Growth) > 0 {
+			fmt.Fprintf(w, "      largest growth: goroutines %+d (bound %+d), fds %+d (%+d), TCP connections %+d (%+d)\n",
+				inv.Growth["goroutines"], h.Config.MaxGoroutineGrowth, inv.Growth["fds"], h.Config.MaxFDGrowth, inv.Growth["conns"], h.Config.MaxConnGrowth)
+		}
 	}
 	fmt.Fprintln(w, "\nrecovery (fault healed → work flowing again):")
 	fmt.Fprintf(w, "  %-20s %8s %8s %9s %9s\n", "kind", "faults", "measured", "p95", "max")
