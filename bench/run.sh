@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null 2>&1 || { echo "redis-server missing: run ./scripts/test.sh once (it installs it)" >&2; exit 1; }
 go test -run '^$' -bench 'NoopThroughput' -benchtime 10x -timeout 30m ./bench/
 go test -run '^$' -bench 'IdleCommands|SchedulerLateness|WorkerRSS' -benchtime 1x -timeout 30m ./bench/
+# What the LLM spend ledger adds to each call and to the extraction benchmark (needs the FalkorDB module).
+go test -run '^$' -bench 'SpendAccounting$' -benchtime 10x -timeout 30m ./bench/
+go test -run '^$' -bench 'SpendCallPath' -benchtime 5000x -count 3 ./bench/
 # Knowledge extraction on 1, 2 and 4 real worker processes (about 10 minutes; needs the FalkorDB module too).
 go test -run '^$' -bench 'ExtractionScaleOut' -benchtime 1x -timeout 90m ./bench/
 # Knowledge-graph maintenance on a 200k-edge graph (needs the FalkorDB module: ./scripts/test.sh installs it).

@@ -55,6 +55,7 @@ var wantAlerts = []string{
 	"StargazerSchedulerMissedOccurrences", "StargazerSchedulerOverlap", "StargazerQueueLatencyHigh",
 	"StargazerSingletonHeldPastTimeout", "StargazerLeaseRecoveries", "StargazerLLMRateLimited",
 	"StargazerRedisUnreachable", "StargazerNoWorkerAlive", "StargazerLegacySchedulerStillRuns",
+	"StargazerLLMBudgetExhaustingEarly", "StargazerLLMTaskDeferred",
 }
 
 func TestAlertRulesLoadWithPrometheusRuleParser(t *testing.T) {

@@ -127,6 +127,9 @@ func startLiveWorkerAt(t *testing.T, probes string, failing bool) *liveWorker {
 		"REDIS_URL": srv.URL(), "HTTP_ADDR": w.addr, "PROBE_ADDR": w.probes, "SHUTDOWN_TIMEOUT": "5s", "MONITOR_TOKEN": "test-token",
 		"EMBEDDINGS_BASE_URL": emb.URL + "/v1",
 		"TASK_INTERVALS":      fmt.Sprintf("%s=%s,%s=%s", tickTask, tickInterval, flakyTask, flakyInterval),
+
+		// A budget, so the spend ledger's budget series exist.
+		"LLM_BUDGETS": "embed_messages=1M",
 	}
 	var releaseOnce sync.Once
 	extra := map[string]asynq.Handler{
@@ -216,6 +219,7 @@ func (w *liveWorker) exercise(t *testing.T) {
 		for _, n := range []string{
 			"stargazer_llm_calls_total", "stargazer_task_items_total", "stargazer_singleton_held_since_timestamp_seconds",
 			"stargazer_task_last_success_timestamp_seconds", "stargazer_task_crashes_total", "stargazer_scheduler_lateness_seconds_bucket",
+			"stargazer_llm_spend_tokens_total", // the ledger's, read at most every 10 s
 		} {
 			if !names[n] {
 				return false

@@ -197,10 +197,12 @@ func clip(s string, n int) string {
 }
 
 // stopsRun reports whether the rest of a run's LLM calls are pointless: a
-// rate limit refuses them too, and a cancelled run has no time left.
+// rate limit refuses them too, a refusal (the task's budget is spent, the
+// kill switch is off) refuses every next call until it lifts, and a
+// cancelled run has no time left.
 func stopsRun(ctx context.Context, err error) bool {
 	var rl *llm.RateLimitError
-	return errors.As(err, &rl) || ctx.Err() != nil
+	return errors.As(err, &rl) || errors.Is(err, llm.ErrRefused) || ctx.Err() != nil
 }
 
 // hopeless reports whether retrying a failed LLM call cannot help: the

@@ -88,7 +88,13 @@ func (h *kgConsolidation) Work(ctx context.Context, _ *jobs.Empty) (Result, erro
 		Preview:    fmt.Sprintf("merged=%d pruned=%d", rep.Merged, pruned),
 		Payload:    map[string]any{"merged": rep.Merged, "pruned_entities": pruned, "llm_errors": rep.LLMErrors},
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, llm.ErrRefused):
+		// Deferred (budget spent, kill switch off), not failed: the worker
+		// resumes the task when the deferral lifts.
+		ev.Status, ev.Preview = "deferred", "deferred: "+clip(err.Error(), 100)
+		ev.Payload = map[string]any{"error": err.Error(), "merged": rep.Merged, "pruned_entities": pruned}
+	case err != nil:
 		h.log.ErrorContext(ctx, "KG consolidation failed", "task", jobs.KGConsolidation, "error", err,
 			"merged", rep.Merged, "pruned", pruned)
 		ev.Status, ev.Preview = "error", "error="+clip(err.Error(), 100)

@@ -110,7 +110,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.TaskItems)
 	m.TaskStoodDown = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stargazer_task_stood_down_total",
-		Help: "Runs refused before they started, by task and reason: kill_switch (the chat-LLM kill switch is off), legacy_leader (the Python supervisor holds its lease).",
+		Help: "Runs refused before they started, by task and reason: kill_switch (the chat-LLM kill switch is off), legacy_leader (the Python supervisor holds its lease), legacy_run (the Python scheduler ran the task within the cut-over window), budget (the task's LLM work is deferred).",
 	}, []string{"task", "reason"})
 	reg.MustRegister(m.TaskStoodDown)
 	reg.MustRegister(m.TaskLastSuccess, m.TaskInterval, m.TaskArchived, m.SingletonSince, m.SingletonTimeout, m.LeaseRecoveries)

@@ -31,6 +31,8 @@ type backlogEntry struct {
 	UnitsQueued    int64           `json:"units_queued"`
 	PlannedPending int64           `json:"planned_messages"`
 	Sources        []backlogSource `json:"sources"`
+	// Cost is the forecast of --cost.
+	Cost *backlogCost `json:"cost,omitempty"`
 }
 
 // backlogCmd prints what the extraction planners measured on their last
@@ -38,7 +40,7 @@ type backlogEntry struct {
 // the oldest, and the units queued. A backlog that grows while units are
 // queued is one more pods (or a higher LLM_MAX_IN_FLIGHT) would work off.
 func (c *cli) backlogCmd() *cobra.Command {
-	var asJSON, wide bool
+	var asJSON, wide, cost bool
 	var top int
 	cmd := &cobra.Command{
 		Use:   "backlog",
@@ -58,6 +60,15 @@ func (c *cli) backlogCmd() *cobra.Command {
 			if err != nil {
 				return failure("%v", err)
 			}
+			if cost {
+				cfg, err := c.config()
+				if err != nil {
+					return err
+				}
+				if err := backlogCosts(ctx, rdb, cfg, out, time.Now()); err != nil {
+					return failure("%v", err)
+				}
+			}
 			if asJSON {
 				return c.printJSON(out)
 			}
@@ -75,12 +86,16 @@ func (c *cli) backlogCmd() *cobra.Command {
 				}
 			}
 			table(c.stdout, wide, []string{"TASK / SOURCE", "PENDING", "OLDEST", "UNITS QUEUED", "MEASURED"}, rows)
+			if cost {
+				printBacklogCosts(c.stdout, wide, out)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
 	cmd.Flags().BoolVar(&wide, "wide", false, "lines not cut to 100 columns")
 	cmd.Flags().IntVar(&top, "sources", 10, "sources listed per task, most pending first (0: all)")
+	cmd.Flags().BoolVar(&cost, "cost", false, "also estimate the tokens and USD extracting the backlog will take (tokens per message measured over the last 7 days, else the engine's estimate; LLM_PRICES)")
 	return cmd
 }
 

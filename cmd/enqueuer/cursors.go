@@ -1,21 +1,62 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/stargazer/stargazer-jobs/internal/cursors"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
+	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
-// cursorCost is the seam for spend accounting: it prices what a cursor
-// position leaves to process (`cursors set --dry-run`). It is nil until the
-// LLM price table of spend accounting is wired in here; the dry run then
-// says the cost is unknown.
-func (c *cli) cursorCost() cursors.CostEstimator { return nil }
+// ledgerCost prices what a cursor position leaves to process
+// (`cursors set --dry-run`) from the spend ledger: what the task's calls
+// cost per item over its last spend.ForecastDays days, times the items;
+// for the extraction tasks with nothing measured yet, the engine's own
+// estimate at the extraction model's price (LLM_PRICES). Anything else is
+// unknown rather than guessed.
+type ledgerCost struct {
+	rdb    redis.UniversalClient
+	prices map[string]spend.Price
+	model  string // KG_EXTRACTION_MODEL
+	now    time.Time
+}
+
+// extractsMessages are the cursor-driven tasks whose items are messages
+// sent to the extraction model.
+var extractsMessages = map[string]bool{
+	jobs.AutoKGExtraction: true, jobs.LimbicAnchoringWorker: true, jobs.AgenticKGBulkIncremental: true,
+}
+
+func (l ledgerCost) EstimateCost(ctx context.Context, task string, items int64) (float64, bool, error) {
+	days, err := spend.ReadDays(ctx, l.rdb, l.now, spend.ForecastDays)
+	if err != nil {
+		return 0, false, err
+	}
+	var nano, covered, unpriced int64
+	for _, d := range days {
+		for _, ln := range d.Lines {
+			if ln.Task == task && ln.Items > 0 {
+				nano, covered, unpriced = nano+ln.USDNano, covered+ln.Items, unpriced+ln.Unpriced
+			}
+		}
+	}
+	switch {
+	case covered > 0 && unpriced == 0:
+		return float64(nano) / 1e9 * float64(items) / float64(covered), true, nil
+	case covered > 0 || !extractsMessages[task]:
+		return 0, false, nil
+	}
+	price, priced := l.prices[l.model]
+	f := spend.Cost(task, l.model, items, spend.EnginePerMessage(typicalMessageChars), price, priced)
+	return f.USD, f.Priced, nil
+}
 
 func cursorTaskNames() []cobra.Completion {
 	var out []cobra.Completion
@@ -165,7 +206,12 @@ paid twice) and move nothing.`,
 			}
 			res := setResult{Plan: p, DryRun: dryRun}
 			res.Pending, res.Counted = p.Pending()
-			if est := c.cursorCost(); est != nil && res.Counted {
+			if res.Counted {
+				cfg, err := c.config()
+				if err != nil {
+					return err
+				}
+				est := ledgerCost{rdb: rdb, prices: pricesOf(cfg), model: cfg.KGExtractionModel, now: now}
 				usd, ok, err := est.EstimateCost(ctx, p.Task, res.Pending)
 				if err != nil {
 					return failure("estimating the cost: %v", err)
@@ -221,9 +267,9 @@ func (c *cli) printPlan(r setResult) {
 	}
 	switch {
 	case r.CostUSD != nil:
-		fmt.Fprintf(w, "estimated cost: $%.2f\n", *r.CostUSD)
+		fmt.Fprintf(w, "estimated cost: $%.4f\n", *r.CostUSD)
 	default:
-		fmt.Fprintln(w, "estimated cost: unknown (no LLM price table)")
+		fmt.Fprintln(w, "estimated cost: unknown (no priced measure of this task's calls in the last 7 days, nor an extraction estimate with its model in LLM_PRICES)")
 	}
 	if !r.DryRun {
 		fmt.Fprintf(w, "set %s for %d source(s)\n", r.Task, len(r.Moves))

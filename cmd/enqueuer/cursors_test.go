@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -242,6 +243,24 @@ func TestCursorsSetMovesPositionsAndADryRunCountsWithoutMoving(t *testing.T) {
 		}
 		if v, _ := w.rdb.Get(ctx, cursors.AnamnesisKey).Int64(); v != 10 {
 			t.Errorf("cursor %d, want 10", v)
+		}
+	})
+	t.Run("an extraction dry run is priced from the engine's estimate at the model's price", func(t *testing.T) {
+		code, out, stderr := runBinary(t, map[string]string{"REDIS_URL": w.env["REDIS_URL"],
+			"LLM_PRICES": "google/gemini-2.5-flash=0.30/2.50", "KG_EXTRACTION_MODEL": "google/gemini-2.5-flash"},
+			"cursors", "set", jobs.AutoKGExtraction, "all", w.msgs[0].Add(-time.Minute).UTC().Format(time.RFC3339Nano), "--dry-run", "--json")
+		if code != exitOK {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		var r result
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatal(err)
+		}
+		// The engine's estimate for a 60-character message: (60+83.13)/4
+		// prompt and 74 answer tokens, at $0.30 and $2.50 a million.
+		want := float64(r.Pending) * ((60+83.13)/4*0.30 + 74*2.50) / 1e6
+		if !r.Counted || r.Pending == 0 || r.Cost == nil || math.Abs(*r.Cost-want) > want*0.01 {
+			t.Errorf("dry run %+v (cost %v): want %d messages at about $%.6f", r, r.Cost, r.Pending, want)
 		}
 	})
 	t.Run("anchoring of every channel to a time drops the planned segments", func(t *testing.T) {

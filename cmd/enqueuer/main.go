@@ -124,6 +124,7 @@ Exit codes: 0 ok, 1 runtime failure (e.g. Redis unreachable), 2 usage error.`,
 	})
 	root.AddCommand(c.listCmd(), c.runCmd(), c.statusCmd(), c.schedulesCmd(), c.backlogCmd(), c.locksCmd(), c.unlockCmd(), c.promptsCmd())
 	root.AddCommand(c.cursorsCmd())
+	root.AddCommand(c.spendCmd(), c.budgetCmd())
 	return root
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -26,6 +27,9 @@ type scheduleEntry struct {
 	// PythonRuns is what was seen of the task's runs in the Python
 	// scheduler while the Go side scheduled it (nil: none).
 	PythonRuns *legacyRun `json:"python_runs"`
+	// Deferred is "deferred: budget until <time>" (or kill_switch) while
+	// the task's LLM work is deferred: its occurrences wait.
+	Deferred string `json:"deferred,omitempty"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -54,6 +58,14 @@ func (c *cli) schedulesCmd() *cobra.Command {
 			if err != nil {
 				return failure("%v", err)
 			}
+			deferrals, err := spend.Deferrals(ctx, rdb)
+			if err != nil {
+				return failure("%v", err)
+			}
+			deferred := map[string]string{}
+			for _, d := range deferrals {
+				deferred[d.Task] = d.State()
+			}
 			var out []scheduleEntry
 			for _, spec := range jobs.Catalog() {
 				st, found, err := periodic.ReadState(ctx, rdb, spec.Name)
@@ -66,6 +78,7 @@ func (c *cli) schedulesCmd() *cobra.Command {
 				e := scheduleEntry{
 					Name: spec.Name, Interval: st.Interval.Seconds(), Next: timePtr(st.Next),
 					LastRun: timePtr(st.LastRun), LastTaskID: st.LastTaskID, LastOutcome: st.LastOutcome,
+					Deferred: deferred[spec.Name],
 				}
 				if r, ok := runs[spec.Name]; ok {
 					e.PythonRuns = &r
@@ -103,6 +116,9 @@ func (c *cli) schedulesCmd() *cobra.Command {
 					}
 				}
 				status := e.LastStatus
+				if e.Deferred != "" {
+					status = e.Deferred + "; last run: " + status
+				}
 				if e.LastOutcome != "" && e.LastOutcome != periodic.OutcomeEnqueued {
 					status += " (last occurrence: " + e.LastOutcome + ")"
 				}

@@ -176,8 +176,12 @@ func waitFor(ctx context.Context, insp *asynq.Inspector, queue, id string, limit
 }
 
 func printStatus(w io.Writer, ti *asynq.TaskInfo) {
+	state := ti.State.String()
+	if d, ok := deferredState(ti); ok {
+		state = d + " (waits in the retry set; no retry counted)"
+	}
 	fmt.Fprintf(w, "id:          %s\ntask:        %s\nqueue:       %s\nstate:       %s\nretried:     %d of %d\n",
-		ti.ID, ti.Type, ti.Queue, ti.State, ti.Retried, ti.MaxRetry)
+		ti.ID, ti.Type, ti.Queue, state, ti.Retried, ti.MaxRetry)
 	if ti.LastErr != "" {
 		fmt.Fprintf(w, "last error:  %s\n", ti.LastErr)
 	}
@@ -200,6 +204,7 @@ type taskStatus struct {
 	Retried     int             `json:"retried"`
 	MaxRetry    int             `json:"max_retry"`
 	LastError   string          `json:"last_error,omitempty"`
+	Deferred    string          `json:"deferred,omitempty"`
 	NextRunAt   *time.Time      `json:"next_run_at,omitempty"`
 	CompletedAt *time.Time      `json:"completed_at,omitempty"`
 	Result      json.RawMessage `json:"result,omitempty"`
@@ -244,6 +249,7 @@ workers schedule them.`,
 				}
 				st := taskStatus{ID: ti.ID, Task: ti.Type, Queue: ti.Queue, State: ti.State.String(),
 					Retried: ti.Retried, MaxRetry: ti.MaxRetry, LastError: ti.LastErr, CompletedAt: timePtr(ti.CompletedAt)}
+				st.Deferred, _ = deferredState(ti)
 				if ti.State != asynq.TaskStateCompleted && ti.State != asynq.TaskStateArchived {
 					st.NextRunAt = timePtr(ti.NextProcessAt)
 				}

@@ -67,21 +67,22 @@ func TestComposeStack(t *testing.T) {
 		t.Logf("stand-in images (built here, not the upstream ones; see deploy/standins/README.md): %s", strings.Join(tl.standins, " "))
 	}
 
+	readme := readReadmeStack(t)
 	step := time.Now()
-	for _, img := range images {
+	for _, build := range readme.builds {
 		// The README's build commands; BUILDAH_FORMAT=docker keeps HEALTHCHECK,
 		// which podman's default OCI image format drops.
-		cmd := exec.CommandContext(ctx, "podman", append(slices.Clone(tl.podmanFlags),
-			"build", "--target", img.target, "-t", img.name, ".")...)
+		cmd := exec.CommandContext(ctx, "podman", append(slices.Clone(tl.podmanFlags), build...)...)
 		cmd.Dir = repoRoot
 		cmd.Env = append(os.Environ(), "BUILDAH_FORMAT=docker")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("podman build --target %s: %v\n%s", img.target, err, lastLines(string(out), 30))
+			t.Fatalf("podman %s: %v\n%s", strings.Join(build, " "), err, lastLines(string(out), 30))
 		}
 	}
-	t.Logf("built %d images in %v", len(images), time.Since(step).Round(time.Second))
+	t.Logf("built %d images in %v", len(readme.builds), time.Since(step).Round(time.Second))
 
 	s := newStack(ctx, t, e)
+	s.readmeUp = readme.up
 	step = time.Now()
 	s.up(ctx)
 	t.Logf("compose up (healthy) in %v", time.Since(step).Round(time.Second))
@@ -105,6 +106,7 @@ type stack struct {
 	dir      string
 	cfg      composeConfig
 	services []string // the services brought up
+	readmeUp []string // the README's compose up: its flags and services
 	// Container ports read from the files: Redis and FalkorDB from the
 	// workers' URLs, the monitor's and Prometheus' from their ports.
 	redisPort, falkorPort, monitorPort, promPort int
@@ -286,14 +288,27 @@ func (s *stack) writeOverride(t *testing.T) string {
 	return path
 }
 
-// up is the README's `docker compose up -d --wait`, with the services that
-// have an image here, while the test runs the healthchecks podman does not.
+// up is the README's compose up (`up -d --wait` and its services), plus
+// the services the test adds (the fake LLM, Grafana where its image is
+// here) and a bound on the wait, while the test runs the healthchecks
+// podman does not.
 func (s *stack) up(ctx context.Context) {
 	s.t.Helper()
 	if s.stopHealth == nil {
 		s.stopHealth = s.e.runHealthchecks(s.c.project)
 	}
-	s.c.must(ctx, append([]string{"up", "--detach", "--wait", "--wait-timeout", "240"}, s.services...)...)
+	args := slices.Clone(s.readmeUp)
+	for _, svc := range s.services {
+		if !slices.Contains(args, svc) {
+			args = append(args, svc)
+		}
+	}
+	for _, svc := range readmeServices(readmeStack{up: s.readmeUp}) {
+		if !slices.Contains(s.services, svc) {
+			s.t.Fatalf("the README's compose up starts %s, which has no image here", svc)
+		}
+	}
+	s.c.must(ctx, append(args, "--wait-timeout", "240")...)
 }
 
 func (s *stack) dumpLogs(ctx context.Context) {

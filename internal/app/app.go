@@ -26,6 +26,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/logthrottle"
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
 )
@@ -41,10 +42,11 @@ type Params struct {
 	Catalog []jobs.Spec
 	// Extra handlers, by task name, added to the ones of package handlers.
 	Extra map[string]asynq.Handler
-	// Now is the clock the scheduler, the handlers and the cut-over
-	// detector read (default time.Now). Tests offset it to skew one
-	// worker's clock against the others'; log times, asynq's own
-	// bookkeeping and timeouts keep the real clock.
+	// Now is the clock the scheduler, the handlers, the cut-over
+	// detector and the LLM budget windows read (default time.Now). Tests
+	// offset it to skew one worker's clock against the others' or to move
+	// the cluster to the next UTC day; log times, asynq's own bookkeeping
+	// and timeouts keep the real clock.
 	Now func() time.Time
 }
 
@@ -135,6 +137,8 @@ type app struct {
 	asynqCovered bool
 	// budgetMetrics observe the cluster-wide LLM budget.
 	budgetMetrics *budget.Metrics
+	// spend is the LLM spend ledger every call is charged to.
+	spend *spend.Ledger
 
 	publisher *events.Publisher
 	// journal watches this node's journal (nil where no journal task runs
@@ -174,7 +178,7 @@ func (a *app) gate() error {
 		return err
 	}
 	a.decisions = jobs.Gate(a.catalog, env)
-	return nil
+	return CheckBudgets(a.cfg.LLMBudgets, a.catalog)
 }
 
 // implemented is the set of tasks this process can run.

@@ -13,10 +13,12 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/handlers"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/queue/asynqcompat"
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/periodic"
 	"github.com/stargazer/stargazer-jobs/internal/queue/server"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -34,6 +36,7 @@ func (a *app) startBackground(ctx context.Context) error {
 		s, err := periodic.New(periodic.Config{
 			Redis: a.rdb, Enqueuer: asynqcompat.RecordEnqueues(a.client, a.rdb, a.log), States: periodic.InspectorStates{Inspector: a.insp},
 			Observer: a.metrics, Logger: a.log.With("component", "scheduler"), SkipAsynqWorkarounds: !a.asynqCovered, Now: a.now,
+			Holds: spend.NewGate(a.spend, a.insp, a.log.With("component", "spend")),
 		}, entries(a.decisions))
 		if err != nil {
 			return err
@@ -91,7 +94,7 @@ func (a *app) superviseNodeLocal(ctx context.Context, wg *sync.WaitGroup) {
 func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Context) error) error {
 	a.metrics.RunStarted(task)
 	start := time.Now()
-	err := fn(ctx)
+	err := fn(spend.WithTask(ctx, task))
 	elapsed := time.Since(start)
 	status := server.StatusOK
 	switch {
@@ -99,6 +102,10 @@ func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Con
 		status = server.StatusSkipped
 	case err != nil && ctx.Err() != nil:
 		status = server.StatusSkipped // stopped by shutdown, not failed
+	case errors.Is(err, llm.ErrRefused):
+		// Its LLM budget is spent: the next round asks again (at its
+		// interval); what it did before the refusal is kept.
+		status = server.StatusDeferred
 	case err != nil:
 		status = server.StatusError
 	}
@@ -107,7 +114,7 @@ func (a *app) observeLocal(ctx context.Context, task string, fn func(context.Con
 		run.Class = "error"
 	}
 	a.metrics.RunFinished(run)
-	if status != server.StatusSkipped {
+	if status != server.StatusSkipped && status != server.StatusDeferred {
 		e := events.Event{Topic: "scheduler_task_run", Source: "scheduler", Status: "ok",
 			DurationMS: float64(elapsed.Microseconds()) / 1000, Preview: "task=" + task + " status=ok",
 			Payload: map[string]any{"task": task, "error": "", "origin": events.Origin}}

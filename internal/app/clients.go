@@ -19,6 +19,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/budget"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/killswitch"
+	"github.com/stargazer/stargazer-jobs/internal/clients/llm/meter"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/discord"
 	"github.com/stargazer/stargazer-jobs/internal/clients/platform/matrix"
 	"github.com/stargazer/stargazer-jobs/internal/config"
@@ -28,6 +29,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/queue/events"
 	"github.com/stargazer/stargazer-jobs/internal/queue/legacy"
 	"github.com/stargazer/stargazer-jobs/internal/queue/ratelimit"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/jobs"
 	"github.com/stargazer/stargazer-jobs/monitor"
 )
@@ -63,6 +65,9 @@ func (a *app) connect() error {
 	a.client = asynq.NewClientFromRedisClient(a.rdb)
 	a.publisher = events.NewPublisher(a.rdb, a.cfg.DebugEventsChannel)
 	a.killSwitch = killswitch.New(a.rdb, a.cfg.ChatLLMSwitchKey, a.cfg.ChatLLMEnabled)
+	a.spend = a.newLedger()
+	a.stops.push(a.spend.Wait) // settlements in flight land before Redis closes
+	a.warnUnpriced()
 	a.stops.push(func() { a.client.Close() })
 
 	a.reg = prometheus.NewRegistry()
@@ -76,6 +81,11 @@ func (a *app) connect() error {
 	if a.cfg.QueueMetrics {
 		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))
 		a.reg.MustRegister(plan.NewCollector(a.rdb, []string{jobs.LimbicAnchoringWorker, jobs.AutoKGExtraction}, 0))
+		names := make([]string, 0, len(a.catalog))
+		for _, s := range a.catalog {
+			names = append(names, s.Name)
+		}
+		a.reg.MustRegister(spend.NewCollector(a.rdb, a.spend, names, 0))
 	}
 	return nil
 }
@@ -123,7 +133,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 			d.ExtractionLLM = a.chatModel(e, c)
 			d.LLMKeyMissing = e.APIKey == "" && !e.Own
 		case config.PurposeEmbeddings:
-			d.Embedder = c
+			d.Embedder = meter.Embedder(a.spend, c, e.Timeout+reservationMargin)
 		}
 	}
 	if len(cfg.GeminiAPIKeys) > 0 {
@@ -192,17 +202,20 @@ func nodeName(configured string) string {
 	return host
 }
 
-// chatModel wraps an endpoint's chat/completions client: the kill switch
-// is checked right before each call, inside the cluster-wide budget
-// (LLM_MAX_IN_FLIGHT, LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE), which
-// every worker shares through Redis and which a 429 pauses for all. An
-// endpoint shared by several purposes shares one budget.
+// chatModel wraps an endpoint's chat/completions client: right before each
+// call, the spend ledger reserves its estimate, refusing it while the kill
+// switch is off or when it would cross its task's daily budget
+// (LLM_BUDGETS), and charges it after; that happens inside the cluster-wide
+// rate budget (LLM_MAX_IN_FLIGHT, LLM_REQUESTS_PER_MINUTE,
+// LLM_TOKENS_PER_MINUTE), which every worker shares through Redis and which
+// a 429 pauses for all. An endpoint shared by several purposes shares one
+// rate budget.
 func (a *app) chatModel(e config.LLMEndpoint, c *llm.Client) handlers.ChatModel {
 	name := config.PurposeChat
 	if e.Own {
 		name = e.Purpose
 	}
-	return budget.New(a.killSwitch.Guard(c), a.rdb, name, budget.Limits{
+	return budget.New(meter.Chat(a.spend, c, e.Timeout+reservationMargin), a.rdb, name, budget.Limits{
 		MaxInFlight: a.cfg.LLMMaxInFlight, RequestsPerMinute: a.cfg.LLMRequestsPerMinute, TokensPerMinute: a.cfg.LLMTokensPerMinute,
 	}, a.budgetMetrics)
 }

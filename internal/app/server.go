@@ -33,6 +33,7 @@ func (a *app) startServer(ctx context.Context) error {
 		Logger: a.log, Metrics: a.metrics, Events: asyncEvents,
 		Catalog: a.catalog, RedisClient: a.rdb, SingletonLease: cfg.SingletonLease,
 		KillSwitch: a.killSwitch, SkipAsynqWorkarounds: !a.asynqCovered,
+		Spend: a.spend,
 	}
 	a.coexist(&wopt)
 	mux := server.Mux(wopt)

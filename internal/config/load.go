@@ -175,6 +175,18 @@ func (s Setting) set(f reflect.Value, raw string) error {
 			}
 		}
 		f.Set(reflect.ValueOf(list))
+	case Prices:
+		ps, err := ParsePrices(raw)
+		if err != nil {
+			return err
+		}
+		f.Set(reflect.ValueOf(ps))
+	case Budgets:
+		bs, err := ParseBudgets(raw)
+		if err != nil {
+			return err
+		}
+		f.Set(reflect.ValueOf(bs))
 	case map[string]time.Duration:
 		m, err := parseIntervals(raw)
 		if err != nil {

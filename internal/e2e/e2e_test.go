@@ -351,3 +351,12 @@ func TestKilledWorkersTaskCompletesOnAnotherWorker(t *testing.T) {
 	}
 	t.Fatalf("task never completed after the kill\n%s", b.Logs())
 }
+
+// sumMetric adds a series up over the workers.
+func sumMetric(ps []*proc, prefix string) float64 {
+	n := 0.0
+	for _, p := range ps {
+		n += p.Metric(prefix)
+	}
+	return n
+}

@@ -13,15 +13,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
-// sumMetric sums a series over the workers.
-func sumMetric(ps []*proc, prefix string) float64 {
-	n := 0.0
-	for _, p := range ps {
-		n += p.Metric(prefix)
-	}
-	return n
-}
-
 // A stand-in for the Python scheduler publishes scheduler_task_run events
 // for kg_decay_task, as the original's BackgroundScheduler does, next to
 // three Go workers that schedule it and publish their own events for every

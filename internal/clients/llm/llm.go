@@ -39,7 +39,34 @@ var (
 	ErrEmptyContent = errors.New("llm: 200 OK with empty content")
 	// ErrMalformed is an answer that is not the protocol's JSON.
 	ErrMalformed = errors.New("llm: malformed response")
+	// ErrRefused is a call that was not made because it may not be: the
+	// chat-LLM kill switch is off, or the task's spend budget is spent.
+	// No call of the same run can pass until the refusal lifts, so a run
+	// stops at the first one; it is never a failure to retry (the worker
+	// defers the run instead, internal/spend).
+	ErrRefused = errors.New("llm: call refused before it started")
 )
+
+// AnswerError is a 200 answer that could not be used (empty, an error in
+// the body, no choices). It carries the usage the answer reported, which
+// the provider bills all the same; errors.Is sees the cause (ErrEmptyContent,
+// ErrMalformed).
+type AnswerError struct {
+	Err   error
+	Usage Usage
+}
+
+func (e *AnswerError) Error() string { return e.Err.Error() }
+func (e *AnswerError) Unwrap() error { return e.Err }
+
+// UsageOf is the usage a failed call's answer reported (zero if none).
+func UsageOf(err error) Usage {
+	var ae *AnswerError
+	if errors.As(err, &ae) {
+		return ae.Usage
+	}
+	return Usage{}
+}
 
 // RateLimitError is an HTTP 429. RetryAfter is the server's Retry-After
 // (zero when it sent none).
@@ -96,6 +123,10 @@ type Request struct {
 	ResponseFormat *ResponseFormat
 	// Purpose labels the call in metrics ("summary", "extraction", ...).
 	Purpose string
+	// Items is how many units of work (messages) the call covers, when it
+	// has a natural unit: the spend ledger keeps tokens per message from
+	// it, which the backlog's cost forecast uses. 0: none.
+	Items int
 }
 
 // Prompt is the one-user-message request most tasks make.
@@ -226,6 +257,9 @@ func (c *Client) Chat(ctx context.Context, r Request) (*Response, error) {
 		default:
 			resp.Content = *out.Choices[0].Message.Content
 			resp.FinishReason = out.Choices[0].FinishReason
+		}
+		if err != nil {
+			err = &AnswerError{Err: err, Usage: out.Usage}
 		}
 	}
 	c.observe("chat", r.Model, r.Purpose, err, time.Since(start), out.Usage)

@@ -17,12 +17,15 @@
 // that every completed run is also appended to, so a test can count runs
 // even when Redis itself lost writes (a failover).
 //
-// E2E_CLOCK_FILE, if set, names a file holding a duration ("4s", "-2.5s")
-// by which the worker's clock (app.Params.Now: the scheduler, the handlers,
-// the cut-over detector) is offset from the real one; the file is read
-// every 200 ms, so a test can skew a running worker and set it right again.
-// A missing or empty file is no offset. These are test-worker options, not
-// production settings.
+// Two offsets move the worker's clock (app.Params.Now: the scheduler, the
+// handlers, the cut-over detector, the LLM budget windows) from the real
+// one; with both set they add up. With E2E_CLOCK=1 it is the offset in
+// milliseconds held by the key e2e:clock:offset_ms (ClockKey), read every
+// 50 ms, so a test moves every worker to the next UTC day at once.
+// E2E_CLOCK_FILE names a file holding a duration ("4s", "-2.5s"), read
+// every 200 ms, so a test can skew one running worker and set it right
+// again; a missing or empty file is no offset. These are test-worker
+// options, not production settings.
 package main
 
 import (
@@ -55,7 +58,32 @@ const (
 	StartedChannel = "e2e:started"     // pub/sub: "task|taskID|pid" when a run starts
 	PanicPrefix    = "e2e:panic:"      // if e2e:panic:<task> exists, the next run of task deletes it and panics
 	PanickedKey    = "e2e:panicked"    // list of "task|taskID|pid" of runs that panicked
+	ClockKey       = "e2e:clock:offset_ms"
 )
+
+// keyOffsetClock is base plus the offset a test keeps in ClockKey.
+func keyOffsetClock(ctx context.Context, rdb *redis.Client, base func() time.Time) func() time.Time {
+	var offset atomic.Int64
+	read := func() {
+		if n, err := rdb.Get(ctx, ClockKey).Int64(); err == nil {
+			offset.Store(n)
+		}
+	}
+	read()
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				read()
+			}
+		}
+	}()
+	return func() time.Time { return base().Add(time.Duration(offset.Load()) * time.Millisecond) }
+}
 
 func specs() []jobs.Spec {
 	empty := func() jobs.Payload { return &jobs.Empty{} }
@@ -132,8 +160,11 @@ func main() {
 		defer runlog.Close()
 	}
 	now := time.Now
+	if os.Getenv("E2E_CLOCK") == "1" {
+		now = keyOffsetClock(ctx, rdb, now)
+	}
 	if path := os.Getenv("E2E_CLOCK_FILE"); path != "" {
-		now = offsetClock(ctx, path)
+		now = fileOffsetClock(ctx, path, now)
 	}
 	h := handler(rdb, sleep, runlog)
 	panics := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("e2e_panic always panics") })
@@ -149,9 +180,9 @@ func main() {
 	}
 }
 
-// offsetClock returns a clock offset by the duration in the file at path,
+// fileOffsetClock is base offset by the duration in the file at path,
 // re-read every 200 ms until ctx ends.
-func offsetClock(ctx context.Context, path string) func() time.Time {
+func fileOffsetClock(ctx context.Context, path string, base func() time.Time) func() time.Time {
 	var offset atomic.Int64
 	read := func() {
 		b, err := os.ReadFile(path)
@@ -174,5 +205,5 @@ func offsetClock(ctx context.Context, path string) func() time.Time {
 			}
 		}
 	}()
-	return func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	return func() time.Time { return base().Add(time.Duration(offset.Load())) }
 }

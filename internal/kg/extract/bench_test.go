@@ -3,32 +3,14 @@ package extract_test
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"testing"
-	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
+	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
 )
 
-// corpus generates n short chat messages (about 60 characters) from 200
-// authors in 40 channels, each naming two of 2,000 capitalised topics, so
-// the graph keeps growing as it would on a real server. Messages come
-// channel by channel, as the extraction tasks pass them.
-func corpus(prefix string, n int) []extract.Fragment {
-	r := rand.New(rand.NewPCG(1, 2))
-	topic := func() string { return fmt.Sprintf("Topic%04d", r.IntN(2000)) }
-	out := make([]extract.Fragment, n)
-	for i := range out {
-		src := fmt.Sprintf("discord:%d", 1000+i*40/n)
-		out[i] = extract.Fragment{
-			ID: fmt.Sprintf("sg:msg:%s:%s-%06d", src, prefix, i), Source: src,
-			Author: fmt.Sprintf("user%03d", r.IntN(200)),
-			Text:   fmt.Sprintf("has anyone tried %s with %s yet? works for me", topic(), topic()),
-			Time:   t0.Add(time.Duration(i) * time.Second),
-		}
-	}
-	return out
-}
+// corpus is the benchmarks' workload (extracttest.Corpus).
+func corpus(prefix string, n int) []extract.Fragment { return extracttest.Corpus(prefix, n, t0) }
 
 // BenchmarkExtract10kMessages runs 10,000 short messages through the engine
 // against a real Redis and FalkorDB, with the LLM faked (it answers at

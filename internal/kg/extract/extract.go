@@ -393,8 +393,12 @@ func (e *Engine) extractBatch(ctx context.Context, batch []Fragment, c *Counts) 
 		return errors.Join(cause, err)
 	}
 
-	resp, err := e.cfg.LLM.Chat(ctx, llm.Extraction(e.cfg.Model, e.prompt(mine), llm.JSONObject))
-	c.LLMCalls++
+	req := llm.Extraction(e.cfg.Model, e.prompt(mine), llm.JSONObject)
+	req.Items = len(mine) // the spend ledger's tokens per message
+	resp, err := e.cfg.LLM.Chat(ctx, req)
+	if !errors.Is(err, llm.ErrRefused) {
+		c.LLMCalls++ // a refused call was never made
+	}
 	if err != nil {
 		return settled, giveUp(fmt.Errorf("extract: batch of %d fragment(s) from %s: %w", len(mine), mine[0].ID, err),
 			errors.Is(err, llm.ErrEmptyContent))

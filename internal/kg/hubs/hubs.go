@@ -130,8 +130,9 @@ type Report struct {
 
 // Run organises up to MaxHubs hubs, the largest first. A hub whose answer
 // is unusable is left untouched and counted; a rate limit stops the run at
-// once and is returned (wrapped) so the caller can honour its Retry-After;
-// other failed calls are returned together after the remaining hubs.
+// once and is returned (wrapped) so the caller can honour its Retry-After,
+// and so does a refused call (llm.ErrRefused: budget spent, kill switch
+// off); other failed calls are returned together after the remaining hubs.
 func (o *Organizer) Run(ctx context.Context, opts Options) (Report, error) {
 	opts = opts.withDefaults()
 	var rep Report
@@ -149,7 +150,7 @@ func (o *Organizer) Run(ctx context.Context, opts Options) (Report, error) {
 		var rl *llm.RateLimitError
 		switch {
 		case err == nil:
-		case errors.As(err, &rl) || ctx.Err() != nil || !errors.Is(err, errCall):
+		case errors.As(err, &rl) || errors.Is(err, llm.ErrRefused) || ctx.Err() != nil || !errors.Is(err, errCall):
 			return rep, err
 		default:
 			rep.LLMErrors++

@@ -145,7 +145,9 @@ type run struct {
 // Merge runs one deduplication pass. It returns what it did even when it
 // fails: merges done before an error are kept (each is complete or
 // resumable). A rate limit stops the run at once and is returned as is
-// (wrapped), so the caller can honour its Retry-After; other failed calls
+// (wrapped), so the caller can honour its Retry-After; so does a refused
+// call (llm.ErrRefused: the budget is spent, the kill switch is off),
+// which every next call would meet too; other failed calls
 // are counted and returned together at the end, after the rest of the
 // pairs were tried.
 func (e *Engine) Merge(ctx context.Context, o Options) (Report, error) {
@@ -276,8 +278,8 @@ func (r *run) decide(ctx context.Context, pairs []pair) error {
 		var rl *llm.RateLimitError
 		switch {
 		case err == nil:
-		case errors.As(err, &rl) || ctx.Err() != nil || !errors.Is(err, errCall):
-			return err // rate limited, out of time, or a graph/lease failure while merging
+		case errors.As(err, &rl) || errors.Is(err, llm.ErrRefused) || ctx.Err() != nil || !errors.Is(err, errCall):
+			return err // rate limited, refused (budget, kill switch), out of time, or a graph/lease failure while merging
 		default:
 			callErrs = append(callErrs, err)
 		}

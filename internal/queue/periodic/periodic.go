@@ -98,6 +98,10 @@ type Config struct {
 	// SkipAsynqWorkarounds leaves asynq's Unique locks alone (no release
 	// of a leaked one): asynqcompat.Gate refused the linked asynq version.
 	SkipAsynqWorkarounds bool
+	// Holds, if set, holds back the occurrences of deferred tasks (an
+	// occurrence that comes due meanwhile waits, due) and resumes a task at
+	// once when its hold lifts (holds.go).
+	Holds Holds
 }
 
 // Scheduler runs the loop. Create it with New.
@@ -152,9 +156,13 @@ func (s *Scheduler) Run(ctx context.Context) error {
 
 // Tick handles every entry whose local due time has come.
 func (s *Scheduler) Tick(ctx context.Context) {
+	held := s.holds(ctx, s.cfg.Now())
 	for _, e := range s.entries {
 		if ctx.Err() != nil {
 			return
+		}
+		if held[e.Name] {
+			continue
 		}
 		now := s.cfg.Now()
 		if n, ok := s.next[e.Name]; ok && now.Before(n) {

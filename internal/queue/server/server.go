@@ -52,6 +52,10 @@ type Options struct {
 	// the Python scheduler's last run of its task is recent (the cut-over
 	// window; legacyrun.go).
 	LegacyRuns LegacyRuns
+	// Spend, if set, charges each run's LLM calls to its task and defers
+	// the runs of a task whose budget is spent, or whose calls the kill
+	// switch refused, instead of failing them (deferral.go).
+	Spend Spend
 }
 
 // Observer records each run, for metrics. Task names are bounded: a type
@@ -106,6 +110,8 @@ func NewServer(o Options) *asynq.Server {
 				log.Error("redis health check failed; asynq keeps retrying", "component", "healthcheck", "error", err)
 			}
 		},
+		// A deferred run waits for its budget; it did not fail.
+		IsFailure: func(err error) bool { return !errors.Is(err, ErrDeferred) },
 	})
 }
 
@@ -122,6 +128,11 @@ func RetryDelay(catalog []jobs.Spec) asynq.RetryDelayFunc {
 	return func(n int, err error, t *asynq.Task) time.Duration {
 		if errors.Is(err, asynq.ErrLeaseExpired) {
 			return time.Second
+		}
+		// A parked run waits for its deferral's window to end.
+		var d interface{ DeferFor() time.Duration }
+		if errors.As(err, &d) {
+			return max(d.DeferFor(), time.Second)
 		}
 		// A rate-limited call says when to come back (Retry-After); an hour
 		// caps a server that asks for something absurd.
@@ -153,7 +164,7 @@ func Mux(o Options) *asynq.ServeMux {
 	// observe, so that a panic in our own middleware is still archived and
 	// counted. Every middleware also releases what it took in a defer, which
 	// runs on a panic too (docs/scheduling.md lists them).
-	mux.Use(observe(o, specs), recoverPanics(o.Logger), standDown(o, specs), standDownForLegacyRuns(o, specs), singletons(o, specs), recoverPanics(o.Logger))
+	mux.Use(observe(o, specs), recoverPanics(o.Logger), standDown(o, specs), standDownForLegacyRuns(o, specs), deferrals(o, specs), singletons(o, specs), recoverPanics(o.Logger))
 	return mux
 }
 
@@ -276,6 +287,8 @@ func classify(err error) string {
 		return StatusInvalid
 	case errors.Is(err, asynq.ErrHandlerNotFound):
 		return StatusNotFound
+	case errors.Is(err, ErrDeferred):
+		return StatusDeferred
 	case errors.Is(err, asynq.RevokeTask):
 		return StatusSkipped
 	}
@@ -317,15 +330,17 @@ func observe(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			elapsed := time.Since(start)
 			status := classify(err)
 			run := Run{Task: name, Status: status, Elapsed: elapsed,
-				Archived: err != nil && status != StatusSkipped && final(ctx, err)}
-			if err != nil && status != StatusSkipped {
+				Archived: err != nil && status != StatusSkipped && status != StatusDeferred && final(ctx, err)}
+			if err != nil && status != StatusSkipped && status != StatusDeferred {
 				run.Class = errorClass(ctx, err, status)
 			}
 			o.Metrics.RunFinished(run)
 			reported = true
 			archived := run.Archived
 			errMsg := ""
-			if err != nil {
+			if status == StatusDeferred {
+				log.Info("task finished", "status", status, "duration_ms", elapsed.Milliseconds(), "reason", err.Error())
+			} else if err != nil {
 				errMsg = err.Error()
 				maxRetry, _ := asynq.GetMaxRetry(ctx)
 				log.Warn("task finished", "status", status, "duration_ms", elapsed.Milliseconds(), "error", errMsg,

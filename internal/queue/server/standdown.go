@@ -7,6 +7,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -32,7 +33,8 @@ var errStoodDown = errors.New("stood down")
 
 // standDown refuses, before anything else is taken, a run that must not
 // start now: a chat-LLM task while the kill switch is off (queued runs,
-// retries, manual runs and heartbeat children alike), and a task the
+// retries, manual runs and heartbeat children alike; with spend accounting
+// it is deferred as a refused call would defer it), and a task the
 // Python supervisor ran while its leader lease is held (the cut-over's
 // coexistence). The run is revoked, not retried: its task's next
 // occurrence asks again.
@@ -46,6 +48,12 @@ func standDown(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
 			id, _ := asynq.GetTaskID(ctx)
 			if o.KillSwitch != nil && spec.Requires.Has(jobs.ChatLLM) {
 				if err := o.KillSwitch.Check(ctx); err != nil {
+					if o.Spend != nil && spec.CallsLLM() {
+						// The path of a call the switch refuses: the task is
+						// deferred until the switch is back on, and shows so.
+						r := &spend.Refusal{Reason: spend.ReasonKillSwitch, Switch: err.Error()}
+						return deferRun(ctx, o, spec, r.Deferral(jobs.Owner(spec.Name, t.Payload()), id, o.Spend.Now()), err)
+					}
 					o.Logger.Warn("chat-LLM task not started: the kill switch is off (or cannot be read)",
 						"task", spec.Name, "task_id", id, "reason", err.Error())
 					o.Metrics.StoodDown(spec.Name, StandDownKillSwitch)

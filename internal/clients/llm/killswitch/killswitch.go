@@ -17,13 +17,31 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 )
 
 // DefaultKey is the Redis key of the runtime switch.
 const DefaultKey = "sg:switch:chat_llm"
 
-// ErrOff is returned instead of a call while the switch is off.
-var ErrOff = errors.New("the chat-LLM kill switch is off")
+// ErrOff is returned instead of a call while the switch is off. It is a
+// refusal (errors.Is(err, llm.ErrRefused)), and the spend ledger's kind of
+// one (spend.AsRefusal finds a *spend.Refusal of reason kill_switch): the
+// run that meets it stops and is deferred until the switch is back on,
+// never retried as a failure.
+var ErrOff error = offError{}
+
+type offError struct{}
+
+func (offError) Error() string        { return "the chat-LLM kill switch is off" }
+func (offError) Is(target error) bool { return target == llm.ErrRefused }
+
+func (e offError) As(target any) bool {
+	r, ok := target.(**spend.Refusal)
+	if ok {
+		*r = &spend.Refusal{Reason: spend.ReasonKillSwitch} // Switch: the caller has the whole message
+	}
+	return ok
+}
 
 // Switch reads the switch. The zero value is on.
 type Switch struct {
