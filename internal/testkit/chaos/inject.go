@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stargazer/stargazer-jobs/internal/spend"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/chaos/check"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/faultproxy"
 )
@@ -43,6 +44,7 @@ func (h *harness) inject(ctx context.Context, warm time.Time) {
 	wg.Wait()
 	// Whatever the period's end: nothing stays faulted.
 	h.fakes.SetLLMFault(LLMFault{})
+	h.liftBudget(ctx)
 	for _, s := range h.slots {
 		s.redisProxy.SetMode(faultproxy.Pass)
 		s.redisProxy.SetLatency(0)
@@ -204,6 +206,21 @@ func (h *harness) run(ctx context.Context, p Planned) (f check.Fault) {
 			out = append(out, fmt.Sprintf("%s→%d", s.name, np.pid))
 		}
 		f.Detail = "rolling restart to " + id + ": " + strings.Join(out, " ")
+	case check.KindBudget:
+		// As an operator would: the run-time budget of the whole cluster
+		// set to nothing, then cleared. The fault starts once Redis has
+		// it (Redis may be down at that moment: retried for 15 s).
+		f.Detail = fmt.Sprintf("budget of %s spent (0 tokens) for %v", p.What, p.For)
+		if err := retryFor(ctx, 15*time.Second, func(ctx context.Context) error {
+			return spend.SetOverride(ctx, h.rdb, p.What, spend.Override{Limit: spend.Tokens(0)})
+		}); err != nil {
+			f.Skipped = "not set: " + err.Error()
+			return f
+		}
+		f.Start = time.Now()
+		sleepCtx(ctx, p.For)
+		h.liftBudget(ctx)
+		f.End = time.Now()
 	case check.KindForeignScheduler:
 		fr, err := h.bot.foreignRun(ctx, p.What)
 		f.Detail = "task=" + p.What
@@ -221,6 +238,32 @@ func (h *harness) run(ctx context.Context, p Planned) (f check.Fault) {
 		}
 	}
 	return f
+}
+
+// liftBudget clears the run-time budget a budget fault set, retrying
+// while Redis is down: a budget left spent would stop the run's LLM work.
+func (h *harness) liftBudget(ctx context.Context) {
+	err := retryFor(ctx, time.Minute, func(ctx context.Context) error {
+		_, err := spend.ClearOverride(ctx, h.rdb, spend.Cluster)
+		return err
+	})
+	if err != nil {
+		h.logf("budget: could not clear the run-time budget: %v", err)
+	}
+}
+
+// retryFor calls fn until it succeeds or d has passed.
+func retryFor(ctx context.Context, d time.Duration, fn func(context.Context) error) error {
+	deadline := time.Now().Add(d)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := fn(cctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		sleepCtx(ctx, 500*time.Millisecond)
+	}
 }
 
 // dumps takes each live worker's goroutine dump, by pid.

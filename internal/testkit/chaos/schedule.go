@@ -164,6 +164,9 @@ func Schedule(seed int64, period time.Duration, workers int, kinds []string) []P
 				res = append(res, fmt.Sprintf("proc:w%d", i))
 			}
 			res = append(res, "deploy")
+		case check.KindBudget:
+			p.Target, p.For, p.What = "cluster", secs(5, 20), "*"
+			res = []string{"budget"}
 		case check.KindForeignScheduler:
 			p.Target, p.What = "python", ForeignTasks[r.IntN(len(ForeignTasks))]
 			res = []string{"foreign:" + p.What}

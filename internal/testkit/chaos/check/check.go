@@ -24,10 +24,11 @@ const (
 	InvDeployment       = "startup task once per deployment"
 	InvStandDown        = "a Python run stands the Go task down, then it runs again"
 	InvRetryAfter       = "a 429 pauses every worker's LLM calls for its Retry-After"
+	InvBudget           = "a spent budget defers LLM work, never fails it"
 )
 
 var invariantOrder = []string{InvOccurrenceOnce, InvOccurrenceMissed, InvPromptOnce, InvExtractedOnce, InvGraph,
-	InvSingleton, InvLeaseLapse, InvStuck, InvResources, InvDeployment, InvStandDown, InvRetryAfter}
+	InvSingleton, InvLeaseLapse, InvStuck, InvResources, InvDeployment, InvStandDown, InvRetryAfter, InvBudget}
 
 // Violation is one breach of an invariant.
 type Violation struct {
@@ -96,6 +97,7 @@ func Check(h *History) *Report {
 	c.deployments()
 	c.standDowns()
 	c.retryAfter()
+	c.budgets()
 	r := &Report{Counts: c.counts()}
 	for _, name := range invariantOrder {
 		r.Invariants = append(r.Invariants, c.get(name))
@@ -906,6 +908,44 @@ func (c *checker) retryAfter() {
 	c.checked(InvRetryAfter, "429s answered", n)
 }
 
+// budgets: while the cluster's budget is spent, no LLM call reaches the
+// provider (a call reserved just before may still arrive for a moment),
+// and no run fails, retries or is archived for a refused call: its run is
+// deferred. The work that was deferred is not lost: the other invariants
+// (prompts, extraction, nothing stuck) check it was done after.
+func (c *checker) budgets() {
+	h := c.h
+	const admitted = 2 * time.Second
+	n := 0
+	for _, f := range h.Faults {
+		if f.Kind != KindBudget || f.Skipped != "" {
+			continue
+		}
+		n++
+		for _, l := range h.LLMCalls {
+			if l.At.After(f.Start.Add(admitted)) && l.At.Before(f.End) {
+				c.violate(InvBudget, l.At, fmt.Sprintf("an LLM call arrived %v into a spent budget", l.At.Sub(f.Start).Round(time.Millisecond)),
+					FaultLine(h, f), fmt.Sprintf("call at %s (%s %s, answered %d)", l.At.Format("15:04:05.000"), l.Service, l.Purpose, l.Status))
+				break
+			}
+		}
+	}
+	for _, r := range h.Runs {
+		switch {
+		case r.Status == "deferred":
+			c.note(InvBudget, "runs deferred (not failed)")
+		case r.Status != "ok" && r.Status != "" && refusal(r.Err):
+			c.violate(InvBudget, r.End, fmt.Sprintf("%s failed on a refused LLM call instead of being deferred", r.TaskID), c.runLine(r))
+		}
+	}
+	c.checked(InvBudget, "budget faults", n)
+}
+
+// refusal tells a budget's or the kill switch's refusal in a run's error.
+func refusal(err string) bool {
+	return strings.Contains(err, "refused: budget of") || strings.Contains(err, "refused: the chat-LLM kill switch")
+}
+
 // redisImpairedAround names a fault that kept a worker from Redis within
 // a few seconds of t, or "".
 func (c *checker) redisImpairedAround(t time.Time) string {
@@ -1020,6 +1060,8 @@ func recoveries(h *History) []Recovery {
 		case KindFalkorStall:
 			end, ok = firstOK(f.End, func(r Run) bool { return graphTasks[r.Task] })
 		case KindLLM429, KindLLM5xx, KindLLMHang:
+			end, ok = firstOK(f.End, func(r Run) bool { return llmTasks[r.Task] })
+		case KindBudget:
 			end, ok = firstOK(f.End, func(r Run) bool { return llmTasks[r.Task] })
 		case KindForeignScheduler:
 			end, ok = firstOK(f.End, func(r Run) bool {

@@ -161,6 +161,16 @@ func TestTheCheckerReportsEachBrokenGuarantee(t *testing.T) {
 		{"a Go run during a Python run's stand-down", func(h *History) {
 			h.Foreign = append(h.Foreign, ForeignRun{At: at(10), Task: "kg_decay_task", StandDownUntil: at(13)})
 		}, InvStandDown, "during the stand-down"},
+		{"an LLM call while the budget is spent", func(h *History) {
+			h.Faults = append(h.Faults, Fault{ID: 1, Kind: KindBudget, Target: "cluster", Start: at(20), End: at(30)})
+			h.LLMCalls = append(h.LLMCalls,
+				LLMCall{At: at(20.5), Service: "llm", Purpose: "extraction", Status: 200}, // reserved before
+				LLMCall{At: at(25), Service: "embeddings", Purpose: "embedding", Status: 200})
+		}, InvBudget, "into a spent budget"},
+		{"a run failed on a refused call", func(h *History) {
+			h.Runs = append(h.Runs, Run{Task: "channel_summarization", TaskID: "x1", Proc: "w0", Pid: 100, Start: at(20), End: at(21),
+				Status: "error", Err: "LLM call of channel_summarization refused: budget of * (0 tokens a UTC day) spent: 12 tokens used on 2026-12-06; deferred until 2026-12-07T00:00:00Z"})
+		}, InvBudget, "instead of being deferred"},
 		{"a deployment whose backfill never ran", func(h *History) {
 			h.Deployments = append(h.Deployments, Deployment{ID: "d2", Start: at(20)})
 			h.End = at(90)

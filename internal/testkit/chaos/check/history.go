@@ -91,13 +91,17 @@ const (
 	KindClock            = "clock"
 	KindDeploy           = "deploy"
 	KindForeignScheduler = "foreign-scheduler"
+	// KindBudget spends the whole cluster's LLM budget at run time (the
+	// run-time override of "*" set to 0 tokens, as `enqueuer budget set`
+	// does), then lifts it.
+	KindBudget = "budget"
 )
 
 // Kinds lists every fault kind, in the order reports show them.
 var Kinds = []string{
 	KindKill, KindTerm, KindRedisKill, KindRedisPause, KindPartitionRedis, KindLatencyRedis,
 	KindPartitionFalkor, KindLatencyFalkor, KindFalkorStall, KindLLM429, KindLLM5xx, KindLLMHang,
-	KindMalformed, KindClock, KindDeploy, KindForeignScheduler,
+	KindMalformed, KindClock, KindDeploy, KindForeignScheduler, KindBudget,
 }
 
 // Fault is one injected fault as executed.
