@@ -125,6 +125,8 @@ func (h *harness) readLogs(hist *check.History) error {
 				due, _ := strconv.ParseInt(ms, 10, 64)
 				hist.Occurrences = append(hist.Occurrences, check.Occurrence{Task: l.Task, Due: time.UnixMilli(due), ID: occ,
 					Outcome: l.Outcome, TaskID: l.TaskID, Missed: l.Missed, At: l.Time, Pid: p.pid})
+			case "scheduler: deferred task resumed":
+				hist.Resumes = append(hist.Resumes, check.Resume{Task: l.Task, At: l.Time, Pid: p.pid})
 			case "scheduler: enqueued":
 				if _, ok := hist.Enqueued[l.TaskID]; !ok {
 					hist.Enqueued[l.TaskID] = l.Time

@@ -112,20 +112,23 @@ const (
 const SingletonLease = 6 * time.Second
 
 type harness struct {
-	o      Options
-	dir    string
-	bin    string
-	log    io.Writer
-	logMu  sync.Mutex
-	plan   []Planned
-	redis  *redistest.Server
-	falkor *falkortest.Server
-	fakes  *Fakes
-	rdb    *redis.Client
-	bot    *bot
-	slots  []*slot
-	node   *slot
-	procs  procs
+	o     Options
+	dir   string
+	bin   string
+	log   io.Writer
+	logMu sync.Mutex
+	// budgetMu keeps budget faults apart: one delayed by Redis being down
+	// must not clear the next one's budget.
+	budgetMu sync.Mutex
+	plan     []Planned
+	redis    *redistest.Server
+	falkor   *falkortest.Server
+	fakes    *Fakes
+	rdb      *redis.Client
+	bot      *bot
+	slots    []*slot
+	node     *slot
+	procs    procs
 
 	mu          sync.Mutex
 	faults      []check.Fault

@@ -210,6 +210,8 @@ func (h *harness) run(ctx context.Context, p Planned) (f check.Fault) {
 		// As an operator would: the run-time budget of the whole cluster
 		// set to nothing, then cleared. The fault starts once Redis has
 		// it (Redis may be down at that moment: retried for 15 s).
+		h.budgetMu.Lock()
+		defer h.budgetMu.Unlock()
 		f.Detail = fmt.Sprintf("budget of %s spent (0 tokens) for %v", p.What, p.For)
 		if err := retryFor(ctx, 15*time.Second, func(ctx context.Context) error {
 			return spend.SetOverride(ctx, h.rdb, p.What, spend.Override{Limit: spend.Tokens(0)})

@@ -268,51 +268,42 @@ func kindOf(why string) string {
 
 // occurrenceMissed: the occurrences a scheduler handled follow the grid,
 // each skipping only the occurrences it coalesced, up to the end; every
-// occurrence enqueued was run.
+// occurrence enqueued was run. A deferred task resumed when its hold
+// lifted starts a new grid at that moment (docs/operations.md, "LLM
+// spend"): the grid is checked from one resume to the next.
 func (c *checker) occurrenceMissed() {
 	h := c.h
 	byTask := map[string][]Occurrence{}
 	for _, o := range h.Occurrences {
 		byTask[o.Task] = append(byTask[o.Task], o)
 	}
+	resumes := map[string][]time.Time{}
+	for _, r := range h.Resumes {
+		resumes[r.Task] = append(resumes[r.Task], r.At)
+	}
 	n := 0
-	for task, os := range byTask {
+	for task, all := range byTask {
 		iv := h.Config.Intervals[task]
 		if iv <= 0 {
 			continue
 		}
-		sort.Slice(os, func(i, j int) bool { return os[i].Due.Before(os[j].Due) })
-		for i, o := range os {
-			n++
-			if i > 0 && o.Due.Equal(os[i-1].Due) {
+		sort.Slice(all, func(i, j int) bool { return all[i].Due.Before(all[j].Due) })
+		var once []Occurrence
+		for i, o := range all {
+			if i > 0 && o.Due.Equal(all[i-1].Due) {
+				n++
 				c.violate(InvOccurrenceMissed, o.At, fmt.Sprintf("occurrence %s handled twice by the schedulers", o.ID),
-					occLine(os[i-1]), occLine(o))
+					occLine(all[i-1]), occLine(o))
 				continue
 			}
-			if i > 0 {
-				p := os[i-1]
-				want := p.Due.Add(time.Duration(1+p.Missed) * iv)
-				switch {
-				case o.Due.After(want):
-					for d := want; d.Before(o.Due); d = d.Add(iv) {
-						c.missing(task, d, p, o)
-					}
-				case o.Due.Before(want):
-					c.violate(InvOccurrenceMissed, o.At, fmt.Sprintf("%s: occurrence %s handled though the previous one coalesced up to %s",
-						task, o.ID, want.Format("15:04:05.000")), occLine(p), occLine(o))
-				}
-				if p.Missed > 0 {
-					c.note(InvOccurrenceMissed, "occurrences coalesced (no scheduler handled them in time)")
-				}
-			}
-			c.ranIfEnqueued(o)
+			once = append(once, o)
 		}
-		// The schedule went on to the end.
-		last := os[len(os)-1]
-		next := last.Due.Add(time.Duration(1+last.Missed) * iv)
-		if next.Before(h.End.Add(-iv - 15*time.Second)) {
-			c.violate(InvOccurrenceMissed, next, fmt.Sprintf("%s: no occurrence handled after %s (interval %v) though the run went on to %s",
-				task, last.ID, iv, h.End.Format("15:04:05")), occLine(last))
+		segs := segments(once, resumes[task])
+		if len(segs) > 1 {
+			c.note(InvOccurrenceMissed, "grids restarted: a deferred task resumed when its hold lifted")
+		}
+		for si, os := range segs {
+			n += c.grid(task, iv, os, si == len(segs)-1)
 		}
 	}
 	// Enqueues logged without an occurrence record (its scheduler's
@@ -331,6 +322,66 @@ func (c *checker) occurrenceMissed() {
 		c.violate(InvOccurrenceMissed, at, fmt.Sprintf("%s was enqueued and never ran", id), "enqueued "+at.Format("15:04:05.000"))
 	}
 	c.checked(InvOccurrenceMissed, "occurrences handled", n)
+}
+
+// segments splits a task's occurrences (sorted by due time) at its
+// resumes: those handled before a resume, and those after it. Each keeps
+// its order by due time.
+func segments(os []Occurrence, resumes []time.Time) [][]Occurrence {
+	if len(resumes) == 0 {
+		return [][]Occurrence{os}
+	}
+	resumes = slices.Clone(resumes)
+	slices.SortFunc(resumes, func(a, b time.Time) int { return a.Compare(b) })
+	segs := make([][]Occurrence, len(resumes)+1)
+	for _, o := range os {
+		i := sort.Search(len(resumes), func(i int) bool { return resumes[i].After(o.At) })
+		segs[i] = append(segs[i], o)
+	}
+	out := segs[:0]
+	for _, s := range segs {
+		if len(s) > 0 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// grid checks one unbroken run of a task's occurrences; last says whether
+// it is the task's last, which must go on to the end of the run. It
+// returns how many it checked.
+func (c *checker) grid(task string, iv time.Duration, os []Occurrence, last bool) int {
+	h := c.h
+	for i, o := range os {
+		if i > 0 {
+			p := os[i-1]
+			want := p.Due.Add(time.Duration(1+p.Missed) * iv)
+			switch {
+			case o.Due.After(want):
+				for d := want; d.Before(o.Due); d = d.Add(iv) {
+					c.missing(task, d, p, o)
+				}
+			case o.Due.Before(want):
+				c.violate(InvOccurrenceMissed, o.At, fmt.Sprintf("%s: occurrence %s handled though the previous one coalesced up to %s",
+					task, o.ID, want.Format("15:04:05.000")), occLine(p), occLine(o))
+			}
+			if p.Missed > 0 {
+				c.note(InvOccurrenceMissed, "occurrences coalesced (no scheduler handled them in time)")
+			}
+		}
+		c.ranIfEnqueued(o)
+	}
+	if !last || len(os) == 0 {
+		return len(os)
+	}
+	// The schedule went on to the end.
+	end := os[len(os)-1]
+	next := end.Due.Add(time.Duration(1+end.Missed) * iv)
+	if next.Before(h.End.Add(-iv - 15*time.Second)) {
+		c.violate(InvOccurrenceMissed, next, fmt.Sprintf("%s: no occurrence handled after %s (interval %v) though the run went on to %s",
+			task, end.ID, iv, h.End.Format("15:04:05")), occLine(end))
+	}
+	return len(os)
 }
 
 // missing judges a grid point no scheduler recorded.

@@ -209,3 +209,34 @@ func TestARunRepeatedAfterAnUnrecordedCompletionIsAllowed(t *testing.T) {
 		t.Fatalf("a repeat explained by a partition was reported: %v", vs[InvOccurrenceOnce])
 	}
 }
+
+// A deferred task whose hold lifted is made due at once: its grid starts
+// again from that moment. With the scheduler's resume in the history
+// that is allowed; without it, the same occurrences break the grid.
+func TestAResumedTaskStartsANewGrid(t *testing.T) {
+	rephased := func() *History {
+		h := clean()
+		for i := 10; i < len(h.Occurrences); i++ {
+			o := &h.Occurrences[i]
+			o.Due = o.Due.Add(-time.Second)
+			o.ID = "kg_decay_task@" + itoa(o.Due.UnixMilli())
+			o.TaskID, o.At = o.ID, o.At.Add(-time.Second)
+			r := &h.Runs[i]
+			r.TaskID, r.Start, r.End = o.ID, r.Start.Add(-time.Second), r.End.Add(-time.Second)
+			for j := 2 * i; j < 2*i+2; j++ {
+				l := &h.Leases[j]
+				l.TaskID, l.At = o.ID, l.At.Add(-time.Second)
+			}
+		}
+		return h
+	}
+	h := rephased()
+	h.Resumes = []Resume{{Task: "kg_decay_task", At: at(20.95), Pid: 100}}
+	if vs := violations(t, h); len(vs) != 0 {
+		t.Fatalf("a grid restarted by a resume was reported: %v", vs)
+	}
+	vs := violations(t, rephased())
+	if got := vs[InvOccurrenceMissed]; len(got) == 0 || !strings.Contains(got[0].What, "coalesced up to") {
+		t.Fatalf("without the resume, want the grid broken, got %v", vs)
+	}
+}

@@ -27,6 +27,10 @@ type History struct {
 	// From the workers' logs.
 	Runs        []Run
 	Occurrences []Occurrence
+	// Resumes are the deferred tasks a scheduler made due at once when
+	// their hold lifted ("scheduler: deferred task resumed"): the grid
+	// starts again from that moment.
+	Resumes []Resume
 	// Enqueued are the task IDs a scheduler enqueued ("scheduler:
 	// enqueued"), with when.
 	Enqueued    map[string]time.Time
@@ -153,6 +157,13 @@ type Occurrence struct {
 	Missed  int    // occurrences before the next one coalesced into this
 	At      time.Time
 	Pid     int
+}
+
+// Resume is a deferred task made due at once, by the scheduler of Pid.
+type Resume struct {
+	Task string
+	At   time.Time
+	Pid  int
 }
 
 // LeaseEvent is a singleton lease taken, lost or released.
