@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -38,21 +39,37 @@ const runGoroutineBound = time.Second
 // lease and goroutines, held to the same bound at its own end: measured a
 // few seconds after the first run's end, its goroutines are what made a
 // worker look as if the first run had left 3–5 behind.
+//
+// A FalkorDB frozen long enough has its accept queue full (one slot per
+// connection opened meanwhile, by every client; 511 by default): a new
+// connection's handshake is never answered. go-redis dials in a goroutine
+// of its own, which the call's deadline does not end; the graph client
+// bounds that dial (graph.DialTimeout), so the run fails at once with the
+// dial's error and its dial ends with it.
 func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 	const timeout = 3 * time.Second
 	tests := []struct {
 		name        string
-		duringWrite bool // freeze once the run holds the graph write lock, else before it starts
-		attempts    int  // runs that fail at their deadline during the freeze (retries + 1)
+		duringWrite bool   // freeze once the run holds the graph write lock, else before it starts
+		queueFull   bool   // the frozen server's accept queue full, and the worker without a pooled connection
+		attempts    int    // runs that fail during the freeze (retries + 1)
+		wantErr     string // in each run's error
 	}{
-		{name: "frozen before the run", attempts: 1},
-		{name: "frozen during a write", duringWrite: true, attempts: 1},
-		{name: "retried during the freeze", attempts: 2},
+		{name: "frozen before the run", attempts: 1, wantErr: "deadline exceeded"},
+		{name: "frozen during a write", duringWrite: true, attempts: 1, wantErr: "deadline exceeded"},
+		{name: "retried during the freeze", attempts: 2, wantErr: "deadline exceeded"},
+		{name: "frozen with its accept queue full", queueFull: true, attempts: 1, wantErr: "dial tcp"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := redistest.Start(t)
-			fdb := falkortest.Start(t, composeFalkorDBArgs(t)...)
+			args := composeFalkorDBArgs(t)
+			if tt.queueFull {
+				// The smallest accept queue (2 connections), filled below
+				// in a blink rather than by 512 connections.
+				args = append(args, "--tcp-backlog", "1")
+			}
+			fdb := falkortest.Start(t, args...)
 			g := graph.New(fdb.Client(t), "stargazer")
 			// Enough edges, in batches of 100, that a decay run writes for
 			// a while: the freeze can catch it holding the write lock.
@@ -92,8 +109,28 @@ func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 					_ = fdb.Signal(syscall.SIGCONT)
 				}
 			}()
+			if tt.queueFull {
+				// The worker's pooled connections closed by the server, so
+				// that the run dials a new one.
+				admin := fdb.Client(t)
+				if err := admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if !tt.duringWrite {
 				freeze()
+			}
+			if tt.queueFull {
+				for i := 0; ; i++ {
+					c, err := net.DialTimeout("tcp", fdb.Addr, 300*time.Millisecond)
+					if err != nil {
+						break // the queue is full: a connection is no longer established
+					}
+					defer c.Close()
+					if i == 10 {
+						t.Fatalf("the frozen server's accept queue took more than 10 connections")
+					}
+				}
 			}
 			decay("frozen", timeout, tt.attempts-1)
 			if tt.duringWrite {
@@ -127,8 +164,8 @@ func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 					t.Fatalf("attempt %d of the run did not end while FalkorDB was frozen; goroutines started since the baseline:\n\n%s",
 						n+1, strings.Join(left, "\n\n"))
 				}
-				if status != "error" || !strings.Contains(msg, "deadline exceeded") {
-					t.Errorf("attempt %d ended with status %q (%s); want a deadline error", n+1, status, msg)
+				if status != "error" || !strings.Contains(msg, tt.wantErr) {
+					t.Errorf("attempt %d ended with status %q (%s); want an error with %q", n+1, status, msg, tt.wantErr)
 				}
 				if tt.duringWrite && !strings.Contains(msg, "decay: ids [") {
 					t.Errorf("attempt %d was not stopped in a write: %s", n+1, msg)
