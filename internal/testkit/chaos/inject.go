@@ -177,7 +177,7 @@ func (h *harness) run(ctx context.Context, p Planned) (f check.Fault) {
 		}
 	case check.KindClock:
 		s := h.slotOf(p.Target)
-		f.Detail = fmt.Sprintf("clock %+v for %v", p.Amount, p.For)
+		f.Detail, f.Offset = fmt.Sprintf("clock %+v for %v", p.Amount, p.For), p.Amount
 		h.mu.Lock()
 		h.maxOffset = max(h.maxOffset, p.Amount.Abs())
 		h.mu.Unlock()

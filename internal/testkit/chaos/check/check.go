@@ -886,6 +886,18 @@ func (c *checker) deployments() {
 
 // standDowns: after a Python run of a task, no scheduled Go occurrence of
 // it starts until the recorded stand-down ends, and one runs after it.
+// clockOffset is how far the clock of the worker pid ran from the real
+// one at t (a clock fault's offset; 0 without one).
+func (c *checker) clockOffset(pid int, t time.Time) time.Duration {
+	name := c.procs[pid].Name
+	for _, f := range c.h.Faults {
+		if f.Kind == KindClock && f.Skipped == "" && f.Target == name && !t.Before(f.Start) && !t.After(f.End) {
+			return f.Offset
+		}
+	}
+	return 0
+}
+
 func (c *checker) standDowns() {
 	h := c.h
 	for _, f := range h.Foreign {
@@ -902,6 +914,11 @@ func (c *checker) standDowns() {
 				continue
 			}
 			switch {
+			case r.Start.After(from) && r.Start.Before(f.StandDownUntil.Add(-500*time.Millisecond)) &&
+				!r.Start.Add(c.clockOffset(r.Pid, r.Start)).Before(f.StandDownUntil.Add(-500*time.Millisecond)):
+				// The stand-down ends at a time of day; a worker whose
+				// clock runs ahead sees it end early.
+				c.note(InvStandDown, "run during a stand-down by a worker whose clock was past its end (clock fault)")
 			case r.Start.After(from) && r.Start.Before(f.StandDownUntil.Add(-500*time.Millisecond)):
 				c.violate(InvStandDown, r.Start, fmt.Sprintf("%s ran in Go at %s, during the stand-down after a Python run at %s (until %s)", f.Task,
 					r.Start.Format("15:04:05.000"), f.At.Format("15:04:05.000"), f.StandDownUntil.Format("15:04:05.000")), c.runLine(r))

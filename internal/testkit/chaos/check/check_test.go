@@ -240,3 +240,24 @@ func TestAResumedTaskStartsANewGrid(t *testing.T) {
 		t.Fatalf("without the resume, want the grid broken, got %v", vs)
 	}
 }
+
+// A stand-down ends at a time of day: a worker whose clock runs ahead
+// (a clock fault) sees it end early. Its run is allowed; the same run
+// with the clock right is a violation.
+func TestARunDuringAStandDownByAWorkerWhoseClockIsAheadIsAllowed(t *testing.T) {
+	withStandDown := func(offset time.Duration) *History {
+		h := clean()
+		h.Foreign = append(h.Foreign, ForeignRun{At: at(10), Task: "kg_decay_task", StandDownUntil: at(13)})
+		if offset != 0 {
+			h.Faults = append(h.Faults, Fault{ID: 1, Kind: KindClock, Target: "w1", Start: at(9), End: at(20), Offset: offset})
+		}
+		return h
+	}
+	// The run due at 12 s is w1's (pid 101).
+	if vs := violations(t, withStandDown(4*time.Second)); len(vs[InvStandDown]) != 0 {
+		t.Fatalf("a run explained by its worker's clock was reported: %v", vs[InvStandDown])
+	}
+	if vs := violations(t, withStandDown(0)); len(vs[InvStandDown]) == 0 {
+		t.Fatal("a run during the stand-down was not reported")
+	}
+}

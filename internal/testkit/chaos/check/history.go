@@ -118,6 +118,8 @@ type Fault struct {
 	// system's own).
 	Start, End time.Time
 	Detail     string
+	// Offset is a clock fault's offset of its worker's clock.
+	Offset time.Duration
 	// Skipped says why a planned fault was not injected ("" if it was).
 	Skipped string
 }
