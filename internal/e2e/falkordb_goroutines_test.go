@@ -90,8 +90,8 @@ func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 			// A first run warms the pools; what it leaves (idle pooled
 			// connections hold no goroutine) is the baseline.
 			decay("warm-up", time.Minute, 0)
-			if _, status, _, ok := attemptEnd(t, w, "warm-up", 0, 30*time.Second); !ok || status != "ok" {
-				t.Fatalf("warm-up run: status %q (finished: %v)\n%s", status, ok, w.Logs())
+			if a, ok := attemptEnd(t, w, "warm-up", 0, 30*time.Second); !ok || a.status != "ok" {
+				t.Fatalf("warm-up run: status %q (finished: %v)\n%s", a.status, ok, w.Logs())
 			}
 			time.Sleep(time.Second)
 			base := goroutineDump(t, w)
@@ -158,7 +158,8 @@ func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 					held, _ := newGoroutines(t, w, base, time.Now(), 0)
 					figures = append(figures, fmt.Sprintf("attempt %d held %d goroutines while it ran (%s)", n+1, len(held), summarise(held)))
 				}
-				end, status, msg, ok := attemptEnd(t, w, "frozen", n, timeout+30*time.Second)
+				a, ok := attemptEnd(t, w, "frozen", n, timeout+30*time.Second)
+				status, msg := a.status, a.err
 				if !ok {
 					left, _ := newGoroutines(t, w, base, time.Now(), 0)
 					t.Fatalf("attempt %d of the run did not end while FalkorDB was frozen; goroutines started since the baseline:\n\n%s",
@@ -170,7 +171,7 @@ func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 				if tt.duringWrite && !strings.Contains(msg, "decay: ids [") {
 					t.Errorf("attempt %d was not stopped in a write: %s", n+1, msg)
 				}
-				left, took := newGoroutines(t, w, base, end, runGoroutineBound)
+				left, took := newGoroutines(t, w, base, a.end, runGoroutineBound)
 				if len(left) > 0 {
 					t.Errorf("attempt %d: %d goroutines started since the baseline still exist %v after its end, FalkorDB frozen:\n\n%s",
 						n+1, len(left), runGoroutineBound, strings.Join(left, "\n\n"))
@@ -178,7 +179,8 @@ func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 				if v, err := rdb.Get(context.Background(), singleton.KeyPrefix+jobs.KGDecay).Result(); err == nil {
 					t.Errorf("attempt %d: the singleton lease is still held after its end: %s", n+1, v)
 				}
-				figures = append(figures, fmt.Sprintf("attempt %d (%s): %d of its goroutines left %v after its end", n+1, clip(msg, 60), len(left), took.Round(time.Millisecond)))
+				figures = append(figures, fmt.Sprintf("attempt %d failed after %v (%s): %d of its goroutines left %v after its end",
+					n+1, a.took, clipLeft(msg, 50), len(left), took.Round(time.Millisecond)))
 			}
 			if err := fdb.Signal(syscall.SIGCONT); err != nil {
 				t.Fatal(err)
@@ -189,27 +191,34 @@ func TestReliabilityFalkorDBFrozenRunLeavesNoGoroutineBehind(t *testing.T) {
 	}
 }
 
+// attempt is a run's "task finished" line.
+type attempt struct {
+	end         time.Time // when it was logged
+	took        time.Duration
+	status, err string
+}
+
 // attemptEnd waits for the worker's "task finished" line of attempt n
-// (retried = n) of task id and returns when it was logged, its status and
-// its error.
-func attemptEnd(t *testing.T, w *proc, id string, n int, within time.Duration) (time.Time, string, string, bool) {
+// (retried = n) of task id.
+func attemptEnd(t *testing.T, w *proc, id string, n int, within time.Duration) (attempt, bool) {
 	t.Helper()
 	for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		for _, line := range strings.Split(w.Logs(), "\n") {
 			var l struct {
-				Time    time.Time `json:"time"`
-				Msg     string    `json:"msg"`
-				TaskID  string    `json:"task_id"`
-				Retried int       `json:"retried"`
-				Status  string    `json:"status"`
-				Error   string    `json:"error"`
+				Time       time.Time `json:"time"`
+				Msg        string    `json:"msg"`
+				TaskID     string    `json:"task_id"`
+				Retried    int       `json:"retried"`
+				Status     string    `json:"status"`
+				Error      string    `json:"error"`
+				DurationMS int64     `json:"duration_ms"`
 			}
 			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "task finished" && l.TaskID == id && l.Retried == n {
-				return l.Time, l.Status, l.Error, true
+				return attempt{end: l.Time, took: time.Duration(l.DurationMS) * time.Millisecond, status: l.Status, err: l.Error}, true
 			}
 		}
 	}
-	return time.Time{}, "", "", false
+	return attempt{}, false
 }
 
 // goroutineDump is w's goroutine dump (GET /debug/pprof/goroutine?debug=2):
@@ -303,9 +312,10 @@ func summarise(recs []string) string {
 	return strings.Join(out, "; ")
 }
 
-func clip(s string, n int) string {
+// clipLeft keeps the last n bytes of s.
+func clipLeft(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return "…" + s[len(s)-n:]
 }
