@@ -2,7 +2,6 @@ package chaos
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,11 +9,9 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
 )
@@ -208,38 +205,9 @@ func (f *Fakes) chat(w http.ResponseWriter, r *http.Request) {
 		c.Status = 499
 		return
 	}
-	content := fmt.Sprintf("The channel has been discussing %d lines of conversation; people are friendly and on topic.", strings.Count(prompt, "\n")+1)
-	if req.ResponseFormat != nil {
-		content = jsonAnswer(prompt)
-	}
-	u := llm.Usage{PromptTokens: len(prompt) / 4, CompletionTokens: len(content) / 4, TotalTokens: (len(prompt) + len(content)) / 4}
 	c.Status = 200
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(llmtest.Completion(req.Model, content, u))
-}
-
-// jsonAnswer answers a structured-output prompt in the shape it asks for:
-// no merge, no category, an epoch summary, or extracttest's extraction.
-func jsonAnswer(prompt string) string {
-	switch {
-	case strings.Contains(prompt, `"verdicts"`):
-		return `{"verdicts":[]}`
-	case strings.Contains(prompt, `"categories"`):
-		return `{"categories":[]}`
-	case strings.Contains(prompt, `"summary"`):
-		return `{"summary":"A day of chaos, weathered."}`
-	}
-	return extracttest.Answer(prompt)
-}
-
-// Vector is the fakes' embedding of a text: 8 numbers from its hash.
-func Vector(text string) []float32 {
-	h := sha256.Sum256([]byte(text))
-	v := make([]float32, 8)
-	for i := range v {
-		v[i] = float32(h[i])/255 + 0.001
-	}
-	return v
+	_, _ = w.Write(extracttest.ChatCompletion(req.Model, prompt, req.ResponseFormat != nil))
 }
 
 func (f *Fakes) embeddings(w http.ResponseWriter, r *http.Request) {
@@ -260,7 +228,7 @@ func (f *Fakes) embeddings(w http.ResponseWriter, r *http.Request) {
 	}
 	data := make([]any, len(req.Input))
 	for i, in := range req.Input {
-		data[i] = map[string]any{"object": "embedding", "index": i, "embedding": Vector(in)}
+		data[i] = map[string]any{"object": "embedding", "index": i, "embedding": llmtest.Vector(in)}
 	}
 	c.Status = 200
 	writeJSON(w, 200, map[string]any{"object": "list", "model": req.Model, "data": data,
@@ -275,7 +243,7 @@ func (f *Fakes) gemini(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, c.Status, map[string]any{"error": map[string]any{"code": 403, "message": "Method doesn't allow unregistered callers.", "status": "PERMISSION_DENIED"}})
 		return
 	}
-	writeJSON(w, 200, map[string]any{"embedding": map[string]any{"values": Vector(r.URL.Path)}})
+	writeJSON(w, 200, map[string]any{"embedding": map[string]any{"values": llmtest.Vector(r.URL.Path)}})
 }
 
 func (f *Fakes) discordMessages(w http.ResponseWriter, r *http.Request) {
