@@ -101,32 +101,17 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 func chat(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Model          string `json:"model"`
-		ResponseFormat *struct {
-			Type string `json:"type"`
-		} `json:"response_format"`
-		Messages []struct {
-			Content string `json:"content"`
-		} `json:"messages"`
-	}
+	var req llmtest.ChatRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	prompt := ""
-	if n := len(req.Messages); n > 0 {
-		prompt = req.Messages[n-1].Content
-	}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(extracttest.ChatCompletion(req.Model, prompt, req.ResponseFormat != nil))
+	_, _ = w.Write(extracttest.ChatCompletion(req.Model, req.Prompt(), req.ResponseFormat != nil))
 }
 
 func embeddings(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Model string   `json:"model"`
-		Input []string `json:"input"`
-	}
+	var req llmtest.EmbeddingsRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return

@@ -174,21 +174,13 @@ func (f *Fakes) chat(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	c := FakeCall{At: start, Service: "llm", Purpose: "chat"}
 	defer func() { c.MS = float64(time.Since(start).Microseconds()) / 1000; f.record(c) }()
-	var req struct {
-		Model          string `json:"model"`
-		ResponseFormat *struct {
-			Type string `json:"type"`
-		} `json:"response_format"`
-		Messages []struct {
-			Content string `json:"content"`
-		} `json:"messages"`
-	}
+	var req llmtest.ChatRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<20)).Decode(&req); err != nil || len(req.Messages) == 0 {
 		c.Status = http.StatusBadRequest
 		http.Error(w, "bad request", c.Status)
 		return
 	}
-	prompt := req.Messages[len(req.Messages)-1].Content
+	prompt := req.Prompt()
 	if ls := extracttest.Lines(prompt); len(ls) > 0 {
 		c.Purpose = "extraction"
 		for _, l := range ls {
@@ -214,10 +206,7 @@ func (f *Fakes) embeddings(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	c := FakeCall{At: start, Service: "embeddings", Purpose: "embeddings"}
 	defer func() { c.MS = float64(time.Since(start).Microseconds()) / 1000; f.record(c) }()
-	var req struct {
-		Model string   `json:"model"`
-		Input []string `json:"input"`
-	}
+	var req llmtest.EmbeddingsRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 8<<20)).Decode(&req); err != nil {
 		c.Status = http.StatusBadRequest
 		http.Error(w, err.Error(), c.Status)

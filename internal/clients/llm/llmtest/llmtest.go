@@ -35,3 +35,27 @@ func Vector(text string) []float32 {
 	}
 	return v
 }
+
+// ChatRequest is what the fakes read of a chat/completions request.
+type ChatRequest struct {
+	Model          string              `json:"model"`
+	Messages       []llm.Message       `json:"messages"`
+	Temperature    *float64            `json:"temperature"`
+	MaxTokens      int                 `json:"max_tokens"`
+	ResponseFormat *llm.ResponseFormat `json:"response_format"`
+}
+
+// Prompt is the last message's content ("" if there is none): what the
+// fakes derive their answer from.
+func (r ChatRequest) Prompt() string {
+	if len(r.Messages) == 0 {
+		return ""
+	}
+	return r.Messages[len(r.Messages)-1].Content
+}
+
+// EmbeddingsRequest is what the fakes read of an embeddings request.
+type EmbeddingsRequest struct {
+	Model string   `json:"model"`
+	Input []string `json:"input"`
+}

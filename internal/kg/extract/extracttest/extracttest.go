@@ -96,20 +96,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no route "+r.URL.Path, http.StatusNotFound)
 		return
 	}
-	var req struct {
-		Model          string        `json:"model"`
-		Messages       []llm.Message `json:"messages"`
-		Temperature    *float64      `json:"temperature"`
-		MaxTokens      int           `json:"max_tokens"`
-		ResponseFormat *struct {
-			Type string `json:"type"`
-		} `json:"response_format"`
-	}
+	var req llmtest.ChatRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
 		http.Error(w, "bad request", http.StatusBadRequest)
 		return
 	}
-	c := Call{Model: req.Model, Prompt: req.Messages[len(req.Messages)-1].Content,
+	c := Call{Model: req.Model, Prompt: req.Prompt(),
 		Temperature: req.Temperature, MaxTokens: req.MaxTokens, Authorization: r.Header.Get("Authorization")}
 	if req.ResponseFormat != nil {
 		c.ResponseFormat = req.ResponseFormat.Type
