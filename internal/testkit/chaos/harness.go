@@ -46,7 +46,9 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/faultproxy"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/journaltest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/procstat"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/scrape"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -494,13 +496,13 @@ func (h *harness) sampleResources() {
 		if p == nil || !p.alive() {
 			continue
 		}
-		m, err := metrics(p.probe, "go_goroutines", "process_open_fds")
+		m, err := scrape.Series(metricsClient, p.probe, "go_goroutines", "process_open_fds")
 		if err != nil {
 			continue
 		}
 		h.mu.Lock()
 		h.resourceSamples = append(h.resourceSamples, check.ResourceSample{Proc: s.name, Pid: p.pid, At: time.Now(),
-			Goroutines: int(m["go_goroutines"]), FDs: int(m["process_open_fds"]), Conns: tcpConns(p.pid)})
+			Goroutines: int(m["go_goroutines"]), FDs: int(m["process_open_fds"]), Conns: procstat.Established(p.pid)})
 		_, dumped := h.earlyDumps[p.pid]
 		h.mu.Unlock()
 		if age := time.Since(p.start); !dumped && age > 50*time.Second && age < 90*time.Second {

@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -181,52 +180,9 @@ func tail(s string, n int) string {
 	return "…" + s[len(s)-n:]
 }
 
-// metrics reads a few series from a process's /metrics on its probe
-// listener (not through its proxies).
-func metrics(probe string, names ...string) (map[string]float64, error) {
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + probe + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		for _, n := range names {
-			if strings.HasPrefix(line, n+" ") {
-				f, _ := strconv.ParseFloat(line[len(n)+1:], 64)
-				out[n] = f
-			}
-		}
-	}
-	return out, sc.Err()
-}
-
-// tcpConns counts pid's established TCP connections (from /proc).
-func tcpConns(pid int) int {
-	inodes := map[string]bool{}
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	for _, fd := range fds {
-		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-		if err == nil && strings.HasPrefix(l, "socket:[") {
-			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
-		}
-	}
-	n := 0
-	for _, f := range []string{"tcp", "tcp6"} {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
-		for _, line := range strings.Split(string(b), "\n")[1:] {
-			fs := strings.Fields(line)
-			if len(fs) >= 10 && fs[3] == "01" && inodes[fs[9]] { // 01: ESTABLISHED
-				n++
-			}
-		}
-	}
-	return n
-}
+// metricsClient reads a process's /metrics on its probe listener (not
+// through its proxies).
+var metricsClient = &http.Client{Timeout: 3 * time.Second}
 
 // goroutines is the process's goroutine dump (GET /debug/pprof/goroutine
 // on its HTTP_ADDR, debug=1: stacks grouped, with counts).
