@@ -61,28 +61,54 @@ const (
 	ClockKey       = "e2e:clock:offset_ms"
 )
 
-// keyOffsetClock is base plus the offset a test keeps in ClockKey.
+// keyOffsetClock is base plus the offset in milliseconds a test keeps in
+// ClockKey, re-read every 50 ms; while Redis does not answer, the last
+// offset read holds.
 func keyOffsetClock(ctx context.Context, rdb *redis.Client, base func() time.Time) func() time.Time {
+	return offsetClock(ctx, 50*time.Millisecond, base, func() (time.Duration, bool) {
+		n, err := rdb.Get(ctx, ClockKey).Int64()
+		return time.Duration(n) * time.Millisecond, err == nil
+	})
+}
+
+// fileOffsetClock is base offset by the duration in the file at path,
+// re-read every 200 ms; a missing, empty or unreadable file is no offset.
+func fileOffsetClock(ctx context.Context, path string, base func() time.Time) func() time.Time {
+	return offsetClock(ctx, 200*time.Millisecond, base, func() (time.Duration, bool) {
+		b, err := os.ReadFile(path)
+		d, perr := time.ParseDuration(strings.TrimSpace(string(b)))
+		if err != nil || perr != nil {
+			d = 0
+		}
+		return d, true
+	})
+}
+
+// offsetClock is base plus the offset read returns, read now and then
+// every interval until ctx ends, so a test can move a running worker's
+// clock and no caller of the clock waits on a read. A read that is not ok
+// leaves the last offset in place.
+func offsetClock(ctx context.Context, every time.Duration, base func() time.Time, read func() (d time.Duration, ok bool)) func() time.Time {
 	var offset atomic.Int64
-	read := func() {
-		if n, err := rdb.Get(ctx, ClockKey).Int64(); err == nil {
-			offset.Store(n)
+	load := func() {
+		if d, ok := read(); ok {
+			offset.Store(int64(d))
 		}
 	}
-	read()
+	load()
 	go func() {
-		t := time.NewTicker(50 * time.Millisecond)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				read()
+				load()
 			}
 		}
 	}()
-	return func() time.Time { return base().Add(time.Duration(offset.Load()) * time.Millisecond) }
+	return func() time.Time { return base().Add(time.Duration(offset.Load())) }
 }
 
 func specs() []jobs.Spec {
@@ -178,32 +204,4 @@ func main() {
 		fmt.Fprintln(os.Stderr, "testworker:", err)
 		os.Exit(1)
 	}
-}
-
-// fileOffsetClock is base offset by the duration in the file at path,
-// re-read every 200 ms until ctx ends.
-func fileOffsetClock(ctx context.Context, path string, base func() time.Time) func() time.Time {
-	var offset atomic.Int64
-	read := func() {
-		b, err := os.ReadFile(path)
-		d, perr := time.ParseDuration(strings.TrimSpace(string(b)))
-		if err != nil || perr != nil {
-			d = 0
-		}
-		offset.Store(int64(d))
-	}
-	read()
-	go func() {
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				read()
-			}
-		}
-	}()
-	return func() time.Time { return base().Add(time.Duration(offset.Load())) }
 }
