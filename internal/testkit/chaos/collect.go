@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stargazer/stargazer-jobs/handlers"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract"
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
@@ -27,6 +27,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/store/prompts"
 	"github.com/stargazer/stargazer-jobs/internal/store/ragstore"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/chaos/check"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/kgload"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -273,7 +274,7 @@ func (h *harness) reference(ctx context.Context, hist *check.History) error {
 				n, _ := strconv.ParseInt(s, 10, 64)
 				f.Created = time.UnixMilli(n)
 			}
-			frags = append(frags, loreFragment(f))
+			frags = append(frags, handlers.LoreFragment(f))
 		}
 	}
 	msgs, err := msgcache.New(h.rdb).Get(ctx, msgKeys)
@@ -326,37 +327,7 @@ func (h *harness) reference(ctx context.Context, hist *check.History) error {
 // statement, the latest mention of either end in it) and summed or
 // maximised across batches, so they depend on how the messages were cut.
 func snapshot(ctx context.Context, g *graph.Graph) (string, error) {
-	var b strings.Builder
-	for _, q := range []string{
+	return kgload.SnapshotOf(ctx, g,
 		`MATCH (e:Entity) RETURN e.key, e.name, e.type, e.mention_count, e.first_seen, e.last_seen ORDER BY e.key`,
-		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key ORDER BY a.key, r.type, c.key`,
-	} {
-		res, err := g.ROQuery(ctx, q, nil)
-		if err != nil {
-			return "", err
-		}
-		for _, r := range res.Rows {
-			for i, v := range r {
-				if f, ok := v.(float64); ok {
-					r[i] = math.Round(f*1e6) / 1e6
-				}
-			}
-			fmt.Fprintln(&b, r...)
-		}
-	}
-	return b.String(), nil
-}
-
-// loreFragment is anamnesis_digest's fragment of a store entry (its title
-// leads the text).
-func loreFragment(f ragstore.Fragment) extract.Fragment {
-	text := f.Text
-	if f.Title != "" && text != "" {
-		text = f.Title + ": " + text
-	}
-	source := "anamnesis"
-	if f.Source != "" {
-		source += " · " + f.Source
-	}
-	return extract.Fragment{ID: f.Key(), Source: source, Text: text, Time: f.Created}
+		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key ORDER BY a.key, r.type, c.key`)
 }
