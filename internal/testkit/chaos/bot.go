@@ -189,14 +189,26 @@ func (b *bot) prompt(ctx context.Context, latest time.Duration) error {
 		}
 	}
 	b.mu.Unlock()
+	return b.addPrompt(ctx, p, map[string]any{
+		"id": p.ID, "platform": "discord", "channel_id": "2000", "user_id": "u01", "text": "remind me: " + p.ID,
+		"fire_at": p.FireAt.UnixMilli(), "interval_seconds": int64(p.Interval / time.Second),
+		"end_at": endMS(p.EndAt), "status": "pending", "fire_count": 0,
+		"created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
+	})
+}
+
+// addPrompt writes a prompt record, fields as its hash (nil: a string in
+// its place, not a prompt at all), and its entry in the due set in one
+// MULTI, as the bot does, retried through the faults; then records p for
+// the check.
+func (b *bot) addPrompt(ctx context.Context, p check.PromptSeed, fields map[string]any) error {
 	err := retry(ctx, func(ctx context.Context) error {
 		_, err := b.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			pipe.HSet(ctx, prompts.KeyPrefix+p.ID, map[string]any{
-				"id": p.ID, "platform": "discord", "channel_id": "2000", "user_id": "u01", "text": "remind me: " + p.ID,
-				"fire_at": p.FireAt.UnixMilli(), "interval_seconds": int64(p.Interval / time.Second),
-				"end_at": endMS(p.EndAt), "status": "pending", "fire_count": 0,
-				"created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
-			})
+			if fields == nil {
+				pipe.Set(ctx, prompts.KeyPrefix+p.ID, "not a prompt", 0)
+			} else {
+				pipe.HSet(ctx, prompts.KeyPrefix+p.ID, fields)
+			}
 			pipe.ZAdd(ctx, prompts.DueKey, redis.Z{Score: float64(p.FireAt.UnixMilli()), Member: p.ID})
 			return nil
 		})
@@ -229,8 +241,7 @@ func (b *bot) malformed(ctx context.Context, what string) error {
 	id := fmt.Sprintf("chaos-%d-bad%04d", b.seed, n)
 	valid := map[string]any{"id": id, "platform": "discord", "channel_id": "2000", "user_id": "u01", "text": "broken " + id,
 		"fire_at": now.UnixMilli(), "interval_seconds": 0, "end_at": 0, "status": "pending", "fire_count": 0}
-	var fields map[string]any
-	keyType := "hash"
+	var fields map[string]any // nil: not a hash
 	switch what {
 	case "prompt-fire-at":
 		fields, valid["fire_at"] = valid, "soon"
@@ -242,7 +253,7 @@ func (b *bot) malformed(ctx context.Context, what string) error {
 	case "prompt-huge-count":
 		fields, valid["fire_count"] = valid, "1e400"
 	case "prompt-not-a-hash":
-		keyType = "string"
+		// fields nil: a string where the hash should be
 	case "message-dangling":
 		ch := channels[n%len(channels)]
 		return retry(ctx, func(ctx context.Context) error {
@@ -272,26 +283,7 @@ func (b *bot) malformed(ctx context.Context, what string) error {
 	default:
 		return fmt.Errorf("unknown malformed record %q", what)
 	}
-	p := check.PromptSeed{ID: id, FireAt: now, Malformed: what, AddedAt: now}
-	err := retry(ctx, func(ctx context.Context) error {
-		_, err := b.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			if keyType == "string" {
-				pipe.Set(ctx, prompts.KeyPrefix+id, "not a prompt", 0)
-			} else {
-				pipe.HSet(ctx, prompts.KeyPrefix+id, fields)
-			}
-			pipe.ZAdd(ctx, prompts.DueKey, redis.Z{Score: float64(now.UnixMilli()), Member: id})
-			return nil
-		})
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	b.mu.Lock()
-	b.prompts = append(b.prompts, p)
-	b.mu.Unlock()
-	return nil
+	return b.addPrompt(ctx, check.PromptSeed{ID: id, FireAt: now, Malformed: what, AddedAt: now}, fields)
 }
 
 // foreignRun publishes what the Python scheduler publishes after a run of
