@@ -490,10 +490,8 @@ func (h *harness) sampleLeases(ctx context.Context) {
 
 func (h *harness) sampleResources() {
 	for _, s := range h.slots {
-		s.mu.Lock()
-		p := s.cur
-		s.mu.Unlock()
-		if p == nil || !p.alive() {
+		p := s.live()
+		if p == nil {
 			continue
 		}
 		m, err := scrape.Series(metricsClient, p.probe, "go_goroutines", "process_open_fds")
@@ -655,10 +653,8 @@ func (h *harness) saveGrowth() {
 	early := maps.Clone(h.earlyDumps)
 	h.mu.Unlock()
 	for _, s := range h.slots {
-		s.mu.Lock()
-		p := s.cur
-		s.mu.Unlock()
-		if p == nil || !p.alive() || early[p.pid] == "" {
+		p := s.live()
+		if p == nil || early[p.pid] == "" {
 			continue
 		}
 		now, err := goroutines(p.http)

@@ -272,10 +272,8 @@ func retryFor(ctx context.Context, d time.Duration, fn func(context.Context) err
 func (h *harness) dumps() map[int]string {
 	out := map[int]string{}
 	for _, s := range h.slots {
-		s.mu.Lock()
-		p := s.cur
-		s.mu.Unlock()
-		if p == nil || !p.alive() {
+		p := s.live()
+		if p == nil {
 			continue
 		}
 		if d, err := goroutines(p.http); err == nil {
@@ -291,9 +289,7 @@ func (h *harness) dumps() map[int]string {
 func (h *harness) saveStackGrowth(what string, before map[int]string) string {
 	var notes []string
 	for _, s := range h.slots {
-		s.mu.Lock()
-		p := s.cur
-		s.mu.Unlock()
+		p := s.live()
 		if p == nil || before[p.pid] == "" {
 			continue
 		}

@@ -52,6 +52,17 @@ type slot struct {
 	n   int
 }
 
+// live is s's current incarnation if it is running, else nil: what the
+// samplers and the goroutine dumps look at.
+func (s *slot) live() *process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil || !s.cur.alive() {
+		return nil
+	}
+	return s.cur
+}
+
 // procs records every incarnation, for the history.
 type procs struct {
 	mu  sync.Mutex
