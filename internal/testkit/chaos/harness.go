@@ -652,17 +652,8 @@ func (h *harness) saveGrowth() {
 	h.mu.Lock()
 	early := maps.Clone(h.earlyDumps)
 	h.mu.Unlock()
-	for _, s := range h.slots {
-		p := s.live()
-		if p == nil || early[p.pid] == "" {
-			continue
-		}
-		now, err := goroutines(p.http)
-		if err != nil {
-			continue
-		}
-		more, report := newStacks(early[p.pid], now)
+	h.stackGrowth(early, func(s *slot, pid, more int, report string) {
 		_ = os.WriteFile(filepath.Join(h.dir, "logs", s.name+".growth.txt"),
-			[]byte(fmt.Sprintf("pid %d: %d goroutines more at the end than a minute after its start, in these stacks:\n\n%s", p.pid, more, report)), 0o644)
-	}
+			[]byte(fmt.Sprintf("pid %d: %d goroutines more at the end than a minute after its start, in these stacks:\n\n%s", pid, more, report)), 0o644)
+	})
 }

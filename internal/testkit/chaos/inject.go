@@ -283,11 +283,10 @@ func (h *harness) dumps() map[int]string {
 	return out
 }
 
-// saveStackGrowth writes, for each worker that holds more goroutines now
-// than in before, the stacks that grew, to logs/<name>.<what>.txt, and
-// says how many more each holds.
-func (h *harness) saveStackGrowth(what string, before map[int]string) string {
-	var notes []string
+// stackGrowth takes a goroutine dump of each running worker that has one
+// in before (by pid) and calls each with the stacks it holds more
+// goroutines in now than then (newStacks).
+func (h *harness) stackGrowth(before map[int]string, each func(s *slot, pid, more int, report string)) {
 	for _, s := range h.slots {
 		p := s.live()
 		if p == nil || before[p.pid] == "" {
@@ -298,13 +297,23 @@ func (h *harness) saveStackGrowth(what string, before map[int]string) string {
 			continue
 		}
 		more, report := newStacks(before[p.pid], now)
+		each(s, p.pid, more, report)
+	}
+}
+
+// saveStackGrowth writes, for each worker that holds more goroutines now
+// than in before, the stacks that grew, to logs/<name>.<what>.txt, and
+// says how many more each holds.
+func (h *harness) saveStackGrowth(what string, before map[int]string) string {
+	var notes []string
+	h.stackGrowth(before, func(s *slot, _, more int, report string) {
 		if more == 0 {
-			continue
+			return
 		}
 		path := filepath.Join(h.dir, "logs", s.name+"."+what+".txt")
 		_ = os.WriteFile(path, []byte(report), 0o644)
 		notes = append(notes, fmt.Sprintf("%s +%d", s.name, more))
-	}
+	})
 	if len(notes) == 0 {
 		return ""
 	}
