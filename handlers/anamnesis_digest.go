@@ -138,7 +138,7 @@ func (g *digest) run(ctx context.Context) error {
 		hi := min(lo+anamnesisChunk, len(frags))
 		chunk := make([]extract.Fragment, 0, hi-lo)
 		for _, f := range frags[lo:hi] {
-			chunk = append(chunk, loreFragment(f))
+			chunk = append(chunk, LoreFragment(f))
 		}
 		res, err := g.eng.Extract(ctx, chunk)
 		g.c.Add(res.Counts)
@@ -174,9 +174,11 @@ func (g *digest) move(ctx context.Context, to int64) error {
 	return nil
 }
 
-// loreFragment is a store fragment as the engine takes it: its hash key is
-// its ledger ID, its title leads the text.
-func loreFragment(f ragstore.Fragment) extract.Fragment {
+// LoreFragment is a store fragment as the engine takes it: its hash key is
+// its ledger ID, its title leads the text. The chaos check's reference
+// extraction reads the store through it too, so it extracts what the task
+// does.
+func LoreFragment(f ragstore.Fragment) extract.Fragment {
 	text := f.Text
 	if f.Title != "" && text != "" {
 		text = f.Title + ": " + text

@@ -190,7 +190,7 @@ func subscribe(t *testing.T, rdb *redis.Client, channel string) func() []events.
 // lease takes the singleton lease of task as run id.
 func lease(t *testing.T, rdb *redis.Client, task, id string) *singleton.Lease {
 	t.Helper()
-	le, err := singleton.NewLocks(rdb, 0).Acquire(context.Background(), task, id)
+	le, err := singleton.NewLocks(rdb, 0, nil).Acquire(context.Background(), task, id)
 	if err != nil {
 		t.Fatal(err)
 	}

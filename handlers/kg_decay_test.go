@@ -246,7 +246,7 @@ func TestKGDecayWritesNothingMoreOnceTheSingletonLeaseIsLost(t *testing.T) {
 	d, g, rdb, _ := kgDeps(t, time.UnixMilli(1_800_000_000_000))
 	seedChain(t, g, 60)
 	const id = "kg_decay_task@1800000000000"
-	le, err := singleton.NewLocks(rdb, time.Minute).Acquire(ctx, jobs.KGDecay, id)
+	le, err := singleton.NewLocks(rdb, time.Minute, nil).Acquire(ctx, jobs.KGDecay, id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,7 @@ func TestLimbicMaintenanceStopsWhenTheSingletonLeaseIsLost(t *testing.T) {
 	if _, err := g.Query(ctx, "UNWIND range(1, 50) AS i CREATE (:Entity {key: toString(i), last_seen: 1})", nil); err != nil {
 		t.Fatal(err)
 	}
-	le, err := singleton.NewLocks(rdb, time.Minute).Acquire(ctx, jobs.LimbicMaintenance, "limbic_maintenance@1")
+	le, err := singleton.NewLocks(rdb, time.Minute, nil).Acquire(ctx, jobs.LimbicMaintenance, "limbic_maintenance@1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,17 @@ func stateChanging(r *http.Request) bool {
 // credentials, and the admin role (and a writable monitor) for a state
 // change.
 func (g *guard) protect(area string, next http.Handler) http.Handler {
+	return g.protectFor(area, false, next)
+}
+
+// protectAdmin is protect for an area only the admin credential may read
+// (the goroutine dump: it shows task payloads' fragments, addresses and the
+// code's state). It changes nothing, so a read-only monitor serves it too.
+func (g *guard) protectAdmin(area string, next http.Handler) http.Handler {
+	return g.protectFor(area, true, next)
+}
+
+func (g *guard) protectFor(area string, adminOnly bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		role := roleAdmin
 		if g.auth.Enabled() {
@@ -73,6 +84,10 @@ func (g *guard) protect(area string, next http.Handler) http.Handler {
 				refuse(w, r, http.StatusUnauthorized, "unauthorized")
 				return
 			}
+		}
+		if adminOnly && role != roleAdmin {
+			refuse(w, r, http.StatusForbidden, "this credential is view-only: this endpoint is for the admin credential")
+			return
 		}
 		if stateChanging(r) {
 			switch {

@@ -279,17 +279,17 @@ func TestEndpointCredentialMatrix(t *testing.T) {
 		name   string
 		header map[string]string
 		// wantRead and wantWrite are the codes of a protected read and of
-		// a state change.
-		wantRead, wantWrite, wantWriteRO int
+		// a state change; wantDebug of the admin-only goroutine dump.
+		wantRead, wantWrite, wantWriteRO, wantDebug int
 	}{
-		{"no credentials", nil, 401, 401, 401},
-		{"wrong token", bearerHeader("guess"), 401, 401, 401},
-		{"wrong password", basicHeader(adminUser, "guess"), 401, 401, 401},
-		{"view token", bearerHeader(viewToken), 200, 403, 403},
-		{"view basic", basicHeader(viewUser, viewPassword), 200, 403, 403},
-		{"admin token", bearerHeader(adminToken), 200, 0, 403},
-		{"admin token, lower-case scheme", map[string]string{"Authorization": "bearer " + adminToken}, 200, 0, 403},
-		{"admin basic", basicHeader(adminUser, adminPassword), 200, 0, 403},
+		{"no credentials", nil, 401, 401, 401, 401},
+		{"wrong token", bearerHeader("guess"), 401, 401, 401, 401},
+		{"wrong password", basicHeader(adminUser, "guess"), 401, 401, 401, 401},
+		{"view token", bearerHeader(viewToken), 200, 403, 403, 403},
+		{"view basic", basicHeader(viewUser, viewPassword), 200, 403, 403, 403},
+		{"admin token", bearerHeader(adminToken), 200, 0, 403, 200},
+		{"admin token, lower-case scheme", map[string]string{"Authorization": "bearer " + adminToken}, 200, 0, 403, 200},
+		{"admin basic", basicHeader(adminUser, adminPassword), 200, 0, 403, 200},
 	}
 	env := map[string]string{
 		"MONITOR_TOKEN": adminToken, "MONITOR_USER": adminUser, "MONITOR_PASSWORD": adminPassword,
@@ -341,6 +341,7 @@ func TestEndpointCredentialMatrix(t *testing.T) {
 						{request{"POST", "/dashboard/api/queues/" + heldQueue + ":resume", "", hdr()}, cmpCode(write, 204)},
 						{request{"DELETE", "/dashboard/api/queues/" + heldQueue + "/pending_tasks/" + ti.ID, "", hdr()}, cmpCode(write, 204)},
 						{request{"POST", "/api/v1/tasks", `{"task":"scheduled_prompt_cleanup","in":"1h"}`, hdr("Content-Type", "application/json")}, cmpCode(write, 201)},
+						{request{"GET", "/debug/pprof/goroutine?debug=1", "", hdr()}, c.wantDebug},
 					}
 					for _, cell := range cells {
 						code, body, h := w.doFrom(t, from, cell.req)

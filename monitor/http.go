@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"time"
 	"unicode/utf8"
 
@@ -70,11 +71,11 @@ func New(o Options) *Server {
 		throttle: newThrottle(AuthFailureBurst, AuthFailureRate, authThrottleAddrs),
 		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stargazer_http_unauthorized_total",
-			Help: "HTTP requests refused for missing or wrong credentials, by area (dashboard, api).",
+			Help: "HTTP requests refused for missing or wrong credentials, by area (dashboard, api, debug).",
 		}, []string{"area"}),
 		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stargazer_http_auth_throttled_total",
-			Help: "HTTP requests refused with 429 because their address failed authentication too often, by area (dashboard, api).",
+			Help: "HTTP requests refused with 429 because their address failed authentication too often, by area (dashboard, api, debug).",
 		}, []string{"area"}),
 	}
 	if o.Registerer != nil {
@@ -108,6 +109,11 @@ func New(o Options) *Server {
 	if o.ProbesOnly {
 		return &Server{Handler: mux, Probes: probes}
 	}
+	// A goroutine dump, for an operator asking what a worker waits on
+	// (net/http/pprof's goroutine profile: ?debug=1 counts stacks, ?debug=2
+	// prints every goroutine). Admin only, and never on the probe
+	// listener, which serves the three endpoints above and nothing else.
+	mux.Handle("GET /debug/pprof/goroutine", g.protectAdmin("debug", pprof.Handler("goroutine")))
 	if o.Enqueuer != nil {
 		mux.Handle("POST /api/v1/tasks", g.protect("api", enqueueAPI(o.Catalog, o.Enqueuer)))
 	}

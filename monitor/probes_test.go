@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -318,6 +319,7 @@ func TestProbeListenerServesOnlyTheOpenEndpoints(t *testing.T) {
 		{request{"GET", "/dashboard/", "", auth}, 404, ""},
 		{request{"GET", "/dashboard/api/queues", "", auth}, 404, ""},
 		{request{"POST", "/api/v1/tasks", `{"task":"scheduled_prompt_cleanup"}`, auth}, 404, ""},
+		{request{"GET", "/debug/pprof/goroutine?debug=1", "", auth}, 404, ""},
 		{request{"GET", "/", "", nil}, 404, ""},
 		{request{"POST", "/healthz", "", nil}, 405, ""},
 	}
@@ -326,6 +328,12 @@ func TestProbeListenerServesOnlyTheOpenEndpoints(t *testing.T) {
 			code, body, _ := probe.do(t, tt.req)
 			if code != tt.want || !bytes.Contains([]byte(body), []byte(tt.has)) {
 				t.Errorf("= %d %.200q, want %d containing %q", code, body, tt.want, tt.has)
+			}
+			// The goroutine dump is the admin's, on HTTP_ADDR only.
+			if strings.HasPrefix(tt.req.path, "/debug/") {
+				if code, body, _ := w.do(t, tt.req); code != 200 || !strings.Contains(body, "goroutine profile: total") {
+					t.Errorf("HTTP_ADDR %s %s = %d %.200q, want the goroutine profile", tt.req.method, tt.req.path, code, body)
+				}
 			}
 			// The same endpoints stay on HTTP_ADDR, for compatibility.
 			if tt.want == 200 {

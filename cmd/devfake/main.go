@@ -11,19 +11,16 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/stargazer/stargazer-jobs/internal/clients/llm"
 	"github.com/stargazer/stargazer-jobs/internal/clients/llm/llmtest"
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
@@ -104,68 +101,24 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 func chat(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Model          string `json:"model"`
-		ResponseFormat *struct {
-			Type string `json:"type"`
-		} `json:"response_format"`
-		Messages []struct {
-			Content string `json:"content"`
-		} `json:"messages"`
-	}
+	var req llmtest.ChatRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	prompt := ""
-	if n := len(req.Messages); n > 0 {
-		prompt = req.Messages[n-1].Content
-	}
-	content := fmt.Sprintf("The channel has been discussing %d lines of conversation; people are friendly and on topic.", strings.Count(prompt, "\n")+1)
-	if req.ResponseFormat != nil {
-		content = jsonAnswer(prompt)
-	}
-	u := llm.Usage{PromptTokens: len(prompt) / 4, CompletionTokens: len(content) / 4, TotalTokens: (len(prompt) + len(content)) / 4}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(llmtest.Completion(req.Model, content, u))
-}
-
-// jsonAnswer answers a structured-output prompt in the shape it asks for:
-// merge verdicts, hub categories, an epoch summary, or (by default)
-// extraction JSON derived from the prompt's messages.
-func jsonAnswer(prompt string) string {
-	switch {
-	case strings.Contains(prompt, `"verdicts"`):
-		return `{"verdicts":[]}`
-	case strings.Contains(prompt, `"categories"`):
-		return `{"categories":[]}`
-	case strings.Contains(prompt, `"summary"`):
-		return `{"summary":"A quiet day of launch planning."}`
-	}
-	return extracttest.Answer(prompt)
-}
-
-func vector(text string) []float32 {
-	h := sha256.Sum256([]byte(text))
-	v := make([]float32, 8)
-	for i := range v {
-		v[i] = float32(h[i])/255 + 0.001
-	}
-	return v
+	_, _ = w.Write(extracttest.ChatCompletion(req.Model, req.Prompt(), req.ResponseFormat != nil))
 }
 
 func embeddings(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Model string   `json:"model"`
-		Input []string `json:"input"`
-	}
+	var req llmtest.EmbeddingsRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	data := make([]any, len(req.Input))
 	for i, in := range req.Input {
-		data[i] = map[string]any{"object": "embedding", "index": i, "embedding": vector(in)}
+		data[i] = map[string]any{"object": "embedding", "index": i, "embedding": llmtest.Vector(in)}
 	}
 	writeJSON(w, map[string]any{"object": "list", "model": req.Model, "data": data, "usage": map[string]any{"prompt_tokens": len(req.Input), "total_tokens": len(req.Input)}})
 }
@@ -176,7 +129,7 @@ func geminiEmbed(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{"error": map[string]any{"code": 403, "message": "Method doesn't allow unregistered callers.", "status": "PERMISSION_DENIED"}})
 		return
 	}
-	writeJSON(w, map[string]any{"embedding": map[string]any{"values": vector(r.URL.Path)}})
+	writeJSON(w, map[string]any{"embedding": map[string]any{"values": llmtest.Vector(r.URL.Path)}})
 }
 
 func discordMessages(w http.ResponseWriter, r *http.Request) {

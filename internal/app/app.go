@@ -42,9 +42,12 @@ type Params struct {
 	Catalog []jobs.Spec
 	// Extra handlers, by task name, added to the ones of package handlers.
 	Extra map[string]asynq.Handler
-	// Clock is the clock of the LLM budget windows (default time.Now); a
-	// test moves it to the next UTC day.
-	Clock func() time.Time
+	// Now is the clock the scheduler, the handlers, the cut-over
+	// detector and the LLM budget windows read (default time.Now). Tests
+	// offset it to skew one worker's clock against the others' or to move
+	// the cluster to the next UTC day; log times, asynq's own bookkeeping
+	// and timeouts keep the real clock.
+	Now func() time.Time
 }
 
 // Run is the worker process. It runs its phases in order and blocks until
@@ -56,9 +59,12 @@ func Run(ctx context.Context, p Params) error {
 	if err != nil {
 		return err
 	}
-	a := &app{p: p, cfg: cfg, catalog: p.Catalog}
+	a := &app{p: p, cfg: cfg, catalog: p.Catalog, now: p.Now}
 	if a.catalog == nil {
 		a.catalog = jobs.Catalog()
+	}
+	if a.now == nil {
+		a.now = time.Now
 	}
 	// A component's repeated warnings (a Redis outage) are logged once per
 	// minute with a count; go-redis's own lines join the JSON log.
@@ -113,6 +119,7 @@ type app struct {
 	cfg       config.Config
 	catalog   []jobs.Spec
 	log       *slog.Logger
+	now       func() time.Time
 	stops     stack
 	decisions []jobs.Decision
 

@@ -35,7 +35,7 @@ func (a *app) startBackground(ctx context.Context) error {
 	if cfg.SchedulerEnabled {
 		s, err := periodic.New(periodic.Config{
 			Redis: a.rdb, Enqueuer: asynqcompat.RecordEnqueues(a.client, a.rdb, a.log), States: periodic.InspectorStates{Inspector: a.insp},
-			Observer: a.metrics, Logger: a.log.With("component", "scheduler"), SkipAsynqWorkarounds: !a.asynqCovered,
+			Observer: a.metrics, Logger: a.log.With("component", "scheduler"), SkipAsynqWorkarounds: !a.asynqCovered, Now: a.now,
 			Holds: spend.NewGate(a.spend, a.insp, a.log.With("component", "spend")),
 		}, entries(a.decisions))
 		if err != nil {

@@ -96,7 +96,7 @@ func (a *app) connect() error {
 func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	cfg := a.cfg
 	d := handlers.Deps{
-		Redis: a.rdb, Logger: a.log, JournalUnit: cfg.JournalUnit, JournalDir: cfg.JournalDir, NodeName: nodeName(cfg.NodeName),
+		Redis: a.rdb, Logger: a.log, Now: a.now, JournalUnit: cfg.JournalUnit, JournalDir: cfg.JournalDir, NodeName: nodeName(cfg.NodeName),
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: a.client, Tasks: a.insp, Events: a.publisher, Counter: a.metrics,
 		Intervals:          map[string]time.Duration{},
@@ -112,7 +112,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.Journal = a.journal
 	}
 	if cfg.LegacyCoexistence {
-		d.HandOver = legacy.HandOver{Redis: a.rdb}
+		d.HandOver = legacy.HandOver{Redis: a.rdb, Now: a.now}
 	}
 	if cfg.FalkorDBURL != "" && cfg.Role != config.RoleNode { // no node-local task uses the graph
 		g, closeGraph, err := openGraph(ctx, a.log, cfg)

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,6 +17,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/queue/singleton"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/procstat"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
@@ -36,35 +36,6 @@ func composeFalkorDBArgs(t *testing.T) []string {
 		t.Fatal("docker-compose.yml sets no FALKORDB_ARGS for the falkordb service")
 	}
 	return strings.Fields(string(m[1]))
-}
-
-// connsTo counts pid's TCP connections to port (from /proc).
-func connsTo(t *testing.T, pid, port int) int {
-	t.Helper()
-	inodes := map[string]bool{}
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	for _, fd := range fds {
-		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-		if err == nil && strings.HasPrefix(l, "socket:[") {
-			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
-		}
-	}
-	n := 0
-	for _, f := range []string{"tcp", "tcp6"} {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
-		for _, line := range strings.Split(string(b), "\n")[1:] {
-			fs := strings.Fields(line)
-			if len(fs) < 10 || !inodes[fs[9]] {
-				continue
-			}
-			if i := strings.LastIndexByte(fs[2], ':'); i > 0 {
-				if p, _ := strconv.ParseInt(fs[2][i+1:], 16, 32); int(p) == port {
-					n++
-				}
-			}
-		}
-	}
-	return n
 }
 
 // taskFinished waits for the worker's "task finished" log line of task ID
@@ -134,7 +105,7 @@ func TestReliabilityFalkorDBFrozenDuringAGraphTaskFailsAtItsTimeout(t *testing.T
 		t.Fatalf("warm-up tasks not done: %v", lost)
 	}
 	time.Sleep(time.Second)
-	goBefore, fdsBefore, connsBefore := w.Metric("go_goroutines "), w.Metric("process_open_fds "), connsTo(t, pid, fdbPort)
+	goBefore, fdsBefore, connsBefore := w.Metric("go_goroutines "), w.Metric("process_open_fds "), procstat.ConnsTo(pid, fdbPort)
 
 	if err := fdb.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -163,7 +134,7 @@ func TestReliabilityFalkorDBFrozenDuringAGraphTaskFailsAtItsTimeout(t *testing.T
 	if n, _ := rdb.Exists(context.Background(), singleton.KeyPrefix+jobs.KGDecay).Result(); n != 0 {
 		t.Errorf("the failed run's singleton lease is still held while FalkorDB is frozen")
 	}
-	goDuring, fdsDuring, connsDuring := w.Metric("go_goroutines "), w.Metric("process_open_fds "), connsTo(t, pid, fdbPort)
+	goDuring, fdsDuring, connsDuring := w.Metric("go_goroutines "), w.Metric("process_open_fds "), procstat.ConnsTo(pid, fdbPort)
 
 	if err := fdb.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
@@ -172,7 +143,7 @@ func TestReliabilityFalkorDBFrozenDuringAGraphTaskFailsAtItsTimeout(t *testing.T
 	var goAfter, fdsAfter float64
 	var connsAfter int
 	for end := time.Now().Add(20 * time.Second); ; time.Sleep(250 * time.Millisecond) {
-		goAfter, fdsAfter, connsAfter = w.Metric("go_goroutines "), w.Metric("process_open_fds "), connsTo(t, pid, fdbPort)
+		goAfter, fdsAfter, connsAfter = w.Metric("go_goroutines "), w.Metric("process_open_fds "), procstat.ConnsTo(pid, fdbPort)
 		if (goAfter <= goBefore+2 && connsAfter <= connsBefore) || time.Now().After(end) {
 			break
 		}

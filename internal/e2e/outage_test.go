@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -18,6 +17,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/scrape"
 )
 
 // outageLength is the Redis outage of TestReliabilityRedisOutage:
@@ -81,23 +81,7 @@ var scrapeClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Trans
 // scrape reads the named series from p's /metrics (no keep-alive, so the
 // scrape leaves no connection behind).
 func (p *proc) scrape(names ...string) (map[string]float64, error) {
-	resp, err := scrapeClient.Get("http://" + p.Addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		for _, n := range names {
-			if strings.HasPrefix(line, n+" ") {
-				out[n], _ = strconv.ParseFloat(line[len(n)+1:], 64)
-			}
-		}
-	}
-	return out, sc.Err()
+	return scrape.Series(scrapeClient, p.Addr, names...)
 }
 
 // usage samples p five times, a second apart, and keeps the lowest file

@@ -15,10 +15,17 @@
 //
 // E2E_SLEEP sets how long each run works. E2E_RUNLOG, if set, is a file
 // that every completed run is also appended to, so a test can count runs
-// even when Redis itself lost writes (a failover). With E2E_CLOCK=1 the
-// clock of the LLM budget windows is real time plus the offset in
+// even when Redis itself lost writes (a failover).
+//
+// Two offsets move the worker's clock (app.Params.Now: the scheduler, the
+// handlers, the cut-over detector, the LLM budget windows) from the real
+// one; with both set they add up. With E2E_CLOCK=1 it is the offset in
 // milliseconds held by the key e2e:clock:offset_ms (ClockKey), read every
 // 50 ms, so a test moves every worker to the next UTC day at once.
+// E2E_CLOCK_FILE names a file holding a duration ("4s", "-2.5s"), read
+// every 200 ms, so a test can skew one running worker and set it right
+// again; a missing or empty file is no offset. These are test-worker
+// options, not production settings.
 package main
 
 import (
@@ -27,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -53,28 +61,54 @@ const (
 	ClockKey       = "e2e:clock:offset_ms"
 )
 
-// offsetClock is real time plus the offset a test keeps in ClockKey.
-func offsetClock(ctx context.Context, rdb *redis.Client) func() time.Time {
+// keyOffsetClock is base plus the offset in milliseconds a test keeps in
+// ClockKey, re-read every 50 ms; while Redis does not answer, the last
+// offset read holds.
+func keyOffsetClock(ctx context.Context, rdb *redis.Client, base func() time.Time) func() time.Time {
+	return offsetClock(ctx, 50*time.Millisecond, base, func() (time.Duration, bool) {
+		n, err := rdb.Get(ctx, ClockKey).Int64()
+		return time.Duration(n) * time.Millisecond, err == nil
+	})
+}
+
+// fileOffsetClock is base offset by the duration in the file at path,
+// re-read every 200 ms; a missing, empty or unreadable file is no offset.
+func fileOffsetClock(ctx context.Context, path string, base func() time.Time) func() time.Time {
+	return offsetClock(ctx, 200*time.Millisecond, base, func() (time.Duration, bool) {
+		b, err := os.ReadFile(path)
+		d, perr := time.ParseDuration(strings.TrimSpace(string(b)))
+		if err != nil || perr != nil {
+			d = 0
+		}
+		return d, true
+	})
+}
+
+// offsetClock is base plus the offset read returns, read now and then
+// every interval until ctx ends, so a test can move a running worker's
+// clock and no caller of the clock waits on a read. A read that is not ok
+// leaves the last offset in place.
+func offsetClock(ctx context.Context, every time.Duration, base func() time.Time, read func() (d time.Duration, ok bool)) func() time.Time {
 	var offset atomic.Int64
-	read := func() {
-		if n, err := rdb.Get(ctx, ClockKey).Int64(); err == nil {
-			offset.Store(n)
+	load := func() {
+		if d, ok := read(); ok {
+			offset.Store(int64(d))
 		}
 	}
-	read()
+	load()
 	go func() {
-		t := time.NewTicker(50 * time.Millisecond)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				read()
+				load()
 			}
 		}
 	}()
-	return func() time.Time { return time.Now().Add(time.Duration(offset.Load()) * time.Millisecond) }
+	return func() time.Time { return base().Add(time.Duration(offset.Load())) }
 }
 
 func specs() []jobs.Spec {
@@ -151,17 +185,20 @@ func main() {
 		}
 		defer runlog.Close()
 	}
-	h := handler(rdb, sleep, runlog)
-	var clock func() time.Time
+	now := time.Now
 	if os.Getenv("E2E_CLOCK") == "1" {
-		clock = offsetClock(ctx, rdb)
+		now = keyOffsetClock(ctx, rdb, now)
 	}
+	if path := os.Getenv("E2E_CLOCK_FILE"); path != "" {
+		now = fileOffsetClock(ctx, path, now)
+	}
+	h := handler(rdb, sleep, runlog)
 	panics := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("e2e_panic always panics") })
 	err = app.Run(ctx, app.Params{
 		Args: os.Args[1:], Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr,
 		Catalog: append(jobs.Catalog(), specs()...),
 		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h, "e2e_panic": panics},
-		Clock:   clock,
+		Now:     now,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testworker:", err)

@@ -442,6 +442,7 @@ func (e *Engine) extractBatch(ctx context.Context, batch []Fragment, c *Counts) 
 	}
 	c.Add(w)
 	c.Fragments += len(mine)
+	e.cfg.Logger.DebugContext(ctx, "extraction batch committed", "batch", id, "fragments", mineIDs)
 	for _, i := range mineIdx {
 		settled[i] = true
 	}
@@ -486,6 +487,7 @@ func (e *Engine) recoverExpired(ctx context.Context, ids []string, st []status, 
 		}
 		e.cfg.Logger.InfoContext(ctx, "extraction finished a crashed run's batch from its stored answer",
 			"batch", b, "fragments", len(in.Fragments))
+		e.cfg.Logger.DebugContext(ctx, "extraction batch committed", "batch", b, "fragments", in.Fragments, "recovered", true)
 		c.Add(w)
 		c.Fragments += len(in.Fragments)
 		c.Recovered += len(in.Fragments)

@@ -228,6 +228,18 @@ func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Ti
 	if late := now.Sub(occ); advanced == 1 && late >= e.Interval {
 		missed = int(late / e.Interval)
 	}
+	if advanced == 1 {
+		// One line per occurrence, from the scheduler that moved the
+		// schedule on: with the runs' own lines (task_id), the history of
+		// every occurrence. Occurrences missed while no scheduler ran are
+		// worth an operator's attention.
+		level := slog.LevelDebug
+		if missed > 0 {
+			level = slog.LevelInfo
+		}
+		s.cfg.Logger.Log(ctx, level, "scheduler: occurrence handled", "task", e.Name, "occurrence", TaskID(e.Name, occ),
+			"outcome", outcome, "task_id", id, "missed", missed, "late_ms", now.Sub(occ).Milliseconds())
+	}
 	s.observe(e.Name, outcome, now.Sub(occ), missed)
 	// Re-read on the next poll: a peer may have advanced differently.
 	return now.Add(s.cfg.Poll), nil

@@ -209,7 +209,7 @@ func recoverPanics(log *slog.Logger) asynq.MiddlewareFunc {
 // it), the enqueue lock (released when the run is final or panicked), and
 // the release deadline (its cancel).
 func singletons(o Options, specs map[string]jobs.Spec) asynq.MiddlewareFunc {
-	locks := singleton.NewLocks(o.RedisClient, o.SingletonLease)
+	locks := singleton.NewLocks(o.RedisClient, o.SingletonLease, o.Logger.With("component", "singleton"))
 	return func(next asynq.Handler) asynq.Handler {
 		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) (err error) {
 			spec, ok := specs[t.Type()]

@@ -19,6 +19,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -47,14 +48,21 @@ var (
 type Locks struct {
 	rdb   redis.UniversalClient
 	lease time.Duration
+	log   *slog.Logger
 }
 
-// NewLocks returns Locks over rdb; lease 0 means DefaultLease.
-func NewLocks(rdb redis.UniversalClient, lease time.Duration) *Locks {
+// NewLocks returns Locks over rdb; lease 0 means DefaultLease. log gets a
+// line when a lease is taken or released (debug) and when one is lost
+// (warn), with the lease's value, so the lease history of a task can be
+// read from the logs; nil logs nothing.
+func NewLocks(rdb redis.UniversalClient, lease time.Duration, log *slog.Logger) *Locks {
 	if lease <= 0 {
 		lease = DefaultLease
 	}
-	return &Locks{rdb: rdb, lease: lease}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Locks{rdb: rdb, lease: lease, log: log}
 }
 
 // Lease is a held run lease.
@@ -64,6 +72,7 @@ func NewLocks(rdb redis.UniversalClient, lease time.Duration) *Locks {
 // stops, and the lease's context (Context) is cancelled.
 type Lease struct {
 	rdb    redis.UniversalClient
+	log    *slog.Logger
 	key    string
 	value  string
 	ttl    time.Duration
@@ -130,9 +139,11 @@ func (l *Locks) Acquire(ctx context.Context, task, taskID string) (*Lease, error
 		holder, _, _ := strings.Cut(res[1].(string), "|")
 		return nil, fmt.Errorf("%w: %s is running as task %s", ErrHeld, task, holder)
 	}
-	le := &Lease{rdb: l.rdb, key: key, value: value, ttl: l.lease, done: make(chan struct{})}
+	le := &Lease{rdb: l.rdb, key: key, value: value, ttl: l.lease, done: make(chan struct{}),
+		log: l.log.With("task", task, "task_id", taskID, "lease", value)}
 	le.ctx, le.cancel = context.WithCancelCause(ctx)
 	go le.renew(time.Now())
+	le.log.Debug("singleton lease taken", "ttl", l.lease.String())
 	return le, nil
 }
 
@@ -179,12 +190,16 @@ func (le *Lease) renew(lastOK time.Time) {
 // setLost records the first loss and cancels the lease context with it.
 func (le *Lease) setLost(err error) {
 	le.mu.Lock()
-	if le.lost == nil {
+	first := le.lost == nil
+	if first {
 		le.lost = err
 	}
 	err = le.lost
 	le.mu.Unlock()
 	le.cancel(err)
+	if first {
+		le.log.Warn("singleton lease lost; the run is stopped", "error", err)
+	}
 }
 
 func (le *Lease) lostErr() error {
@@ -238,9 +253,11 @@ func (le *Lease) VerifyFor(ctx context.Context, need time.Duration) error {
 func (le *Lease) Release(ctx context.Context) error {
 	le.cancel(errReleased)
 	<-le.done
-	if err := releaseScript.Run(ctx, le.rdb, []string{le.key}, le.value).Err(); err != nil {
+	n, err := releaseScript.Run(ctx, le.rdb, []string{le.key}, le.value).Int()
+	if err != nil {
 		return fmt.Errorf("releasing %s: %w", le.key, err)
 	}
+	le.log.Debug("singleton lease released", "held", n == 1)
 	return nil
 }
 

@@ -15,7 +15,7 @@ import (
 func TestLeaseExcludesOtherInstancesAndNamesTheHolder(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
-	locks := singleton.NewLocks(rdb, time.Second)
+	locks := singleton.NewLocks(rdb, time.Second, nil)
 	a, err := locks.Acquire(ctx, "limbic_dedup_task", "run-a")
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +37,7 @@ func TestLeaseExcludesOtherInstancesAndNamesTheHolder(t *testing.T) {
 func TestLeaseIsRenewedWhileTheRunLasts(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
-	le, err := singleton.NewLocks(rdb, 300*time.Millisecond).Acquire(ctx, "t", "run-a")
+	le, err := singleton.NewLocks(rdb, 300*time.Millisecond, nil).Acquire(ctx, "t", "run-a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestVerifyRefusesAfterTheLeaseIsLost(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rdb := redistest.Start(t).Client(t)
 			ctx := context.Background()
-			locks := singleton.NewLocks(rdb, time.Minute)
+			locks := singleton.NewLocks(rdb, time.Minute, nil)
 			le, err := locks.Acquire(ctx, "t", "run-a")
 			if err != nil {
 				t.Fatal(err)
@@ -96,7 +96,7 @@ func TestVerifyRefusesWhenTheTaskContextEnded(t *testing.T) {
 func TestOperatorsCanListAndForceReleaseLocks(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
-	le, err := singleton.NewLocks(rdb, time.Minute).Acquire(ctx, "kg_decay_task", "run-a")
+	le, err := singleton.NewLocks(rdb, time.Minute, nil).Acquire(ctx, "kg_decay_task", "run-a")
 	if err != nil {
 		t.Fatal(err)
 	}

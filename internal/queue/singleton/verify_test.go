@@ -31,7 +31,7 @@ func TestVerifyRequiresAMarginOfLeaseLeft(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rdb := redistest.Start(t).Client(t)
 			ctx := context.Background()
-			le, err := singleton.NewLocks(rdb, 3*time.Second).Acquire(ctx, "t", "run-a")
+			le, err := singleton.NewLocks(rdb, 3*time.Second, nil).Acquire(ctx, "t", "run-a")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -83,7 +83,7 @@ func TestARedisErrorDuringVerifyIsTransient(t *testing.T) {
 		f := &failNth{nth: nth}
 		rdb.AddHook(f)
 		ctx := context.Background()
-		le, err := singleton.NewLocks(rdb, time.Minute).Acquire(ctx, "t", "run-a")
+		le, err := singleton.NewLocks(rdb, time.Minute, nil).Acquire(ctx, "t", "run-a")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +104,7 @@ func TestARedisErrorDuringVerifyIsTransient(t *testing.T) {
 func TestReleaseTwiceIsHarmless(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
-	le, err := singleton.NewLocks(rdb, time.Minute).Acquire(ctx, "t", "run-a")
+	le, err := singleton.NewLocks(rdb, time.Minute, nil).Acquire(ctx, "t", "run-a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestTheLeaseContextEndsWithTheLeaseNamingTheLoss(t *testing.T) {
 			rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 			defer rdb.Close()
 			ctx := context.Background()
-			le, err := singleton.NewLocks(rdb, 600*time.Millisecond).Acquire(ctx, "t", "run-a")
+			le, err := singleton.NewLocks(rdb, 600*time.Millisecond, nil).Acquire(ctx, "t", "run-a")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -168,7 +168,7 @@ func TestTheLeaseContextEndsWithTheLeaseNamingTheLoss(t *testing.T) {
 func TestRenewalStopsWhenTheRunsContextEnds(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	le, err := singleton.NewLocks(rdb, 300*time.Millisecond).Acquire(ctx, "t", "run-a")
+	le, err := singleton.NewLocks(rdb, 300*time.Millisecond, nil).Acquire(ctx, "t", "run-a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestRenewalStopsWhenTheRunsContextEnds(t *testing.T) {
 func TestVerifyForALongWrite(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
-	le, err := singleton.NewLocks(rdb, 3*time.Second).Acquire(ctx, "t", "run-a")
+	le, err := singleton.NewLocks(rdb, 3*time.Second, nil).Acquire(ctx, "t", "run-a")
 	if err != nil {
 		t.Fatal(err)
 	}

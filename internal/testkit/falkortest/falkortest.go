@@ -153,6 +153,34 @@ func Start(tb testing.TB, moduleArgs ...string) *Server {
 	return nil
 }
 
+// Launch starts a FalkorDB server in dir outside a test (the chaos
+// command); the caller stops it.
+func Launch(dir string, moduleArgs ...string) (*Server, error) {
+	bin, err := ServerPath()
+	if err != nil {
+		return nil, err
+	}
+	module, err := ModulePath()
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for range 5 {
+		s, err := start(bin, module, dir, moduleArgs)
+		if err == nil {
+			return s, nil
+		}
+		lastErr = err
+		if !errors.Is(err, errAddrInUse) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("starting FalkorDB (%s --loadmodule %s): %w", bin, module, lastErr)
+}
+
+// Pid is the server's process ID.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 var errAddrInUse = errors.New("address already in use")
 
 func start(bin, module, dir string, moduleArgs []string) (*Server, error) {

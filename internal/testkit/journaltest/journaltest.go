@@ -41,9 +41,19 @@ func Require(tb testing.TB) {
 func Write(tb testing.TB, path, machineID string, entries []Entry) {
 	tb.Helper()
 	Require(tb)
+	if err := WriteFile(path, machineID, entries); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// WriteFile is Write outside a test (the chaos command).
+func WriteFile(path, machineID string, entries []Entry) error {
+	if _, err := os.Stat(remote); err != nil {
+		return fmt.Errorf("systemd-journal-remote is not installed: run ./scripts/test.sh --install-only (Debian: apt-get install systemd-journal-remote)")
+	}
 	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	bootID := strings.ReplaceAll(strings.TrimSpace(string(boot)), "-", "")
 	var export strings.Builder
@@ -51,11 +61,17 @@ func Write(tb testing.TB, path, machineID string, entries []Entry) {
 		fmt.Fprintf(&export, "__REALTIME_TIMESTAMP=%d\n__MONOTONIC_TIMESTAMP=%d\n_BOOT_ID=%s\n_MACHINE_ID=%s\n_SYSTEMD_UNIT=%s\nPRIORITY=%d\nMESSAGE=%s\n\n",
 			e.Time.UnixMicro(), i+1, bootID, machineID, e.Unit, e.Priority, e.Message)
 	}
-	in := filepath.Join(tb.TempDir(), "entries.export")
+	tmp, err := os.MkdirTemp("", "journaltest")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	in := filepath.Join(tmp, "entries.export")
 	if err := os.WriteFile(in, []byte(export.String()), 0o600); err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	if out, err := exec.Command(remote, "--output="+path, in).CombinedOutput(); err != nil {
-		tb.Fatalf("systemd-journal-remote: %v\n%s", err, out)
+		return fmt.Errorf("systemd-journal-remote: %v\n%s", err, out)
 	}
+	return nil
 }

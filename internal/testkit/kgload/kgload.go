@@ -137,14 +137,25 @@ func Plan(ctx context.Context, rdb redis.UniversalClient) error {
 // whichever batch landed last.
 func Snapshot(tb testing.TB, g *graph.Graph) string {
 	tb.Helper()
-	var b strings.Builder
-	for _, q := range []string{
+	s, err := SnapshotOf(context.Background(), g,
 		`MATCH (e:Entity) RETURN e.key, e.name, e.type, e.mention_count, e.first_seen, e.last_seen ORDER BY e.key`,
-		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key, r.weight, r.last_seen ORDER BY a.key, r.type, c.key`,
-	} {
-		res, err := g.ROQuery(context.Background(), q, nil)
+		`MATCH (a:Entity)-[r:REL]->(c:Entity) RETURN a.key, r.type, c.key, r.weight, r.last_seen ORDER BY a.key, r.type, c.key`)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// SnapshotOf is what the queries return, a line a row, numbers rounded to
+// six places so that sums taken in another order compare equal: Snapshot
+// with the caller's choice of properties, outside a test (the chaos
+// command leaves out what depends on how the messages were batched).
+func SnapshotOf(ctx context.Context, g *graph.Graph, queries ...string) (string, error) {
+	var b strings.Builder
+	for _, q := range queries {
+		res, err := g.ROQuery(ctx, q, nil)
 		if err != nil {
-			tb.Fatal(err)
+			return "", err
 		}
 		for _, r := range res.Rows {
 			for i, v := range r {
@@ -155,7 +166,7 @@ func Snapshot(tb testing.TB, g *graph.Graph) string {
 			fmt.Fprintln(&b, r...)
 		}
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 // LLM is the extraction fake (extracttest) answering after a latency, with

@@ -91,6 +91,47 @@ func StartAt(tb testing.TB, addr string, extra ...string) *Server {
 	return s
 }
 
+// Launch starts redis-server in dir on a free loopback port, outside a
+// test (the chaos command): the caller stops it.
+func Launch(dir string, extra ...string) (*Server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found on PATH (run ./scripts/test.sh --install-only): %w", err)
+	}
+	var lastErr error
+	for range 5 {
+		s, err := start(bin, dir, extra)
+		if err == nil {
+			return s, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// Relaunch starts a stopped server again on the same port and directory
+// (reloading its append-only file if it had one), outside a test.
+func (s *Server) Relaunch() error {
+	s.Stop()
+	var err error
+	for range 50 { // the port can take a moment to be free again
+		var ns *Server
+		if ns, err = startPort(s.bin, s.Dir, s.port, s.extra); err == nil {
+			s.cmd = ns.cmd
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("restarting redis-server on %s: %w", s.Addr, err)
+}
+
+// Signal sends sig to the server: SIGSTOP freezes it (connections are
+// still accepted by the kernel, nothing answers), SIGCONT resumes it.
+func (s *Server) Signal(sig os.Signal) error { return s.cmd.Process.Signal(sig) }
+
+// Pid is the server's process ID.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 func start(bin, dir string, extra []string) (*Server, error) {
 	port, err := FreePort()
 	if err != nil {
@@ -147,17 +188,9 @@ func (s *Server) Crash() { s.Stop() }
 // reloads its append-only file if it had one.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
-	s.Stop()
-	var err error
-	for range 50 { // the port can take a moment to be free again
-		var ns *Server
-		if ns, err = startPort(s.bin, s.Dir, s.port, s.extra); err == nil {
-			s.cmd = ns.cmd
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := s.Relaunch(); err != nil {
+		tb.Fatal(err)
 	}
-	tb.Fatalf("restarting redis-server on %s: %v", s.Addr, err)
 }
 
 // FreeAddr returns a loopback host:port that was free a moment ago, for a

@@ -6,18 +6,17 @@
 package workerproc
 
 import (
-	"bufio"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
+	"github.com/stargazer/stargazer-jobs/internal/testkit/scrape"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/syncbuf"
 )
 
@@ -131,20 +130,9 @@ func (p *Proc) FDs() (int, error) {
 // Metric sums the samples of /metrics whose line starts with prefix (a
 // name, or a name and the start of its labels); -1 if unreachable.
 func (p *Proc) Metric(prefix string) float64 {
-	resp, err := http.Get("http://" + p.Addr + "/metrics")
+	v, err := scrape.Sum(http.DefaultClient, p.Addr, prefix)
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, prefix) {
-			f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			sum += f
-		}
-	}
-	return sum
+	return v
 }

@@ -8,11 +8,13 @@
 // each capitalised word of three or more letters in the text as a topic,
 // mentioned by that message; and a relationship "<author> mentions
 // <word>" (weight 0.6). Usage is reported as a quarter token per
-// character of prompt and answer.
+// character of prompt and answer. ChatCompletion is the same answer for
+// the fakes that stand in for the whole LLM, every task's prompt.
 package extracttest
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -94,20 +96,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no route "+r.URL.Path, http.StatusNotFound)
 		return
 	}
-	var req struct {
-		Model          string        `json:"model"`
-		Messages       []llm.Message `json:"messages"`
-		Temperature    *float64      `json:"temperature"`
-		MaxTokens      int           `json:"max_tokens"`
-		ResponseFormat *struct {
-			Type string `json:"type"`
-		} `json:"response_format"`
-	}
+	var req llmtest.ChatRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
 		http.Error(w, "bad request", http.StatusBadRequest)
 		return
 	}
-	c := Call{Model: req.Model, Prompt: req.Messages[len(req.Messages)-1].Content,
+	c := Call{Model: req.Model, Prompt: req.Prompt(),
 		Temperature: req.Temperature, MaxTokens: req.MaxTokens, Authorization: r.Header.Get("Authorization")}
 	if req.ResponseFormat != nil {
 		c.ResponseFormat = req.ResponseFormat.Type
@@ -225,4 +219,34 @@ func Answer(prompt string) string {
 	}
 	b, _ := json.Marshal(out)
 	return string(b)
+}
+
+// ChatCompletion is the body of the whole-LLM fakes' (devfake's and the
+// chaos harness's) chat/completions answer to prompt, so the two answer
+// alike: with jsonMode (the call set response_format), JSON in the shape
+// the prompt asks for; otherwise a line of summary prose. Usage is a
+// quarter token a character.
+func ChatCompletion(model, prompt string, jsonMode bool) []byte {
+	content := fmt.Sprintf("The channel has been discussing %d lines of conversation; people are friendly and on topic.", strings.Count(prompt, "\n")+1)
+	if jsonMode {
+		content = jsonAnswer(prompt)
+	}
+	u := llm.Usage{PromptTokens: len(prompt) / 4, CompletionTokens: len(content) / 4, TotalTokens: (len(prompt) + len(content)) / 4}
+	return llmtest.Completion(model, content, u)
+}
+
+// jsonAnswer answers a structured-output prompt in the shape it asks for:
+// no merge verdicts, no hub categories, a one-line epoch summary, or (by
+// default) Answer's extraction. A task that asks for JSON gets JSON it
+// can parse, whichever task it is.
+func jsonAnswer(prompt string) string {
+	switch {
+	case strings.Contains(prompt, `"verdicts"`):
+		return `{"verdicts":[]}`
+	case strings.Contains(prompt, `"categories"`):
+		return `{"categories":[]}`
+	case strings.Contains(prompt, `"summary"`):
+		return `{"summary":"A quiet day of conversation."}`
+	}
+	return Answer(prompt)
 }
