@@ -201,18 +201,37 @@ func (b *bot) prompt(ctx context.Context, latest time.Duration) error {
 // its place, not a prompt at all), and its entry in the due set in one
 // MULTI, as the bot does, retried through the faults; then records p for
 // the check.
+// addPromptScript writes a prompt (KEYS[1]) and adds it to the due set
+// (KEYS[2]) at ARGV[1] as ARGV[2], unless the prompt exists: ARGV[3] is
+// "string" (a key that is not a hash) or "hash", then field, value pairs.
+var addPromptScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+if ARGV[3] == 'string' then
+  redis.call('SET', KEYS[1], 'not a prompt')
+else
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 1
+`)
+
 func (b *bot) addPrompt(ctx context.Context, p check.PromptSeed, fields map[string]any) error {
+	args := []any{p.FireAt.UnixMilli(), p.ID}
+	if fields == nil {
+		args = append(args, "string")
+	} else {
+		args = append(args, "hash")
+		for k, v := range fields {
+			args = append(args, k, v)
+		}
+	}
+	// Written once: a write that timed out (Redis paused) may still have
+	// been applied, and its retry must not put a prompt that has since
+	// fired, or been found invalid, back in the due set.
 	err := retry(ctx, func(ctx context.Context) error {
-		_, err := b.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			if fields == nil {
-				pipe.Set(ctx, prompts.KeyPrefix+p.ID, "not a prompt", 0)
-			} else {
-				pipe.HSet(ctx, prompts.KeyPrefix+p.ID, fields)
-			}
-			pipe.ZAdd(ctx, prompts.DueKey, redis.Z{Score: float64(p.FireAt.UnixMilli()), Member: p.ID})
-			return nil
-		})
-		return err
+		return addPromptScript.Run(ctx, b.rdb, []string{prompts.KeyPrefix + p.ID, prompts.DueKey}, args...).Err()
 	})
 	if err != nil {
 		return err
