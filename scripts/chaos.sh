@@ -29,9 +29,13 @@ start=$SECONDS
 running=0
 for seed in $SEEDS; do
   (
-    "$bin/chaos" -seed "$seed" -duration "$DURATION" -workers "$WORKERS" -worker-binary "$bin/testworker" >"$OUT/seed$seed.txt" 2>&1 &&
-      echo "seed $seed: $(tail -1 "$OUT/seed$seed.txt")" ||
-      echo "seed $seed: $(tail -1 "$OUT/seed$seed.txt") (exit $?; report: $OUT/seed$seed.txt)"
+    status=0
+    "$bin/chaos" -seed "$seed" -duration "$DURATION" -workers "$WORKERS" -worker-binary "$bin/testworker" >"$OUT/seed$seed.txt" 2>&1 || status=$?
+    if [ "$status" -eq 0 ]; then
+      echo "seed $seed: $(tail -1 "$OUT/seed$seed.txt")"
+    else
+      echo "seed $seed: $(tail -1 "$OUT/seed$seed.txt") (exit $status; report: $OUT/seed$seed.txt)"
+    fi
   ) &
   running=$((running + 1))
   if [ "$running" -ge "$PARALLEL" ]; then
