@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -32,8 +33,31 @@ type running struct {
 	stop            func() error
 }
 
-// startWorker runs the worker in-process as main would, until stop.
+// startWorker runs the worker in-process as main would, until stop. A
+// free address the test picked may be taken before the worker binds it
+// (by the embedded Redis, which listens on a port of the kernel's choice):
+// the start is then tried again on other addresses.
 func startWorker(t *testing.T, env map[string]string) *running {
+	t.Helper()
+	probe := env["PROBE_ADDR"]
+	for attempt := 1; ; attempt++ {
+		try := maps.Clone(env)
+		if probe == "" {
+			try["PROBE_ADDR"] = ""
+		}
+		w, err := tryStartWorker(t, try)
+		if err == nil {
+			maps.Copy(env, try)
+			return w
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v; trying other addresses", attempt, strings.SplitN(err.Error(), "\n", 2)[0])
+	}
+}
+
+func tryStartWorker(t *testing.T, env map[string]string) (*running, error) {
 	t.Helper()
 	addr := redistest.FreeAddr(t)
 	env["HTTP_ADDR"] = addr
@@ -61,23 +85,26 @@ func startWorker(t *testing.T, env map[string]string) *running {
 			return errors.New("worker did not stop")
 		}
 	}
-	t.Cleanup(func() { stop() })
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 && strings.Contains(logs.String(), "worker started") {
-				return &running{addr: addr, probeAddr: env["PROBE_ADDR"], logs: logs, stop: stop}
+				t.Cleanup(func() { stop() })
+				return &running{addr: addr, probeAddr: env["PROBE_ADDR"], logs: logs, stop: stop}, nil
 			}
 		}
 		select {
 		case err := <-done:
-			t.Fatalf("worker exited: %v\n%s", err, logs.String())
+			stopped = true
+			cancel()
+			return nil, fmt.Errorf("worker exited: %v\n%s", err, logs.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	t.Cleanup(func() { stop() })
 	t.Fatalf("worker not ready\n%s", logs.String())
-	return nil
+	return nil, nil
 }
 
 func get(t *testing.T, url string) (int, string) {
