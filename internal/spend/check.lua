@@ -8,10 +8,6 @@
 -- lifted one...}.
 local cfg = {}
 for i = 5, #ARGV, 2 do cfg[ARGV[i]] = ARGV[i + 1] end
-local function off(v)
-  v = string.lower((string.gsub(v, '^%s*(.-)%s*$', '%1')))
-  return v == 'off' or v == 'false' or v == '0' or v == 'no' or v == 'disabled'
-end
 -- held: the refusal that deferred the task would still be made.
 local function held(raw)
   local ok, rec = pcall(cjson.decode, raw)
@@ -29,16 +25,7 @@ local function held(raw)
   n = tonumber(n)
   local need = tonumber(rec.need_tokens) or 1
   if unit == 'u' then need = tonumber(rec.need_usd_nano) or 0 end
-  local t = {0, 0, 0, 0}
-  local v = redis.call('HGET', KEYS[4], 'total|' .. rec.scope)
-  if v then
-    local i = 1
-    for x in string.gmatch(v, '%-?%d+') do
-      if i > 4 then break end
-      t[i] = tonumber(x)
-      i = i + 1
-    end
-  end
+  local t = parse(redis.call('HGET', KEYS[4], 'total|' .. rec.scope), 4)
   local used = t[1] + t[3]
   if unit == 'u' then used = t[2] + t[4] end
   return n == 0 or used + need > n

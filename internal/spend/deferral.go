@@ -83,7 +83,7 @@ func (r *Refusal) Deferral(task, run string, now time.Time) Deferral {
 
 //go:embed check.lua
 var checkSrc string
-var checkScript = redis.NewScript(checkSrc)
+var checkScript = redis.NewScript(libSrc + checkSrc)
 
 //go:embed defer.lua
 var deferSrc string

@@ -75,13 +75,19 @@ func (l *Ledger) Budget(scope string) (Limit, bool) {
 // Budgets are the configured budgets.
 func (l *Ledger) Budgets() map[string]Limit { return l.o.Budgets }
 
+// libSrc is the ledger scripts' shared functions (parsing and writing the
+// ledger's totals, reading the kill switch), prepended to each.
+//
+//go:embed lib.lua
+var libSrc string
+
 //go:embed reserve.lua
 var reserveSrc string
-var reserveScript = redis.NewScript(reserveSrc)
+var reserveScript = redis.NewScript(libSrc + reserveSrc)
 
 //go:embed settle.lua
 var settleSrc string
-var settleScript = redis.NewScript(settleSrc)
+var settleScript = redis.NewScript(libSrc + settleSrc)
 
 // Call is a call about to be made: its task, model and estimate (its
 // prompt's tokens and max_tokens, and their price). Chat calls are held by

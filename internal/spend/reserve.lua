@@ -12,25 +12,6 @@
 -- Returns {0} reserved, {1, 'kill_switch', what} or
 -- {2, scope, unit, limit, used}: a budget would be crossed.
 redis.replicate_commands()
-local function off(v)
-  v = string.lower((string.gsub(v, '^%s*(.-)%s*$', '%1')))
-  return v == 'off' or v == 'false' or v == '0' or v == 'no' or v == 'disabled'
-end
-local function totals(v)
-  local t = {0, 0, 0, 0, 0}
-  if v then
-    local i = 1
-    for n in string.gmatch(v, '%-?%d+') do
-      if i > 5 then break end
-      t[i] = tonumber(n)
-      i = i + 1
-    end
-  end
-  return t
-end
-local function fmt(t)
-  return string.format('%d %d %d %d %d', t[1], t[2], t[3], t[4], t[5])
-end
 if ARGV[8] == '1' then
   if ARGV[9] == '1' then return {1, 'kill_switch', 'BACKGROUND_SCHEDULER_CHAT_LLM_ENABLED=false'} end
   local v = redis.call('GET', KEYS[4])
@@ -49,7 +30,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0,
     local k = ARGV[10] .. day
     if redis.call('EXISTS', k) == 1 then
       local v = redis.call('HMGET', k, 'total|' .. task, 'total|*')
-      local a, c = totals(v[1]), totals(v[2])
+      local a, c = parse(v[1], 5), parse(v[2], 5)
       a[3], a[4], a[5] = a[3] - tonumber(tok), a[4] - tonumber(usd), a[5] + 1
       c[3], c[4] = c[3] - tonumber(tok), c[4] - tonumber(usd)
       redis.call('HSET', k, 'total|' .. task, fmt(a), 'total|*', fmt(c))
@@ -59,7 +40,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0,
 end
 local ov = redis.call('HMGET', KEYS[3], ARGV[2], '*')
 local cur = redis.call('HMGET', KEYS[1], 'total|' .. ARGV[2], 'total|*')
-local mine, all = totals(cur[1]), totals(cur[2])
+local mine, all = parse(cur[1], 5), parse(cur[2], 5)
 local tok, usd = tonumber(ARGV[3]), tonumber(ARGV[4])
 local function over(scope, lim, tt)
   if not lim or lim == '' then return nil end

@@ -12,24 +12,6 @@
 -- Returns 1 when charged, 0 when the reservation was already settled (a
 -- replayed script) or released at its lease's end: a call is charged once.
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-local function parse(v, n)
-  local t = {}
-  for i = 1, n do t[i] = 0 end
-  if v then
-    local i = 1
-    for x in string.gmatch(v, '%-?%d+') do
-      if i > n then break end
-      t[i] = tonumber(x)
-      i = i + 1
-    end
-  end
-  return t
-end
-local function fmt(t)
-  local s = {}
-  for i = 1, #t do s[i] = string.format('%d', t[i]) end
-  return table.concat(s, ' ')
-end
 local h, task = KEYS[1], ARGV[2]
 local line = 'line|' .. task .. '|' .. ARGV[3] .. '|' .. ARGV[4]
 local v = redis.call('HMGET', h, 'total|' .. task, 'total|*', line)
