@@ -339,3 +339,33 @@ func TestAnOrphanedReservationIsReleasedAtItsLeaseEnd(t *testing.T) {
 		t.Fatalf("late settlement charged %v (%v)", charged, err)
 	}
 }
+
+// A kill-switch deferral holds while the switch is off and lifts when it
+// is back on, whichever Redis holds the switch.
+func TestAKillSwitchDeferralFollowsTheSwitchOnEitherRedis(t *testing.T) {
+	for _, layout := range []string{"one-redis", "queue-redis"} {
+		t.Run(layout, func(t *testing.T) {
+			rdb := redistest.Start(t).Client(t)
+			bot := rdb
+			o := spend.Options{SwitchKey: killswitch.DefaultKey}
+			if layout == "queue-redis" {
+				bot = redistest.Start(t).Client(t)
+				o.Switch = bot
+			}
+			ctx := context.Background()
+			l := spend.New(rdb, o)
+			const task = "channel_heartbeat_channel"
+			bot.Set(ctx, killswitch.DefaultKey, "off", 0)
+			if _, err := l.Defer(ctx, spend.Deferral{Task: task, Reason: spend.ReasonKillSwitch}, spend.Parked{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, held, err := l.Held(ctx, task); err != nil || !held {
+				t.Fatalf("switch off: held %v, %v; want held", held, err)
+			}
+			bot.Set(ctx, killswitch.DefaultKey, "on", 0)
+			if _, held, err := l.Held(ctx, task); err != nil || held {
+				t.Fatalf("switch on: held %v, %v; want lifted", held, err)
+			}
+		})
+	}
+}
