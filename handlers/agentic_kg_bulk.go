@@ -56,6 +56,9 @@ const (
 type agenticKGBulk struct {
 	engine extract.Config
 	cache  *msgcache.Store
+	// cursors holds the channel cursors (sgjobs:kgbulk:cursor:*), on the
+	// job system's Redis; cache the messages, on the bot's.
+	cursors *msgcache.Store
 	// dir is KG_BULK_DIR, where runs are dumped.
 	dir    string
 	now    func() time.Time
@@ -66,12 +69,12 @@ type agenticKGBulk struct {
 }
 
 func newAgenticKGBulk(k kit) Worker[*jobs.ChannelBatch] {
-	return &agenticKGBulk{engine: k.extraction(), cache: msgcache.New(k.Redis()), dir: cmp.Or(k.KGBulkDir, DefaultKGBulkDir),
+	return &agenticKGBulk{engine: k.extraction(), cache: msgcache.New(k.Redis()), cursors: msgcache.New(k.Jobs()), dir: cmp.Or(k.KGBulkDir, DefaultKGBulkDir),
 		now: k.Now, log: k.Logger, events: k.Events, keyMissing: k.LLMKeyMissing}
 }
 
 func (h *agenticKGBulk) Work(ctx context.Context, p *jobs.ChannelBatch) (Result, error) {
-	b := &bulkRun{h: h, start: h.now(), cache: h.cache}
+	b := &bulkRun{h: h, start: h.now(), cache: h.cache, cursors: h.cursors}
 	res, err := b.run(ctx, p.MaxChannels)
 	if err != nil {
 		h.log.WarnContext(ctx, "agentic_kg_bulk_incremental failed", "task", jobs.AgenticKGBulkIncremental,
@@ -84,12 +87,13 @@ func (h *agenticKGBulk) Work(ctx context.Context, p *jobs.ChannelBatch) (Result,
 
 // bulkRun is one run of agentic_kg_bulk_incremental.
 type bulkRun struct {
-	h      *agenticKGBulk
-	start  time.Time
-	cache  *msgcache.Store
-	outDir string
-	chans  []*bulkChannel
-	totals extract.Counts
+	h       *agenticKGBulk
+	start   time.Time
+	cache   *msgcache.Store
+	cursors *msgcache.Store
+	outDir  string
+	chans   []*bulkChannel
+	totals  extract.Counts
 	// read counts every message read, extracted or not; bootstrapped the
 	// channels whose cursor was set to their newest message.
 	read, botMessages, bootstrapped, moved, withNew int
@@ -209,7 +213,7 @@ func (b *bulkRun) collect(ctx context.Context, chans []msgcache.Channel) error {
 	for i, c := range chans {
 		keys[i] = KGBulkCursorPrefix + c.String()
 	}
-	cursors, err := b.cache.Cursors(ctx, keys)
+	cursors, err := b.cursors.Cursors(ctx, keys)
 	if err != nil {
 		return err
 	}
@@ -224,7 +228,7 @@ func (b *bulkRun) collect(ctx context.Context, chans []msgcache.Channel) error {
 			if latest == (msgcache.Position{}) {
 				continue
 			}
-			moved, err := b.cache.SetCursor(ctx, ch.key, msgcache.Position{}, latest, b.h.now().UnixMilli())
+			moved, err := b.cursors.SetCursor(ctx, ch.key, msgcache.Position{}, latest, b.h.now().UnixMilli())
 			if err != nil {
 				return err
 			}
@@ -245,7 +249,7 @@ func (b *bulkRun) collect(ctx context.Context, chans []msgcache.Channel) error {
 		ch.Count = len(page.Messages)
 		if ch.Count == 0 && page.End != cursors[i] {
 			// Only members whose message is gone: move past them, nothing to dump.
-			if _, err := b.cache.SetCursor(ctx, ch.key, cursors[i], page.End, b.h.now().UnixMilli()); err != nil {
+			if _, err := b.cursors.SetCursor(ctx, ch.key, cursors[i], page.End, b.h.now().UnixMilli()); err != nil {
 				return err
 			}
 		}
@@ -337,7 +341,7 @@ func (b *bulkRun) extractChannel(ctx context.Context, eng *extract.Engine, ch *b
 		return r, errors.Join(exErr, err) // the cursor stays: the next run redoes the channel
 	}
 	if ch.CursorBefore.Before(r.CursorTo) {
-		moved, err := b.cache.SetCursor(ctx, ch.key, ch.CursorBefore, r.CursorTo, b.h.now().UnixMilli())
+		moved, err := b.cursors.SetCursor(ctx, ch.key, ch.CursorBefore, r.CursorTo, b.h.now().UnixMilli())
 		if err != nil {
 			return r, errors.Join(exErr, err)
 		}

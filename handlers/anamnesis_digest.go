@@ -56,7 +56,7 @@ type anamnesisDigest struct {
 }
 
 func newAnamnesisDigest(k kit) Worker[*jobs.Empty] {
-	return &anamnesisDigest{engine: k.extraction(), store: ragstore.New(k.Redis()), handOver: k.HandOver != nil, log: k.Logger}
+	return &anamnesisDigest{engine: k.extraction(), store: ragstore.New(k.Redis()).WithCursors(k.Jobs()), handOver: k.HandOver != nil, log: k.Logger}
 }
 
 func (h *anamnesisDigest) Work(ctx context.Context, _ *jobs.Empty) (Result, error) {

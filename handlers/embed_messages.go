@@ -41,7 +41,7 @@ type embedMessages struct {
 }
 
 func newEmbedMessages(k kit) Worker[*jobs.EmbedBatch] {
-	return &embedMessages{store: msgcache.New(k.Redis()), queue: embedqueue.New(k.Redis(), k.Enqueuer),
+	return &embedMessages{store: msgcache.New(k.Redis()), queue: embedqueue.New(k.Jobs(), k.Enqueuer),
 		embedder: k.Embedder(), model: k.Models.Embeddings, limiter: k.EmbedLimiter, log: k.Logger}
 }
 

@@ -23,7 +23,13 @@ import (
 // it. Workers never see it: each is built from a kit that hands out only
 // the dependencies its task declares in the catalog.
 type Deps struct {
-	Redis  redis.UniversalClient
+	// Redis is the bot's Redis (REDIS_URL): the message cache, prompts,
+	// summaries, stargazer_logs:*, everything the bot reads or writes.
+	Redis redis.UniversalClient
+	// Jobs is the job system's Redis (QUEUE_REDIS_URL): every sgjobs:* key
+	// a handler keeps (ledgers, cursors, plans, locks). Nil: Redis, the
+	// one-URL layout.
+	Jobs   redis.UniversalClient
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time

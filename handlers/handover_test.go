@@ -138,11 +138,11 @@ func TestACursorSetByHandOverridesPlannedUnits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := change.Resolve(ctx, v.rdb, v.now)
+	p, err := change.Resolve(ctx, cursors.OneRedis(v.rdb), v.now)
 	if err != nil || len(p.Moves) != 1 || !p.Moves[0].DropsPlanned {
 		t.Fatalf("resolve: %+v, %v; want one move dropping the planned segments", p, err)
 	}
-	if err := p.Apply(ctx, v.rdb, v.now); err != nil {
+	if err := p.Apply(ctx, cursors.OneRedis(v.rdb), v.now); err != nil {
 		t.Fatal(err)
 	}
 	set := msgcache.Position{TS: v.now.Add(-5 * time.Minute).UnixMilli()}

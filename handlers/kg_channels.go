@@ -128,8 +128,7 @@ func engineBounds(c extract.Config) batchBounds {
 }
 
 func newPassDeps(k kit) passDeps {
-	rdb := k.Redis()
-	return passDeps{cache: msgcache.New(rdb), rdb: rdb, enqueuer: k.Enqueuer, tasks: k.Tasks, now: k.Now, log: k.Logger,
+	return passDeps{cache: msgcache.New(k.Redis()), rdb: k.Jobs(), enqueuer: k.Enqueuer, tasks: k.Tasks, now: k.Now, log: k.Logger,
 		batch: engineBounds(extract.Config{}), handOver: k.HandOver}
 }
 

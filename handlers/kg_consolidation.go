@@ -112,7 +112,7 @@ func (h *kgConsolidation) Work(ctx context.Context, _ *jobs.Empty) (Result, erro
 // run's singleton lease before every write and remembering verdicts in
 // Redis.
 func (k kit) mergeEngine() *merge.Engine {
-	return &merge.Engine{Graph: k.writeLockedGraph(), LLM: k.LLM(), Memory: merge.NewMemory(k.Redis(), 0),
+	return &merge.Engine{Graph: k.writeLockedGraph(), LLM: k.LLM(), Memory: merge.NewMemory(k.Jobs(), 0),
 		Verify: singleton.Verify, Logger: k.Logger.With("task", k.spec.Name)}
 }
 

@@ -56,7 +56,7 @@ func newKGDecay(k kit) Worker[*jobs.Empty] {
 	// The graph write lock keeps each batch out of an extraction batch's
 	// writes: FalkorDB 4.16.3 does not fully serialise concurrent writes,
 	// and a weight reinforced while being decayed could lose an update.
-	return &kgDecay{graph: k.writeLockedGraph(), runs: maint.NewRunLog(k.Redis()), settings: k.KG,
+	return &kgDecay{graph: k.writeLockedGraph(), runs: maint.NewRunLog(k.Jobs()), settings: k.KG,
 		now: k.Now, log: k.Logger, events: k.Events}
 }
 

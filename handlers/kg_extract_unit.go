@@ -48,7 +48,7 @@ type extractUnit struct {
 
 func newExtractUnit(k kit) Worker[*jobs.ExtractUnit] {
 	eng, err := extract.New(k.extraction())
-	return &extractUnit{eng: eng, engErr: err, cache: msgcache.New(k.Redis()), rdb: k.Redis(), now: k.Now, log: k.Logger, events: k.Events}
+	return &extractUnit{eng: eng, engErr: err, cache: msgcache.New(k.Redis()), rdb: k.Jobs(), now: k.Now, log: k.Logger, events: k.Events}
 }
 
 func (h *extractUnit) Work(ctx context.Context, p *jobs.ExtractUnit) (Result, error) {

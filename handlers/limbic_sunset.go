@@ -73,7 +73,7 @@ type limbicSunset struct {
 }
 
 func newLimbicSunset(k kit) Worker[*jobs.Empty] {
-	return &limbicSunset{redis: k.Redis(), graph: k.Graph(), locked: k.writeLockedGraph(), llm: k.LLM(),
+	return &limbicSunset{redis: k.Jobs(), graph: k.Graph(), locked: k.writeLockedGraph(), llm: k.LLM(),
 		model: k.Models.Extraction, handOver: k.HandOver, now: k.Now, log: k.Logger}
 }
 

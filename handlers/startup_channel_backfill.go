@@ -58,7 +58,7 @@ func newStartupChannelBackfill(k kit) Worker[*jobs.ChannelBatch] {
 		readyPoll:    cmp.Or(k.PlatformReadyPoll, defaultPlatformReadyPoll),
 		now:          k.Now, log: k.Logger.With("task", jobs.StartupChannelBackfill)}
 	if k.offers(jobs.Embeddings) {
-		h.queue = embedqueue.New(k.Redis(), k.Enqueuer)
+		h.queue = embedqueue.New(k.Jobs(), k.Enqueuer)
 	}
 	return h
 }

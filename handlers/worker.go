@@ -118,6 +118,7 @@ type kit struct {
 	// recorded).
 	taken     *jobs.Requirement
 	redis     redis.UniversalClient
+	jobs      redis.UniversalClient
 	graph     Graph
 	llm       ChatModel
 	extractor ChatModel
@@ -134,11 +135,15 @@ func newKit(d Deps, spec jobs.Spec) kit {
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
-	k := kit{spec: spec, redis: d.Redis, graph: d.Graph, llm: d.LLM, extractor: d.ExtractionLLM, embedder: d.Embedder,
+	k := kit{spec: spec, redis: d.Redis, jobs: d.Jobs, graph: d.Graph, llm: d.LLM, extractor: d.ExtractionLLM, embedder: d.Embedder,
 		keyProber: d.KeyProber, platforms: d.Platforms}
 	if k.extractor == nil {
 		k.extractor = d.LLM
 	}
+	if k.jobs == nil {
+		k.jobs = d.Redis
+	}
+	d.Jobs = nil
 	d.Redis, d.Graph, d.LLM, d.ExtractionLLM, d.Embedder, d.KeyProber, d.Platforms = nil, nil, nil, nil, nil, nil, nil
 	k.Deps = d
 	return k
@@ -156,8 +161,12 @@ func (k kit) need(r jobs.Requirement) {
 	}
 }
 
-// Redis is the bot's Redis (jobs.Redis).
+// Redis is the bot's Redis (jobs.Redis): keys the bot reads or writes.
 func (k kit) Redis() redis.UniversalClient { k.need(jobs.Redis); return k.redis }
+
+// Jobs is the job system's Redis (jobs.Redis too: the same server unless
+// QUEUE_REDIS_URL is set): the sgjobs:* keys a worker keeps.
+func (k kit) Jobs() redis.UniversalClient { k.need(jobs.Redis); return k.jobs }
 
 // Graph is the knowledge graph (jobs.KG).
 func (k kit) Graph() Graph { k.need(jobs.KG); return k.graph }
@@ -211,7 +220,7 @@ func (k kit) offers(r jobs.Requirement) bool { return k.present().Has(r) }
 // must declare the LLM, the graph and Redis (the engine's ledger).
 func (k kit) extraction() extract.Config {
 	return extract.Config{
-		LLM: k.ExtractionLLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Redis(), ClaimTTL: k.KG.ClaimTTL,
+		LLM: k.ExtractionLLM(), Model: k.Models.Extraction, Graph: k.Graph(), Redis: k.Jobs(), ClaimTTL: k.KG.ClaimTTL,
 		Verify: singleton.Verify, Now: k.Now, Logger: k.Logger.With("task", k.spec.Name),
 	}
 }

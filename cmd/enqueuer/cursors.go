@@ -105,15 +105,15 @@ func (c *cli) cursorsListCmd() *cobra.Command {
 				tasks = []cursors.Task{t}
 			}
 			ctx := cmd.Context()
-			rdb, err := c.connect(ctx)
+			rs, err := c.connectBoth(ctx)
 			if err != nil {
 				return err
 			}
-			defer rdb.Close()
+			defer rs.Close()
 			now := time.Now()
 			out := []cursors.Entry{}
 			for _, t := range tasks {
-				es, err := cursors.List(ctx, rdb, t, now)
+				es, err := cursors.List(ctx, rs.cursors(), t, now)
 				if err != nil {
 					return failure("%v", err)
 				}
@@ -192,12 +192,12 @@ paid twice) and move nothing.`,
 			if err != nil {
 				return usageError("%v", err)
 			}
-			rdb, err := c.connect(ctx)
+			rs, err := c.connectBoth(ctx)
 			if err != nil {
 				return err
 			}
-			defer rdb.Close()
-			p, err := change.Resolve(ctx, rdb, now)
+			defer rs.Close()
+			p, err := change.Resolve(ctx, rs.cursors(), now)
 			if errors.Is(err, cursors.ErrUsage) {
 				return usageError("%v", err)
 			}
@@ -211,7 +211,7 @@ paid twice) and move nothing.`,
 				if err != nil {
 					return err
 				}
-				est := ledgerCost{rdb: rdb, prices: pricesOf(cfg), model: cfg.KGExtractionModel, now: now}
+				est := ledgerCost{rdb: rs.queue, prices: pricesOf(cfg), model: cfg.KGExtractionModel, now: now}
 				usd, ok, err := est.EstimateCost(ctx, p.Task, res.Pending)
 				if err != nil {
 					return failure("estimating the cost: %v", err)
@@ -221,7 +221,7 @@ paid twice) and move nothing.`,
 				}
 			}
 			if !dryRun {
-				if err := p.Apply(ctx, rdb, now); err != nil {
+				if err := p.Apply(ctx, rs.cursors(), now); err != nil {
 					return failure("%v", err)
 				}
 			}

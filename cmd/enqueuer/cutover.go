@@ -67,18 +67,19 @@ func legacyRuns(ctx context.Context, rdb redis.UniversalClient) (map[string]lega
 }
 
 // readCutover reads the coexistence state: the Python supervisor's lease,
-// the cut-over window, and the Python runs seen.
-func readCutover(ctx context.Context, rdb redis.UniversalClient, cfg config.Config) (cutoverStatus, error) {
+// the cut-over window, and the Python runs seen. The lease is the bot's
+// key (bot), the rest the job system's (rdb).
+func readCutover(ctx context.Context, bot, rdb redis.UniversalClient, cfg config.Config) (cutoverStatus, error) {
 	st := cutoverStatus{Coexistence: cfg.LegacyCoexistence, LeaderKey: cfg.LegacyLeaseKey(), PythonRuns: []legacyRun{}}
 	if st.LeaderKey != "" {
-		v, err := rdb.Get(ctx, st.LeaderKey).Result()
+		v, err := bot.Get(ctx, st.LeaderKey).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
 		case err != nil:
 			return st, fmt.Errorf("reading %s: %w", st.LeaderKey, err)
 		default:
 			st.LeaderHolder = v
-			ttl, _ := rdb.PTTL(ctx, st.LeaderKey).Result()
+			ttl, _ := bot.PTTL(ctx, st.LeaderKey).Result()
 			st.LeaderTTL = ttl.Seconds()
 		}
 	}
@@ -166,12 +167,12 @@ func (c *cli) printCutover(st cutoverStatus) {
 	table(w, false, []string{"TASK", "RUNS", "LAST", "STANDS DOWN", "REGISTERED BY"}, rows)
 }
 
-func (c *cli) cutoverStatus(ctx context.Context, rdb redis.UniversalClient, asJSON bool) error {
+func (c *cli) cutoverStatus(ctx context.Context, rs redises, asJSON bool) error {
 	cfg, err := c.config()
 	if err != nil {
 		return err
 	}
-	st, err := readCutover(ctx, rdb, cfg)
+	st, err := readCutover(ctx, rs.bot, rs.queue, cfg)
 	if err != nil {
 		return failure("%v", err)
 	}

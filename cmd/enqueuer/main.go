@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stargazer/stargazer-jobs/internal/config"
+	"github.com/stargazer/stargazer-jobs/internal/cursors"
 )
 
 // Exit codes.
@@ -128,20 +129,87 @@ Exit codes: 0 ok, 1 runtime failure (e.g. Redis unreachable), 2 usage error.`,
 	return root
 }
 
-// connect resolves REDIS_URL and returns a client whose Redis has answered
-// a PING, reporting a problem once, plainly. The caller closes it.
+// connect returns a client of the job system's Redis (QUEUE_REDIS_URL,
+// else REDIS_URL), which every command but prompts and cursors reads,
+// after it answered a PING, reporting a problem once, plainly. The caller
+// closes it.
 func (c *cli) connect(ctx context.Context) (*redis.Client, error) {
-	cfg, err := c.config()
+	cfg, err := c.redisConfig()
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Embedded() {
-		return nil, usageError("REDIS_URL is not set; the worker's embedded Redis lives inside its process, so set REDIS_URL to a shared Redis")
+	rconf, err := cfg.QueueRedis()
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	return dial(ctx, rconf, cfg.SeparateQueue())
+}
+
+// connectBot returns a client of the bot's Redis (REDIS_URL): the
+// scheduled prompts.
+func (c *cli) connectBot(ctx context.Context) (*redis.Client, error) {
+	cfg, err := c.redisConfig()
+	if err != nil {
+		return nil, err
 	}
 	rconf, err := cfg.Redis()
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	return dial(ctx, rconf, false)
+}
+
+// redises are the clients of a command that reads both sides: bot is
+// REDIS_URL's, queue QUEUE_REDIS_URL's (the same client when unset).
+type redises struct{ bot, queue *redis.Client }
+
+func (r redises) Close() {
+	r.bot.Close()
+	if r.queue != r.bot {
+		r.queue.Close()
+	}
+}
+
+// cursors is where the task positions live.
+func (r redises) cursors() cursors.Redis { return cursors.Redis{Bot: r.bot, Jobs: r.queue} }
+
+// connectBoth returns the clients of both Redis servers (one, without
+// QUEUE_REDIS_URL).
+func (c *cli) connectBoth(ctx context.Context) (redises, error) {
+	cfg, err := c.redisConfig()
+	if err != nil {
+		return redises{}, err
+	}
+	bot, err := c.connectBot(ctx)
+	if err != nil {
+		return redises{}, err
+	}
+	if !cfg.SeparateQueue() {
+		return redises{bot: bot, queue: bot}, nil
+	}
+	queue, err := c.connect(ctx)
+	if err != nil {
+		bot.Close()
+		return redises{}, err
+	}
+	return redises{bot: bot, queue: queue}, nil
+}
+
+// redisConfig loads the settings of a command that needs Redis.
+func (c *cli) redisConfig() (config.Config, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return cfg, err
+	}
+	if cfg.Embedded() {
+		return cfg, usageError("REDIS_URL is not set; the worker's embedded Redis lives inside its process, so set REDIS_URL to a shared Redis")
+	}
+	return cfg, nil
+}
+
+// dial connects to rconf and waits for a PING; queue names the Redis as
+// QUEUE_REDIS_URL's in the message.
+func dial(ctx context.Context, rconf config.Redis, queue bool) (*redis.Client, error) {
 	// Fail fast: a CLI should not sit through go-redis's default retries.
 	rconf.FailFast()
 	rdb := rconf.NewClient()
@@ -149,6 +217,9 @@ func (c *cli) connect(ctx context.Context) (*redis.Client, error) {
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
+		if queue {
+			return nil, failure("the queue Redis (QUEUE_REDIS_URL) at %s is unreachable: %v", rconf, err)
+		}
 		return nil, failure("Redis at %s is unreachable: %v", rconf, err)
 	}
 	return rdb, nil

@@ -34,7 +34,7 @@ the bot receives fired prompts on the sg:sched_prompts:fired stream.`,
 }
 
 func (c *cli) promptStore(ctx context.Context) (*prompts.Store, func(), error) {
-	rdb, err := c.connect(ctx)
+	rdb, err := c.connectBot(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

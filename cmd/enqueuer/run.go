@@ -224,14 +224,19 @@ window, and the tasks the Python scheduler was seen running while the Go
 workers schedule them.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				rs, err := c.connectBoth(cmd.Context())
+				if err != nil {
+					return err
+				}
+				defer rs.Close()
+				return c.cutoverStatus(cmd.Context(), rs, asJSON)
+			}
 			rdb, err := c.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			if len(args) == 0 {
-				return c.cutoverStatus(cmd.Context(), rdb, asJSON)
-			}
 			insp := asynq.NewInspectorFromRedisClient(rdb)
 			defer insp.Close()
 			queues, err := insp.Queues()

@@ -156,11 +156,24 @@ func TestInvalidConfigurationStopsStartupNamingTheSetting(t *testing.T) {
 	}
 }
 
+// In the queue-redis layout the prompts and their stream are on the bot's
+// Redis (REDIS_URL) and the ticks on the queue Redis (QUEUE_REDIS_URL),
+// and neither holds the other's keys.
 func TestScheduledPromptFiresExactlyOnceWithTwoWorkersTicking(t *testing.T) {
 	if testing.Short() {
 		t.Skip("whole workers: skipped under -short")
 	}
+	for _, layout := range []string{"one-redis", "queue-redis"} {
+		t.Run(layout, func(t *testing.T) { promptsFireOnce(t, layout) })
+	}
+}
+
+func promptsFireOnce(t *testing.T, layout string) {
 	srv := redistest.Start(t)
+	queue := srv
+	if layout == "queue-redis" {
+		queue = redistest.Start(t)
+	}
 	rdb := srv.Client(t)
 	ctx := context.Background()
 	store := prompts.NewStore(rdb)
@@ -175,13 +188,17 @@ func TestScheduledPromptFiresExactlyOnceWithTwoWorkersTicking(t *testing.T) {
 		}
 	}
 	env := func() map[string]string {
-		return map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false"}
+		env := map[string]string{"REDIS_URL": srv.URL(), "SCHEDULER_ENABLED": "false"}
+		if queue != srv {
+			env["QUEUE_REDIS_URL"] = queue.URL()
+		}
+		return env
 	}
 	startWorker(t, env())
 	startWorker(t, env())
 
 	// Many ticks at once, spread over both workers.
-	client := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr})
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: queue.Addr})
 	defer client.Close()
 	for i := 0; i < 20; i++ {
 		if _, err := client.Enqueue(asynq.NewTask(jobs.ScheduledPromptTick, []byte(`{"limit":3}`)), asynq.Queue(jobs.QueueCritical)); err != nil {
@@ -206,6 +223,22 @@ func TestScheduledPromptFiresExactlyOnceWithTwoWorkersTicking(t *testing.T) {
 	}
 	if len(msgs) != n || len(seen) != n {
 		t.Fatalf("stream has %d entries for %d prompts, want %d each once", len(msgs), len(seen), n)
+	}
+	if queue == srv {
+		return
+	}
+	for _, c := range []struct {
+		rdb      *redistest.Server
+		patterns []string
+	}{{srv, []string{"asynq:*", "sgjobs:*"}}, {queue, []string{"sg:*", "stargazer_logs:*"}}} {
+		for _, p := range c.patterns {
+			if keys, _ := c.rdb.Client(t).Keys(ctx, p).Result(); len(keys) > 0 {
+				t.Errorf("%s on the wrong Redis (%s): %v", p, c.rdb.Addr, keys)
+			}
+		}
+	}
+	if keys, _ := queue.Client(t).Keys(ctx, "asynq:*").Result(); len(keys) == 0 {
+		t.Error("no asynq key on the queue Redis")
 	}
 }
 

@@ -124,7 +124,12 @@ type app struct {
 	decisions []jobs.Decision
 
 	// set by connect
-	rdb        *redis.Client
+	// rdb is the bot's Redis (REDIS_URL): sg:*, stargazer_logs:*, the
+	// debug channel, the leader key, the kill switch.
+	rdb *redis.Client
+	// qdb is the job system's (QUEUE_REDIS_URL): asynq:* and sgjobs:*.
+	// Without QUEUE_REDIS_URL it is rdb, the same client.
+	qdb        *redis.Client
 	connOpt    asynq.RedisConnOpt
 	insp       *asynq.Inspector
 	client     *asynq.Client

@@ -34,7 +34,7 @@ func (a *app) startBackground(ctx context.Context) error {
 	var sched *periodic.Scheduler
 	if cfg.SchedulerEnabled {
 		s, err := periodic.New(periodic.Config{
-			Redis: a.rdb, Enqueuer: asynqcompat.RecordEnqueues(a.client, a.rdb, a.log), States: periodic.InspectorStates{Inspector: a.insp},
+			Redis: a.qdb, Enqueuer: asynqcompat.RecordEnqueues(a.client, a.qdb, a.log), States: periodic.InspectorStates{Inspector: a.insp},
 			Observer: a.metrics, Logger: a.log.With("component", "scheduler"), SkipAsynqWorkarounds: !a.asynqCovered, Now: a.now,
 			Holds: spend.NewGate(a.spend, a.insp, a.log.With("component", "spend")),
 		}, entries(a.decisions))
@@ -50,13 +50,13 @@ func (a *app) startBackground(ctx context.Context) error {
 	a.stops.push(func() { stop(); wg.Wait() })
 	if cfg.FastLeaseRecovery && a.asynqCovered {
 		wg.Go(func() {
-			asynqcompat.RunRecoverer(bg, a.log.With("component", "recoverer"), a.rdb, slices.Sorted(maps.Keys(jobs.Queues())), asynqcompat.RecoverEvery, a.metrics.LeaseRecoveries.Inc)
+			asynqcompat.RunRecoverer(bg, a.log.With("component", "recoverer"), a.qdb, slices.Sorted(maps.Keys(jobs.Queues())), asynqcompat.RecoverEvery, a.metrics.LeaseRecoveries.Inc)
 		})
 	}
 	if sched != nil {
 		wg.Go(func() { sched.Run(bg) })
 		wg.Go(func() {
-			asynqcompat.RunSchedulePublisher(bg, a.log, a.rdb, asynqcompat.PublishEvery, schedules(a.rdb, entries(a.decisions)))
+			asynqcompat.RunSchedulePublisher(bg, a.log, a.qdb, asynqcompat.PublishEvery, schedules(a.qdb, entries(a.decisions)))
 		})
 		a.log.Info("scheduler started")
 	} else {
@@ -147,7 +147,7 @@ func (a *app) startNodeLocal(ctx context.Context) error {
 		return err
 	}
 	a.hdeps = deps
-	waitForRedis(ctx, a.log, a.rdb)
+	a.waitForRedis(ctx)
 	bg, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	a.stops.push(func() { stop(); wg.Wait() })

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -55,14 +56,25 @@ func (a *app) connect() error {
 	if err != nil {
 		return err
 	}
+	qconf, err := a.cfg.QueueRedis()
+	if err != nil {
+		return err
+	}
 	a.rdb = rconf.NewClient()
 	a.stops.push(func() { a.rdb.Close() })
-	a.connOpt = rconf.Asynq()
+	a.qdb = a.rdb
+	if a.cfg.SeparateQueue() {
+		a.qdb = qconf.NewClient()
+		a.stops.push(func() { a.qdb.Close() })
+		a.log.Info("the job system's keys (asynq:*, sgjobs:*) are on QUEUE_REDIS_URL, the bot's on REDIS_URL",
+			"queue_redis", qconf.String(), "bot_redis", rconf.String())
+	}
+	a.connOpt = qconf.Asynq()
 	a.insp = asynq.NewInspector(a.connOpt)
 	a.stops.push(func() { a.insp.Close() })
 	// The shared client's calls honour their context's deadline; asynq's
 	// own would wait for its read timeout.
-	a.client = asynq.NewClientFromRedisClient(a.rdb)
+	a.client = asynq.NewClientFromRedisClient(a.qdb)
 	a.publisher = events.NewPublisher(a.rdb, a.cfg.DebugEventsChannel)
 	a.killSwitch = killswitch.New(a.rdb, a.cfg.ChatLLMSwitchKey, a.cfg.ChatLLMEnabled)
 	a.spend = a.newLedger()
@@ -74,18 +86,32 @@ func (a *app) connect() error {
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.metrics = monitor.NewMetrics(a.reg)
 	a.metrics.Catalog(a.catalog)
-	a.reg.MustRegister(monitor.NewRedisUp(monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() })))
+	a.reg.MustRegister(monitor.NewRedisUp(monitor.PingFunc(a.ping)))
 	a.llmMetrics = llm.NewMetrics(a.reg)
 	a.budgetMetrics = budget.NewMetrics(a.reg)
 	a.journal = a.newJournalHealth()
 	if a.cfg.QueueMetrics {
 		a.reg.MustRegister(monitor.NewQueueCollector(a.insp))
-		a.reg.MustRegister(plan.NewCollector(a.rdb, []string{jobs.LimbicAnchoringWorker, jobs.AutoKGExtraction}, 0))
+		a.reg.MustRegister(plan.NewCollector(a.qdb, []string{jobs.LimbicAnchoringWorker, jobs.AutoKGExtraction}, 0))
 		names := make([]string, 0, len(a.catalog))
 		for _, s := range a.catalog {
 			names = append(names, s.Name)
 		}
-		a.reg.MustRegister(spend.NewCollector(a.rdb, a.spend, names, 0))
+		a.reg.MustRegister(spend.NewCollector(a.qdb, a.spend, names, 0))
+	}
+	return nil
+}
+
+// ping reaches both Redis servers (one, when they are the same): the
+// process is up only when it reaches both.
+func (a *app) ping(ctx context.Context) error {
+	if err := a.rdb.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	if a.qdb != a.rdb {
+		if err := a.qdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("queue redis: %w", err)
+		}
 	}
 	return nil
 }
@@ -96,7 +122,7 @@ func (a *app) connect() error {
 func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 	cfg := a.cfg
 	d := handlers.Deps{
-		Redis: a.rdb, Logger: a.log, Now: a.now, JournalUnit: cfg.JournalUnit, JournalDir: cfg.JournalDir, NodeName: nodeName(cfg.NodeName),
+		Redis: a.rdb, Jobs: a.qdb, Logger: a.log, Now: a.now, JournalUnit: cfg.JournalUnit, JournalDir: cfg.JournalDir, NodeName: nodeName(cfg.NodeName),
 		Models:   handlers.Models{Chat: cfg.LLMModel, Extraction: cfg.KGExtractionModel, Flash: cfg.FlashModel, Embeddings: cfg.EmbeddingsModel},
 		Enqueuer: a.client, Tasks: a.insp, Events: a.publisher, Counter: a.metrics,
 		Intervals:          map[string]time.Duration{},
@@ -112,7 +138,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.Journal = a.journal
 	}
 	if cfg.LegacyCoexistence {
-		d.HandOver = legacy.HandOver{Redis: a.rdb, Now: a.now}
+		d.HandOver = legacy.HandOver{Redis: a.qdb, Now: a.now}
 	}
 	if cfg.FalkorDBURL != "" && cfg.Role != config.RoleNode { // no node-local task uses the graph
 		g, closeGraph, err := openGraph(ctx, a.log, cfg)
@@ -146,7 +172,7 @@ func (a *app) handlerDeps(ctx context.Context) (handlers.Deps, error) {
 		d.KeyProber = prober
 	}
 	if cfg.EmbeddingsRatePerMinute > 0 {
-		d.EmbedLimiter = ratelimit.New(a.rdb, EmbeddingsRateKey, cfg.EmbeddingsRatePerMinute, int(cfg.EmbeddingsRatePerMinute/10))
+		d.EmbedLimiter = ratelimit.New(a.qdb, EmbeddingsRateKey, cfg.EmbeddingsRatePerMinute, int(cfg.EmbeddingsRatePerMinute/10))
 	}
 	if cfg.DiscordBotToken != "" {
 		d.Platforms = append(d.Platforms, discord.New(discord.Options{BaseURL: cfg.DiscordAPIBaseURL, Token: cfg.DiscordBotToken}))
@@ -215,7 +241,7 @@ func (a *app) chatModel(e config.LLMEndpoint, c *llm.Client) handlers.ChatModel 
 	if e.Own {
 		name = e.Purpose
 	}
-	return budget.New(meter.Chat(a.spend, c, e.Timeout+reservationMargin), a.rdb, name, budget.Limits{
+	return budget.New(meter.Chat(a.spend, c, e.Timeout+reservationMargin), a.qdb, name, budget.Limits{
 		MaxInFlight: a.cfg.LLMMaxInFlight, RequestsPerMinute: a.cfg.LLMRequestsPerMinute, TokensPerMinute: a.cfg.LLMTokensPerMinute,
 	}, a.budgetMetrics)
 }
@@ -266,6 +292,15 @@ func ensureSchema(ctx context.Context, log *slog.Logger, g *graph.Graph, name st
 // graphQueryTimeout bounds each read query on the FalkorDB server; the
 // maintenance tasks write in batches sized to finish far below it.
 const graphQueryTimeout = 60 * time.Second
+
+// waitForRedis waits for the bot's Redis and, when it is another, the
+// queue's.
+func (a *app) waitForRedis(ctx context.Context) {
+	waitForRedis(ctx, a.log, a.rdb)
+	if a.qdb != a.rdb {
+		waitForRedis(ctx, a.log.With("redis", "queue"), a.qdb)
+	}
+}
 
 // waitForRedis reports an unreachable Redis and keeps trying with backoff
 // instead of exiting: a crash loop would help nobody, and asynq recovers by

@@ -27,7 +27,7 @@ func (a *app) coexist(o *server.Options) {
 		a.log.Info("no coexistence with a Python side (LEGACY_COEXISTENCE=false): nothing stands down for it")
 	}
 	if cfg.LegacyRunStandDown() > 0 {
-		o.LegacyRuns = legacy.StandDowns{Redis: a.rdb, Now: a.now}
+		o.LegacyRuns = legacy.StandDowns{Redis: a.qdb, Now: a.now}
 	}
 }
 
@@ -62,7 +62,7 @@ func (a *app) watchLegacyRuns(ctx context.Context, wg *sync.WaitGroup) {
 	window := a.cfg.LegacyRunStandDown()
 	if a.cfg.SchedulerEnabled {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		start, err := legacy.StartWindow(sctx, a.rdb, a.now())
+		start, err := legacy.StartWindow(sctx, a.qdb, a.now())
 		cancel()
 		switch {
 		case err != nil:
@@ -72,7 +72,7 @@ func (a *app) watchLegacyRuns(ctx context.Context, wg *sync.WaitGroup) {
 				"started", start.UTC().Format(time.RFC3339), "ends", start.Add(window).UTC().Format(time.RFC3339))
 		}
 	}
-	d := &legacy.Detector{Redis: a.rdb, Channel: a.cfg.DebugEventsChannel, Logger: log, Metrics: m,
+	d := &legacy.Detector{Redis: a.rdb, State: a.qdb, Channel: a.cfg.DebugEventsChannel, Logger: log, Metrics: m,
 		Schedules: watched, Window: window, Now: a.now}
 	wg.Go(func() { d.Run(ctx) })
 }

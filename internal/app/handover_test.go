@@ -19,18 +19,30 @@ import (
 
 // A RAG store the Python side digested for months, and no Go cursor: the
 // first anamnesis_digest run after the cut-over digests none of it (0 LLM
-// calls), and the fragments appended afterwards are digested.
+// calls), and the fragments appended afterwards are digested. With
+// QUEUE_REDIS_URL the fragments are on the bot's Redis and the cursor, the
+// extraction ledger and the queue on the other, and each keeps to its own.
 func TestTheFirstAnamnesisRunAfterACutOverDigestsNoHistory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a whole worker over a 10,000-fragment store: skipped under -short")
 	}
+	for _, layout := range []string{"one-redis", "queue-redis"} {
+		t.Run(layout, func(t *testing.T) { firstAnamnesisRun(t, layout) })
+	}
+}
+
+func firstAnamnesisRun(t *testing.T, layout string) {
 	const history, appended = 10_000, 20
 	r := redistest.Start(t)
+	q := r
+	if layout == "queue-redis" {
+		q = redistest.Start(t)
+	}
 	fk := falkortest.Start(t)
 	llm := extracttest.Start(t)
-	rdb := r.Client(t)
+	rdb, qdb := r.Client(t), q.Client(t)
 	ctx := context.Background()
-	store := ragstore.New(rdb)
+	store := ragstore.New(rdb).WithCursors(qdb)
 	for i := range history {
 		if _, err := store.Append(ctx, ragstore.Fragment{ID: fmt.Sprintf("old-%05d", i), Title: "Lore",
 			Text: fmt.Sprintf("Old lore %d: the Spiral Goddess watches over the archive of volume %d.", i, i)}); err != nil {
@@ -39,10 +51,14 @@ func TestTheFirstAnamnesisRunAfterACutOverDigestsNoHistory(t *testing.T) {
 	}
 	// The runs are enqueued here rather than waited for: the task's first
 	// occurrence comes 5 minutes after a scheduler first sees it.
-	addr := runApp(t, map[string]string{
+	env := map[string]string{
 		"REDIS_URL": r.URL(), "FALKORDB_URL": fk.URL(), "LLM_BASE_URL": llm.BaseURL(), "SCHEDULER_ENABLED": "false",
-	})
-	client := asynq.NewClient(asynq.RedisClientOpt{Addr: r.Addr})
+	}
+	if q != r {
+		env["QUEUE_REDIS_URL"] = q.URL()
+	}
+	addr := runApp(t, env)
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: q.Addr})
 	defer client.Close()
 	digest := func() {
 		t.Helper()
@@ -80,4 +96,16 @@ func TestTheFirstAnamnesisRunAfterACutOverDigestsNoHistory(t *testing.T) {
 		}
 	}
 	t.Logf("FIGURE %d fragments of history: first run 0 LLM calls; %d appended fragments digested in %d calls", history, appended, len(calls))
+	if q == r {
+		return
+	}
+	if keys := scanKeys(t, rdb, "asynq:*", "sgjobs:*"); len(keys) > 0 {
+		t.Errorf("job-system keys on the bot's Redis: %v", keys)
+	}
+	if keys := scanKeys(t, qdb, "sg:*"); len(keys) > 0 {
+		t.Errorf("bot keys on the queue Redis: %v", keys)
+	}
+	if keys := scanKeys(t, qdb, "sgjobs:kgx:done"); len(keys) != 1 {
+		t.Error("the extraction ledger is not on the queue Redis")
+	}
 }

@@ -20,7 +20,7 @@ func (a *app) serveMonitor() error {
 		ViewToken: cfg.MonitorViewToken, ViewUser: cfg.MonitorViewUser, ViewPassword: cfg.MonitorViewPassword}
 	mon := monitor.New(monitor.Options{
 		Gatherer: a.reg, Registerer: a.reg,
-		Redis:        monitor.PingFunc(func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }),
+		Redis:        monitor.PingFunc(a.ping),
 		RedisConnOpt: a.connOpt, DashboardPath: cfg.DashboardPath, ReadOnly: cfg.DashboardReadOnly,
 		Auth: auth, Catalog: a.catalog, Enqueuer: a.client, ProbesOnly: cfg.Role == config.RoleNode,
 		Log:         a.log.With("component", "http"),

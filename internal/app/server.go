@@ -31,7 +31,7 @@ func (a *app) startServer(ctx context.Context) error {
 	wopt := server.Options{
 		Redis: a.connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: a.log, Metrics: a.metrics, Events: asyncEvents,
-		Catalog: a.catalog, RedisClient: a.rdb, SingletonLease: cfg.SingletonLease,
+		Catalog: a.catalog, RedisClient: a.qdb, SingletonLease: cfg.SingletonLease,
 		KillSwitch: a.killSwitch, SkipAsynqWorkarounds: !a.asynqCovered,
 		Spend: a.spend,
 	}
@@ -51,7 +51,7 @@ func (a *app) startServer(ctx context.Context) error {
 		mux.Handle(name, h)
 	}
 
-	waitForRedis(ctx, a.log, a.rdb)
+	a.waitForRedis(ctx)
 	srv := server.NewServer(wopt)
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("starting asynq server: %w", err)

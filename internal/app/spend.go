@@ -85,9 +85,9 @@ func unpricedModels(cfg config.Config) []string {
 
 // newLedger is the cluster's LLM spend ledger for this configuration.
 func (a *app) newLedger() *spend.Ledger {
-	return spend.New(a.rdb, spend.Options{
+	return spend.New(a.qdb, spend.Options{
 		Prices: SpendPrices(a.cfg.LLMPrices), Budgets: SpendBudgets(a.cfg.LLMBudgets),
-		SwitchKey: a.cfg.ChatLLMSwitchKey, SwitchOff: !a.cfg.ChatLLMEnabled, Now: a.now,
+		SwitchKey: a.cfg.ChatLLMSwitchKey, Switch: a.rdb, SwitchOff: !a.cfg.ChatLLMEnabled, Now: a.now,
 		Logger: a.log.With("component", "spend"),
 	})
 }

@@ -24,7 +24,8 @@ import (
 // bound numbers; oneof lists the accepted words; check names a validator
 // (see checkValue).
 type Config struct {
-	RedisURL      string `env:"REDIS_URL" secret:"true" check:"redis_url" help:"Redis for the job queue and the bot's state: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path. With ?master_name=M it is a Sentinel URL (redis://sentinel:26379/0?master_name=M&addr=sentinel2:26379) and every process follows the primary across failovers. Empty: an embedded in-process Redis (demo only, nothing persists). It may hold a password. Never logged."`
+	RedisURL      string `env:"REDIS_URL" secret:"true" check:"redis_url" help:"Redis of the bot's state and, unless QUEUE_REDIS_URL is set, of the job queue: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path. With ?master_name=M it is a Sentinel URL (redis://sentinel:26379/0?master_name=M&addr=sentinel2:26379) and every process follows the primary across failovers. Empty: an embedded in-process Redis (demo only, nothing persists). It may hold a password. Never logged."`
+	QueueRedisURL string `env:"QUEUE_REDIS_URL" secret:"true" check:"redis_url" help:"Optional Redis of the job system's own keys (asynq:* queues, sgjobs:* schedules, leases, ledgers, cursors), apart from REDIS_URL, which keeps the bot's data (sg:*, stargazer_logs:*, the debug channel, the leader key, the kill switch). Same URL forms as REDIS_URL, Sentinel included. Empty (or equal to REDIS_URL): everything on REDIS_URL, one client. Needs REDIS_URL: the embedded Redis cannot be shared. It may hold a password. Never logged."`
 	FalkorDBURL   string `env:"FALKORDB_URL" secret:"true" check:"falkordb_url" help:"FalkorDB (knowledge graph) as redis://host:port. Empty: graph tasks are not scheduled. It may hold a password. Never logged."`
 	FalkorDBGraph string `env:"FALKORDB_GRAPH" default:"stargazer" help:"Name of the knowledge graph in FalkorDB."`
 

@@ -284,3 +284,63 @@ func TestEachLLMPurposeSendsOnlyItsOwnKey(t *testing.T) {
 		})
 	}
 }
+
+func TestQueueRedisURL(t *testing.T) {
+	const bot = "redis://:botpw@bot:6379/0"
+	tests := []struct {
+		name      string
+		env       map[string]string
+		wantErr   bool
+		separate  bool
+		queueAddr string
+		sentinel  bool
+	}{
+		{name: "unset shares REDIS_URL", env: map[string]string{"REDIS_URL": bot}, queueAddr: "bot:6379"},
+		{name: "equal to REDIS_URL is the same Redis", env: map[string]string{"REDIS_URL": bot, "QUEUE_REDIS_URL": bot}, queueAddr: "bot:6379"},
+		{name: "a second server", env: map[string]string{"REDIS_URL": bot, "QUEUE_REDIS_URL": "redis://:qpw@queue:6380/1"},
+			separate: true, queueAddr: "queue:6380"},
+		{name: "a Sentinel URL", env: map[string]string{"REDIS_URL": bot, "QUEUE_REDIS_URL": "redis://s1:26379/0?master_name=jobs&addr=s2:26379"},
+			separate: true, sentinel: true},
+		{name: "without REDIS_URL is refused", env: map[string]string{"QUEUE_REDIS_URL": "redis://queue:6380/0"}, wantErr: true},
+		{name: "not a redis URL", env: map[string]string{"REDIS_URL": bot, "QUEUE_REDIS_URL": "http://:PW-s3cret@queue:6380"}, wantErr: true},
+		{name: "empty master_name", env: map[string]string{"REDIS_URL": bot, "QUEUE_REDIS_URL": "redis://s1:26379/0?master_name="}, wantErr: true},
+		{name: "bad port, password not echoed", env: map[string]string{"REDIS_URL": bot, "QUEUE_REDIS_URL": "redis://:PW-s3cret@queue:badport/0"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(env(tt.env), nil, io.Discard)
+			if tt.wantErr {
+				var ce *Error
+				if !errors.As(err, &ce) || ce.Setting != "QUEUE_REDIS_URL" {
+					t.Fatalf("err = %v, want a config error naming QUEUE_REDIS_URL", err)
+				}
+				if strings.Contains(err.Error(), "s3cret") {
+					t.Fatalf("the error shows the password: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.SeparateQueue() != tt.separate {
+				t.Fatalf("SeparateQueue() = %v, want %v", c.SeparateQueue(), tt.separate)
+			}
+			q, err := c.QueueRedis()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.sentinel {
+				if q.Failover == nil || q.Failover.MasterName != "jobs" {
+					t.Fatalf("queue Redis %+v, want Sentinel master jobs", q)
+				}
+				return
+			}
+			if q.Single == nil || q.Single.Addr != tt.queueAddr {
+				t.Fatalf("queue Redis %v, want %s", q, tt.queueAddr)
+			}
+			if strings.Contains(q.String(), "pw") {
+				t.Fatalf("String() leaks the password: %s", q)
+			}
+		})
+	}
+}

@@ -116,6 +116,9 @@ func Load(getenv func(string) string, args []string, usage io.Writer) (Config, e
 	if c.MonitorViewUser != "" && c.MonitorViewUser == c.MonitorUser {
 		return c, &Error{Setting: "MONITOR_VIEW_USER", Reason: "must differ from MONITOR_USER"}
 	}
+	if c.QueueRedisURL != "" && c.RedisURL == "" {
+		return c, &Error{Setting: "QUEUE_REDIS_URL", Reason: "needs REDIS_URL: without it the bot's keys would go to an embedded in-process Redis that no other process shares; set REDIS_URL too, or unset QUEUE_REDIS_URL"}
+	}
 	if err := c.checkCutover(); err != nil {
 		return c, err
 	}

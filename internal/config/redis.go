@@ -18,8 +18,8 @@ func (c Config) RedisOptions() (*redis.Options, error) {
 	return opt, nil
 }
 
-// Redis is a resolved REDIS_URL: one server, or a Sentinel-managed primary
-// when the URL names a master (?master_name=...).
+// Redis is a resolved REDIS_URL or QUEUE_REDIS_URL: one server, or a
+// Sentinel-managed primary when the URL names a master (?master_name=...).
 type Redis struct {
 	Single   *redis.Options
 	Failover *redis.FailoverOptions
@@ -29,20 +29,39 @@ type Redis struct {
 // redis://[user:password@]sentinel:26379/db?master_name=M&addr=sentinel2:26379,
 // where user and password are the Sentinels' and the primary's password
 // comes from the password query parameter.
-func (c Config) Redis() (Redis, error) {
-	if strings.Contains(c.RedisURL, "master_name=") {
-		fo, err := redis.ParseFailoverURL(c.RedisURL)
+func (c Config) Redis() (Redis, error) { return parseRedis("REDIS_URL", c.RedisURL) }
+
+// SeparateQueue reports whether the job system's keys live on a Redis of
+// their own (QUEUE_REDIS_URL set to another URL than REDIS_URL).
+func (c Config) SeparateQueue() bool {
+	return c.QueueRedisURL != "" && c.QueueRedisURL != c.RedisURL
+}
+
+// QueueRedis resolves QUEUE_REDIS_URL, the same URL forms as REDIS_URL.
+// Without SeparateQueue it is REDIS_URL's: one URL means one client.
+func (c Config) QueueRedis() (Redis, error) {
+	if !c.SeparateQueue() {
+		return c.Redis()
+	}
+	return parseRedis("QUEUE_REDIS_URL", c.QueueRedisURL)
+}
+
+// parseRedis resolves the URL of setting; errors name it and never quote
+// credentials.
+func parseRedis(setting, raw string) (Redis, error) {
+	if strings.Contains(raw, "master_name=") {
+		fo, err := redis.ParseFailoverURL(raw)
 		if err != nil {
-			return Redis{}, &Error{Setting: "REDIS_URL", Reason: scrubUserinfo(err.Error())}
+			return Redis{}, &Error{Setting: setting, Reason: scrubUserinfo(err.Error())}
 		}
 		if fo.MasterName == "" {
-			return Redis{}, &Error{Setting: "REDIS_URL", Reason: "master_name is empty"}
+			return Redis{}, &Error{Setting: setting, Reason: "master_name is empty"}
 		}
 		return Redis{Failover: fo}, nil
 	}
-	opt, err := c.RedisOptions()
+	opt, err := redis.ParseURL(raw)
 	if err != nil {
-		return Redis{}, err
+		return Redis{}, &Error{Setting: setting, Reason: scrubUserinfo(err.Error())}
 	}
 	return Redis{Single: opt}, nil
 }

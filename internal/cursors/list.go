@@ -42,28 +42,48 @@ type Entry struct {
 
 func ptr[T any](v T) *T { return &v }
 
+// Redis is where positions live: Bot holds the bot's keys (the message
+// cache, summaries' and heartbeats' watermarks, the journal cursors, the
+// RAG fragments), Jobs the job system's (the task cursors, plans,
+// hand-over points, done days). With one Redis both are the same client;
+// with QUEUE_REDIS_URL Jobs is that Redis.
+type Redis struct{ Bot, Jobs redis.UniversalClient }
+
+// OneRedis is the layout with everything on rdb.
+func OneRedis(rdb redis.UniversalClient) Redis { return Redis{Bot: rdb, Jobs: rdb} }
+
+// positionsOn is the Redis holding t's per-channel positions: a
+// watermark is the bot's summary or heartbeat hash, a cursor the job
+// system's.
+func (t Task) positionsOn(r Redis) redis.UniversalClient {
+	if t.Kind == Watermark {
+		return r.Bot
+	}
+	return r.Jobs
+}
+
 // List returns task's position per source.
-func List(ctx context.Context, rdb redis.UniversalClient, t Task, now time.Time) ([]Entry, error) {
+func List(ctx context.Context, r Redis, t Task, now time.Time) ([]Entry, error) {
 	switch t.Kind {
 	case Index:
-		return listIndex(ctx, rdb, t)
+		return listIndex(ctx, r, t)
 	case Channel, Watermark:
-		return listChannels(ctx, rdb, t)
+		return listChannels(ctx, r, t)
 	case Journal:
-		return listJournal(ctx, rdb, t)
+		return listJournal(ctx, r.Bot, t)
 	case Days:
-		return listDays(ctx, rdb, t, now)
+		return listDays(ctx, r.Jobs, t, now)
 	}
 	return nil, fmt.Errorf("cursors: %s has no positions", t.Name)
 }
 
-func listIndex(ctx context.Context, rdb redis.UniversalClient, t Task) ([]Entry, error) {
-	n, err := ragstore.New(rdb).Len(ctx)
+func listIndex(ctx context.Context, r Redis, t Task) ([]Entry, error) {
+	n, err := ragstore.New(r.Bot).Len(ctx)
 	if err != nil {
 		return nil, err
 	}
 	e := Entry{Task: t.Name, Source: "fragments"}
-	v, err := rdb.Get(ctx, AnamnesisKey).Int64()
+	v, err := r.Jobs.Get(ctx, AnamnesisKey).Int64()
 	switch {
 	case errors.Is(err, redis.Nil):
 		e.Position = "-"
@@ -88,14 +108,14 @@ func (t Task) channelKey(c msgcache.Channel) string {
 	return t.prefix + c.String()
 }
 
-func listChannels(ctx context.Context, rdb redis.UniversalClient, t Task) ([]Entry, error) {
-	cache := msgcache.New(rdb)
+func listChannels(ctx context.Context, r Redis, t Task) ([]Entry, error) {
+	cache := msgcache.New(r.Bot)
 	chans, err := cache.DiscoverChannels(ctx)
 	if err != nil {
 		return nil, err
 	}
 	slices.SortFunc(chans, func(a, b msgcache.Channel) int { return strings.Compare(a.String(), b.String()) })
-	pos, set, err := positions(ctx, rdb, t, chans)
+	pos, set, err := positions(ctx, t.positionsOn(r), t, chans)
 	if err != nil {
 		return nil, err
 	}
@@ -109,11 +129,11 @@ func listChannels(ctx context.Context, rdb redis.UniversalClient, t Task) ([]Ent
 		for i, c := range chans {
 			names[i] = c.String()
 		}
-		if chains, err = plan.New(rdb, t.Name, t.prefix).Follow(ctx, names); err != nil {
+		if chains, err = plan.New(r.Jobs, t.Name, t.prefix).Follow(ctx, names); err != nil {
 			return nil, err
 		}
 	}
-	point, err := legacy.ReadHandOver(ctx, rdb, t.Name)
+	point, err := legacy.ReadHandOver(ctx, r.Jobs, t.Name)
 	if err != nil {
 		return nil, err
 	}

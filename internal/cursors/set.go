@@ -196,24 +196,24 @@ func (p Plan) Pending() (n int64, counted bool) {
 // Resolve checks c against Redis (the source exists, the position is in
 // range) and works out what it would change. Its usage errors wrap
 // ErrUsage; it changes nothing.
-func (c Change) Resolve(ctx context.Context, rdb redis.UniversalClient, now time.Time) (Plan, error) {
+func (c Change) Resolve(ctx context.Context, r Redis, now time.Time) (Plan, error) {
 	p := Plan{Change: c, Task: c.Task.Name, Items: c.Task.Items}
 	var err error
 	switch c.Task.Kind {
 	case Index:
-		err = c.resolveIndex(ctx, rdb, &p)
+		err = c.resolveIndex(ctx, r, &p)
 	case Channel, Watermark:
-		err = c.resolveChannels(ctx, rdb, &p)
+		err = c.resolveChannels(ctx, r, &p)
 	case Journal:
-		err = c.resolveJournal(ctx, rdb, &p)
+		err = c.resolveJournal(ctx, r.Bot, &p)
 	case Days:
-		err = c.resolveDays(ctx, rdb, &p, now)
+		err = c.resolveDays(ctx, r.Jobs, &p, now)
 	}
 	return p, err
 }
 
-func (c Change) resolveIndex(ctx context.Context, rdb redis.UniversalClient, p *Plan) error {
-	n, err := ragstore.New(rdb).Len(ctx)
+func (c Change) resolveIndex(ctx context.Context, r Redis, p *Plan) error {
+	n, err := ragstore.New(r.Bot).Len(ctx)
 	if err != nil {
 		return err
 	}
@@ -225,7 +225,7 @@ func (c Change) resolveIndex(ctx context.Context, rdb redis.UniversalClient, p *
 		return usage("%s: position %d is past the end of the store (%d fragments)", c.Task.Name, to, n)
 	}
 	m := Move{Source: "fragments", From: "-", To: strconv.FormatInt(to, 10), index: to, Pending: n - to, Counted: true}
-	cur, err := rdb.Get(ctx, AnamnesisKey).Int64()
+	cur, err := r.Jobs.Get(ctx, AnamnesisKey).Int64()
 	switch {
 	case errors.Is(err, redis.Nil):
 	case err != nil:
@@ -237,8 +237,8 @@ func (c Change) resolveIndex(ctx context.Context, rdb redis.UniversalClient, p *
 	return nil
 }
 
-func (c Change) resolveChannels(ctx context.Context, rdb redis.UniversalClient, p *Plan) error {
-	cache := msgcache.New(rdb)
+func (c Change) resolveChannels(ctx context.Context, r Redis, p *Plan) error {
+	cache := msgcache.New(r.Bot)
 	chans := []msgcache.Channel{c.channel}
 	if c.all {
 		var err error
@@ -248,12 +248,12 @@ func (c Change) resolveChannels(ctx context.Context, rdb redis.UniversalClient, 
 		if len(chans) == 0 {
 			return usage("%s: no channel in the message cache", c.Task.Name)
 		}
-	} else if n, err := rdb.Exists(ctx, msgcache.MessagesKey(c.channel)).Result(); err != nil {
+	} else if n, err := r.Bot.Exists(ctx, msgcache.MessagesKey(c.channel)).Result(); err != nil {
 		return fmt.Errorf("cursors: looking up %s: %w", c.channel, err)
 	} else if n == 0 {
 		return usage("%s: no channel %s in the message cache (`enqueuer cursors list %s` lists them)", c.Task.Name, c.channel, c.Task.Name)
 	}
-	cur, set, err := positions(ctx, rdb, c.Task, chans)
+	cur, set, err := positions(ctx, c.Task.positionsOn(r), c.Task, chans)
 	if err != nil {
 		return err
 	}
@@ -284,7 +284,7 @@ func (c Change) resolveChannels(ctx context.Context, rdb redis.UniversalClient, 
 		for i, ch := range chans {
 			names[i] = ch.String()
 		}
-		if chains, err = plan.New(rdb, c.Task.Name, c.Task.prefix).Follow(ctx, names); err != nil {
+		if chains, err = plan.New(r.Jobs, c.Task.Name, c.Task.prefix).Follow(ctx, names); err != nil {
 			return err
 		}
 	}
@@ -372,8 +372,12 @@ return 1
 `)
 
 // Apply makes the change.
-func (p Plan) Apply(ctx context.Context, rdb redis.UniversalClient, now time.Time) error {
+func (p Plan) Apply(ctx context.Context, r Redis, now time.Time) error {
 	c := p.Change
+	rdb := r.Jobs // the task cursors, chains and done days
+	if c.Task.Kind == Watermark || c.Task.Kind == Journal {
+		rdb = r.Bot // the bot's summaries, heartbeats and journal cursors
+	}
 	nowMS := now.UnixMilli()
 	for _, m := range p.Moves {
 		var err error

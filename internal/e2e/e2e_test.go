@@ -118,10 +118,16 @@ func distinctIDs(t *testing.T, rs []run) {
 }
 
 func TestThreeSchedulersRunEachPeriodOnceNeverTwiceAtOnce(t *testing.T) {
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
-	env := map[string]string{"TASK_INTERVALS": "e2e_plain=2s,e2e_single=2s", "E2E_SLEEP": "300ms"}
-	ps := []*proc{start(t, srv.URL(), env), start(t, srv.URL(), env), start(t, srv.URL(), env)}
+	for _, layout := range layouts {
+		t.Run(layout, func(t *testing.T) { threeSchedulers(t, layout) })
+	}
+}
+
+func threeSchedulers(t *testing.T, layout string) {
+	reds := startRedises(t, layout)
+	rdb := reds.bot.Client(t)
+	env := reds.env(map[string]string{"TASK_INTERVALS": "e2e_plain=2s,e2e_single=2s", "E2E_SLEEP": "300ms"})
+	ps := []*proc{start(t, reds.bot.URL(), env), start(t, reds.bot.URL(), env), start(t, reds.bot.URL(), env)}
 	const periods = 8
 	time.Sleep(periods*2*time.Second + 500*time.Millisecond)
 	for _, p := range ps {
@@ -160,6 +166,7 @@ func TestThreeSchedulersRunEachPeriodOnceNeverTwiceAtOnce(t *testing.T) {
 		t.Errorf("runs overlapped: %v", o)
 	}
 	t.Logf("runs were spread over %d worker processes", len(pids))
+	reds.checkApart(t)
 }
 
 func TestRestartStormKeepsTheCadence(t *testing.T) {
@@ -318,13 +325,22 @@ func TestStalledWorkerFailsItsOwnershipCheck(t *testing.T) {
 
 func TestKilledWorkersTaskCompletesOnAnotherWorker(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
+	for _, layout := range layouts {
+		t.Run(layout, func(t *testing.T) {
+			t.Parallel()
+			killedWorker(t, layout)
+		})
+	}
+}
+
+func killedWorker(t *testing.T, layout string) {
+	reds := startRedises(t, layout)
+	rdb := reds.bot.Client(t)
 	started := subscribe(t, rdb)
-	env := map[string]string{"TASK_INTERVALS": "e2e_plain=off,e2e_single=1h", "E2E_SLEEP": "3s"}
-	a := start(t, srv.URL(), env)
+	env := reds.env(map[string]string{"TASK_INTERVALS": "e2e_plain=off,e2e_single=1h", "E2E_SLEEP": "3s"})
+	a := start(t, reds.bot.URL(), env)
 	first := waitStarted(t, started, 10*time.Second)
-	b := start(t, srv.URL(), env)
+	b := start(t, reds.bot.URL(), env)
 	killed := time.Now()
 	a.Kill()
 
@@ -345,6 +361,7 @@ func TestKilledWorkersTaskCompletesOnAnotherWorker(t *testing.T) {
 				t.Errorf("destructive step ran %d times, want 1", n)
 			}
 			b.term()
+			reds.checkApart(t)
 			return
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -19,7 +19,6 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/kgload"
-	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
 	"github.com/stargazer/stargazer-jobs/jobs"
 )
 
@@ -35,26 +34,37 @@ var kgBase = time.Now().Add(-30 * time.Minute).Truncate(time.Second)
 // kgRun is one extraction run: a Redis with the backlog, a FalkorDB, the
 // LLM fake and worker processes.
 type kgRun struct {
-	t       *testing.T
-	rdb     *redis.Client
-	url     string
-	falkor  *falkortest.Server
-	g       *graph.Graph
-	llm     *kgload.LLM
-	msgs    map[msgcache.Channel][]msgcache.Message
-	workers []*kgload.Worker
+	t *testing.T
+	// rdb is the bot's Redis (the messages), qdb the job system's (the
+	// queue, cursors and ledger): the same in the one-redis layout.
+	rdb, qdb *redis.Client
+	reds     redises
+	url      string
+	falkor   *falkortest.Server
+	g        *graph.Graph
+	llm      *kgload.LLM
+	msgs     map[msgcache.Channel][]msgcache.Message
+	workers  []*kgload.Worker
 }
 
 func newKGRun(t *testing.T, latency time.Duration) *kgRun {
-	srv := redistest.Start(t)
-	r := &kgRun{t: t, rdb: srv.Client(t), url: srv.URL(), falkor: falkortest.Start(t), llm: kgload.StartLLM(t, latency)}
+	return newKGRunIn(t, latency, "one-redis")
+}
+
+func newKGRunIn(t *testing.T, latency time.Duration, layout string) *kgRun {
+	reds := startRedises(t, layout)
+	r := &kgRun{t: t, rdb: reds.bot.Client(t), reds: reds, url: reds.bot.URL(), falkor: falkortest.Start(t), llm: kgload.StartLLM(t, latency)}
+	r.qdb = r.rdb
+	if reds.apart {
+		r.qdb = reds.queue.Client(t)
+	}
 	r.g = graph.New(r.falkor.Client(t), "kg")
 	r.msgs = kgload.Seed(t, r.rdb, kgChannels, 0, kgPerChannel, kgBase)
 	return r
 }
 
 func (r *kgRun) start(n int, extra map[string]string) {
-	env := kgload.Env(r.url, r.falkor.URL(), r.llm.BaseURL(), extra)
+	env := kgload.Env(r.url, r.falkor.URL(), r.llm.BaseURL(), r.reds.env(extra))
 	for range n {
 		r.workers = append(r.workers, kgload.StartWorker(r.t, binary, env))
 	}
@@ -63,10 +73,10 @@ func (r *kgRun) start(n int, extra map[string]string) {
 // plan enqueues a planner run and waits until every channel has settled.
 func (r *kgRun) plan(timeout time.Duration) {
 	ctx := context.Background()
-	if err := kgload.Plan(ctx, r.rdb); err != nil {
+	if err := kgload.Plan(ctx, r.qdb); err != nil {
 		r.t.Fatal(err)
 	}
-	if err := kgload.WaitSettled(ctx, r.rdb, r.msgs, timeout); err != nil {
+	if err := kgload.WaitSettled(ctx, r.qdb, r.msgs, timeout); err != nil {
 		r.t.Fatalf("%v\n%s", err, r.workers[len(r.workers)-1].Logs())
 	}
 }
@@ -74,8 +84,8 @@ func (r *kgRun) plan(timeout time.Duration) {
 // checkExactlyOnce checks the ledger: every message extracted, none held.
 func (r *kgRun) checkExactlyOnce() {
 	ctx := context.Background()
-	done, _ := r.rdb.ZCard(ctx, extract.DoneKey).Result()
-	claims, _ := r.rdb.HLen(ctx, extract.ClaimsKey).Result()
+	done, _ := r.qdb.ZCard(ctx, extract.DoneKey).Result()
+	claims, _ := r.qdb.HLen(ctx, extract.ClaimsKey).Result()
 	if int(done) != kgload.Count(r.msgs) || claims != 0 {
 		r.t.Fatalf("ledger: %d extracted of %d, %d claims left", done, kgload.Count(r.msgs), claims)
 	}
@@ -123,9 +133,19 @@ func reference(t *testing.T) string {
 
 // Three workers clear the backlog, each message extracted exactly once: the
 // graph is the one a single worker makes.
+//
+// In the queue-redis layout the messages are on the bot's Redis and the
+// queue, plans, cursors (sg:ka:cursor:*, the one sg: family of the job
+// system's) and ledger on the other.
 func TestThreeWorkersExtractEveryMessageExactlyOnce(t *testing.T) {
+	for _, layout := range layouts {
+		t.Run(layout, func(t *testing.T) { threeWorkersExtract(t, layout) })
+	}
+}
+
+func threeWorkersExtract(t *testing.T, layout string) {
 	want := reference(t)
-	r := newKGRun(t, 200*time.Millisecond)
+	r := newKGRunIn(t, 200*time.Millisecond, layout)
 	r.start(3, nil)
 	r.plan(3 * time.Minute)
 	r.checkExactlyOnce()
@@ -142,6 +162,7 @@ func TestThreeWorkersExtractEveryMessageExactlyOnce(t *testing.T) {
 	if ran < 2 || r.llm.Peak() <= 10 {
 		t.Fatalf("%d workers ran units, at most %d calls at once: the work did not spread", ran, r.llm.Peak())
 	}
+	r.reds.checkApart(t)
 }
 
 // A worker SIGKILLed in the middle of its units loses nothing and

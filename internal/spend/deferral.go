@@ -127,8 +127,12 @@ func (l *Ledger) Defer(ctx context.Context, d Deferral, parked Parked) (bool, er
 func (l *Ledger) check(ctx context.Context, task string) ([]any, error) {
 	day := Day(l.o.Now())
 	switchOff := "0"
-	if l.o.SwitchOff {
-		switchOff = "1"
+	sw, apart, err := l.switchKey(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	if l.o.SwitchOff || SwitchOffValue(apart) {
+		switchOff = "1" // held while off, whichever Redis says so
 	}
 	args := []any{day, switchOff, parkedPrefix, task}
 	scopes := make([]string, 0, len(l.o.Budgets))
@@ -139,7 +143,7 @@ func (l *Ledger) check(ctx context.Context, task string) ([]any, error) {
 	for _, s := range scopes {
 		args = append(args, s, l.o.Budgets[s].arg())
 	}
-	return checkScript.Run(ctx, l.rdb, []string{DeferredKey, OverridesKey, l.o.SwitchKey, DayKey(day)}, args...).Slice()
+	return checkScript.Run(ctx, l.rdb, []string{DeferredKey, OverridesKey, sw, DayKey(day)}, args...).Slice()
 }
 
 // entry decodes one of the check script's entries.

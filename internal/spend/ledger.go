@@ -5,6 +5,7 @@ import (
 	crand "crypto/rand"
 	_ "embed"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -28,6 +29,12 @@ type Options struct {
 	// the switch is a budget of 0.
 	SwitchKey string
 	SwitchOff bool
+	// Switch is the Redis holding SwitchKey when it is not the ledger's
+	// (QUEUE_REDIS_URL: the switch is the bot's key, the ledger the job
+	// system's). Nil: the ledger's own Redis, read inside each script.
+	// Apart, the switch is read just before the script, so a toggle can
+	// miss a call that starts within that read's round trip.
+	Switch redis.UniversalClient
 	// Now is the clock of the budget windows (default time.Now).
 	Now func() time.Time
 	// Logger reports settlements that did not reach Redis.
@@ -54,7 +61,41 @@ func New(rdb redis.UniversalClient, o Options) *Ledger {
 	if o.SwitchKey == "" {
 		o.SwitchKey = KeyPrefix + "no-switch"
 	}
+	if o.Switch == rdb {
+		o.Switch = nil
+	}
 	return &Ledger{rdb: rdb, o: o}
+}
+
+// noSwitchKey is a key the scripts read as the switch when the switch
+// lives on another Redis: never set, so never off.
+const noSwitchKey = KeyPrefix + "no-switch"
+
+// switchKey is the switch key the scripts read and, when the switch lives
+// on another Redis (Options.Switch), its value read from there now ("" when
+// unset). Read only when it matters: off for good needs no read.
+func (l *Ledger) switchKey(ctx context.Context, applies bool) (key, apart string, err error) {
+	if l.o.Switch == nil {
+		return l.o.SwitchKey, "", nil
+	}
+	if !applies || l.o.SwitchOff {
+		return noSwitchKey, "", nil
+	}
+	v, err := l.o.Switch.Get(ctx, l.o.SwitchKey).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return "", "", fmt.Errorf("llm spend: reading the kill switch %s: %w", l.o.SwitchKey, err)
+	}
+	return noSwitchKey, v, nil
+}
+
+// SwitchOffValue reports whether v, the kill switch's value, turns it off
+// (the scripts' off()).
+func SwitchOffValue(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "off", "false", "0", "no", "disabled":
+		return true
+	}
+	return false
 }
 
 // Now is the ledger's clock.
@@ -146,7 +187,14 @@ func (l *Ledger) runReserve(ctx context.Context, r *Reservation, lease time.Dura
 	if b, ok := l.o.Budgets[Cluster]; ok {
 		clusterLim = b.arg()
 	}
-	res, err := reserveScript.Run(ctx, l.rdb, []string{DayKey(r.day), InflightKey, OverridesKey, l.o.SwitchKey},
+	sw, apart, err := l.switchKey(ctx, c.Chat)
+	if err != nil {
+		return err
+	}
+	if SwitchOffValue(apart) {
+		return &Refusal{Task: c.Task, Reason: ReasonKillSwitch, Switch: apart}
+	}
+	res, err := reserveScript.Run(ctx, l.rdb, []string{DayKey(r.day), InflightKey, OverridesKey, sw},
 		r.member, c.Task, c.Tokens, c.USDNano, taskLim, clusterLim, lease.Milliseconds(),
 		flag(c.Chat), flag(l.o.SwitchOff), dayPrefix, ttlSeconds).Slice()
 	if err != nil {

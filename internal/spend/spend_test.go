@@ -171,30 +171,51 @@ func TestTheClusterBudgetHoldsEveryTaskTogether(t *testing.T) {
 	}
 }
 
+// The kill switch is the bot's key: with QUEUE_REDIS_URL it lives on
+// another Redis than the ledger, and holds calls the same.
 func TestTheKillSwitchIsABudgetOfZero(t *testing.T) {
-	rdb := redistest.Start(t).Client(t)
-	ctx := context.Background()
-	l := spend.New(rdb, spend.Options{SwitchKey: killswitch.DefaultKey})
-	fake := &fakeChat{u: llm.Usage{PromptTokens: 1, CompletionTokens: 1}, content: "ok"}
-	m := meter.Chat(l, fake, time.Minute)
-	req := llm.Request{Model: model, Messages: []llm.Message{{Role: "user", Content: "hi"}}}
-	rdb.Set(ctx, killswitch.DefaultKey, " OFF ", 0)
-	_, err := m.Chat(spend.WithTask(ctx, "limbic_dedup_task"), req)
-	r, ok := spend.AsRefusal(err)
-	if !ok || r.Reason != spend.ReasonKillSwitch || fake.calls.Load() != 0 {
-		t.Fatalf("switch off: %v (%+v), %d calls", err, r, fake.calls.Load())
-	}
-	// Embeddings are not chat: the switch does not hold them.
-	if _, _, err := meter.Embedder(l, embedFunc(func() {}), time.Minute).Embed(ctx, "emb", []string{"x"}); err != nil {
-		t.Fatalf("embeddings with the switch off: %v", err)
-	}
-	rdb.Set(ctx, killswitch.DefaultKey, "on", 0)
-	if _, err := m.Chat(ctx, req); err != nil {
-		t.Fatalf("switch on: %v", err)
-	}
-	off := meter.Chat(spend.New(rdb, spend.Options{SwitchKey: killswitch.DefaultKey, SwitchOff: true}), fake, time.Minute)
-	if _, err := off.Chat(ctx, req); !errors.Is(err, llm.ErrRefused) {
-		t.Fatalf("switched off by the startup setting: %v", err)
+	for _, layout := range []string{"one-redis", "queue-redis"} {
+		t.Run(layout, func(t *testing.T) {
+			rdb := redistest.Start(t).Client(t)
+			bot := rdb
+			o := spend.Options{SwitchKey: killswitch.DefaultKey}
+			if layout == "queue-redis" {
+				bot = redistest.Start(t).Client(t)
+				o.Switch = bot
+			}
+			ctx := context.Background()
+			l := spend.New(rdb, o)
+			fake := &fakeChat{u: llm.Usage{PromptTokens: 1, CompletionTokens: 1}, content: "ok"}
+			m := meter.Chat(l, fake, time.Minute)
+			req := llm.Request{Model: model, Messages: []llm.Message{{Role: "user", Content: "hi"}}}
+			bot.Set(ctx, killswitch.DefaultKey, " OFF ", 0)
+			_, err := m.Chat(spend.WithTask(ctx, "limbic_dedup_task"), req)
+			r, ok := spend.AsRefusal(err)
+			if !ok || r.Reason != spend.ReasonKillSwitch || r.Switch != " OFF " || fake.calls.Load() != 0 {
+				t.Fatalf("switch off: %v (%+v), %d calls", err, r, fake.calls.Load())
+			}
+			// Embeddings are not chat: the switch does not hold them.
+			if _, _, err := meter.Embedder(l, embedFunc(func() {}), time.Minute).Embed(ctx, "emb", []string{"x"}); err != nil {
+				t.Fatalf("embeddings with the switch off: %v", err)
+			}
+			bot.Set(ctx, killswitch.DefaultKey, "on", 0)
+			if _, err := m.Chat(ctx, req); err != nil {
+				t.Fatalf("switch on: %v", err)
+			}
+			o.SwitchOff = true
+			off := meter.Chat(spend.New(rdb, o), fake, time.Minute)
+			if _, err := off.Chat(ctx, req); !errors.Is(err, llm.ErrRefused) {
+				t.Fatalf("switched off by the startup setting: %v", err)
+			}
+			if layout == "queue-redis" {
+				if n, _ := rdb.Exists(ctx, killswitch.DefaultKey).Result(); n != 0 {
+					t.Fatal("the switch key is on the ledger's Redis")
+				}
+				if keys, _ := bot.Keys(ctx, "sgjobs:*").Result(); len(keys) != 0 {
+					t.Fatalf("ledger keys on the bot's Redis: %v", keys)
+				}
+			}
+		})
 	}
 }
 
@@ -316,5 +337,35 @@ func TestAnOrphanedReservationIsReleasedAtItsLeaseEnd(t *testing.T) {
 	}
 	if charged, err := l.Settle(ctx, orphan, spend.Charge{Purpose: "chat", Prompt: 500, Completion: 500, Answered: true}); err != nil || charged {
 		t.Fatalf("late settlement charged %v (%v)", charged, err)
+	}
+}
+
+// A kill-switch deferral holds while the switch is off and lifts when it
+// is back on, whichever Redis holds the switch.
+func TestAKillSwitchDeferralFollowsTheSwitchOnEitherRedis(t *testing.T) {
+	for _, layout := range []string{"one-redis", "queue-redis"} {
+		t.Run(layout, func(t *testing.T) {
+			rdb := redistest.Start(t).Client(t)
+			bot := rdb
+			o := spend.Options{SwitchKey: killswitch.DefaultKey}
+			if layout == "queue-redis" {
+				bot = redistest.Start(t).Client(t)
+				o.Switch = bot
+			}
+			ctx := context.Background()
+			l := spend.New(rdb, o)
+			const task = "channel_heartbeat_channel"
+			bot.Set(ctx, killswitch.DefaultKey, "off", 0)
+			if _, err := l.Defer(ctx, spend.Deferral{Task: task, Reason: spend.ReasonKillSwitch}, spend.Parked{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, held, err := l.Held(ctx, task); err != nil || !held {
+				t.Fatalf("switch off: held %v, %v; want held", held, err)
+			}
+			bot.Set(ctx, killswitch.DefaultKey, "on", 0)
+			if _, held, err := l.Held(ctx, task); err != nil || held {
+				t.Fatalf("switch on: held %v, %v; want lifted", held, err)
+			}
+		})
 	}
 }

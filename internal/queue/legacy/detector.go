@@ -48,7 +48,11 @@ type Schedule struct {
 // Go side does not schedule (yet) are recorded only, for the hand-over
 // point.
 type Detector struct {
-	Redis   redis.UniversalClient
+	// Redis is the bot's Redis, whose Channel it subscribes to.
+	Redis redis.UniversalClient
+	// State is the Redis of its records (sgjobs:legacy:*, the cut-over
+	// window): the job system's (QUEUE_REDIS_URL). Nil: Redis.
+	State   redis.UniversalClient
 	Channel string
 	Logger  *slog.Logger
 	Metrics *Metrics
@@ -59,6 +63,14 @@ type Detector struct {
 	Window time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+}
+
+// state is the Redis of the detector's records.
+func (d *Detector) state() redis.UniversalClient {
+	if d.State != nil {
+		return d.State
+	}
+	return d.Redis
 }
 
 // event is the part of a debug event the detector reads.
@@ -185,14 +197,14 @@ func (d *Detector) Handle(ctx context.Context, raw []byte) bool {
 	sched, scheduled := d.Schedules[task]
 	var until time.Time
 	if scheduled && sched.Queued && d.Window > 0 {
-		start, err := WindowStart(ctx, d.Redis)
+		start, err := WindowStart(ctx, d.state())
 		if err != nil {
 			d.Logger.Warn("cut-over window unknown; the Python run is reported, the Go task does not stand down", "task", task, "error", err)
 		} else if start.IsZero() || now.Before(start.Add(d.Window)) {
 			until = end.Add(sched.Interval + sched.Interval/2)
 		}
 	}
-	counted, err := record(ctx, d.Redis, r, now, scheduled, until)
+	counted, err := record(ctx, d.state(), r, now, scheduled, until)
 	if err != nil {
 		d.Logger.Warn("Python run not recorded: "+err.Error(), "task", task)
 		return false

@@ -49,10 +49,18 @@ func (f Fragment) Key() string { return FragmentKeyPrefix + f.ID }
 // Store is the fragment store in one Redis.
 type Store struct {
 	rdb redis.UniversalClient
+	// cursors holds the readers' cursors: the job system's Redis, which
+	// with QUEUE_REDIS_URL is not the fragments' (the bot's).
+	cursors redis.UniversalClient
 }
 
-// New returns the store on rdb.
-func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
+// New returns the store on rdb, its cursors there too.
+func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb, cursors: rdb} }
+
+// WithCursors returns the store with its cursors on cursors.
+func (s *Store) WithCursors(cursors redis.UniversalClient) *Store {
+	return &Store{rdb: s.rdb, cursors: cursors}
+}
 
 // Len is the number of fragments in the corpus.
 func (s *Store) Len(ctx context.Context) (int64, error) {
@@ -127,7 +135,7 @@ return redis.call('RPUSH', KEYS[1], ARGV[1]) - 1
 
 // Cursor reads an index cursor stored at key (0 when none).
 func (s *Store) Cursor(ctx context.Context, key string) (int64, error) {
-	v, err := s.rdb.Get(ctx, key).Int64()
+	v, err := s.cursors.Get(ctx, key).Int64()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
 	}
@@ -148,7 +156,7 @@ return 1
 // meanwhile (compare-and-set), and reports whether it did: of two runs that
 // read the same cursor, the slower cannot move it back.
 func (s *Store) MoveCursor(ctx context.Context, key string, from, to int64) (bool, error) {
-	n, err := moveScript.Run(ctx, s.rdb, []string{key}, from, to).Int()
+	n, err := moveScript.Run(ctx, s.cursors, []string{key}, from, to).Int()
 	if err != nil {
 		return false, fmt.Errorf("ragstore: moving cursor %s: %w", key, err)
 	}
@@ -175,6 +183,9 @@ return {tostring(n), 1}
 // taking over from another (the Python side, after a cut-over) starts with
 // what is appended from now on instead of the whole corpus.
 func (s *Store) StartAtEnd(ctx context.Context, key string) (int64, bool, error) {
+	if s.cursors != s.rdb {
+		return s.startApart(ctx, key)
+	}
 	res, err := startScript.Run(ctx, s.rdb, []string{key, FragmentsKey}).Slice()
 	if err != nil {
 		return 0, false, fmt.Errorf("ragstore: starting cursor %s at the end: %w", key, err)
@@ -188,4 +199,24 @@ func (s *Store) StartAtEnd(ctx context.Context, key string) (int64, bool, error)
 	}
 	started, _ := res[1].(int64)
 	return v, started == 1, nil
+}
+
+// startApart is StartAtEnd with the cursor on another Redis than the
+// fragments: the end is read first, then set unless a cursor exists. The
+// cursor is still set once; a fragment appended between the two is
+// digested, as one appended just after the script would be.
+func (s *Store) startApart(ctx context.Context, key string) (int64, bool, error) {
+	n, err := s.rdb.LLen(ctx, FragmentsKey).Result()
+	if err != nil {
+		return 0, false, fmt.Errorf("ragstore: starting cursor %s at the end: %w", key, err)
+	}
+	set, err := s.cursors.SetNX(ctx, key, n, 0).Result()
+	if err != nil {
+		return 0, false, fmt.Errorf("ragstore: starting cursor %s at the end: %w", key, err)
+	}
+	if set {
+		return n, true, nil
+	}
+	v, err := s.Cursor(ctx, key)
+	return v, false, err
 }

@@ -65,3 +65,45 @@ func TestMoveCursorIsACompareAndSet(t *testing.T) {
 		}
 	}
 }
+
+// With QUEUE_REDIS_URL the cursors live on the job system's Redis, the
+// fragments on the bot's: starting and moving a cursor works the same.
+func TestACursorStartsAtTheEndOnceInEitherLayout(t *testing.T) {
+	for _, layout := range []string{"one-redis", "queue-redis"} {
+		t.Run(layout, func(t *testing.T) {
+			ctx := context.Background()
+			bot := redistest.Start(t).Client(t)
+			jobs := bot
+			if layout == "queue-redis" {
+				jobs = redistest.Start(t).Client(t)
+			}
+			s := ragstore.New(bot).WithCursors(jobs)
+			for _, id := range []string{"a", "b"} {
+				if _, err := s.Append(ctx, ragstore.Fragment{ID: id, Text: id}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const key = "sgjobs:anamnesis:cursor"
+			if c, started, err := s.StartAtEnd(ctx, key); err != nil || c != 2 || !started {
+				t.Fatalf("first start: %d, %v, %v", c, started, err)
+			}
+			if _, err := s.Append(ctx, ragstore.Fragment{ID: "c", Text: "c"}); err != nil {
+				t.Fatal(err)
+			}
+			if c, started, err := s.StartAtEnd(ctx, key); err != nil || c != 2 || started {
+				t.Fatalf("second start: %d, %v, %v (the cursor must stay)", c, started, err)
+			}
+			if moved, err := s.MoveCursor(ctx, key, 2, 3); err != nil || !moved {
+				t.Fatalf("move: %v, %v", moved, err)
+			}
+			if n, _ := jobs.Exists(ctx, key).Result(); n != 1 {
+				t.Fatal("the cursor is not on the job system's Redis")
+			}
+			if layout == "queue-redis" {
+				if n, _ := bot.Exists(ctx, key).Result(); n != 0 {
+					t.Fatal("the cursor is on the bot's Redis")
+				}
+			}
+		})
+	}
+}
