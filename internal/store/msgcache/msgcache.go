@@ -24,9 +24,12 @@ const (
 	KindAssistantOut = "assistant_out"
 )
 
+// ActiveKey is the sorted set of channels by their newest message (ms).
+const ActiveKey = "sg:channels:active"
+
 // Keys of the message cache.
 const (
-	activeKey     = "sg:channels:active"
+	activeKey     = ActiveKey
 	msgsPrefix    = "sg:msgs:"
 	msgPrefix     = "sg:msg:"
 	channelPrefix = "sg:channel:"
