@@ -20,6 +20,7 @@ import (
 	"github.com/stargazer/stargazer-jobs/internal/kg/extract/extracttest"
 	"github.com/stargazer/stargazer-jobs/internal/kg/graph"
 	"github.com/stargazer/stargazer-jobs/internal/spend"
+	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/falkortest"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/kgload"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
@@ -264,6 +265,19 @@ func BenchmarkPlannerAt1M(b *testing.B) {
 		b.ReportMetric(gen.Took.Seconds(), "generate_s")
 		b.ReportMetric(float64(cacheMem)/(1<<20), "cache_MiB")
 
+		// Channel discovery alone (SCAN over the whole key space), which
+		// every pass of both planners starts with.
+		before := commandStats(b, probe)
+		start := time.Now()
+		found, err := msgcache.New(rdb).DiscoverChannels(ctx)
+		if err != nil || len(found) != scaleChannels {
+			b.Fatalf("discovered %d channels: %v", len(found), err)
+		}
+		discover := time.Since(start)
+		scans := commandStats(b, probe)["scan"] - before["scan"]
+		fmt.Printf("channel discovery: %d channels in %s, %d SCAN calls\n", len(found), discover.Round(time.Millisecond), scans)
+		b.ReportMetric(discover.Seconds(), "discover_s")
+
 		var passes []passFigures
 		memTable := func(title string, per int64) {
 			bytes, n := familyMemory(b, probe)
@@ -283,7 +297,7 @@ func BenchmarkPlannerAt1M(b *testing.B) {
 		passes = append(passes, measurePass(b, ctx, d, probe, jobs.LimbicAnchoringWorker, "anchoring, bound reached"))
 
 		// The first pass's units, extracted with the LLM faked.
-		start := time.Now()
+		start = time.Now()
 		ran := runUnits(b, ctx, d, insp)
 		took := time.Since(start)
 		calls := len(llmFake.Calls())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -153,6 +154,7 @@ func BenchmarkKGMaintenance1M(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				loadBefore := loadAvg()
 				b.StartTimer()
 				p := startPinger(probe, 5*time.Millisecond)
 				rd = startReader(readConn, name, s.Nodes-s.Orphans, 2*time.Millisecond)
@@ -182,8 +184,8 @@ func BenchmarkKGMaintenance1M(b *testing.B) {
 				b.ReportMetric(ms(during.p99), "decay_read_p99_ms")
 				b.ReportMetric(ms(during.max), "decay_read_max_ms")
 				b.ReportMetric(ms(pmax), "decay_ping_max_ms")
-				b.Logf("decay batch=%d: %s for %+v; reader %s; PING max %s; slowest write %s",
-					batch, decayTime.Round(time.Millisecond), st, during, pmax, timed.slowest)
+				b.Logf("decay batch=%d: %s for %+v; reader %s; PING max %s; slowest write %s; load %s→%s",
+					batch, decayTime.Round(time.Millisecond), st, during, pmax, timed.slowest, loadBefore, loadAvg())
 
 				// Orphan GC as limbic_maintenance runs it.
 				timed.slowest = 0
@@ -219,4 +221,14 @@ func BenchmarkKGMaintenance1M(b *testing.B) {
 			}
 		})
 	}
+}
+
+// loadAvg is the machine's load average over the last minute, for the log:
+// the reader's worst latencies on a shared machine follow it.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }

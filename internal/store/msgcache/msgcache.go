@@ -116,13 +116,20 @@ func (s *Store) ActiveChannels(ctx context.Context, limit int) ([]Channel, error
 	return out, nil
 }
 
+// discoverScanCount is the COUNT of DiscoverChannels' SCAN: the scan visits
+// every key of the cache (a million messages are a million keys for a few
+// thousand channels), so it is a round trip per this many keys. 5,000 keeps
+// each call well under a millisecond of server time and a million keys to
+// 200 round trips (docs/performance.md, "Data at scale").
+const discoverScanCount = 5000
+
 // DiscoverChannels returns every channel with a message set, found by
 // scanning the key space (no static list: channels appear as the bot
 // caches their first message).
 func (s *Store) DiscoverChannels(ctx context.Context) ([]Channel, error) {
 	var out []Channel
 	seen := map[string]bool{}
-	iter := s.rdb.Scan(ctx, 0, msgsPrefix+"*", 500).Iterator()
+	iter := s.rdb.Scan(ctx, 0, msgsPrefix+"*", discoverScanCount).Iterator()
 	for iter.Next(ctx) {
 		k := strings.TrimPrefix(iter.Val(), msgsPrefix)
 		if seen[k] {
