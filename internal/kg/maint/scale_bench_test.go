@@ -149,6 +149,7 @@ func BenchmarkKGMaintenance1M(b *testing.B) {
 				// Decay as kg_decay_task runs it.
 				locked := writelock.Wrap(g, rdb, 0)
 				timed := &execTimes{Graph: locked}
+				every := &writeTimes{Graph: timed}
 				runs := maint.NewRunLog(rdb)
 				run, err := runs.Begin(ctx, fmt.Sprintf("kg_decay_task@%d", i+1), 1, time.Now())
 				if err != nil {
@@ -159,7 +160,7 @@ func BenchmarkKGMaintenance1M(b *testing.B) {
 				p := startPinger(probe, 5*time.Millisecond)
 				rd = startReader(readConn, name, s.Nodes-s.Orphans, 2*time.Millisecond)
 				start := time.Now()
-				st, err := maint.Decay(ctx, timed, maint.DecayOptions{Run: run.Stamp, From: run.Next, BatchSize: batch,
+				st, err := maint.Decay(ctx, every, maint.DecayOptions{Run: run.Stamp, From: run.Next, BatchSize: batch,
 					MinWeight: maint.DefaultMinWeight,
 					Progress:  func(ctx context.Context, next int64) error { return runs.Advance(ctx, run, next) }})
 				decayTime := time.Since(start)
@@ -184,8 +185,8 @@ func BenchmarkKGMaintenance1M(b *testing.B) {
 				b.ReportMetric(ms(during.p99), "decay_read_p99_ms")
 				b.ReportMetric(ms(during.max), "decay_read_max_ms")
 				b.ReportMetric(ms(pmax), "decay_ping_max_ms")
-				b.Logf("decay batch=%d: %s for %+v; reader %s; PING max %s; slowest write %s; load %s→%s",
-					batch, decayTime.Round(time.Millisecond), st, during, pmax, timed.slowest, loadBefore, loadAvg())
+				b.Logf("decay batch=%d: %s for %+v; reader %s; PING max %s; slowest write %s; load %s→%s; writes %s",
+					batch, decayTime.Round(time.Millisecond), st, during, pmax, timed.slowest, loadBefore, loadAvg(), every)
 
 				// Orphan GC as limbic_maintenance runs it.
 				timed.slowest = 0
@@ -231,4 +232,44 @@ func loadAvg() string {
 		return f[0]
 	}
 	return "?"
+}
+
+// writeTimes keeps the server-side execution time of every write, to tell
+// a batch's own cost from the occasional slow one.
+type writeTimes struct {
+	maint.Graph
+	took []time.Duration
+}
+
+func (w *writeTimes) Query(ctx context.Context, cypher string, params map[string]any, opts ...graph.Option) (*graph.Result, error) {
+	res, err := w.Graph.Query(ctx, cypher, params, opts...)
+	if err == nil {
+		w.took = append(w.took, res.Stats.ExecutionTime)
+	}
+	return res, err
+}
+
+// String gives the median write, how many took over 20 ms, and the five
+// slowest with their place in the run.
+func (w *writeTimes) String() string {
+	if len(w.took) == 0 {
+		return "none"
+	}
+	idx := make([]int, len(w.took))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return int(w.took[b] - w.took[a]) })
+	sorted := slices.Sorted(slices.Values(w.took))
+	over := 0
+	for _, d := range w.took {
+		if d > 20*time.Millisecond {
+			over++
+		}
+	}
+	var top []string
+	for _, i := range idx[:min(5, len(idx))] {
+		top = append(top, fmt.Sprintf("#%d %s", i, w.took[i].Round(100*time.Microsecond)))
+	}
+	return fmt.Sprintf("median %s, %d over 20 ms, slowest %s", sorted[len(sorted)/2].Round(10*time.Microsecond), over, strings.Join(top, ", "))
 }
