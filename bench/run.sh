@@ -15,3 +15,8 @@ go test -run '^$' -bench 'SpendCallPath' -benchtime 5000x -count 3 ./bench/
 go test -run '^$' -bench 'ExtractionScaleOut' -benchtime 1x -timeout 90m ./bench/
 # Knowledge-graph maintenance on a 200k-edge graph (needs the FalkorDB module: ./scripts/test.sh installs it).
 go test -run '^$' -bench 'KGMaintenance200k|KGDecay200kUnbatched' -benchtime 1x -count 3 -timeout 30m ./internal/kg/maint/
+# Data at scale: the extraction planners over 1,000,000 cached messages in 2,000 channels (about 3 minutes),
+# and decay and orphan GC of a 1,000,000-edge graph with a concurrent reader (about a minute per batch size
+# and run). Both need the FalkorDB module.
+go test -run '^$' -bench 'PlannerAt1M' -benchtime 1x -timeout 60m ./handlers/
+go test -run '^$' -bench 'KGMaintenance1M' -benchtime 1x -count 3 -timeout 60m ./internal/kg/maint/

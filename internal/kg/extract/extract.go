@@ -197,7 +197,7 @@ type Config struct {
 type Engine struct {
 	cfg    Config
 	ledger ledger
-	swept  atomic.Bool // old marks were swept (once per engine)
+	swept  atomic.Bool // old marks and stale claims were swept (once per engine)
 }
 
 // New returns an engine, filling in defaults.
@@ -280,6 +280,9 @@ func (e *Engine) Extract(ctx context.Context, frags []Fragment) (Result, error) 
 	}
 	if !e.swept.Load() {
 		if err := e.sweep(ctx, now); err != nil {
+			return res, err
+		}
+		if _, err := e.ledger.sweepClaims(ctx, now, e.cfg.RecoveryWindow); err != nil {
 			return res, err
 		}
 		e.swept.Store(true)

@@ -313,3 +313,86 @@ func boolArg(b bool) string {
 	}
 	return "0"
 }
+
+// Bounds of one claims sweep: HSCAN pages and entries per page.
+const (
+	sweepPages     = 10
+	sweepPageCount = 500
+)
+
+// dropClaimScript deletes claims that still hold the value the sweep read
+// (compare and delete: a claim taken or answered since is left alone).
+var dropClaimScript = redis.NewScript(`
+-- KEYS[1] claims; ARGV pairs of id, value
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+`)
+
+// sweepClaims deletes the claims of fragments that nobody will ask about
+// again, so the claims hash stays the size of the batches in flight. A
+// claim is normally removed by its batch's commit or release, or resolved
+// by the next extraction touching one of its fragments; one whose batch
+// died and whose fragments are never asked again (the message left the
+// cache, a cursor was moved past it) would stay for ever. Dropped here,
+// exactly as the engine would drop it on the next touch:
+//
+//   - a claim not answered whose lease ended more than stale ago (an
+//     expired claim is free to take anyway: its batch can no longer store
+//     an answer, since store needs every claim still held);
+//   - an answered claim whose lease ended and whose stored answer is gone
+//     (the recovery window passed): recoverExpired drops those too.
+//
+// It reads at most sweepPages pages of the hash; the next sweep goes on
+// from the start, so a backlog of old claims shrinks over a few runs.
+func (l ledger) sweepClaims(ctx context.Context, now time.Time, stale time.Duration) (int, error) {
+	var drop []any
+	gone := map[string]bool{} // batch -> its stored answer is gone
+	var cursor uint64
+	for range sweepPages {
+		kv, next, err := l.rdb.HScan(ctx, ClaimsKey, cursor, "*", sweepPageCount).Result()
+		if err != nil {
+			return 0, fmt.Errorf("extract: scanning claims: %w", err)
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			c, ok := parseClaim(kv[i+1])
+			switch {
+			case !ok || c.expires > now.UnixMilli():
+				continue // malformed ones are the claim script's to overwrite
+			case !c.answered:
+				if c.expires < now.Add(-stale).UnixMilli() {
+					drop = append(drop, kv[i], kv[i+1])
+				}
+			default:
+				g, seen := gone[c.batch]
+				if !seen {
+					n, err := l.rdb.Exists(ctx, BatchKeyPrefix+c.batch).Result()
+					if err != nil {
+						return 0, fmt.Errorf("extract: checking batch %s: %w", c.batch, err)
+					}
+					g = n == 0
+					gone[c.batch] = g
+				}
+				if g {
+					drop = append(drop, kv[i], kv[i+1])
+				}
+			}
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	if len(drop) == 0 {
+		return 0, nil
+	}
+	n, err := dropClaimScript.Run(ctx, l.rdb, []string{ClaimsKey}, drop...).Int()
+	if err != nil {
+		return 0, fmt.Errorf("extract: dropping stale claims: %w", err)
+	}
+	return n, nil
+}
