@@ -35,23 +35,38 @@ import (
 // it is left to asynq's recoverer, which counts a retry each time and
 // finally archives it.
 
-// recoverScript requeues the lease-expired tasks of one queue.
+// recoverScript requeues the lease-expired tasks of every queue in one
+// round trip. An idle pod used to pay one script per queue every interval
+// (a ZRANGEBYSCORE each); with many pods, every pod scanning every queue
+// every interval is most of a fleet's idle Redis load, so a pod first
+// takes the fleet's turn (SET NX PX on KEYS[1]) and scans only if it got
+// it: some pod scans each interval, whichever comes first.
 //
-// KEYS[1] asynq:{q}:lease  KEYS[2] asynq:{q}:active  KEYS[3] asynq:{q}:pending
-// ARGV[1] cutoff (unix seconds)  ARGV[2] task key prefix asynq:{q}:t:
+// KEYS[1] the turn key ('' in ARGV[1] means no turn: scan)
+// KEYS[2+3i..4+3i] asynq:{q}:lease, asynq:{q}:active, asynq:{q}:pending
+// ARGV[1] turn length ms ('0': always scan)  ARGV[2] cutoff (unix seconds)
+// ARGV[3] max fast recoveries  ARGV[4] counter TTL s, then per queue
+// ARGV[5+2i] task key prefix asynq:{q}:t:, ARGV[6+2i] recovery counter prefix
 // (asynq dequeues from the right of pending, so RPUSH puts a task next.)
-// ARGV[3] recovery counter prefix  ARGV[4] max fast recoveries  ARGV[5] counter TTL s
 var recoverScript = redis.NewScript(`
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+if ARGV[1] ~= '0' and not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  return {}
+end
 local out = {}
-for _, id in ipairs(ids) do
-  local n = redis.call('INCR', ARGV[3] .. id)
-  redis.call('EXPIRE', ARGV[3] .. id, ARGV[5])
-  if n <= tonumber(ARGV[4]) and redis.call('LREM', KEYS[2], 0, id) > 0 then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('RPUSH', KEYS[3], id)
-    redis.call('HSET', ARGV[2] .. id, 'state', 'pending')
-    table.insert(out, id)
+local nq = (#KEYS - 1) / 3
+for i = 0, nq - 1 do
+  local lease, active, pending = KEYS[2+3*i], KEYS[3+3*i], KEYS[4+3*i]
+  local prefix, counter = ARGV[5+2*i], ARGV[6+2*i]
+  local ids = redis.call('ZRANGEBYSCORE', lease, '-inf', ARGV[2], 'LIMIT', 0, 100)
+  for _, id in ipairs(ids) do
+    local n = redis.call('INCR', counter .. id)
+    redis.call('EXPIRE', counter .. id, ARGV[4])
+    if n <= tonumber(ARGV[3]) and redis.call('LREM', active, 0, id) > 0 then
+      redis.call('ZREM', lease, id)
+      redis.call('RPUSH', pending, id)
+      redis.call('HSET', prefix .. id, 'state', 'pending')
+      table.insert(out, id)
+    end
   end
 end
 return out
@@ -65,22 +80,27 @@ const (
 	RecoverEvery      = 5 * time.Second
 	maxFastRecoveries = 3
 	recoveredPrefix   = "sgjobs:recovered:"
+	// recoverTurnKey is the fleet's scanning turn: the pod that sets it
+	// scans, the others skip until it expires.
+	recoverTurnKey = "sgjobs:recover:turn"
 )
 
 // recoverExpired requeues tasks of queues whose lease expired before
-// now-RecoverMargin and returns their IDs.
-func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []string, now time.Time) ([]string, error) {
+// now-RecoverMargin and returns their IDs. With turn > 0 it scans only if
+// no pod of the fleet has scanned within turn.
+func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []string, now time.Time, turn time.Duration) ([]string, error) {
 	cutoff := strconv.FormatInt(now.Add(-RecoverMargin).Unix(), 10)
-	var all []string
+	keys := []string{recoverTurnKey}
+	args := []any{turn.Milliseconds(), cutoff, maxFastRecoveries, 24 * 3600}
 	for _, q := range queues {
-		ids, err := recoverScript.Run(ctx, rdb, []string{leaseKey(q), activeKey(q), pendingKey(q)},
-			cutoff, taskKeyPrefix(q), recoveredPrefix+q+":", maxFastRecoveries, 24*3600).StringSlice()
-		if err != nil {
-			return all, fmt.Errorf("recovering queue %s: %w", q, err)
-		}
-		all = append(all, ids...)
+		keys = append(keys, leaseKey(q), activeKey(q), pendingKey(q))
+		args = append(args, taskKeyPrefix(q), recoveredPrefix+q+":")
 	}
-	return all, nil
+	ids, err := recoverScript.Run(ctx, rdb, keys, args...).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("recovering queues %v: %w", queues, err)
+	}
+	return ids, nil
 }
 
 // RunRecoverer recovers lease-expired tasks every interval until ctx ends.
@@ -95,7 +115,10 @@ func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClie
 			return
 		case <-t.C:
 		}
-		ids, err := recoverExpired(ctx, rdb, queues, time.Now())
+		// The turn is a little shorter than the interval, so the pod
+		// whose tick comes first after it lapses scans: some pod scans
+		// at least every interval, as when every pod scanned.
+		ids, err := recoverExpired(ctx, rdb, queues, time.Now(), interval*4/5)
 		if err != nil && ctx.Err() == nil {
 			log.Debug("lease recovery failed; retrying next interval", "error", err)
 		}
