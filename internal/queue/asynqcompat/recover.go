@@ -42,7 +42,7 @@ import (
 // takes the fleet's turn (SET NX PX on KEYS[1]) and scans only if it got
 // it: some pod scans each interval, whichever comes first.
 //
-// KEYS[1] the turn key ('' in ARGV[1] means no turn: scan)
+// KEYS[1] the turn key (” in ARGV[1] means no turn: scan)
 // KEYS[2+3i..4+3i] asynq:{q}:lease, asynq:{q}:active, asynq:{q}:pending
 // ARGV[1] turn length ms ('0': always scan)  ARGV[2] cutoff (unix seconds)
 // ARGV[3] max fast recoveries  ARGV[4] counter TTL s, then per queue
