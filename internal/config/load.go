@@ -116,6 +116,9 @@ func Load(getenv func(string) string, args []string, usage io.Writer) (Config, e
 	if c.MonitorViewUser != "" && c.MonitorViewUser == c.MonitorUser {
 		return c, &Error{Setting: "MONITOR_VIEW_USER", Reason: "must differ from MONITOR_USER"}
 	}
+	if c.TaskCheckInterval < 10*time.Millisecond || c.TaskCheckInterval > time.Minute {
+		return c, &Error{Setting: "TASK_CHECK_INTERVAL", Reason: fmt.Sprintf("%v is outside 10ms-1m", c.TaskCheckInterval)}
+	}
 	if err := c.checkCutover(); err != nil {
 		return c, err
 	}
