@@ -173,13 +173,20 @@ func runPods(b *testing.B, worker, bare string, n int, tci, window time.Duration
 				for k, v := range extra {
 					e[k] = v
 				}
-				p := workerproc.Start(b, worker, e, workerproc.Serves("/healthz"), 2*time.Minute)
+				p, err := workerproc.TryStart(b, worker, e, workerproc.Serves("/healthz"), 2*time.Minute)
+				if err != nil {
+					b.Error(err)
+					return
+				}
 				mu.Lock()
 				ps = append(ps, p)
 				mu.Unlock()
 			})
 		}
 		wg.Wait()
+		if b.Failed() {
+			b.FailNow()
+		}
 		return ps
 	}
 	pidsOf := func(ps []*workerproc.Proc) []int {
