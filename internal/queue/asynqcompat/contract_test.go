@@ -73,7 +73,7 @@ func TestContractRecoveryRequeuesATaskARealServerWasRunning(t *testing.T) {
 	// wait 30 s.
 	proxy.SetMode(faultproxy.Drop)
 	rdb.ZAdd(ctx, leaseKey("default"), redisZ(time.Now().Add(-time.Minute), "held"))
-	ids, err := recoverExpired(ctx, rdb, []string{"default"}, time.Now(), 0)
+	ids, err := recoverExpired(ctx, rdb, []string{"default"}, time.Now())
 	if err != nil || len(ids) != 1 || ids[0] != "held" {
 		t.Fatalf("recovered %v, %v; want [held]", ids, err)
 	}

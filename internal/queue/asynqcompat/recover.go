@@ -36,32 +36,25 @@ import (
 // finally archives it.
 
 // recoverScript requeues the lease-expired tasks of every queue in one
-// round trip. An idle pod used to pay one script per queue every interval
-// (a ZRANGEBYSCORE each); with many pods, every pod scanning every queue
-// every interval is most of a fleet's idle Redis load, so a pod first
-// takes the fleet's turn (SET NX PX on KEYS[1]) and scans only if it got
-// it: some pod scans each interval, whichever comes first.
+// round trip (an idle pod used to pay one script per queue every
+// interval).
 //
-// KEYS[1] the turn key (” in ARGV[1] means no turn: scan)
-// KEYS[2+3i..4+3i] asynq:{q}:lease, asynq:{q}:active, asynq:{q}:pending
-// ARGV[1] turn length ms ('0': always scan)  ARGV[2] cutoff (unix seconds)
-// ARGV[3] max fast recoveries  ARGV[4] counter TTL s, then per queue
-// ARGV[5+2i] task key prefix asynq:{q}:t:, ARGV[6+2i] recovery counter prefix
+// KEYS[1+3i..3+3i] asynq:{q}:lease, asynq:{q}:active, asynq:{q}:pending
+// ARGV[1] cutoff (unix seconds)  ARGV[2] max fast recoveries  ARGV[3]
+// counter TTL s, then per queue ARGV[4+2i] task key prefix asynq:{q}:t:,
+// ARGV[5+2i] recovery counter prefix
 // (asynq dequeues from the right of pending, so RPUSH puts a task next.)
 var recoverScript = redis.NewScript(`
-if ARGV[1] ~= '0' and not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-  return {}
-end
 local out = {}
-local nq = (#KEYS - 1) / 3
+local nq = #KEYS / 3
 for i = 0, nq - 1 do
-  local lease, active, pending = KEYS[2+3*i], KEYS[3+3*i], KEYS[4+3*i]
-  local prefix, counter = ARGV[5+2*i], ARGV[6+2*i]
-  local ids = redis.call('ZRANGEBYSCORE', lease, '-inf', ARGV[2], 'LIMIT', 0, 100)
+  local lease, active, pending = KEYS[1+3*i], KEYS[2+3*i], KEYS[3+3*i]
+  local prefix, counter = ARGV[4+2*i], ARGV[5+2*i]
+  local ids = redis.call('ZRANGEBYSCORE', lease, '-inf', ARGV[1], 'LIMIT', 0, 100)
   for _, id in ipairs(ids) do
     local n = redis.call('INCR', counter .. id)
-    redis.call('EXPIRE', counter .. id, ARGV[4])
-    if n <= tonumber(ARGV[3]) and redis.call('LREM', active, 0, id) > 0 then
+    redis.call('EXPIRE', counter .. id, ARGV[3])
+    if n <= tonumber(ARGV[2]) and redis.call('LREM', active, 0, id) > 0 then
       redis.call('ZREM', lease, id)
       redis.call('RPUSH', pending, id)
       redis.call('HSET', prefix .. id, 'state', 'pending')
@@ -86,12 +79,11 @@ const (
 )
 
 // recoverExpired requeues tasks of queues whose lease expired before
-// now-RecoverMargin and returns their IDs. With turn > 0 it scans only if
-// no pod of the fleet has scanned within turn.
-func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []string, now time.Time, turn time.Duration) ([]string, error) {
+// now-RecoverMargin and returns their IDs.
+func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []string, now time.Time) ([]string, error) {
 	cutoff := strconv.FormatInt(now.Add(-RecoverMargin).Unix(), 10)
-	keys := []string{recoverTurnKey}
-	args := []any{turn.Milliseconds(), cutoff, maxFastRecoveries, 24 * 3600}
+	var keys []string
+	args := []any{cutoff, maxFastRecoveries, 24 * 3600}
 	for _, q := range queues {
 		keys = append(keys, leaseKey(q), activeKey(q), pendingKey(q))
 		args = append(args, taskKeyPrefix(q), recoveredPrefix+q+":")
@@ -101,6 +93,14 @@ func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []str
 		return nil, fmt.Errorf("recovering queues %v: %w", queues, err)
 	}
 	return ids, nil
+}
+
+// takeTurn reports whether this pod took the fleet's turn at key for d (a
+// SET NX PX: one command); a Redis error takes it, so the caller's own
+// call fails and is logged as before.
+func takeTurn(ctx context.Context, rdb redis.UniversalClient, key string, d time.Duration) bool {
+	ok, err := rdb.SetNX(ctx, key, "1", d).Result()
+	return err != nil || ok
 }
 
 // RunRecoverer recovers lease-expired tasks every interval until ctx ends.
@@ -115,10 +115,14 @@ func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClie
 			return
 		case <-t.C:
 		}
-		// The turn is a little shorter than the interval, so the pod
-		// whose tick comes first after it lapses scans: some pod scans
-		// at least every interval, as when every pod scanned.
-		ids, err := recoverExpired(ctx, rdb, queues, time.Now(), interval*4/5)
+		// Only the pod that takes the fleet's turn scans. The turn is a
+		// little shorter than the interval, so the pod whose tick comes
+		// first after it lapses scans: some pod scans at least every
+		// interval, as when every pod scanned.
+		if !takeTurn(ctx, rdb, recoverTurnKey, interval*4/5) {
+			continue
+		}
+		ids, err := recoverExpired(ctx, rdb, queues, time.Now())
 		if err != nil && ctx.Err() == nil {
 			log.Debug("lease recovery failed; retrying next interval", "error", err)
 		}

@@ -40,7 +40,7 @@ func TestRecovererRequeuesOnlyLeasesExpiredPastTheMargin(t *testing.T) {
 	deadWorkerTask(t, srv, "just-expired", now.Add(-time.Second))
 	deadWorkerTask(t, srv, "alive", now.Add(25*time.Second))
 
-	ids, err := recoverExpired(context.Background(), rdb, []string{"default", "critical"}, now, 0)
+	ids, err := recoverExpired(context.Background(), rdb, []string{"default", "critical"}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestRecovererGivesUpOnATaskThatKeepsKillingItsWorker(t *testing.T) {
 	now := time.Now()
 	deadWorkerTask(t, srv, "poison", now.Add(-time.Minute))
 	for i := range maxFastRecoveries + 1 {
-		ids, err := recoverExpired(ctx, rdb, []string{"default"}, now, 0)
+		ids, err := recoverExpired(ctx, rdb, []string{"default"}, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,22 +113,18 @@ func redisZ(t time.Time, id string) redis.Z {
 	return redis.Z{Score: float64(t.Unix()), Member: id}
 }
 
-func TestRecovererScansOncePerTurnAcrossTheFleet(t *testing.T) {
+func TestOnePodOfTheFleetTakesEachTurn(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
-	now := time.Now()
-	deadWorkerTask(t, srv, "first", now.Add(-time.Minute))
-	ids, err := recoverExpired(ctx, rdb, []string{"default", "critical"}, now, time.Minute)
-	if err != nil || !slices.Equal(ids, []string{"first"}) {
-		t.Fatalf("first pod of the turn recovered %v, %v; want [first]", ids, err)
+	if !takeTurn(ctx, rdb, recoverTurnKey, time.Minute) {
+		t.Fatal("the first pod did not get the turn")
 	}
-	deadWorkerTask(t, srv, "second", now.Add(-time.Minute))
-	if ids, err := recoverExpired(ctx, rdb, []string{"default", "critical"}, now, time.Minute); err != nil || len(ids) != 0 {
-		t.Fatalf("a peer within the turn recovered %v, %v; want nothing (not its turn)", ids, err)
+	if takeTurn(ctx, rdb, recoverTurnKey, time.Minute) {
+		t.Fatal("a peer got the turn while it was taken")
 	}
 	rdb.Del(ctx, recoverTurnKey) // the turn lapses
-	if ids, err := recoverExpired(ctx, rdb, []string{"default", "critical"}, now, time.Minute); err != nil || !slices.Equal(ids, []string{"second"}) {
-		t.Fatalf("after the turn recovered %v, %v; want [second]", ids, err)
+	if !takeTurn(ctx, rdb, recoverTurnKey, time.Minute) {
+		t.Fatal("no pod got the turn after it lapsed")
 	}
 }

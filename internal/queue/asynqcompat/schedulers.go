@@ -228,7 +228,7 @@ func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.Unive
 		if turn != "" {
 			// A little shorter than the interval, so some pod publishes
 			// each interval; a Redis error publishes (and fails) below.
-			if ok, err := rdb.SetNX(ctx, turn, "1", interval*4/5).Result(); err == nil && !ok {
+			if !takeTurn(ctx, rdb, turn, interval*4/5) {
 				t.Reset(interval)
 				continue
 			}
