@@ -12,18 +12,25 @@
 -- lets a peer handle an occurrence whose claimer died.
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[3])
-local nextAt = tonumber(redis.call('HGET', KEYS[1], 'next_ms') or '')
+-- One read of every field this script needs: with many pods each calls it
+-- at every occurrence, so its cost is multiplied by the pod count.
+local h = redis.call('HMGET', KEYS[1], 'next_ms', 'interval_ms', 'last_due_ms', 'last_task_id',
+  'claim_occ', 'claim_until', 'claim_by')
+local lastID = h[4] or ''
+local nextAt = tonumber(h[1] or '')
+local storedInterval = tonumber(h[2] or '')
 if not nextAt then
   nextAt = now + tonumber(ARGV[2])
+  storedInterval = interval
   redis.call('HSET', KEYS[1], 'next_ms', string.format('%d', nextAt), 'interval_ms', ARGV[3],
     'created_ms', ARGV[1])
 end
-if tonumber(redis.call('HGET', KEYS[1], 'interval_ms') or '') ~= interval then
+if storedInterval ~= interval then
   -- An operator changed the interval: the next occurrence is one new
   -- interval after the last one (at once if that has passed), so a shorter
   -- interval applies now and a longer one never fires early. A task that
   -- never ran keeps its initial delay, capped at one new interval.
-  local last = tonumber(redis.call('HGET', KEYS[1], 'last_due_ms') or '')
+  local last = tonumber(h[3] or '')
   if last then
     nextAt = last + interval
   else
@@ -34,12 +41,11 @@ end
 local due = '0'
 if nextAt <= now then
   local occ = string.format('%d', nextAt)
-  local claim = redis.call('HMGET', KEYS[1], 'claim_occ', 'claim_until', 'claim_by')
-  local untilMS = tonumber(claim[2] or '') or 0
-  if claim[1] == occ and untilMS > now and claim[3] ~= ARGV[5] then
-    return {'0', string.format('%d', untilMS), redis.call('HGET', KEYS[1], 'last_task_id') or ''}
+  local untilMS = tonumber(h[6] or '') or 0
+  if h[5] == occ and untilMS > now and h[7] ~= ARGV[5] then
+    return {'0', string.format('%d', untilMS), lastID}
   end
   redis.call('HSET', KEYS[1], 'claim_occ', occ, 'claim_until', string.format('%d', now + tonumber(ARGV[4])), 'claim_by', ARGV[5])
   due = '1'
 end
-return {due, string.format('%d', nextAt), redis.call('HGET', KEYS[1], 'last_task_id') or ''}
+return {due, string.format('%d', nextAt), lastID}
