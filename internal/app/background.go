@@ -56,7 +56,12 @@ func (a *app) startBackground(ctx context.Context) error {
 	if sched != nil {
 		wg.Go(func() { sched.Run(bg) })
 		wg.Go(func() {
-			asynqcompat.RunSchedulePublisher(bg, a.log, a.qdb, asynqcompat.PublishEvery, schedules(a.qdb, entries(a.decisions)))
+			es := entries(a.decisions)
+			var names []string
+			for _, e := range es {
+				names = append(names, e.Name)
+			}
+			asynqcompat.RunSchedulePublisher(bg, a.log, a.qdb, asynqcompat.PublishEvery, asynqcompat.PublishTurnKey(names), schedules(a.qdb, es))
 		})
 		a.log.Info("scheduler started")
 	} else {

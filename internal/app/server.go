@@ -29,7 +29,7 @@ func (a *app) startServer(ctx context.Context) error {
 	a.stops.push(func() { stopEvents(); <-asyncEvents.Done() })
 
 	wopt := server.Options{
-		Redis: a.connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout,
+		Redis: a.connOpt, Concurrency: cfg.Concurrency, ShutdownTimeout: cfg.ShutdownTimeout, TaskCheckInterval: cfg.TaskCheckInterval,
 		Logger: a.log, Metrics: a.metrics, Events: asyncEvents,
 		Catalog: a.catalog, RedisClient: a.qdb, SingletonLease: cfg.SingletonLease,
 		KillSwitch: a.killSwitch, SkipAsynqWorkarounds: !a.asynqCovered,

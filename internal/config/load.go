@@ -119,6 +119,9 @@ func Load(getenv func(string) string, args []string, usage io.Writer) (Config, e
 	if c.QueueRedisURL != "" && c.RedisURL == "" {
 		return c, &Error{Setting: "QUEUE_REDIS_URL", Reason: "needs REDIS_URL: without it the bot's keys would go to an embedded in-process Redis that no other process shares; set REDIS_URL too, or unset QUEUE_REDIS_URL"}
 	}
+	if c.TaskCheckInterval < 10*time.Millisecond || c.TaskCheckInterval > time.Minute {
+		return c, &Error{Setting: "TASK_CHECK_INTERVAL", Reason: fmt.Sprintf("%v is outside 10ms-1m", c.TaskCheckInterval)}
+	}
 	if err := c.checkCutover(); err != nil {
 		return c, err
 	}

@@ -13,7 +13,12 @@
 // e2e:panic:<task> exists (PanicPrefix): a singleton whose handler meets
 // an unexpected graph row.
 //
-// E2E_SLEEP sets how long each run works. E2E_RUNLOG, if set, is a file
+// E2E_PERIODIC=N adds N periodic tasks e2e_p00, e2e_p01... every second
+// (TASK_INTERVALS can change them), recorded like e2e_plain: the fleet
+// benchmarks' and the many-pods test's fast periodic load.
+//
+// E2E_SLEEP sets how long each run of e2e_plain and e2e_single works (the
+// E2E_PERIODIC tasks do not sleep). E2E_RUNLOG, if set, is a file
 // that every completed run is also appended to, so a test can count runs
 // even when Redis itself lost writes (a failover).
 //
@@ -34,6 +39,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -111,16 +117,24 @@ func offsetClock(ctx context.Context, every time.Duration, base func() time.Time
 	return func() time.Time { return base().Add(time.Duration(offset.Load())) }
 }
 
-func specs() []jobs.Spec {
+// PeriodicName is the name of the i-th E2E_PERIODIC task.
+func PeriodicName(i int) string { return fmt.Sprintf("e2e_p%02d", i) }
+
+func specs(periodic int) []jobs.Spec {
 	empty := func() jobs.Payload { return &jobs.Empty{} }
-	return []jobs.Spec{
+	var out []jobs.Spec
+	for i := range periodic {
+		out = append(out, jobs.Spec{Name: PeriodicName(i), Kind: jobs.Periodic, Interval: time.Second, Queue: jobs.QueueDefault,
+			MaxRetry: 3, Timeout: time.Minute, NewPayload: empty, Summary: "fast periodic test task"})
+	}
+	return append(out, []jobs.Spec{
 		{Name: "e2e_plain", Kind: jobs.Periodic, Interval: time.Hour, Queue: jobs.QueueDefault,
 			MaxRetry: 3, Timeout: 10 * time.Minute, NewPayload: empty, Summary: "test task"},
 		{Name: "e2e_single", Kind: jobs.Supervised, Interval: time.Hour, Queue: jobs.QueueMaintenance, Singleton: true,
 			MaxRetry: 3, Timeout: 10 * time.Minute, NewPayload: empty, Summary: "test singleton"},
 		{Name: "e2e_panic", Kind: jobs.Child, Queue: jobs.QueueDefault,
 			MaxRetry: 3, Timeout: time.Minute, NewPayload: empty, Summary: "panics"},
-	}
+	}...)
 }
 
 func handler(rdb *redis.Client, sleep time.Duration, runlog *os.File) asynq.HandlerFunc {
@@ -139,8 +153,12 @@ func handler(rdb *redis.Client, sleep time.Duration, runlog *os.File) asynq.Hand
 			var row map[string]any
 			_ = row["name"].(string) // an unexpected graph row: a nil interface conversion panics
 		}
+		d := sleep
+		if strings.HasPrefix(t.Type(), "e2e_p") && t.Type() != "e2e_plain" {
+			d = 0 // the E2E_PERIODIC tasks are the no-op load
+		}
 		select {
-		case <-time.After(sleep):
+		case <-time.After(d):
 		case <-ctx.Done():
 			// A run whose singleton lease was lost is stopped before its
 			// destructive step: record it as refused.
@@ -192,12 +210,23 @@ func main() {
 	if path := os.Getenv("E2E_CLOCK_FILE"); path != "" {
 		now = fileOffsetClock(ctx, path, now)
 	}
+	periodic := 0
+	if v := os.Getenv("E2E_PERIODIC"); v != "" {
+		if periodic, err = strconv.Atoi(v); err != nil || periodic < 0 || periodic > 100 {
+			fmt.Fprintln(os.Stderr, "testworker: E2E_PERIODIC must be a count from 0 to 100")
+			os.Exit(2)
+		}
+	}
 	h := handler(rdb, sleep, runlog)
 	panics := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("e2e_panic always panics") })
+	extra := map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h, "e2e_panic": panics}
+	for i := range periodic {
+		extra[PeriodicName(i)] = h
+	}
 	err = app.Run(ctx, app.Params{
 		Args: os.Args[1:], Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr,
-		Catalog: append(jobs.Catalog(), specs()...),
-		Extra:   map[string]asynq.Handler{"e2e_plain": h, "e2e_single": h, "e2e_panic": panics},
+		Catalog: append(jobs.Catalog(), specs(periodic)...),
+		Extra:   extra,
 		Now:     now,
 	})
 	if err != nil {

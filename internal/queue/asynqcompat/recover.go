@@ -35,23 +35,31 @@ import (
 // it is left to asynq's recoverer, which counts a retry each time and
 // finally archives it.
 
-// recoverScript requeues the lease-expired tasks of one queue.
+// recoverScript requeues the lease-expired tasks of every queue in one
+// round trip (an idle pod used to pay one script per queue every
+// interval).
 //
-// KEYS[1] asynq:{q}:lease  KEYS[2] asynq:{q}:active  KEYS[3] asynq:{q}:pending
-// ARGV[1] cutoff (unix seconds)  ARGV[2] task key prefix asynq:{q}:t:
+// KEYS[1+3i..3+3i] asynq:{q}:lease, asynq:{q}:active, asynq:{q}:pending
+// ARGV[1] cutoff (unix seconds)  ARGV[2] max fast recoveries  ARGV[3]
+// counter TTL s, then per queue ARGV[4+2i] task key prefix asynq:{q}:t:,
+// ARGV[5+2i] recovery counter prefix
 // (asynq dequeues from the right of pending, so RPUSH puts a task next.)
-// ARGV[3] recovery counter prefix  ARGV[4] max fast recoveries  ARGV[5] counter TTL s
 var recoverScript = redis.NewScript(`
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 local out = {}
-for _, id in ipairs(ids) do
-  local n = redis.call('INCR', ARGV[3] .. id)
-  redis.call('EXPIRE', ARGV[3] .. id, ARGV[5])
-  if n <= tonumber(ARGV[4]) and redis.call('LREM', KEYS[2], 0, id) > 0 then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('RPUSH', KEYS[3], id)
-    redis.call('HSET', ARGV[2] .. id, 'state', 'pending')
-    table.insert(out, id)
+local nq = #KEYS / 3
+for i = 0, nq - 1 do
+  local lease, active, pending = KEYS[1+3*i], KEYS[2+3*i], KEYS[3+3*i]
+  local prefix, counter = ARGV[4+2*i], ARGV[5+2*i]
+  local ids = redis.call('ZRANGEBYSCORE', lease, '-inf', ARGV[1], 'LIMIT', 0, 100)
+  for _, id in ipairs(ids) do
+    local n = redis.call('INCR', counter .. id)
+    redis.call('EXPIRE', counter .. id, ARGV[3])
+    if n <= tonumber(ARGV[2]) and redis.call('LREM', active, 0, id) > 0 then
+      redis.call('ZREM', lease, id)
+      redis.call('RPUSH', pending, id)
+      redis.call('HSET', prefix .. id, 'state', 'pending')
+      table.insert(out, id)
+    end
   end
 end
 return out
@@ -65,22 +73,34 @@ const (
 	RecoverEvery      = 5 * time.Second
 	maxFastRecoveries = 3
 	recoveredPrefix   = "sgjobs:recovered:"
+	// recoverTurnKey is the fleet's scanning turn: the pod that sets it
+	// scans, the others skip until it expires.
+	recoverTurnKey = "sgjobs:recover:turn"
 )
 
 // recoverExpired requeues tasks of queues whose lease expired before
 // now-RecoverMargin and returns their IDs.
 func recoverExpired(ctx context.Context, rdb redis.UniversalClient, queues []string, now time.Time) ([]string, error) {
 	cutoff := strconv.FormatInt(now.Add(-RecoverMargin).Unix(), 10)
-	var all []string
+	var keys []string
+	args := []any{cutoff, maxFastRecoveries, 24 * 3600}
 	for _, q := range queues {
-		ids, err := recoverScript.Run(ctx, rdb, []string{leaseKey(q), activeKey(q), pendingKey(q)},
-			cutoff, taskKeyPrefix(q), recoveredPrefix+q+":", maxFastRecoveries, 24*3600).StringSlice()
-		if err != nil {
-			return all, fmt.Errorf("recovering queue %s: %w", q, err)
-		}
-		all = append(all, ids...)
+		keys = append(keys, leaseKey(q), activeKey(q), pendingKey(q))
+		args = append(args, taskKeyPrefix(q), recoveredPrefix+q+":")
 	}
-	return all, nil
+	ids, err := recoverScript.Run(ctx, rdb, keys, args...).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("recovering queues %v: %w", queues, err)
+	}
+	return ids, nil
+}
+
+// takeTurn reports whether this pod took the fleet's turn at key for d (a
+// SET NX PX: one command); a Redis error takes it, so the caller's own
+// call fails and is logged as before.
+func takeTurn(ctx context.Context, rdb redis.UniversalClient, key string, d time.Duration) bool {
+	ok, err := rdb.SetNX(ctx, key, "1", d).Result()
+	return err != nil || ok
 }
 
 // RunRecoverer recovers lease-expired tasks every interval until ctx ends.
@@ -94,6 +114,13 @@ func RunRecoverer(ctx context.Context, log *slog.Logger, rdb redis.UniversalClie
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		// Only the pod that takes the fleet's turn scans. The turn is a
+		// little shorter than the interval, so the pod whose tick comes
+		// first after it lapses scans: some pod scans at least every
+		// interval, as when every pod scanned.
+		if !takeTurn(ctx, rdb, recoverTurnKey, interval*4/5) {
+			continue
 		}
 		ids, err := recoverExpired(ctx, rdb, queues, time.Now())
 		if err != nil && ctx.Err() == nil {

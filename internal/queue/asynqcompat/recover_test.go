@@ -112,3 +112,19 @@ func TestRecovererGivesUpOnATaskThatKeepsKillingItsWorker(t *testing.T) {
 func redisZ(t time.Time, id string) redis.Z {
 	return redis.Z{Score: float64(t.Unix()), Member: id}
 }
+
+func TestOnePodOfTheFleetTakesEachTurn(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	if !takeTurn(ctx, rdb, recoverTurnKey, time.Minute) {
+		t.Fatal("the first pod did not get the turn")
+	}
+	if takeTurn(ctx, rdb, recoverTurnKey, time.Minute) {
+		t.Fatal("a peer got the turn while it was taken")
+	}
+	rdb.Del(ctx, recoverTurnKey) // the turn lapses
+	if !takeTurn(ctx, rdb, recoverTurnKey, time.Minute) {
+		t.Fatal("no pod got the turn after it lapsed")
+	}
+}

@@ -3,7 +3,10 @@ package asynqcompat
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +59,18 @@ const (
 	historyTTL        = 30 * 24 * time.Hour
 	recordTimeout     = 2 * time.Second
 )
+
+// PublishTurnKey is the publishing turn of the pods whose catalogs
+// schedule exactly names: pods mid-rollout with another catalog take their
+// own turns, so the dashboard still shows the union.
+func PublishTurnKey(names []string) string {
+	h := fnv.New64a()
+	for _, n := range slices.Sorted(slices.Values(names)) {
+		h.Write([]byte(n))
+		h.Write([]byte{0})
+	}
+	return "sgjobs:asynqmon:publish:" + strconv.FormatUint(h.Sum64(), 36)
+}
 
 // SchedulerEntry is one periodic task as asynq's Inspector reports it.
 type SchedulerEntry struct {
@@ -193,7 +208,12 @@ func (r recorder) EnqueueContext(ctx context.Context, task *asynq.Task, opts ...
 // about a second of each occurrence instead of "now" for up to an interval.
 // Errors are logged and retried at the next interval; the entries already
 // published stay visible for EntryTTL.
-func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, interval time.Duration,
+//
+// turn, if not empty, is a key the fleet's publishers of the same entries
+// share (PublishTurnKey): each interval the first pod to take it publishes
+// and the others skip, so the dashboard's cost does not grow with the pod
+// count (each publish reads every entry's schedule).
+func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, interval time.Duration, turn string,
 	source func(context.Context) ([]SchedulerEntry, error)) {
 	log = log.With("component", "asynqmon-schedules")
 	t := time.NewTimer(min(interval, firstPublish))
@@ -204,6 +224,14 @@ func RunSchedulePublisher(ctx context.Context, log *slog.Logger, rdb redis.Unive
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if turn != "" {
+			// A little shorter than the interval, so some pod publishes
+			// each interval; a Redis error publishes (and fails) below.
+			if !takeTurn(ctx, rdb, turn, interval*4/5) {
+				t.Reset(interval)
+				continue
+			}
 		}
 		entries, err := source(ctx)
 		now := time.Now()

@@ -339,7 +339,7 @@ func TestPublisherRepublishesUntilCancelledAndSurvivesSourceErrors(t *testing.T)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		RunSchedulePublisher(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, 20*time.Millisecond, source)
+		RunSchedulePublisher(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, 20*time.Millisecond, "", source)
 		close(done)
 	}()
 	deadline := time.Now().Add(10 * time.Second)

@@ -37,6 +37,10 @@ func (s *Scheduler) holds(ctx context.Context, now time.Time) map[string]bool {
 		return nil
 	}
 	held, lifted, err := s.cfg.Holds.Check(ctx)
+	s.holdsAt = now
+	// Something deferred (or no answer): check again on the next tick, so
+	// a lifted hold resumes its task within Poll.
+	s.holdsActive = err != nil || held != nil || len(lifted) > 0
 	if err != nil {
 		s.cfg.Logger.Warn("scheduler: reading the deferred tasks failed; their runs stand down when they start", "error", err)
 		return nil

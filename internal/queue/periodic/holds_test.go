@@ -92,3 +92,37 @@ func TestHeldTasksWaitAndRunAtOnceWhenTheHoldLifts(t *testing.T) {
 		t.Fatalf("%d runs after the hold lifted, want one at once", n)
 	}
 }
+
+// countingHolds holds nothing and counts its checks.
+type countingHolds struct{ n int }
+
+func (h *countingHolds) Check(context.Context) (map[string]bool, []string, error) {
+	h.n++
+	return nil, nil, nil
+}
+
+// An idle scheduler (nothing due, nothing deferred) asks about holds once
+// per MaxSleep, not every tick: with many pods that check was most of
+// their idle Redis commands.
+func TestIdleSchedulerChecksHoldsOncePerMaxSleep(t *testing.T) {
+	f := newFixture(t)
+	h := &countingHolds{}
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: f.srv.Addr})
+	t.Cleanup(func() { client.Close() })
+	s, err := periodic.New(periodic.Config{
+		Redis: f.srv.Client(t), Enqueuer: client, Observer: f.obs, Now: f.clk.Now, Holds: h, MaxSleep: 5 * time.Second,
+		States: periodic.InspectorStates{Inspector: f.insp}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, []periodic.Entry{f.entry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s.Tick(ctx) // reads the schedule: the first occurrence is 5 minutes away
+	for range 10 {
+		f.clk.Add(time.Second)
+		s.Tick(ctx)
+	}
+	if h.n != 3 { // the first tick, then at 5 s and 10 s
+		t.Fatalf("%d holds checks in 10 idle seconds, want 3", h.n)
+	}
+}

@@ -91,8 +91,20 @@ type Config struct {
 	States   TaskStates
 	Observer Observer
 	Logger   *slog.Logger
-	// Poll is how often local due times are checked (default 1s).
+	// Poll is how often the loop wakes while a hold is active, and how
+	// soon a scheduler whose handling of an occurrence failed tries again
+	// (default 1s).
 	Poll time.Duration
+	// MaxSleep is the longest the loop sleeps with nothing due (default
+	// 5×Poll): it bounds how soon a hold that began meanwhile is seen. The
+	// loop otherwise sleeps until the earliest local due time, so an idle
+	// pod costs Redis nothing between occurrences.
+	MaxSleep time.Duration
+	// Claim is how long the first scheduler to see an occurrence due keeps
+	// it from its peers (default 3s, at most half the entry's interval).
+	// It spares a fleet the herd; a peer handles the occurrence once the
+	// claim ends if the claimer has not.
+	Claim time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// SkipAsynqWorkarounds leaves asynq's Unique locks alone (no release
@@ -109,6 +121,12 @@ type Scheduler struct {
 	cfg     Config
 	entries []Entry
 	next    map[string]time.Time
+	// id names this scheduler in its claims.
+	id string
+	// holdsActive: the last holds check found deferrals (or failed), so
+	// the next tick checks again; holdsAt is when it was made.
+	holdsActive bool
+	holdsAt     time.Time
 }
 
 // New returns a scheduler for entries.
@@ -118,6 +136,12 @@ func New(cfg Config, entries []Entry) (*Scheduler, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MaxSleep == 0 {
+		cfg.MaxSleep = 5 * cfg.Poll
+	}
+	if cfg.Claim == 0 {
+		cfg.Claim = 3 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -132,11 +156,13 @@ func New(cfg Config, entries []Entry) (*Scheduler, error) {
 		}
 		seen[e.Name] = true
 	}
-	return &Scheduler{cfg: cfg, entries: entries, next: map[string]time.Time{}}, nil
+	id := strconv.FormatUint(rand.Uint64(), 36)
+	return &Scheduler{cfg: cfg, entries: entries, next: map[string]time.Time{}, id: id}, nil
 }
 
-// Run checks for due occurrences every Poll until ctx is done. Redis errors
-// are logged and retried on the next poll; they never stop the loop.
+// Run handles due occurrences until ctx is done, sleeping until the
+// earliest local due time (at most MaxSleep; Poll while a hold is active).
+// Redis errors are logged and retried after Poll; they never stop the loop.
 func (s *Scheduler) Run(ctx context.Context) error {
 	// Spread the first pass so replicas started together do not all hit
 	// Redis in the same millisecond.
@@ -150,13 +176,37 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		s.Tick(ctx)
-		t.Reset(s.cfg.Poll)
+		t.Reset(s.sleep(s.cfg.Now()))
 	}
 }
 
-// Tick handles every entry whose local due time has come.
+// sleep is how long Run waits before the next tick.
+func (s *Scheduler) sleep(now time.Time) time.Duration {
+	d := s.cfg.MaxSleep
+	if s.holdsActive {
+		d = s.cfg.Poll
+	}
+	for _, e := range s.entries {
+		n, ok := s.next[e.Name]
+		if !ok {
+			return s.cfg.Poll
+		}
+		d = min(d, n.Sub(now))
+	}
+	// A due time just passed (a slow tick) still waits a moment, so the
+	// loop never spins.
+	return max(d, time.Millisecond)
+}
+
+// Tick handles every entry whose local due time has come. Holds are
+// checked only when they matter: when something is due, while a hold is
+// active, and at least every MaxSleep (a hold that began meanwhile).
 func (s *Scheduler) Tick(ctx context.Context) {
-	held := s.holds(ctx, s.cfg.Now())
+	now := s.cfg.Now()
+	var held map[string]bool
+	if s.anyDue(now) || s.holdsActive || now.Sub(s.holdsAt) >= s.cfg.MaxSleep || now.Before(s.holdsAt) {
+		held = s.holds(ctx, now)
+	}
 	for _, e := range s.entries {
 		if ctx.Err() != nil {
 			return
@@ -164,11 +214,11 @@ func (s *Scheduler) Tick(ctx context.Context) {
 		if held[e.Name] {
 			continue
 		}
-		now := s.cfg.Now()
+		// Due as of the tick's start, which the holds check saw.
 		if n, ok := s.next[e.Name]; ok && now.Before(n) {
 			continue
 		}
-		next, err := s.handle(ctx, e, now)
+		next, err := s.handle(ctx, e, s.cfg.Now())
 		if err != nil {
 			s.cfg.Logger.Warn("scheduler: handling periodic task failed; will retry", "task", e.Name, "error", err)
 			delete(s.next, e.Name)
@@ -176,6 +226,15 @@ func (s *Scheduler) Tick(ctx context.Context) {
 		}
 		s.next[e.Name] = next
 	}
+}
+
+func (s *Scheduler) anyDue(now time.Time) bool {
+	for _, e := range s.entries {
+		if n, ok := s.next[e.Name]; !ok || !now.Before(n) {
+			return true
+		}
+	}
+	return false
 }
 
 //go:embed due.lua
@@ -199,8 +258,9 @@ func retention(interval time.Duration) time.Duration {
 
 func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Time, error) {
 	key := StateKeyPrefix + e.Name
+	claim := min(s.cfg.Claim, e.Interval/2)
 	res, err := dueScript.Run(ctx, s.cfg.Redis, []string{key},
-		now.UnixMilli(), e.InitialDelay.Milliseconds(), e.Interval.Milliseconds()).StringSlice()
+		now.UnixMilli(), e.InitialDelay.Milliseconds(), e.Interval.Milliseconds(), claim.Milliseconds(), s.id).StringSlice()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("reading schedule: %w", err)
 	}
@@ -217,10 +277,14 @@ func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Ti
 		s.observe(e.Name, OutcomeError, now.Sub(occ), 0)
 		return time.Time{}, err
 	}
-	advanced, err := advanceScript.Run(ctx, s.cfg.Redis, []string{key},
-		now.UnixMilli(), occ.UnixMilli(), e.Interval.Milliseconds(), id, outcome).Int()
+	nextMS, err = advanceScript.Run(ctx, s.cfg.Redis, []string{key},
+		now.UnixMilli(), occ.UnixMilli(), e.Interval.Milliseconds(), id, outcome).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("advancing schedule: %w", err)
+	}
+	advanced := 0
+	if nextMS > 0 {
+		advanced = 1
 	}
 	// Only the scheduler that moved the schedule on counts the occurrences
 	// it skipped, so a fleet's metrics add up to the real number.
@@ -241,7 +305,10 @@ func (s *Scheduler) handle(ctx context.Context, e Entry, now time.Time) (time.Ti
 			"outcome", outcome, "task_id", id, "missed", missed, "late_ms", now.Sub(occ).Milliseconds())
 	}
 	s.observe(e.Name, outcome, now.Sub(occ), missed)
-	// Re-read on the next poll: a peer may have advanced differently.
+	if advanced == 1 {
+		return time.UnixMilli(nextMS), nil
+	}
+	// Re-read on the next poll: a peer advanced, maybe differently.
 	return now.Add(s.cfg.Poll), nil
 }
 

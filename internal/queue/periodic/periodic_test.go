@@ -2,6 +2,7 @@ package periodic_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -260,4 +261,51 @@ func TestARunThatFinishedAfterTheDueTimeCoalescesTheOccurrence(t *testing.T) {
 	if f.obs.n[periodic.OutcomeEnqueued] != 1 || f.obs.n[periodic.OutcomeCoalesced] != 1 {
 		t.Fatalf("outcomes %v: want the catch-up coalesced into the late run", f.obs.n)
 	}
+}
+
+// With a fleet of schedulers, the first to see an occurrence due claims
+// it: the others see it as not due until the claim ends, and do not
+// enqueue, conflict and fail the advance. A claimer that dies leaves the
+// occurrence to a peer once the claim ends, still under one task ID.
+func TestOccurrenceClaimedByTheFirstSchedulerUntilTheClaimEnds(t *testing.T) {
+	f := newFixture(t)
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: f.srv.Addr})
+	t.Cleanup(func() { client.Close() })
+	newSched := func(enq periodic.Enqueuer) *periodic.Scheduler {
+		s, err := periodic.New(periodic.Config{
+			Redis: f.srv.Client(t), Enqueuer: enq, Observer: f.obs, Now: f.clk.Now, Claim: 3 * time.Second,
+			States: periodic.InspectorStates{Inspector: f.insp}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		}, []periodic.Entry{f.entry})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	dead := newSched(failingEnqueuer{})
+	peer := newSched(client)
+	ctx := context.Background()
+	dead.Tick(ctx)
+	peer.Tick(ctx)
+	f.clk.Add(5 * time.Minute) // the first occurrence is due
+	dead.Tick(ctx)             // claims it, then fails to enqueue (it "dies")
+	peer.Tick(ctx)
+	if n := f.tasks(); n != 0 {
+		t.Fatalf("%d runs while the occurrence is claimed by another scheduler", n)
+	}
+	f.clk.Add(time.Second)
+	peer.Tick(ctx)
+	if n := f.tasks(); n != 0 {
+		t.Fatalf("%d runs before the claim ended", n)
+	}
+	f.clk.Add(3 * time.Second) // the claim has ended
+	peer.Tick(ctx)
+	if n := f.tasks(); n != 1 {
+		t.Fatalf("%d runs after the claim ended, want the occurrence", n)
+	}
+}
+
+type failingEnqueuer struct{}
+
+func (failingEnqueuer) EnqueueContext(context.Context, *asynq.Task, ...asynq.Option) (*asynq.TaskInfo, error) {
+	return nil, errors.New("connection reset")
 }

@@ -26,7 +26,10 @@ type Options struct {
 	Redis           asynq.RedisConnOpt
 	Concurrency     int
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	// TaskCheckInterval is asynq's wait between fetches while every queue
+	// is empty (0: asynq's default, 1 s).
+	TaskCheckInterval time.Duration
+	Logger            *slog.Logger
 	// Metrics records every run (monitor.Metrics implements it).
 	Metrics Observer
 	// Events receives one scheduler_task_run event per run; nil disables.
@@ -99,12 +102,13 @@ func NewServer(o Options) *asynq.Server {
 		conn = asynqcompat.ServerConn(conn)
 	}
 	return asynq.NewServer(conn, asynq.Config{
-		Concurrency:     o.Concurrency,
-		Queues:          jobs.Queues(),
-		ShutdownTimeout: o.ShutdownTimeout,
-		RetryDelayFunc:  RetryDelay(o.Catalog),
-		Logger:          slogAdapter{log.With("component", "asynq")},
-		LogLevel:        asynq.WarnLevel,
+		Concurrency:       o.Concurrency,
+		Queues:            jobs.Queues(),
+		ShutdownTimeout:   o.ShutdownTimeout,
+		TaskCheckInterval: o.TaskCheckInterval,
+		RetryDelayFunc:    RetryDelay(o.Catalog),
+		Logger:            slogAdapter{log.With("component", "asynq")},
+		LogLevel:          asynq.WarnLevel,
 		HealthCheckFunc: func(err error) {
 			if err != nil {
 				log.Error("redis health check failed; asynq keeps retrying", "component", "healthcheck", "error", err)

@@ -57,6 +57,28 @@ func Serves(path string) Ready {
 // ends.
 func Start(tb testing.TB, bin string, env map[string]string, ready Ready, within time.Duration) *Proc {
 	tb.Helper()
+	p, err := TryStart(tb, bin, env, ready, within)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// TryStart is Start returning its failure instead of failing the test, so
+// it can be called from any goroutine. A process that exits because one
+// of its free addresses was taken meanwhile (another process bound it
+// first: many processes started at once) is started again on others, up
+// to three times.
+func TryStart(tb testing.TB, bin string, env map[string]string, ready Ready, within time.Duration) (*Proc, error) {
+	for attempt := 1; ; attempt++ {
+		p, err := tryStart(tb, bin, env, ready, within)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return p, err
+		}
+	}
+}
+
+func tryStart(tb testing.TB, bin string, env map[string]string, ready Ready, within time.Duration) (*Proc, error) {
 	p := &Proc{tb: tb, Addr: redistest.FreeAddr(tb), ProbeAddr: redistest.FreeAddr(tb), done: make(chan struct{})}
 	p.Cmd = exec.Command(bin)
 	p.Cmd.Env = append(os.Environ(), "HTTP_ADDR="+p.Addr, "PROBE_ADDR="+p.ProbeAddr)
@@ -65,23 +87,23 @@ func Start(tb testing.TB, bin string, env map[string]string, ready Ready, within
 	}
 	p.Cmd.Stdout, p.Cmd.Stderr = p, p
 	if err := p.Cmd.Start(); err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	go func() { _ = p.Cmd.Wait(); close(p.done) }()
 	tb.Cleanup(p.Kill)
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		if ready(p) {
-			return p
+			return p, nil
 		}
 		select {
 		case <-p.done:
-			tb.Fatalf("worker exited early:\n%s", p.Logs())
+			return nil, fmt.Errorf("worker exited early:\n%s", p.Logs())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	tb.Fatalf("worker not ready within %v:\n%s", within, p.Logs())
-	return nil
+	p.Kill()
+	return nil, fmt.Errorf("worker not ready within %v:\n%s", within, p.Logs())
 }
 
 // Write captures the process's output (stdout and stderr).
