@@ -148,6 +148,66 @@ func (s *Store) DiscoverChannels(ctx context.Context) ([]Channel, error) {
 	return out, nil
 }
 
+// AllActive returns every channel of the active set, read whole (one
+// ZRANGE: it grows with channels, not with the cache, unlike
+// DiscoverChannels). Members that are not "<platform>:<id>" are returned
+// apart, for the caller to warn about: the set is the bot's, untrusted, and
+// one bad member must not stop the others.
+func (s *Store) AllActive(ctx context.Context) (chans []Channel, malformed []string, err error) {
+	members, err := s.rdb.ZRange(ctx, activeKey, 0, -1).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("msgcache: reading the active channels: %w", err)
+	}
+	chans = make([]Channel, 0, len(members))
+	for _, m := range members {
+		c, err := ParseChannel(m)
+		if err != nil {
+			malformed = append(malformed, m)
+			continue
+		}
+		chans = append(chans, c)
+	}
+	return chans, malformed, nil
+}
+
+// Reconcile finds, by DiscoverChannels' full scan, every channel with a
+// message set, and adds those missing from the active set to it (ZADD NX,
+// at the score of the channel's newest message), so readers of the active
+// set alone miss no channel for long. It returns the channels scanned and
+// how many it added. A message set emptied meanwhile is left alone.
+func (s *Store) Reconcile(ctx context.Context) (scanned []Channel, added int, err error) {
+	scanned, err = s.DiscoverChannels(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	members, err := s.rdb.ZRange(ctx, activeKey, 0, -1).Result()
+	if err != nil {
+		return nil, 0, fmt.Errorf("msgcache: reading the active channels: %w", err)
+	}
+	known := make(map[string]bool, len(members))
+	for _, m := range members {
+		known[m] = true
+	}
+	for _, c := range scanned {
+		if known[c.String()] {
+			continue
+		}
+		newest, err := s.rdb.ZRevRangeWithScores(ctx, MessagesKey(c), 0, 0).Result()
+		if err != nil {
+			return scanned, added, fmt.Errorf("msgcache: newest message of %s: %w", c, err)
+		}
+		if len(newest) == 0 {
+			continue
+		}
+		n, err := s.rdb.ZAddNX(ctx, activeKey, redis.Z{Score: newest[0].Score, Member: c.String()}).Result()
+		if err != nil {
+			return scanned, added, fmt.Errorf("msgcache: adding %s to the active channels: %w", c, err)
+		}
+		added += int(n)
+	}
+	return scanned, added, nil
+}
+
 // RecordMeta stores a channel's metadata.
 func (s *Store) RecordMeta(ctx context.Context, c Channel, m Meta, now time.Time) error {
 	err := s.rdb.HSet(ctx, MetaKey(c),
