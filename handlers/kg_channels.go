@@ -314,15 +314,15 @@ return 0
 // (docs/performance.md, "Data at scale"). A failed scan gives the turn
 // back, logged, and the pass goes on with the active set.
 func (p channelPass) discover(ctx context.Context, d passDeps) ([]msgcache.Channel, error) {
-	var scanned []msgcache.Channel
+	var added []msgcache.Channel
 	token := p.task + "@" + strconv.FormatInt(d.now().UnixMilli(), 10)
 	turn, err := d.rdb.SetNX(ctx, discoveryScanKey, token, discoveryScanEvery).Result()
 	if err != nil {
 		return nil, fmt.Errorf("%s: discovery turn: %w", p.task, err)
 	}
 	if turn {
-		var added int
-		scanned, added, err = d.cache.Reconcile(ctx)
+		var scanned int
+		added, scanned, err = d.cache.Reconcile(ctx)
 		switch {
 		case err != nil:
 			d.log.WarnContext(ctx, "channel discovery: the reconciling scan failed; the pass uses the active set",
@@ -335,11 +335,11 @@ func (p channelPass) discover(ctx context.Context, d passDeps) ([]msgcache.Chann
 			if err != nil {
 				d.log.WarnContext(ctx, "channel discovery: giving the turn back failed", "task", p.task, "err", err)
 			}
-		case added > 0:
+		case len(added) > 0:
 			d.log.InfoContext(ctx, "channel discovery: added channels missing from the active set",
-				"task", p.task, "added", added, "scanned", len(scanned))
+				"task", p.task, "added", len(added), "scanned", scanned)
 		default:
-			d.log.DebugContext(ctx, "channel discovery: the active set was complete", "task", p.task, "scanned", len(scanned))
+			d.log.DebugContext(ctx, "channel discovery: the active set was complete", "task", p.task, "scanned", scanned)
 		}
 	}
 	active, malformed, err := d.cache.AllActive(ctx)
@@ -354,7 +354,7 @@ func (p channelPass) discover(ctx context.Context, d passDeps) ([]msgcache.Chann
 	for _, c := range active {
 		seen[c] = true
 	}
-	for _, c := range scanned { // the union, should the active set have lost one meanwhile
+	for _, c := range added { // the union, should the active set have lost one meanwhile
 		if !seen[c] {
 			seen[c] = true
 			active = append(active, c)

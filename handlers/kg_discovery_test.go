@@ -98,3 +98,25 @@ func TestPlannerFindsAChannelMissingFromTheActiveSetAtTheHourlyScanOnly(t *testi
 		t.Fatalf("after the hour the room's new message was not planned: %v", res)
 	}
 }
+
+// A reconciling scan that fails gives the turn back, so the next pass
+// scans rather than the next hour.
+func TestAFailedDiscoveryScanGivesTheTurnBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v := newKGEnv(t)
+	bot := redistest.Start(t)
+	queue := redistest.Start(t).Client(t)
+	d := v.deps()
+	d.Redis, d.Jobs = bot.Client(t), queue
+	bot.Stop()
+	if _, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err == nil {
+		t.Fatal("a pass without the bot's Redis succeeded")
+	}
+	if n, err := queue.Exists(ctx, discoveryScanKey).Result(); err != nil || n != 0 {
+		t.Fatalf("the turn was kept after a failed scan (%d, %v)", n, err)
+	}
+	if !strings.Contains(v.logs.String(), "the reconciling scan failed") {
+		t.Fatalf("the failed scan was not logged:\n%s", v.logs.String())
+	}
+}

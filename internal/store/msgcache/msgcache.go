@@ -173,39 +173,45 @@ func (s *Store) AllActive(ctx context.Context) (chans []Channel, malformed []str
 // Reconcile finds, by DiscoverChannels' full scan, every channel with a
 // message set, and adds those missing from the active set to it (ZADD NX,
 // at the score of the channel's newest message), so readers of the active
-// set alone miss no channel for long. It returns the channels scanned and
-// how many it added. A message set emptied meanwhile is left alone.
-func (s *Store) Reconcile(ctx context.Context) (scanned []Channel, added int, err error) {
-	scanned, err = s.DiscoverChannels(ctx)
+// set alone miss no channel for long. It returns the channels it added and
+// how many it scanned. A message set emptied meanwhile, or a key of the
+// pattern that is no sorted set, is left alone.
+func (s *Store) Reconcile(ctx context.Context) (added []Channel, scanned int, err error) {
+	found, err := s.DiscoverChannels(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
 	members, err := s.rdb.ZRange(ctx, activeKey, 0, -1).Result()
 	if err != nil {
-		return nil, 0, fmt.Errorf("msgcache: reading the active channels: %w", err)
+		return nil, len(found), fmt.Errorf("msgcache: reading the active channels: %w", err)
 	}
 	known := make(map[string]bool, len(members))
 	for _, m := range members {
 		known[m] = true
 	}
-	for _, c := range scanned {
+	for _, c := range found {
 		if known[c.String()] {
 			continue
 		}
 		newest, err := s.rdb.ZRevRangeWithScores(ctx, MessagesKey(c), 0, 0).Result()
-		if err != nil {
-			return scanned, added, fmt.Errorf("msgcache: newest message of %s: %w", c, err)
-		}
-		if len(newest) == 0 {
+		var refused redis.Error
+		switch {
+		case errors.As(err, &refused):
+			continue // not a sorted set (a foreign key): not a channel, and it must not stop the others
+		case err != nil:
+			return added, len(found), fmt.Errorf("msgcache: newest message of %s: %w", c, err)
+		case len(newest) == 0:
 			continue
 		}
 		n, err := s.rdb.ZAddNX(ctx, activeKey, redis.Z{Score: newest[0].Score, Member: c.String()}).Result()
 		if err != nil {
-			return scanned, added, fmt.Errorf("msgcache: adding %s to the active channels: %w", c, err)
+			return added, len(found), fmt.Errorf("msgcache: adding %s to the active channels: %w", c, err)
 		}
-		added += int(n)
+		if n == 1 {
+			added = append(added, c)
+		}
 	}
-	return scanned, added, nil
+	return added, len(found), nil
 }
 
 // RecordMeta stores a channel's metadata.

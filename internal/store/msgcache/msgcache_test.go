@@ -212,9 +212,13 @@ func TestReconcileAddsChannelsMissingFromTheActiveSetAtTheirNewestMessage(t *tes
 	if err := rdb.ZAdd(ctx, msgcache.ActiveKey, redis.Z{Score: 42, Member: listed.String()}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	scanned, added, err := s.Reconcile(ctx)
-	if err != nil || added != 1 || len(scanned) != 2 {
-		t.Fatalf("reconcile: scanned %v, added %d, %v", scanned, added, err)
+	// A foreign key under the pattern, no sorted set, stops nothing.
+	if err := rdb.Set(ctx, "sg:msgs:discord:0", "not a set", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	added, scanned, err := s.Reconcile(ctx)
+	if err != nil || !slices.Equal(added, []msgcache.Channel{missing}) || scanned != 3 {
+		t.Fatalf("reconcile: added %v of %d scanned, %v", added, scanned, err)
 	}
 	score, err := rdb.ZScore(ctx, msgcache.ActiveKey, missing.String()).Result()
 	if err != nil || int64(score) != base.Add(2*time.Minute).UnixMilli() {
@@ -223,7 +227,7 @@ func TestReconcileAddsChannelsMissingFromTheActiveSetAtTheirNewestMessage(t *tes
 	if score, _ := rdb.ZScore(ctx, msgcache.ActiveKey, listed.String()).Result(); score != 42 {
 		t.Fatalf("a listed channel's score was changed to %v", score)
 	}
-	if _, added, err := s.Reconcile(ctx); err != nil || added != 0 {
-		t.Fatalf("second reconcile added %d, %v", added, err)
+	if added, _, err := s.Reconcile(ctx); err != nil || len(added) != 0 {
+		t.Fatalf("second reconcile added %v, %v", added, err)
 	}
 }
