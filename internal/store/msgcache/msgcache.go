@@ -127,7 +127,9 @@ const discoverScanCount = 500
 
 // DiscoverChannels returns every channel with a message set, found by
 // scanning the key space (no static list: channels appear as the bot
-// caches their first message).
+// caches their first message). It costs as much as the cache is large:
+// the planners read AllActive and scan only through Reconcile, hourly;
+// operators' one-off listings scan.
 func (s *Store) DiscoverChannels(ctx context.Context) ([]Channel, error) {
 	var out []Channel
 	seen := map[string]bool{}
