@@ -108,7 +108,9 @@ func TestAFailedDiscoveryScanGivesTheTurnBack(t *testing.T) {
 	bot := redistest.Start(t)
 	queue := redistest.Start(t).Client(t)
 	d := v.deps()
-	d.Redis, d.Jobs = bot.Client(t), queue
+	botClient := redis.NewClient(&redis.Options{Addr: bot.Addr, MaxRetries: -1}) // fail at once, not after retries
+	t.Cleanup(func() { botClient.Close() })
+	d.Redis, d.Jobs = botClient, queue
 	bot.Stop()
 	if _, err := work(ctx, d, jobs.LimbicAnchoringWorker, &jobs.Empty{}); err == nil {
 		t.Fatal("a pass without the bot's Redis succeeded")
