@@ -207,7 +207,7 @@ func (p channelPass) run(ctx context.Context, d passDeps) (planStats, error) {
 		return st, fmt.Errorf("%s: no task client configured: %w", p.task, asynq.SkipRetry)
 	}
 	store := plan.New(d.rdb, p.task, p.cursorPrefix)
-	chans, err := d.cache.DiscoverChannels(ctx)
+	chans, err := p.discover(ctx, d)
 	if err != nil {
 		return st, err
 	}
@@ -288,6 +288,79 @@ func (p channelPass) run(ctx context.Context, d passDeps) (planStats, error) {
 		return st, err
 	}
 	return st, nil
+}
+
+// discoveryScanKey is the fleet's turn at reconciling the active set
+// with a full scan (on the job system's Redis): whoever sets it first
+// scans, nobody else for discoveryScanEvery.
+const discoveryScanKey = "sgjobs:discovery:scan"
+
+// discoveryScanEvery bounds how long a channel with messages but missing
+// from sg:channels:active goes unplanned.
+const discoveryScanEvery = time.Hour
+
+// releaseTurn deletes the turn key only if it still holds this pass's
+// token.
+var releaseTurn = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// discover returns the channels to plan: the bot's active set (one ZRANGE,
+// whatever the cache's size), and, at most once per discoveryScanEvery
+// across the fleet, the full SCAN of sg:msgs:* too, which adds to the
+// active set any channel missing from it. The scan, over every key of the
+// cache, cost 1.4-1.8 s of Redis time a pass at a million messages
+// (docs/performance.md, "Data at scale"). A failed scan gives the turn
+// back, logged, and the pass goes on with the active set.
+func (p channelPass) discover(ctx context.Context, d passDeps) ([]msgcache.Channel, error) {
+	var added []msgcache.Channel
+	token := p.task + "@" + strconv.FormatInt(d.now().UnixMilli(), 10)
+	turn, err := d.rdb.SetNX(ctx, discoveryScanKey, token, discoveryScanEvery).Result()
+	if err != nil {
+		return nil, fmt.Errorf("%s: discovery turn: %w", p.task, err)
+	}
+	if turn {
+		var scanned int
+		added, scanned, err = d.cache.Reconcile(ctx)
+		switch {
+		case err != nil:
+			d.log.WarnContext(ctx, "channel discovery: the reconciling scan failed; the pass uses the active set",
+				"task", p.task, "err", err)
+			// Given back even when the pass's deadline ended the scan, so
+			// the next pass scans; bounded on its own.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err := releaseTurn.Run(rctx, d.rdb, []string{discoveryScanKey}, token).Err()
+			cancel()
+			if err != nil {
+				d.log.WarnContext(ctx, "channel discovery: giving the turn back failed", "task", p.task, "err", err)
+			}
+		case len(added) > 0:
+			d.log.InfoContext(ctx, "channel discovery: added channels missing from the active set",
+				"task", p.task, "added", len(added), "scanned", scanned)
+		default:
+			d.log.DebugContext(ctx, "channel discovery: the active set was complete", "task", p.task, "scanned", scanned)
+		}
+	}
+	active, malformed, err := d.cache.AllActive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(malformed) > 0 {
+		d.log.WarnContext(ctx, "channel discovery: skipped members of the active set that are not <platform>:<channel id>",
+			"task", p.task, "skipped", len(malformed), "first", clip(malformed[0], 200))
+	}
+	seen := make(map[msgcache.Channel]bool, len(active))
+	for _, c := range active {
+		seen[c] = true
+	}
+	for _, c := range added { // the union, should the active set have lost one meanwhile
+		if !seen[c] {
+			seen[c] = true
+			active = append(active, c)
+		}
+	}
+	return active, nil
 }
 
 // piece is a run of one channel's messages bound for one unit.

@@ -110,6 +110,8 @@ func (t Task) channelKey(c msgcache.Channel) string {
 
 func listChannels(ctx context.Context, r Redis, t Task) ([]Entry, error) {
 	cache := msgcache.New(r.Bot)
+	// The full scan, not the active set: an operator's one-off listing
+	// shows every channel with messages, one the active set lost too.
 	chans, err := cache.DiscoverChannels(ctx)
 	if err != nil {
 		return nil, err

@@ -127,7 +127,9 @@ const discoverScanCount = 500
 
 // DiscoverChannels returns every channel with a message set, found by
 // scanning the key space (no static list: channels appear as the bot
-// caches their first message).
+// caches their first message). It costs as much as the cache is large:
+// the planners read AllActive and scan only through Reconcile, hourly;
+// operators' one-off listings scan.
 func (s *Store) DiscoverChannels(ctx context.Context) ([]Channel, error) {
 	var out []Channel
 	seen := map[string]bool{}
@@ -146,6 +148,72 @@ func (s *Store) DiscoverChannels(ctx context.Context) ([]Channel, error) {
 		return nil, fmt.Errorf("msgcache: scanning channels: %w", err)
 	}
 	return out, nil
+}
+
+// AllActive returns every channel of the active set, read whole (one
+// ZRANGE: it grows with channels, not with the cache, unlike
+// DiscoverChannels). Members that are not "<platform>:<id>" are returned
+// apart, for the caller to warn about: the set is the bot's, untrusted, and
+// one bad member must not stop the others.
+func (s *Store) AllActive(ctx context.Context) (chans []Channel, malformed []string, err error) {
+	members, err := s.rdb.ZRange(ctx, activeKey, 0, -1).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("msgcache: reading the active channels: %w", err)
+	}
+	chans = make([]Channel, 0, len(members))
+	for _, m := range members {
+		c, err := ParseChannel(m)
+		if err != nil {
+			malformed = append(malformed, m)
+			continue
+		}
+		chans = append(chans, c)
+	}
+	return chans, malformed, nil
+}
+
+// Reconcile finds, by DiscoverChannels' full scan, every channel with a
+// message set, and adds those missing from the active set to it (ZADD NX,
+// at the score of the channel's newest message), so readers of the active
+// set alone miss no channel for long. It returns the channels it added and
+// how many it scanned. A message set emptied meanwhile, or a key of the
+// pattern that is no sorted set, is left alone.
+func (s *Store) Reconcile(ctx context.Context) (added []Channel, scanned int, err error) {
+	found, err := s.DiscoverChannels(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	members, err := s.rdb.ZRange(ctx, activeKey, 0, -1).Result()
+	if err != nil {
+		return nil, len(found), fmt.Errorf("msgcache: reading the active channels: %w", err)
+	}
+	known := make(map[string]bool, len(members))
+	for _, m := range members {
+		known[m] = true
+	}
+	for _, c := range found {
+		if known[c.String()] {
+			continue
+		}
+		newest, err := s.rdb.ZRevRangeWithScores(ctx, MessagesKey(c), 0, 0).Result()
+		var refused redis.Error
+		switch {
+		case errors.As(err, &refused):
+			continue // not a sorted set (a foreign key): not a channel, and it must not stop the others
+		case err != nil:
+			return added, len(found), fmt.Errorf("msgcache: newest message of %s: %w", c, err)
+		case len(newest) == 0:
+			continue
+		}
+		n, err := s.rdb.ZAddNX(ctx, activeKey, redis.Z{Score: newest[0].Score, Member: c.String()}).Result()
+		if err != nil {
+			return added, len(found), fmt.Errorf("msgcache: adding %s to the active channels: %w", c, err)
+		}
+		if n == 1 {
+			added = append(added, c)
+		}
+	}
+	return added, len(found), nil
 }
 
 // RecordMeta stores a channel's metadata.

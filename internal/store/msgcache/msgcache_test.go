@@ -4,8 +4,11 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/stargazer/stargazer-jobs/internal/store/msgcache"
 	"github.com/stargazer/stargazer-jobs/internal/testkit/redistest"
@@ -163,5 +166,68 @@ func TestSinceReturnsTheNewestMessagesAfterATime(t *testing.T) {
 		if err != nil || !slices.Equal(texts(got), tt.want) {
 			t.Errorf("Since(%d, %d) = %v, %v; want %v", tt.after, tt.limit, texts(got), err, tt.want)
 		}
+	}
+}
+
+func TestAllActiveSkipsMalformedMembersAndReturnsTheRest(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	s := msgcache.New(rdb)
+	for _, m := range []string{"discord:1", "no-colon", ":x", "matrix:!r:example.org", "discord:"} {
+		if err := rdb.ZAdd(ctx, msgcache.ActiveKey, redis.Z{Score: 1, Member: m}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chans, malformed, err := s.AllActive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []msgcache.Channel{{Platform: "discord", ID: "1"}, {Platform: "matrix", ID: "!r:example.org"}}
+	slices.SortFunc(chans, func(a, b msgcache.Channel) int { return strings.Compare(a.String(), b.String()) })
+	if !slices.Equal(chans, want) {
+		t.Fatalf("channels = %v, want %v", chans, want)
+	}
+	slices.Sort(malformed)
+	if !slices.Equal(malformed, []string{":x", "discord:", "no-colon"}) {
+		t.Fatalf("malformed = %q", malformed)
+	}
+}
+
+func TestReconcileAddsChannelsMissingFromTheActiveSetAtTheirNewestMessage(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	s := msgcache.New(rdb)
+	listed := msgcache.Channel{Platform: "discord", ID: "1"}
+	missing := msgcache.Channel{Platform: "matrix", ID: "!lost:example.org"}
+	base := time.UnixMilli(1_700_000_000_000)
+	for i, c := range []msgcache.Channel{listed, missing, missing} {
+		if _, _, err := s.Log(ctx, msgcache.Message{Channel: c, MessageID: strconv.Itoa(i), Text: "x", Time: base.Add(time.Duration(i) * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The bot lost track of one channel, and the other's score is its own.
+	if err := rdb.ZRem(ctx, msgcache.ActiveKey, missing.String()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ZAdd(ctx, msgcache.ActiveKey, redis.Z{Score: 42, Member: listed.String()}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A foreign key under the pattern, no sorted set, stops nothing.
+	if err := rdb.Set(ctx, "sg:msgs:discord:0", "not a set", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	added, scanned, err := s.Reconcile(ctx)
+	if err != nil || !slices.Equal(added, []msgcache.Channel{missing}) || scanned != 3 {
+		t.Fatalf("reconcile: added %v of %d scanned, %v", added, scanned, err)
+	}
+	score, err := rdb.ZScore(ctx, msgcache.ActiveKey, missing.String()).Result()
+	if err != nil || int64(score) != base.Add(2*time.Minute).UnixMilli() {
+		t.Fatalf("missing channel's score = %v, %v; want its newest message", score, err)
+	}
+	if score, _ := rdb.ZScore(ctx, msgcache.ActiveKey, listed.String()).Result(); score != 42 {
+		t.Fatalf("a listed channel's score was changed to %v", score)
+	}
+	if added, _, err := s.Reconcile(ctx); err != nil || len(added) != 0 {
+		t.Fatalf("second reconcile added %v, %v", added, err)
 	}
 }
