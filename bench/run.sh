@@ -8,10 +8,8 @@ cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null 2>&1 || { echo "redis-server missing: run ./scripts/test.sh once (it installs it)" >&2; exit 1; }
 go test -run '^$' -bench 'NoopThroughput' -benchtime 10x -timeout 30m ./bench/
 go test -run '^$' -bench 'IdleCommands|SchedulerLateness|WorkerRSS' -benchtime 1x -timeout 30m ./bench/
-# Many pods on one Redis: 8, 32 and 64 worker processes and as many bare asynq processes, idle, under
-# 20 periodic no-op tasks a second, and a SIGKILL of a quarter of them (about 10 minutes; prints one table).
-# PODS, PODS_TCI and PODS_WINDOW change the pod counts, the TASK_CHECK_INTERVALs and the windows.
-PODS_WINDOW=20s go test -run '^$' -bench 'ManyPods' -benchtime 1x -timeout 40m ./bench/
+# Many pods on one Redis (about 10 minutes; prints one table).
+PODS_TCI=1s,100ms ./bench/pods.sh
 # What the LLM spend ledger adds to each call and to the extraction benchmark (needs the FalkorDB module).
 go test -run '^$' -bench 'SpendAccounting$' -benchtime 10x -timeout 30m ./bench/
 go test -run '^$' -bench 'SpendCallPath' -benchtime 5000x -count 3 ./bench/
