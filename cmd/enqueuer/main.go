@@ -180,14 +180,22 @@ func (c *cli) connectBoth(ctx context.Context) (redises, error) {
 	if err != nil {
 		return redises{}, err
 	}
-	bot, err := c.connectBot(ctx)
+	bconf, err := cfg.Redis()
+	if err != nil {
+		return redises{}, usageError("%v", err)
+	}
+	qconf, err := cfg.QueueRedis()
+	if err != nil {
+		return redises{}, usageError("%v", err)
+	}
+	bot, err := dial(ctx, bconf, false)
 	if err != nil {
 		return redises{}, err
 	}
 	if !cfg.SeparateQueue() {
 		return redises{bot: bot, queue: bot}, nil
 	}
-	queue, err := c.connect(ctx)
+	queue, err := dial(ctx, qconf, true)
 	if err != nil {
 		bot.Close()
 		return redises{}, err
