@@ -15,19 +15,28 @@ import (
 
 var (
 	buildOnce sync.Once
+	binDir    string
 	binary    string
 	buildErr  error
 )
 
+// TestMain removes the worker binary the tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 func worker(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "chaos-bin")
-		if err != nil {
-			buildErr = err
+		binDir, buildErr = os.MkdirTemp("", "chaos-bin")
+		if buildErr != nil {
 			return
 		}
-		binary, buildErr = chaos.BuildWorker(dir)
+		binary, buildErr = chaos.BuildWorker(binDir)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
